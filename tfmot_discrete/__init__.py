@@ -1,0 +1,37 @@
+"""tfmot-discrete: train Keras weights to a codebook through TF-MOT."""
+
+from tfmot_discrete import quantizers
+from tfmot_discrete._keras import keras
+from tfmot_discrete.codebook import Codebook
+from tfmot_discrete.configs import DiscreteQuantizeConfig
+from tfmot_discrete.layers import DiscreteMultiplier
+from tfmot_discrete.quantize import quantize_model
+from tfmot_discrete.quantize import quantize_scope
+from tfmot_discrete.quantize import strip_quantization
+from tfmot_discrete.quantizers import CodebookQuantizer
+from tfmot_discrete.quantizers import binary
+from tfmot_discrete.quantizers import power_of_two
+from tfmot_discrete.quantizers import ternary
+from tfmot_discrete.scheme import DiscreteQuantizeRegistry
+from tfmot_discrete.scheme import DiscreteQuantizeScheme
+from tfmot_discrete.summary import summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Codebook",
+    "CodebookQuantizer",
+    "DiscreteMultiplier",
+    "DiscreteQuantizeConfig",
+    "DiscreteQuantizeRegistry",
+    "DiscreteQuantizeScheme",
+    "binary",
+    "keras",
+    "power_of_two",
+    "quantize_model",
+    "quantize_scope",
+    "quantizers",
+    "strip_quantization",
+    "summary",
+    "ternary",
+]

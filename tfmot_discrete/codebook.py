@@ -1,0 +1,206 @@
+"""The codebook: the finite set of values a quantized weight may take."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+
+import numpy as np
+
+#: Largest number of distinct values a codebook may hold.
+MAX_SIZE = 65536
+
+
+def _flatten_values(values) -> list[float]:
+    """Turns the user's `values` into a flat list of floats, or raises."""
+    if isinstance(values, Codebook):
+        return list(values.values)
+    if isinstance(values, (str, bytes)) or values is None:
+        raise ValueError(
+            "`values` must be a non-empty list of finite real numbers. "
+            f"Received: values={values!r}"
+        )
+    if hasattr(values, "numpy") and callable(values.numpy):  # an eager tensor
+        values = values.numpy()
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1:
+            raise ValueError(
+                "`values` must be one-dimensional (a flat list of numbers); "
+                f"got an array of shape {values.shape}. Received: values={values!r}"
+            )
+        if values.dtype.kind not in "biuf":
+            raise ValueError(
+                "`values` must hold real numbers; got an array of dtype "
+                f"{values.dtype}. Received: values={values!r}"
+            )
+        return [float(v) for v in values]
+    if not isinstance(values, Iterable):
+        raise ValueError(
+            "`values` must be a list of finite real numbers, not a "
+            f"{type(values).__name__}. Received: values={values!r}"
+        )
+    out = []
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(
+            v, (numbers.Real, np.integer, np.floating)
+        ):
+            raise ValueError(
+                "Every entry of `values` must be a real number; got "
+                f"{v!r} of type {type(v).__name__}. Received: values={values!r}"
+            )
+        out.append(float(v))
+    return out
+
+
+class Codebook:
+    """A validated, sorted set of distinct real values.
+
+    Ties: a number exactly halfway between two neighbouring values is mapped
+    to the larger of the two (so `0.0` goes to `+1` in `{-1, +1}`), every time.
+
+    Args:
+        values: The allowed values, in any order; duplicates are dropped.
+            At least two distinct finite real numbers.
+
+    Raises:
+        ValueError: If `values` is empty, has fewer than 2 distinct entries,
+            holds NaN, inf, non-numbers or nested lists, or more than
+            65536 entries.
+
+    Example:
+
+    >>> cb = Codebook([1, -1, 0.5, -0.5])
+    >>> cb.values.tolist()
+    [-1.0, -0.5, 0.5, 1.0]
+    >>> cb.project_numpy([0.8, -0.1, 0.0, 2.0]).tolist()
+    [1.0, -0.5, 0.5, 1.0]
+    >>> cb.bits
+    2
+    """
+
+    def __init__(self, values):
+        flat = _flatten_values(values)
+        if not flat:
+            raise ValueError(
+                "`values` must hold at least 2 distinct numbers; it is empty. "
+                f"Received: values={values!r}"
+            )
+        bad = [v for v in flat if not math.isfinite(v)]
+        if bad:
+            raise ValueError(
+                f"`values` must be finite; it holds {bad[0]!r}. "
+                f"Received: values={values!r}"
+            )
+        # +0.0 and -0.0 are the same value.
+        uniq = np.unique(np.asarray(flat, dtype=np.float64) + 0.0)
+        if uniq.size < 2:
+            raise ValueError(
+                "`values` must hold at least 2 distinct numbers (a single value "
+                f"cannot be trained). Received: values={values!r}"
+            )
+        if uniq.size > MAX_SIZE:
+            raise ValueError(
+                f"`values` may hold at most {MAX_SIZE} distinct numbers; it holds "
+                f"{uniq.size}. Received: values=<{uniq.size} numbers>"
+            )
+        self._values = uniq
+        self._values.setflags(write=False)
+
+    @property
+    def values(self) -> np.ndarray:
+        """The distinct values, sorted ascending (float64, read-only)."""
+        return self._values
+
+    @property
+    def size(self) -> int:
+        """Number of distinct values, `K`."""
+        return int(self._values.size)
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def bits(self) -> int:
+        """Bits needed to index a value: `ceil(log2 K)`."""
+        return max(1, math.ceil(math.log2(self.size)))
+
+    @property
+    def low(self) -> float:
+        return float(self._values[0])
+
+    @property
+    def high(self) -> float:
+        return float(self._values[-1])
+
+    @property
+    def max_abs(self) -> float:
+        return float(np.max(np.abs(self._values)))
+
+    @property
+    def midpoints(self) -> np.ndarray:
+        """The `K - 1` decision boundaries between neighbouring values."""
+        v = self._values
+        return v[:-1] + (v[1:] - v[:-1]) / 2.0
+
+    def project_numpy(self, x) -> np.ndarray:
+        """Nearest value for each entry of `x` (ties go to the larger value)."""
+        x = np.asarray(x, dtype=np.float64)
+        idx = np.searchsorted(self.midpoints, x, side="right")
+        return self._values[idx]
+
+    def index_numpy(self, x) -> np.ndarray:
+        """Index into `values` of the nearest value for each entry of `x`."""
+        x = np.asarray(x, dtype=np.float64)
+        return np.searchsorted(self.midpoints, x, side="right")
+
+    def contains(self, x, rtol: float = 0.0, atol: float = 0.0) -> np.ndarray:
+        """Elementwise: is each entry of `x` a codebook value (within tolerance)?"""
+        x = np.asarray(x, dtype=np.float64)
+        nearest = self.project_numpy(x)
+        return np.abs(x - nearest) <= atol + rtol * np.abs(nearest)
+
+    def integer_step(self, qmax: int, max_denominator: int = 1 << 12):
+        """The largest step `s` so that every value divided by `s` is an integer
+        of magnitude at most `qmax`, or `None` when there is none.
+
+        Binary and ternary codebooks give `max|c| / qmax`-like steps; `{±1, ±0.5}`
+        with `qmax = 7` gives `1/6` (codes ±6, ±3).
+        """
+        from fractions import Fraction
+
+        fr = [Fraction(float(v)).limit_denominator(max_denominator) for v in self._values]
+        if any(abs(float(f) - float(v)) > 1e-9 * max(1.0, abs(float(v)))
+               for f, v in zip(fr, self._values)):
+            return None
+        nonzero = [f for f in fr if f != 0]
+        # The step must divide every value: the rational gcd of the values.
+        num = 0
+        den = 1
+        for f in nonzero:
+            den = den * f.denominator // math.gcd(den, f.denominator)
+        for f in nonzero:
+            num = math.gcd(num, int(f * den))
+        g = Fraction(num, den)
+        codes = [abs(f / g) for f in nonzero]
+        biggest = max(codes)
+        if biggest > qmax:
+            return None
+        # Use the largest multiple k of the gcd-step that keeps codes integral...
+        # the gcd is the largest common divisor, so stretch codes to fill qmax.
+        k = qmax // int(biggest)
+        return float(g) / k
+
+    def get_config(self) -> dict:
+        return {"values": [float(v) for v in self._values]}
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Codebook) and np.array_equal(self._values, other._values)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._values.tolist()))
+
+    def __repr__(self) -> str:
+        vals = ", ".join(f"{v:g}" for v in self._values[:8])
+        more = ", ..." if self.size > 8 else ""
+        return f"Codebook([{vals}{more}])"

@@ -1,0 +1,89 @@
+"""`DiscreteMultiplier`: a learnable vector, multiplied into the data, whose
+entries only take codebook values."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfmot_discrete import quantizers as quantizers_mod
+from tfmot_discrete._keras import keras, register
+
+
+@register(package="tfmot_discrete")
+class DiscreteMultiplier(keras.layers.Layer):
+    """`outputs = inputs * q(kernel)`, with `q(kernel)` in the codebook.
+
+    The layer keeps a float latent `kernel` of shape `(input_shape[-1],)` and
+    projects it to the codebook on every call; training uses the quantizer's
+    straight-through gradient, so the vector actually learns (unlike
+    `inputs * tf.math.sign(kernel)`, whose gradient is zero).
+
+    Args:
+        values: A codebook (list of numbers) or a `CodebookQuantizer`.
+            With a `scale`, one scale is learned or computed for the whole
+            vector.
+        kernel_initializer: Initializer of the latent vector. Defaults to
+            `"glorot_uniform"`.
+
+    Example:
+
+    >>> layer = DiscreteMultiplier([1, -1])
+    >>> y = layer(tf.ones((2, 4)))
+    >>> sorted(set(layer.quantized_kernel().numpy().tolist()))  # doctest: +SKIP
+    [-1.0, 1.0]
+    """
+
+    def __init__(self, values, kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        q = values if isinstance(values, quantizers_mod.CodebookQuantizer) else None
+        if q is None:
+            q = quantizers_mod.get(values) if isinstance(values, (dict, str)) else (
+                quantizers_mod.CodebookQuantizer(values)
+            )
+        self.quantizer = q.with_channel_axes([])
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        if dim is None:
+            raise ValueError(
+                f"DiscreteMultiplier {self.name!r} needs a known last input dimension. "
+                f"Received: input_shape={input_shape}"
+            )
+        self.kernel = self.add_weight(
+            "kernel", shape=(int(dim),), initializer=self.kernel_initializer, trainable=True
+        )
+        self._quantizer_vars = self.quantizer.build((int(dim),), "kernel", self)
+        super().build(input_shape)
+
+    def quantized_kernel(self, training=False):
+        """The vector as it multiplies the data: codebook values (times scale)."""
+        return self.quantizer(self.kernel, training, self._quantizer_vars)
+
+    def call(self, inputs, training=None):
+        if training is None:
+            training = keras.backend.learning_phase()
+        k = tf.cond(
+            tf.cast(training, tf.bool),
+            lambda: self.quantized_kernel(True),
+            lambda: self.quantized_kernel(False),
+        ) if not isinstance(training, bool) else self.quantized_kernel(training)
+        return inputs * tf.cast(k, inputs.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "values": keras.saving.serialize_keras_object(self.quantizer),
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        values = config.pop("values")
+        if isinstance(values, dict):
+            values = keras.saving.deserialize_keras_object(values)
+        return cls(values, **config)

@@ -1,0 +1,168 @@
+"""Pure TensorFlow functions: projection to a codebook and its gradients.
+
+Forward, for a codebook `c_0 < ... < c_{K-1}` with midpoints `m_i`:
+
+    project(w) = c_i  where  m_{i-1} <= w < m_i      (ties go up)
+
+Backward (straight-through estimators, BinaryConnect 2015, BNN 2016):
+
+    "ste":          d project / d w = 1
+    "clipped_ste":  d project / d w = 1  if c_0 <= w <= c_{K-1}, else 0
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+#: Codebooks up to this size use a chain of `tf.where` (cheapest for small K);
+#: larger ones a sorted search, O(N log K) time and O(N) memory.
+WHERE_CHAIN_MAX_K = 8
+
+GRADIENTS = ("clipped_ste", "ste")
+
+
+def _as_np(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64)
+
+
+def project(x: tf.Tensor, values) -> tf.Tensor:
+    """Nearest codebook value for every entry of `x`, never an N x K tensor.
+
+    Args:
+        x: A float tensor of any shape.
+        values: Sorted, distinct codebook values (a 1-D array-like).
+
+    Returns:
+        A tensor of the shape and dtype of `x` holding only entries of `values`.
+        An entry exactly halfway between two values takes the larger one.
+
+    Example:
+
+    >>> project(tf.constant([-0.2, 0.0, 0.7]), [-1.0, 1.0]).numpy().tolist()
+    [-1.0, 1.0, 1.0]
+    """
+    v = _as_np(values)
+    mids = v[:-1] + (v[1:] - v[:-1]) / 2.0
+    dtype = x.dtype
+    k = v.size
+    if k == 2:
+        return tf.where(x >= tf.constant(mids[0], dtype), tf.constant(v[1], dtype),
+                        tf.constant(v[0], dtype))
+    if k <= WHERE_CHAIN_MAX_K:
+        out = tf.fill(tf.shape(x), tf.constant(v[0], dtype))
+        for i in range(k - 1):
+            out = tf.where(x >= tf.constant(mids[i], dtype), tf.constant(v[i + 1], dtype), out)
+        return out
+    flat = tf.reshape(x, [-1])
+    idx = tf.searchsorted(tf.constant(mids, dtype), flat, side="right")
+    return tf.reshape(tf.gather(tf.constant(v, dtype), idx), tf.shape(x))
+
+
+def project_ste(x: tf.Tensor, values, gradient: str = "clipped_ste") -> tf.Tensor:
+    """`project(x, values)` with a straight-through gradient.
+
+    Args:
+        x: Latent weights (float tensor).
+        values: Sorted, distinct codebook values.
+        gradient: `"clipped_ste"` (pass the gradient only where
+            `values[0] <= x <= values[-1]`) or `"ste"` (pass it everywhere).
+
+    Returns:
+        The projected tensor.
+
+    References:
+        Courbariaux et al., BinaryConnect (2015); Hubara et al., Binarized
+        Neural Networks (2016).
+    """
+    if gradient not in GRADIENTS:
+        raise ValueError(f"`gradient` must be one of {GRADIENTS}. Received: gradient={gradient!r}")
+    v = _as_np(values)
+
+    @tf.custom_gradient
+    def _fwd(t):
+        def grad(dy):
+            if gradient == "ste":
+                return dy
+            return _clipped_gradient(dy, t, v[0], v[-1])
+
+        return project(t, v), grad
+
+    return _fwd(x)
+
+
+def _clipped_gradient(dy, x, low, high):
+    inside = tf.logical_and(x >= tf.constant(low, x.dtype), x <= tf.constant(high, x.dtype))
+    return tf.where(inside, dy, tf.zeros_like(dy))
+
+
+def stochastic_project(x: tf.Tensor, values, seed=None) -> tf.Tensor:
+    """BinaryConnect's stochastic rounding, generalized to any codebook.
+
+    Each entry lying between neighbours `c_i <= x < c_{i+1}` becomes `c_{i+1}`
+    with probability `(x - c_i) / (c_{i+1} - c_i)` and `c_i` otherwise, so the
+    result equals `x` in expectation (entries outside the range are clipped).
+    """
+    v = _as_np(values)
+    dtype = x.dtype
+    vt = tf.constant(v, dtype)
+    flat = tf.clip_by_value(tf.reshape(x, [-1]), v[0], v[-1])
+    lo_idx = tf.clip_by_value(tf.searchsorted(vt, flat, side="right") - 1, 0, v.size - 2)
+    lo = tf.gather(vt, lo_idx)
+    hi = tf.gather(vt, lo_idx + 1)
+    p_hi = (flat - lo) / (hi - lo)
+    u = tf.random.uniform(tf.shape(flat), dtype=dtype, seed=seed)
+    out = tf.where(u < p_hi, hi, lo)
+    return tf.reshape(out, tf.shape(x))
+
+
+def reduce_axes(rank: int, channel_axes) -> list[int]:
+    """Axes to reduce over to get one number per channel (`channel_axes` kept)."""
+    keep = {a % rank for a in channel_axes} if rank else set()
+    return [a for a in range(rank) if a not in keep]
+
+
+def mean_abs_scale(w: tf.Tensor, channel_axes) -> tf.Tensor:
+    """XNOR-Net's per-channel scale `mean|w|`, broadcastable against `w`.
+
+    The scale is a constant for the gradient (as in Larq's
+    `magnitude_aware_sign`); zero channels get a scale of 1.
+    """
+    axes = reduce_axes(w.shape.rank, channel_axes)
+    s = tf.reduce_mean(tf.abs(w), axis=axes, keepdims=True) if axes else tf.abs(w)
+    s = tf.where(s > 0, s, tf.ones_like(s))
+    return tf.stop_gradient(s)
+
+
+def lsq_project(w: tf.Tensor, scale: tf.Tensor, values, gradient: str, grad_scale: float):
+    """`scale * project(w / scale)` with LSQ's gradients for `w` and `scale`.
+
+    With `u = w / s` and `q = project(u)`:
+
+        d out / d w = 1                        if c_0 <= u <= c_{K-1} (or "ste")
+        d out / d s = (q - u) * g   inside,    q * g  outside
+
+    where `g = grad_scale` (LSQ: `1 / sqrt(N * Q_p)`).
+
+    References:
+        Esser et al., Learned Step Size Quantization (2019).
+    """
+    v = _as_np(values)
+
+    @tf.custom_gradient
+    def _fwd(t, s):
+        u = t / s
+        q = project(u, v)
+
+        def grad(dy):
+            inside = tf.logical_and(u >= v[0], u <= v[-1])
+            dw = dy if gradient == "ste" else tf.where(inside, dy, tf.zeros_like(dy))
+            ds_elem = tf.where(inside, q - u, q) * dy * grad_scale
+            axes = [a for a in range(t.shape.rank) if s.shape[a] == 1 and t.shape[a] != 1]
+            ds = tf.reduce_sum(ds_elem, axis=axes, keepdims=True) if axes else ds_elem
+            ds = tf.reshape(ds, tf.shape(s))
+            return dw, ds
+
+        return q * s, grad
+
+    return _fwd(w, scale)

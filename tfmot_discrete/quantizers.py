@@ -1,0 +1,324 @@
+"""`CodebookQuantizer`: a TF-MOT `Quantizer` that projects weights to a codebook."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+
+from tfmot_discrete import ops
+from tfmot_discrete._keras import keras, register
+from tfmot_discrete.codebook import Codebook
+
+SCALES = (None, "mean_abs", "learned")
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(
+            f"`{name}` must be one of {list(choices)}. Received: {name}={value!r}"
+        )
+
+
+def _normalize_axis(per_channel_axis):
+    if per_channel_axis is None:
+        return None
+    if isinstance(per_channel_axis, (bool, np.bool_)):
+        raise ValueError(
+            "`per_channel_axis` must be None, an int or a list of ints. "
+            f"Received: per_channel_axis={per_channel_axis!r}"
+        )
+    if isinstance(per_channel_axis, (int, np.integer)):
+        return [int(per_channel_axis)]
+    if isinstance(per_channel_axis, (list, tuple)) and all(
+        isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in per_channel_axis
+    ):
+        return [int(a) for a in per_channel_axis]
+    raise ValueError(
+        "`per_channel_axis` must be None, an int or a list of ints. "
+        f"Received: per_channel_axis={per_channel_axis!r}"
+    )
+
+
+class _ClipToRange:
+    """Variable constraint: keep latent weights inside the codebook range."""
+
+    def __init__(self, low, high, scale_var=None):
+        self.low, self.high, self.scale_var = low, high, scale_var
+
+    def __call__(self, w):
+        if self.scale_var is None:
+            return tf.clip_by_value(w, self.low, self.high)
+        s = tf.cast(tf.abs(self.scale_var), w.dtype)
+        return tf.clip_by_value(w, self.low * s, self.high * s)
+
+
+def _set_constraint(var, fn):
+    """Attach a constraint that the optimizer applies after each update."""
+    values = getattr(var, "_values", None)
+    for v in values if values else [var]:
+        v._constraint = fn  # noqa: SLF001
+
+
+@register(package="tfmot_discrete")
+class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
+    """Projects a weight to the nearest value of a codebook on every forward pass.
+
+    Forward: `w_q = s_c * project(w / s_c)`, with `s_c = 1` (`scale=None`),
+    `s_c = mean|w_c|` (`"mean_abs"`, XNOR-Net) or a trainable `s_c`
+    (`"learned"`, LSQ), one per output channel. Backward: a straight-through
+    estimator, gated to the codebook range with `"clipped_ste"`.
+
+    Args:
+        values: The codebook: at least 2 distinct finite numbers, any order.
+        scale: `None` (the values exactly as given), `"mean_abs"` or
+            `"learned"`. Defaults to `None`.
+        gradient: `"clipped_ste"` or `"ste"`. Defaults to `"clipped_ste"`.
+        stochastic: Round stochastically during training (BinaryConnect).
+            Defaults to `False`.
+        per_channel_axis: Output-channel axis (or axes) of the weight for the
+            scale; `[]` for one scale per tensor. Defaults to `None`: the
+            layer's output-channel axes (the last axis outside a layer).
+
+    Raises:
+        ValueError: On a bad codebook or an unknown option.
+
+    Example:
+
+    >>> q = CodebookQuantizer([1, -1, 0.5, -0.5])
+    >>> q(tf.constant([0.9, -0.2, 0.3]), training=False, weights={}).numpy().tolist()
+    [1.0, -0.5, 0.5]
+
+    References:
+        Courbariaux et al., BinaryConnect (2015); Rastegari et al., XNOR-Net
+        (2016); Esser et al., Learned Step Size Quantization (2019).
+    """
+
+    def __init__(
+        self,
+        values,
+        scale=None,
+        gradient="clipped_ste",
+        stochastic=False,
+        per_channel_axis=None,
+    ):
+        self.codebook = values if isinstance(values, Codebook) else Codebook(values)
+        _check_choice("scale", scale, SCALES)
+        _check_choice("gradient", gradient, ops.GRADIENTS)
+        if not isinstance(stochastic, (bool, np.bool_)):
+            raise ValueError(f"`stochastic` must be a bool. Received: stochastic={stochastic!r}")
+        self.scale = scale
+        self.gradient = gradient
+        self.stochastic = bool(stochastic)
+        self.per_channel_axis = _normalize_axis(per_channel_axis)
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.codebook.values
+
+    def with_channel_axes(self, axes) -> CodebookQuantizer:
+        """A copy whose scale axes are `axes`, unless the user set them."""
+        if self.per_channel_axis is not None:
+            return self
+        cfg = self.get_config()
+        cfg["per_channel_axis"] = list(axes)
+        return type(self).from_config(cfg)
+
+    def _channel_axes(self, rank):
+        if self.per_channel_axis is None:
+            return [rank - 1] if rank else []
+        return [a % rank for a in self.per_channel_axis] if rank else []
+
+    def scale_shape(self, tensor_shape) -> list[int]:
+        shape = list(tensor_shape)
+        keep = set(self._channel_axes(len(shape)))
+        return [d if i in keep else 1 for i, d in enumerate(shape)]
+
+    def build(self, tensor_shape, name, layer):
+        weights = {}
+        if self.scale == "learned":
+            weights["scale"] = layer.add_weight(
+                f"{name}_scale",
+                shape=self.scale_shape(tensor_shape),
+                initializer=keras.initializers.Constant(1.0),
+                trainable=True,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+            weights["scale_initialized"] = layer.add_weight(
+                f"{name}_scale_initialized",
+                shape=(),
+                initializer=keras.initializers.Constant(0.0),
+                trainable=False,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+        latent = _find_weight(layer, name)
+        if latent is not None and latent.trainable:
+            lo, hi = self.codebook.low, self.codebook.high
+            if self.scale == "learned":
+                _set_constraint(latent, _ClipToRange(lo, hi, weights["scale"]))
+            else:
+                _set_constraint(latent, _ClipToRange(lo, hi))
+        return weights
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        w = inputs
+        values = self.codebook.values
+        rank = w.shape.rank
+        if self.scale is None:
+            if self.stochastic and training:
+                return _stochastic_ste(w, values, self.gradient)
+            return ops.project_ste(w, values, self.gradient)
+        if self.scale == "mean_abs":
+            s = ops.mean_abs_scale(w, self._channel_axes(rank))
+            if self.stochastic and training:
+                return _stochastic_ste(w / s, values, self.gradient, gate_on=w) * s
+            return _scaled_ste(w, s, values, self.gradient)
+        # learned
+        s_var = weights["scale"]
+        init_flag = weights["scale_initialized"]
+        s = _init_learned_scale(w, s_var, init_flag, self._channel_axes(rank), values)
+        s = tf.cast(tf.abs(s), w.dtype) + tf.constant(1e-12, w.dtype)
+        n = max(1, int(np.prod([d for d, k in zip(w.shape, s_var.shape) if k == 1 and d])))
+        g = 1.0 / math.sqrt(n * max(1.0, self.codebook.max_abs))
+        return ops.lsq_project(w, s, values, self.gradient, g)
+
+    def quantized_scale(self, w, weights) -> np.ndarray:
+        """The per-channel scale the forward pass uses for `w` (as NumPy)."""
+        w = tf.convert_to_tensor(w)
+        if self.scale is None:
+            return np.ones(self.scale_shape(w.shape), np.float32)
+        if self.scale == "mean_abs":
+            return ops.mean_abs_scale(w, self._channel_axes(w.shape.rank)).numpy()
+        return np.abs(weights["scale"].numpy())
+
+    def get_config(self):
+        return {
+            "values": [float(v) for v in self.codebook.values],
+            "scale": self.scale,
+            "gradient": self.gradient,
+            "stochastic": self.stochastic,
+            "per_channel_axis": self.per_channel_axis,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return isinstance(other, CodebookQuantizer) and self.get_config() == other.get_config()
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __hash__(self):
+        return hash(repr(sorted(self.get_config().items(), key=str)))
+
+    def __repr__(self):
+        extra = "" if self.scale is None else f", scale={self.scale!r}"
+        return f"CodebookQuantizer({[float(v) for v in self.codebook.values]}{extra})"
+
+
+def _find_weight(layer, name):
+    inner = getattr(layer, "layer", layer)
+    for v in inner.weights:
+        if v.name.split(":")[0].split("/")[-1] == name:
+            return v
+    return None
+
+
+def _scaled_ste(w, s, values, gradient):
+    """`s * project(w / s)`; gradient gated on the latent weight `w` itself."""
+
+    @tf.custom_gradient
+    def _fwd(t):
+        def grad(dy):
+            if gradient == "ste":
+                return dy
+            return ops._clipped_gradient(dy, t, values[0], values[-1])  # noqa: SLF001
+
+        return ops.project(t / s, values) * s, grad
+
+    return _fwd(w)
+
+
+def _stochastic_ste(u, values, gradient, gate_on=None):
+    gate = u if gate_on is None else gate_on
+
+    @tf.custom_gradient
+    def _fwd(t, g):
+        def grad(dy):
+            if gradient == "ste":
+                return dy, tf.zeros_like(g)
+            return ops._clipped_gradient(dy, g, values[0], values[-1]), tf.zeros_like(g)  # noqa: SLF001
+
+        return ops.stochastic_project(t, values), grad
+
+    return _fwd(u, gate)
+
+
+def _init_learned_scale(w, s_var, init_flag, channel_axes, values):
+    """On first use, set the learned scale to `mean|w_c| / mean|c|`."""
+
+    def _assign():
+        mean_c = float(np.mean(np.abs(values))) or 1.0
+        s0 = ops.mean_abs_scale(w, channel_axes) / mean_c
+        with tf.control_dependencies([s_var.assign(tf.cast(s0, s_var.dtype))]):
+            with tf.control_dependencies([init_flag.assign(1.0)]):
+                return tf.identity(s_var)
+
+    if tf.executing_eagerly() and not tf.inside_function():
+        if float(init_flag.numpy()) == 0.0:
+            _assign()
+        return tf.identity(s_var)
+    return tf.cond(init_flag > 0, lambda: tf.identity(s_var), _assign)
+
+
+def binary(scale=None, **kwargs) -> CodebookQuantizer:
+    """`{-1, +1}` weights. Example: `binary(scale="mean_abs")` is XNOR-Net."""
+    return CodebookQuantizer([-1.0, 1.0], scale=scale, **kwargs)
+
+
+def ternary(scale="mean_abs", **kwargs) -> CodebookQuantizer:
+    """`{-1, 0, +1}` weights (TWN when `scale="mean_abs"`)."""
+    return CodebookQuantizer([-1.0, 0.0, 1.0], scale=scale, **kwargs)
+
+
+def power_of_two(bits=3, scale=None, **kwargs) -> CodebookQuantizer:
+    """Signed powers of two, `±2^0 ... ±2^-(2^(bits-1) - 1)`: `2^bits` values.
+
+    `bits=3` gives `{±1, ±0.5, ±0.25, ±0.125}`.
+    """
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 8:
+        raise ValueError(f"`bits` must be an int from 2 to 8. Received: bits={bits!r}")
+    n = 2 ** (int(bits) - 1)
+    mags = [2.0**-i for i in range(n)]
+    return CodebookQuantizer([m for m in mags] + [-m for m in mags], scale=scale, **kwargs)
+
+
+def get(identifier):
+    """Turns `identifier` into a `CodebookQuantizer` (or `None`).
+
+    Accepts `None`, a preset name (`"binary"`, `"ternary"`, `"power_of_two"`),
+    a list of values, a config dict or a `CodebookQuantizer`.
+    """
+    if identifier is None or isinstance(identifier, CodebookQuantizer):
+        return identifier
+    if isinstance(identifier, str):
+        presets = {"binary": binary, "ternary": ternary, "power_of_two": power_of_two}
+        if identifier not in presets:
+            raise ValueError(
+                f"Unknown quantizer name; accepted: {sorted(presets)}. "
+                f"Received: identifier={identifier!r}"
+            )
+        return presets[identifier]()
+    if isinstance(identifier, dict):
+        cfg = identifier.get("config", identifier)
+        return CodebookQuantizer.from_config(cfg)
+    if isinstance(identifier, (list, tuple, np.ndarray)):
+        return CodebookQuantizer(identifier)
+    raise ValueError(
+        "Could not interpret quantizer identifier: expected None, a preset name, "
+        f"a list of values, a dict or a CodebookQuantizer. Received: identifier={identifier!r}"
+    )

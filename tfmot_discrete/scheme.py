@@ -1,0 +1,123 @@
+"""`DiscreteQuantizeRegistry` and `DiscreteQuantizeScheme` for `quantize_apply`."""
+
+from __future__ import annotations
+
+import re
+
+import tensorflow_model_optimization as tfmot
+
+from tfmot_discrete import configs
+from tfmot_discrete import quantizers as quantizers_mod
+
+_qk = tfmot.quantization.keras
+
+
+def resolve_quantizer_spec(spec):
+    """Validates `quantizer_or_mapping`; returns a quantizer or a list of
+    `(compiled regex, pattern, quantizer-or-config-or-None)`."""
+    if isinstance(spec, dict) and "values" not in spec and "class_name" not in spec:
+        entries = []
+        for pattern, value in spec.items():
+            if not isinstance(pattern, str):
+                raise ValueError(
+                    "Keys of a quantizer mapping must be regular expressions on layer "
+                    f"names (str). Received: key {pattern!r}"
+                )
+            try:
+                rx = re.compile(pattern)
+            except re.error as e:
+                raise ValueError(
+                    f"Key {pattern!r} of the quantizer mapping is not a valid regular "
+                    f"expression ({e})."
+                ) from e
+            if not isinstance(value, configs.DiscreteQuantizeConfig | _qk.QuantizeConfig):
+                value = quantizers_mod.get(value)
+            entries.append((rx, pattern, value))
+        return entries
+    if isinstance(spec, _qk.QuantizeConfig):
+        raise ValueError(
+            "A QuantizeConfig applies to one layer: pass it in a mapping, e.g. "
+            f"{{'my_layer': config}}. Received: {spec!r}"
+        )
+    q = quantizers_mod.get(spec)
+    if q is None:
+        raise ValueError(
+            "`quantizer` must be a CodebookQuantizer, a list of values, a preset name "
+            "or a mapping {layer-name regex: quantizer}. Received: quantizer=None"
+        )
+    return q
+
+
+def lookup(spec, layer_name):
+    """What `spec` says for `layer_name`: (found, quantizer-or-config-or-None)."""
+    if not isinstance(spec, list):
+        return True, spec
+    for rx, _, value in spec:
+        if rx.fullmatch(layer_name):
+            return True, value
+    return False, None
+
+
+class DiscreteQuantizeRegistry(_qk.QuantizeRegistry):
+    """Answers every layer: codebook configs for known layer types, a config
+    that quantizes nothing for the rest (BatchNormalization, Flatten, pooling,
+    activations...), so `quantize_annotate_model` works on whole models.
+
+    Args:
+        quantizer: A `CodebookQuantizer` (or anything `td.quantizers.get`
+            accepts), or a mapping `{layer-name regex: quantizer}`.
+        activation_quantizer: Optional TF-MOT quantizer for layer outputs.
+    """
+
+    def __init__(self, quantizer, activation_quantizer=None):
+        self._spec = resolve_quantizer_spec(quantizer)
+        self._activation_quantizer = activation_quantizer
+
+    def supports(self, layer):
+        return True
+
+    def get_quantize_config(self, layer):
+        found, value = lookup(self._spec, layer.name)
+        if isinstance(value, _qk.QuantizeConfig):
+            return value
+        if found and value is not None:
+            cfg = configs.config_for_layer(layer, value, self._activation_quantizer)
+            if cfg is not None:
+                return cfg
+        return configs.DiscreteQuantizeConfig({}, self._activation_quantizer)
+
+
+class _IdentityLayoutTransform(_qk.QuantizeLayoutTransform):
+    """No graph rewrites: no input fake-quant, no BatchNorm folding."""
+
+    def apply(self, model, layer_quantize_map):
+        return model, layer_quantize_map
+
+
+class DiscreteQuantizeScheme(_qk.QuantizeScheme):
+    """A TF-MOT `QuantizeScheme` for codebook weights.
+
+    Example:
+
+    >>> import tensorflow_model_optimization as tfmot
+    >>> import tfmot_discrete as td
+    >>> model = td.keras.Sequential([td.keras.Input((4,)), td.keras.layers.Dense(3)])
+    >>> annotated = tfmot.quantization.keras.quantize_annotate_model(model)
+    >>> with td.quantize_scope():
+    ...     qat = tfmot.quantization.keras.quantize_apply(
+    ...         annotated, scheme=td.DiscreteQuantizeScheme(td.binary()))
+    >>> [type(l).__name__ for l in qat.layers]
+    ['QuantizeWrapperV2']
+    """
+
+    def __init__(self, quantizer=None, activation_quantizer=None):
+        if quantizer is None:
+            quantizer = quantizers_mod.binary()
+        self._registry = DiscreteQuantizeRegistry(quantizer, activation_quantizer)
+
+    def get_layout_transformer(self):
+        return _IdentityLayoutTransform()
+
+    def get_quantize_registry(self):
+        return self._registry
+

@@ -1,0 +1,138 @@
+"""`summary`: what each quantized layer stores, and how it uses its codebook."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow_model_optimization as tfmot
+
+from tfmot_discrete.layers import DiscreteMultiplier
+from tfmot_discrete.quantizers import CodebookQuantizer
+
+_qk = tfmot.quantization.keras
+
+
+@dataclasses.dataclass
+class WeightReport:
+    """One quantized weight of a layer."""
+
+    layer: str
+    weight: str
+    codebook: np.ndarray
+    scale: str
+    count: int
+    bits: int
+    usage: np.ndarray  # share of weights at each codebook value
+
+    @property
+    def bytes_packed(self) -> int:
+        return (self.count * self.bits + 7) // 8
+
+    @property
+    def bytes_float(self) -> int:
+        return self.count * 4
+
+
+def _codes(quantizer: CodebookQuantizer, latent, qvars) -> np.ndarray:
+    """Index of the codebook value each weight projects to."""
+    q = np.asarray(quantizer(latent, False, weights=qvars), dtype=np.float64)
+    s = np.asarray(quantizer.quantized_scale(latent, qvars), dtype=np.float64)
+    return quantizer.codebook.index_numpy(q / s)
+
+
+def weight_reports(model) -> list[WeightReport]:
+    """One `WeightReport` per codebook-quantized weight of `model`."""
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, _qk.QuantizeWrapper):
+            items = [
+                (w, q, v) for w, q, v in getattr(layer, "_weight_vars", [])
+                if isinstance(q, CodebookQuantizer)
+            ]
+            name = layer.layer.name
+        elif isinstance(layer, DiscreteMultiplier) and layer.built:
+            items = [(layer.kernel, layer.quantizer, layer._quantizer_vars)]  # noqa: SLF001
+            name = layer.name
+        else:
+            continue
+        for latent, q, qvars in items:
+            codes = _codes(q, latent, qvars)
+            k = q.codebook.size
+            usage = np.bincount(codes.reshape(-1), minlength=k) / max(1, codes.size)
+            out.append(
+                WeightReport(
+                    layer=name,
+                    weight=latent.name.split(":")[0].split("/")[-1],
+                    codebook=q.codebook.values,
+                    scale=str(q.scale) if q.scale else "none",
+                    count=int(codes.size),
+                    bits=q.codebook.bits,
+                    usage=usage,
+                )
+            )
+    return out
+
+
+def _fmt_values(values) -> str:
+    vals = ", ".join(f"{v:g}" for v in values[:6])
+    return "{" + vals + (", ..." if len(values) > 6 else "") + "}"
+
+
+def _fmt_bytes(n: int) -> str:
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.2f} MiB"
+    if n >= 1 << 10:
+        return f"{n / (1 << 10):.1f} KiB"
+    return f"{n} B"
+
+
+def summary(model, print_fn=print) -> str:
+    """Prints (and returns) a table of the model's codebook-quantized weights.
+
+    Columns: layer/weight, codebook, scale mode, number of weights, bits per
+    weight (`ceil(log2 K)`), memory at that width against float32, and the
+    share of weights at each codebook value (in codebook order). Totals last.
+
+    Args:
+        model: A model from `quantize_model`, or any model holding
+            `DiscreteMultiplier` layers.
+        print_fn: Called with the whole table. Defaults to `print`.
+
+    Returns:
+        The table as a string.
+    """
+    reports = weight_reports(model)
+    header = ["layer/weight", "codebook", "scale", "weights", "bits", "memory", "float32", "value usage"]
+    rows = []
+    for r in reports:
+        rows.append([
+            f"{r.layer}/{r.weight}",
+            _fmt_values(r.codebook),
+            r.scale,
+            f"{r.count:,}",
+            str(r.bits),
+            _fmt_bytes(r.bytes_packed),
+            _fmt_bytes(r.bytes_float),
+            " ".join(f"{u:.0%}" for u in r.usage[:8]) + (" ..." if r.usage.size > 8 else ""),
+        ])
+    n = sum(r.count for r in reports)
+    packed = sum(r.bytes_packed for r in reports)
+    flt = sum(r.bytes_float for r in reports)
+    ratio = f"{flt / packed:.1f}x smaller" if packed else ""
+    total = ["total", "", "", f"{n:,}", f"{(8 * packed / n):.2f}" if n else "-",
+             _fmt_bytes(packed), _fmt_bytes(flt), ratio]
+    widths = [max(len(str(row[i])) for row in [header, *rows, total]) for i in range(len(header))]
+
+    def line(cells):
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    sep = "-" * len(line(header))
+    text = "\n".join(
+        [f'Codebook summary of "{model.name}"', sep, line(header), sep]
+        + [line(r) for r in rows]
+        + [sep, line(total)]
+    )
+    if print_fn is not None:
+        print_fn(text)
+    return text
