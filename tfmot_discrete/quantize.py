@@ -158,7 +158,9 @@ def quantize_model(model, quantizer):
 
     with quantize_scope():
         annotated = keras.models.clone_model(model, clone_function=_annotate)
-        qat = _qk.quantize_apply(annotated, scheme=scheme.DiscreteQuantizeScheme(quantizer))
+        plan_scheme = scheme.DiscreteQuantizeScheme(quantizer)
+        plan_scheme.get_quantize_registry()._config_for_unlisted = False  # noqa: SLF001
+        qat = _qk.quantize_apply(annotated, scheme=plan_scheme)
     for layer in qat.layers:
         if isinstance(layer, _qk.QuantizeWrapper):
             fix_weight_order(layer)

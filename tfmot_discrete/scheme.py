@@ -72,6 +72,9 @@ class DiscreteQuantizeRegistry(_qk.QuantizeRegistry):
     def __init__(self, quantizer, activation_quantizer=None):
         self._spec = resolve_quantizer_spec(quantizer)
         self._activation_quantizer = activation_quantizer
+        # quantize_model annotates every layer it quantizes itself; it turns
+        # this off so that unannotated neighbours are not wrapped.
+        self._config_for_unlisted = True
 
     def supports(self, layer):
         return True
@@ -84,6 +87,8 @@ class DiscreteQuantizeRegistry(_qk.QuantizeRegistry):
             cfg = configs.config_for_layer(layer, value, self._activation_quantizer)
             if cfg is not None:
                 return cfg
+        if not self._config_for_unlisted:
+            return None
         return configs.DiscreteQuantizeConfig({}, self._activation_quantizer)
 
 
