@@ -5,15 +5,9 @@ from tfmot_discrete._keras import keras
 from tfmot_discrete.codebook import Codebook
 from tfmot_discrete.configs import DiscreteQuantizeConfig
 from tfmot_discrete.layers import DiscreteMultiplier
-from tfmot_discrete.quantize import quantize_model
-from tfmot_discrete.quantize import quantize_scope
-from tfmot_discrete.quantize import strip_quantization
-from tfmot_discrete.quantizers import CodebookQuantizer
-from tfmot_discrete.quantizers import binary
-from tfmot_discrete.quantizers import power_of_two
-from tfmot_discrete.quantizers import ternary
-from tfmot_discrete.scheme import DiscreteQuantizeRegistry
-from tfmot_discrete.scheme import DiscreteQuantizeScheme
+from tfmot_discrete.quantize import quantize_model, quantize_scope, strip_quantization
+from tfmot_discrete.quantizers import CodebookQuantizer, binary, power_of_two, ternary
+from tfmot_discrete.scheme import DiscreteQuantizeRegistry, DiscreteQuantizeScheme
 from tfmot_discrete.summary import summary
 
 __version__ = "0.1.0"

@@ -12,8 +12,11 @@ def main(argv=None) -> int:
         description="Train Keras weights to a codebook through TF-MOT.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train a digits MLP in float, sign, binary, "
-                          "ternary and [1,-1,0.5,-0.5] and print the accuracy table")
+    demo = sub.add_parser(
+        "demo",
+        help="train a digits MLP in float, sign, binary, "
+        "ternary and [1,-1,0.5,-0.5] and print the accuracy table",
+    )
     demo.add_argument("--epochs", type=int, default=30, help="epochs per variant (default 30)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--quiet", action="store_true", help="no Keras progress bars")

@@ -35,8 +35,18 @@ _LEGACY_HINT = (
 )
 
 # Base-layer keyword arguments tf_keras accepts on every layer.
-_BASE_KWARGS = {"name", "trainable", "dtype", "input_shape", "batch_input_shape", "batch_size",
-                "input_dim", "dynamic", "autocast", "input_length"}
+_BASE_KWARGS = {
+    "name",
+    "trainable",
+    "dtype",
+    "input_shape",
+    "batch_input_shape",
+    "batch_size",
+    "input_dim",
+    "dynamic",
+    "autocast",
+    "input_length",
+}
 
 
 def _bridge_error(layer, why):
@@ -115,9 +125,7 @@ def from_keras3(model3):
     import keras as keras3  # noqa: PLC0415
 
     if not isinstance(model3, keras3.Model):
-        raise ValueError(
-            f"Expected a model, got a Keras 3 {type(model3).__name__}. {_LEGACY_HINT}"
-        )
+        raise ValueError(f"Expected a model, got a Keras 3 {type(model3).__name__}. {_LEGACY_HINT}")
     is_seq = isinstance(model3, keras3.Sequential)
     is_functional = type(model3).__name__ == "Functional" or is_seq
     if not is_functional:
@@ -146,8 +154,9 @@ def from_keras3(model3):
             layer3 = model3.get_layer(name)
             if type(layer3).__name__ == "InputLayer":
                 c = entry["config"]
-                t = keras.Input(batch_shape=tuple(c["batch_shape"]), dtype=c.get("dtype"),
-                                name=name)
+                t = keras.Input(
+                    batch_shape=tuple(c["batch_shape"]), dtype=c.get("dtype"), name=name
+                )
                 tensors[(name, 0, 0)] = t
                 continue
             layer = _tf_keras_layer(layer3)
@@ -172,7 +181,8 @@ def from_keras3(model3):
         weights = layer3.get_weights()
         if len(weights) != len(layer.weights):
             raise _bridge_error(
-                layer3, f"it has {len(weights)} weights but its tf_keras twin has {len(layer.weights)}"
+                layer3,
+                f"it has {len(weights)} weights but its tf_keras twin has {len(layer.weights)}",
             )
         layer.set_weights(weights)
     return model

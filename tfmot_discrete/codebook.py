@@ -18,8 +18,7 @@ def _flatten_values(values) -> list[float]:
         return list(values.values)
     if isinstance(values, (str, bytes)) or values is None:
         raise ValueError(
-            "`values` must be a non-empty list of finite real numbers. "
-            f"Received: values={values!r}"
+            f"`values` must be a non-empty list of finite real numbers. Received: values={values!r}"
         )
     if hasattr(values, "numpy") and callable(values.numpy):  # an eager tensor
         values = values.numpy()
@@ -89,8 +88,7 @@ class Codebook:
         bad = [v for v in flat if not math.isfinite(v)]
         if bad:
             raise ValueError(
-                f"`values` must be finite; it holds {bad[0]!r}. "
-                f"Received: values={values!r}"
+                f"`values` must be finite; it holds {bad[0]!r}. Received: values={values!r}"
             )
         # +0.0 and -0.0 are the same value.
         uniq = np.unique(np.asarray(flat, dtype=np.float64) + 0.0)
@@ -170,8 +168,10 @@ class Codebook:
         from fractions import Fraction
 
         fr = [Fraction(float(v)).limit_denominator(max_denominator) for v in self._values]
-        if any(abs(float(f) - float(v)) > 1e-9 * max(1.0, abs(float(v)))
-               for f, v in zip(fr, self._values)):
+        if any(
+            abs(float(f) - float(v)) > 1e-9 * max(1.0, abs(float(v)))
+            for f, v in zip(fr, self._values)
+        ):
             return None
         nonzero = [f for f in fr if f != 0]
         # The step must divide every value: the rational gcd of the values.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import tensorflow as tf
 
 import tfmot_discrete as td
@@ -35,8 +34,9 @@ class SignDense(keras.layers.Layer):
         self.units = units
 
     def build(self, input_shape):
-        self.kernel = self.add_weight("kernel", shape=(input_shape[-1], self.units),
-                                      initializer="glorot_uniform")
+        self.kernel = self.add_weight(
+            "kernel", shape=(input_shape[-1], self.units), initializer="glorot_uniform"
+        )
         self.bias = self.add_weight("bias", shape=(self.units,), initializer="zeros")
 
     def call(self, inputs):
@@ -46,8 +46,9 @@ class SignDense(keras.layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
-def digits_mlp(hidden: int = 256, dense=None, name: str = "digits_mlp",
-               batch_norm: bool = False) -> keras.Model:
+def digits_mlp(
+    hidden: int = 256, dense=None, name: str = "digits_mlp", batch_norm: bool = False
+) -> keras.Model:
     """64 -> hidden -> hidden -> 10 with ReLU (BatchNormalization optional)."""
     dense = dense or (lambda units, name: keras.layers.Dense(units, name=name))
     inp = keras.Input((64,), name="pixels")
@@ -105,21 +106,32 @@ def run(epochs: int = 30, seed: int = 0, verbose: int = 1, print_fn=print) -> di
         results[label] = (acc, time.perf_counter() - t0)
         if isinstance(spec, td.CodebookQuantizer):
             plain = td.strip_quantization(model)
-            plain.compile(metrics=["accuracy"],
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            plain.compile(
+                metrics=["accuracy"],
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
             _, stripped_acc = plain.evaluate(data[2], data[3], verbose=0)
             results[label] = (acc, results[label][1], float(stripped_acc))
             last_qat = model
     base = results["float"][0]
     rows = [("variant", "test accuracy", "vs float", "after strip", "train time")]
     for label, r in results.items():
-        rows.append((label, f"{100 * r[0]:.2f} %", f"{100 * (r[0] - base):+.2f}",
-                     f"{100 * r[2]:.2f} %" if len(r) > 2 else "-", f"{r[1]:.1f} s"))
+        rows.append(
+            (
+                label,
+                f"{100 * r[0]:.2f} %",
+                f"{100 * (r[0] - base):+.2f}",
+                f"{100 * r[2]:.2f} %" if len(r) > 2 else "-",
+                f"{r[1]:.1f} s",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     n = len(data[3])
-    print_fn(f"\nDigits MLP (64-256-256-10, ReLU), {epochs} epochs, seed {seed}, "
-             f"{len(data[1])} train / {n} test images")
+    print_fn(
+        f"\nDigits MLP (64-256-256-10, ReLU), {epochs} epochs, seed {seed}, "
+        f"{len(data[1])} train / {n} test images"
+    )
     print_fn("\n".join([lines[0], "-" * len(lines[0]), *lines[1:]]))
     if last_qat is not None:
         print_fn("")

@@ -47,8 +47,9 @@ def project(x: tf.Tensor, values) -> tf.Tensor:
     dtype = x.dtype
     k = v.size
     if k == 2:
-        return tf.where(x >= tf.constant(mids[0], dtype), tf.constant(v[1], dtype),
-                        tf.constant(v[0], dtype))
+        return tf.where(
+            x >= tf.constant(mids[0], dtype), tf.constant(v[1], dtype), tf.constant(v[0], dtype)
+        )
     if k <= WHERE_CHAIN_MAX_K:
         out = tf.fill(tf.shape(x), tf.constant(v[0], dtype))
         for i in range(k - 1):

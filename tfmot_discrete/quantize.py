@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (
-    QuantizeLayer,
-)
 
 from tfmot_discrete import _keras, configs, scheme
 from tfmot_discrete import quantizers as quantizers_mod
@@ -63,6 +60,15 @@ def _check_model(model, argname="model"):
     return model
 
 
+_FLOAT_LAYERS = (
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+    keras.layers.UnitNormalization,
+    keras.layers.PReLU,
+)
+
+
 def _plan(model, spec):
     """`{layer name: QuantizeConfig}` for the layers to annotate."""
     plan = {}
@@ -98,7 +104,9 @@ def _plan(model, spec):
             continue
         cfg = configs.config_for_layer(layer, value)
         if cfg is None:
-            if explicit:
+            # Layers with nothing to quantize (Flatten, ReLU, pooling) and the
+            # normalization layers, which stay float by design, pass quietly.
+            if explicit and layer.trainable_weights and not isinstance(layer, _FLOAT_LAYERS):
                 raise ValueError(
                     f"Layer {layer.name!r} of class {type(layer).__name__} cannot be quantized "
                     "to a codebook automatically (supported: "
@@ -241,7 +249,9 @@ def strip_quantization(model):
             new_layer, vals = _baked_multiplier(layer)
             new_weights[layer.name] = {"kernel": vals[0]}
             return new_layer
-        if isinstance(layer, _qk.quantize_layer.QuantizeLayer if hasattr(_qk, "quantize_layer") else ()):
+        if isinstance(
+            layer, _qk.quantize_layer.QuantizeLayer if hasattr(_qk, "quantize_layer") else ()
+        ):
             raise ValueError("Models with a QuantizeLayer cannot be stripped.")
         new_weights[layer.name] = layer.get_weights()
         return layer.__class__.from_config(layer.get_config())

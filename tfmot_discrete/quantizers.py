@@ -17,9 +17,7 @@ SCALES = (None, "mean_abs", "learned")
 
 def _check_choice(name, value, choices):
     if value not in choices:
-        raise ValueError(
-            f"`{name}` must be one of {list(choices)}. Received: {name}={value!r}"
-        )
+        raise ValueError(f"`{name}` must be one of {list(choices)}. Received: {name}={value!r}")
 
 
 def _normalize_axis(per_channel_axis):

@@ -125,4 +125,3 @@ class DiscreteQuantizeScheme(_qk.QuantizeScheme):
 
     def get_quantize_registry(self):
         return self._registry
-

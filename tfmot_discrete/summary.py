@@ -47,7 +47,8 @@ def weight_reports(model) -> list[WeightReport]:
     for layer in model.layers:
         if isinstance(layer, _qk.QuantizeWrapper):
             items = [
-                (w, q, v) for w, q, v in getattr(layer, "_weight_vars", [])
+                (w, q, v)
+                for w, q, v in getattr(layer, "_weight_vars", [])
                 if isinstance(q, CodebookQuantizer)
             ]
             name = layer.layer.name
@@ -103,25 +104,44 @@ def summary(model, print_fn=print) -> str:
         The table as a string.
     """
     reports = weight_reports(model)
-    header = ["layer/weight", "codebook", "scale", "weights", "bits", "memory", "float32", "value usage"]
+    header = [
+        "layer/weight",
+        "codebook",
+        "scale",
+        "weights",
+        "bits",
+        "memory",
+        "float32",
+        "value usage",
+    ]
     rows = []
     for r in reports:
-        rows.append([
-            f"{r.layer}/{r.weight}",
-            _fmt_values(r.codebook),
-            r.scale,
-            f"{r.count:,}",
-            str(r.bits),
-            _fmt_bytes(r.bytes_packed),
-            _fmt_bytes(r.bytes_float),
-            " ".join(f"{u:.0%}" for u in r.usage[:8]) + (" ..." if r.usage.size > 8 else ""),
-        ])
+        rows.append(
+            [
+                f"{r.layer}/{r.weight}",
+                _fmt_values(r.codebook),
+                r.scale,
+                f"{r.count:,}",
+                str(r.bits),
+                _fmt_bytes(r.bytes_packed),
+                _fmt_bytes(r.bytes_float),
+                " ".join(f"{u:.0%}" for u in r.usage[:8]) + (" ..." if r.usage.size > 8 else ""),
+            ]
+        )
     n = sum(r.count for r in reports)
     packed = sum(r.bytes_packed for r in reports)
     flt = sum(r.bytes_float for r in reports)
     ratio = f"{flt / packed:.1f}x smaller" if packed else ""
-    total = ["total", "", "", f"{n:,}", f"{(8 * packed / n):.2f}" if n else "-",
-             _fmt_bytes(packed), _fmt_bytes(flt), ratio]
+    total = [
+        "total",
+        "",
+        "",
+        f"{n:,}",
+        f"{(8 * packed / n):.2f}" if n else "-",
+        _fmt_bytes(packed),
+        _fmt_bytes(flt),
+        ratio,
+    ]
     widths = [max(len(str(row[i])) for row in [header, *rows, total]) for i in range(len(header))]
 
     def line(cells):

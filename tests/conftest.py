@@ -1,0 +1,35 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import tfmot_discrete as td  # noqa: E402
+
+# One table of quantizers feeds the shared tests.
+QUANTIZERS = {
+    "binary": td.binary(),
+    "binary_mean_abs": td.binary(scale="mean_abs"),
+    "binary_learned": td.binary(scale="learned"),
+    "binary_ste": td.binary(gradient="ste"),
+    "binary_stochastic": td.binary(stochastic=True),
+    "ternary_mean_abs": td.ternary(),
+    "ternary_none": td.ternary(scale=None),
+    "four_values": td.CodebookQuantizer([1, -1, 0.5, -0.5]),
+    "four_values_learned": td.CodebookQuantizer([1, -1, 0.5, -0.5], scale="learned"),
+    "power_of_two_3": td.power_of_two(bits=3),
+    "k16_uniform": td.CodebookQuantizer(np.linspace(-1, 1, 16)),
+}
+
+
+@pytest.fixture(params=sorted(QUANTIZERS), ids=sorted(QUANTIZERS))
+def quantizer(request):
+    return QUANTIZERS[request.param]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    td.keras.utils.set_random_seed(1234)
+    yield
+    td.keras.backend.clear_session()

@@ -1,0 +1,188 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfmot_discrete as td
+from tfmot_discrete import quantizers
+from tfmot_discrete._keras import keras
+
+
+def _wrapped_dense(quantizer, units=6, inputs=5):
+    """A built QAT model with one Dense layer quantized by `quantizer`."""
+    model = keras.Sequential([keras.Input((inputs,)), keras.layers.Dense(units, name="dense")])
+    return td.quantize_model(model, quantizer)
+
+
+def _quantize(wrapper, training=False):
+    weight, q, qvars = wrapper._weight_vars[0]
+    return weight, q, qvars, q(weight, training, weights=qvars)
+
+
+def test_serialization_round_trip(quantizer):
+    cfg = quantizer.get_config()
+    again = type(quantizer).from_config(cfg)
+    assert again == quantizer
+    assert again.get_config() == cfg
+    ser = keras.saving.serialize_keras_object(quantizer)
+    with td.quantize_scope():
+        back = keras.saving.deserialize_keras_object(ser)
+    assert back == quantizer
+
+
+def test_outputs_are_codebook_values_times_channel_scale(quantizer):
+    qat = _wrapped_dense(quantizer)
+    wrapper = qat.layers[0]
+    weight, q, qvars, out = _quantize(wrapper)
+    out = out.numpy()
+    scale = q.quantized_scale(weight, qvars)
+    assert scale.shape == (1, 6)
+    codes = out / scale
+    np.testing.assert_allclose(codes, q.codebook.project_numpy(codes), rtol=1e-6, atol=1e-6)
+    # Training-mode output too (stochastic rounding included).
+    _, _, _, train_out = _quantize(wrapper, training=True)
+    codes = train_out.numpy() / scale
+    np.testing.assert_allclose(codes, q.codebook.project_numpy(codes), rtol=1e-6, atol=1e-6)
+
+
+def test_build_makes_expected_weights(quantizer):
+    qat = _wrapped_dense(quantizer)
+    wrapper = qat.layers[0]
+    _, _, qvars, _ = _quantize(wrapper)
+    if quantizer.scale == "learned":
+        assert sorted(qvars) == ["scale", "scale_initialized"]
+        assert qvars["scale"].shape == (1, 6) and qvars["scale"].trainable
+        assert not qvars["scale_initialized"].trainable
+    else:
+        assert qvars == {}
+
+
+def _numpy_reference_grad(q, w, scale):
+    """d sum(out * g) / d w for the quantizer's straight-through rule."""
+    lo, hi = q.codebook.low, q.codebook.high
+    if q.gradient == "ste":
+        return np.ones_like(w)
+    if q.scale == "learned":
+        u = w / scale
+        return ((u >= lo) & (u <= hi)).astype(w.dtype)
+    return ((w >= lo) & (w <= hi)).astype(w.dtype)
+
+
+def test_gradient_matches_numpy_reference(quantizer):
+    qat = _wrapped_dense(quantizer)
+    weight, q, qvars, _ = _quantize(qat.layers[0])
+    rng = np.random.default_rng(0)
+    w0 = rng.uniform(-2.5, 2.5, size=weight.shape).astype("float32")
+    weight.assign(w0)  # partly outside the codebook range on purpose
+    g = rng.normal(size=weight.shape).astype("float32")
+    with tf.GradientTape() as tape:
+        out = q(weight, True, weights=qvars)
+        loss = tf.reduce_sum(out * g)
+    grad = tape.gradient(loss, weight).numpy()
+    scale = q.quantized_scale(weight, qvars)
+    expected = g * _numpy_reference_grad(q, w0, scale)
+    np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
+    if q.gradient == "clipped_ste":
+        assert (grad == 0).any() and (grad != 0).any()
+
+
+def test_learned_scale_gradient_matches_lsq_reference():
+    q = td.CodebookQuantizer([-1, 0, 1], scale="learned")
+    qat = _wrapped_dense(q, units=3, inputs=4)
+    weight, q, qvars, _ = _quantize(qat.layers[0])
+    rng = np.random.default_rng(1)
+    w0 = rng.normal(size=weight.shape).astype("float32")
+    weight.assign(w0)
+    s0 = np.array([[0.5, 1.0, 2.0]], "float32")
+    qvars["scale"].assign(s0)
+    qvars["scale_initialized"].assign(1.0)
+    g = rng.normal(size=weight.shape).astype("float32")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(q(weight, True, weights=qvars) * g)
+    ds = tape.gradient(loss, qvars["scale"]).numpy()
+    u = w0 / s0
+    proj = q.codebook.project_numpy(u)
+    inside = (u >= -1) & (u <= 1)
+    grad_scale = 1 / np.sqrt(4 * 1.0)
+    expected = (np.where(inside, proj - u, proj) * g * grad_scale).sum(axis=0, keepdims=True)
+    np.testing.assert_allclose(ds, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_learned_scale_initializes_from_weights():
+    q = td.binary(scale="learned")
+    qat = _wrapped_dense(q)
+    weight, q, qvars, out = _quantize(qat.layers[0])
+    expected = np.mean(np.abs(weight.numpy()), axis=0, keepdims=True)
+    np.testing.assert_allclose(qvars["scale"].numpy(), expected, rtol=1e-6)
+    assert float(qvars["scale_initialized"].numpy()) == 1.0
+
+
+@pytest.mark.parametrize("name", ["binary", "four_values", "ternary_mean_abs", "binary_learned"])
+def test_latent_weights_are_kept_inside_the_codebook_range(name):
+    from conftest import QUANTIZERS
+
+    q = QUANTIZERS[name]
+    qat = _wrapped_dense(q)
+    qat.compile(keras.optimizers.SGD(5.0), "mse")
+    x = np.random.default_rng(0).normal(size=(64, 5)).astype("float32") * 10
+    y = np.random.default_rng(1).normal(size=(64, 6)).astype("float32") * 100
+    qat.fit(x, y, epochs=2, verbose=0)
+    weight, q, qvars, _ = _quantize(qat.layers[0])
+    w = weight.numpy()
+    bound = q.codebook.max_abs
+    if q.scale == "learned":
+        bound = bound * np.abs(qvars["scale"].numpy()) * (1 + 1e-5)
+    assert np.all(np.abs(w) <= bound + 1e-6)
+    assert np.abs(w).max() > 0.5 * np.min(bound), "the update should have reached the clip"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"values": [-1, 1], "scale": "max"}, "Received: scale='max'"),
+        ({"values": [-1, 1], "gradient": "sign"}, "Received: gradient='sign'"),
+        ({"values": [-1, 1], "stochastic": "yes"}, "Received: stochastic='yes'"),
+        ({"values": [-1, 1], "per_channel_axis": "last"}, "Received: per_channel_axis='last'"),
+        ({"values": []}, "Received: values=[]"),
+    ],
+)
+def test_bad_options_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match.replace("[", r"\[").replace("]", r"\]")):
+        td.CodebookQuantizer(**kwargs)
+
+
+def test_presets():
+    assert td.binary().values.tolist() == [-1.0, 1.0]
+    assert td.ternary().values.tolist() == [-1.0, 0.0, 1.0]
+    assert td.ternary().scale == "mean_abs"
+    assert td.power_of_two(bits=3).values.tolist() == [
+        -1.0,
+        -0.5,
+        -0.25,
+        -0.125,
+        0.125,
+        0.25,
+        0.5,
+        1.0,
+    ]
+    with pytest.raises(ValueError, match="Received: bits=1"):
+        td.power_of_two(bits=1)
+
+
+def test_get():
+    assert quantizers.get(None) is None
+    assert quantizers.get("binary") == td.binary()
+    assert quantizers.get([1, -1]) == td.binary()
+    assert quantizers.get(td.ternary().get_config()) == td.ternary()
+    with pytest.raises(ValueError, match="Received: identifier=3.5"):
+        quantizers.get(3.5)
+    with pytest.raises(ValueError, match="Received: identifier='octal'"):
+        quantizers.get("octal")
+
+
+def test_stochastic_rounding_is_unbiased():
+    x = tf.fill([200000], 0.25)
+    out = td.binary(stochastic=True)(x, True, {}).numpy()
+    assert set(np.unique(out)) == {-1.0, 1.0}
+    assert abs(out.mean() - 0.25) < 0.01
+    # Inference is deterministic.
+    assert set(np.unique(td.binary(stochastic=True)(x, False, {}).numpy())) == {1.0}
