@@ -1,0 +1,122 @@
+"""Keras model -> `.tflite` bytes in each format, and model loading."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+
+import tfmot_discrete as td
+from tfmot_discrete._keras import keras
+
+FORMATS = ("float", "int8", "int4", "full_int8")
+
+#: Largest integer code of a symmetric weight tensor in each format.
+QMAX = {"int8": 127, "int4": 7, "full_int8": 127}
+
+
+class ExportError(ValueError):
+    """A model, file or argument that cannot be exported; the message says why."""
+
+
+def check_format(fmt) -> str:
+    if fmt not in FORMATS:
+        raise ExportError(f"`format` must be one of {list(FORMATS)}. Received: format={fmt!r}")
+    return fmt
+
+
+def load_model(path, safe_mode: bool = True):
+    """Loads a saved (QAT or plain) tf_keras model inside `td.quantize_scope()`.
+
+    Args:
+        path: A `.keras` or `.h5` file, or a SavedModel directory.
+        safe_mode: Keras safe mode (refuses Lambda layers' code in `.keras`).
+            Defaults to `True`.
+
+    Raises:
+        ExportError: For a missing, unreadable or unloadable file.
+    """
+    p = pathlib.Path(os.fspath(path))
+    if not p.exists():
+        raise ExportError(f"Model file not found. Received: model={str(p)!r}")
+    is_savedmodel = p.is_dir() and (p / "saved_model.pb").exists()
+    if p.is_dir() and not is_savedmodel:
+        raise ExportError(
+            f"{str(p)!r} is a directory without saved_model.pb; expected a .keras or .h5 file "
+            "or a SavedModel directory."
+        )
+    if not is_savedmodel and p.suffix not in (".keras", ".h5", ".hdf5"):
+        raise ExportError(
+            f"Unknown model file type {p.suffix!r}; accepted: .keras, .h5, or a SavedModel "
+            f"directory. Received: model={str(p)!r}"
+        )
+    kwargs = {"safe_mode": safe_mode} if p.suffix == ".keras" else {}
+    try:
+        with td.quantize_scope():
+            return keras.models.load_model(str(p), compile=False, **kwargs)
+    except Exception as e:  # noqa: BLE001 - any loader failure is reported the same way
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "safe_mode" in str(e) or "Lambda" in str(e):
+            msg += " (the file holds code such as a Lambda layer; pass --unsafe to trust it)"
+        raise ExportError(f"Cannot load model {str(p)!r}: {msg}") from e
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The converter prints to stdout/stderr through several layers; keep it short."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        yield
+
+
+def input_specs(model):
+    return [(tuple(t.shape), t.dtype) for t in model.inputs]
+
+
+def float_tflite(plain) -> bytes:
+    """float32 weights and activations."""
+    conv = tf.lite.TFLiteConverter.from_keras_model(plain)
+    with _quiet():
+        return bytes(conv.convert())
+
+
+def full_int8_tflite(plain, representative) -> bytes:
+    """int8 weights and activations, int8 input and output (for microcontrollers)."""
+
+    def gen():
+        for sample in representative:
+            yield [np.asarray(s, dtype=np.float32)[None] for s in sample]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(plain)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = gen
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    with _quiet():
+        return bytes(conv.convert())
+
+
+def weight_only_tflite(float_bytes: bytes, bits: int) -> bytes:
+    """Weight-only per-channel int8 or int4 through ai-edge-quantizer.
+
+    Its int4 policy leaves DEPTHWISE_CONV_2D and TRANSPOSE_CONV in float32;
+    those get int8 weights instead, the narrowest it can store for them.
+    """
+    from ai_edge_quantizer import qtyping, quantizer, recipe_manager  # noqa: PLC0415
+
+    op = qtyping.TFLOperationName
+    rm = recipe_manager.RecipeManager()
+    rm.add_weight_only_config(regex=".*", operation_name=op.ALL_SUPPORTED, num_bits=bits)
+    if bits == 4:
+        for name in (op.DEPTHWISE_CONV_2D, op.CONV_2D_TRANSPOSE):
+            rm.add_weight_only_config(regex=".*", operation_name=name, num_bits=8)
+    q = quantizer.Quantizer(float_bytes)
+    q.load_quantization_recipe(rm.get_quantization_recipe())
+    with _quiet():
+        result = q.quantize()
+    return bytes(result.quantized_model)

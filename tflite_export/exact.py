@@ -1,0 +1,404 @@
+"""Codebook-exact integer storage: lattice steps, codes, flatbuffer patching.
+
+A channel whose values are `codebook value x u_c` is stored exactly as
+integers when every codebook value divided by a step `g` is an integer of
+magnitude at most `qmax`; the channel's step is then `g x |u_c|`. BatchNorm
+folded into the channel only changes `u_c`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow_model_optimization as tfmot
+from tensorflow.lite.tools import flatbuffer_utils
+
+from tfmot_discrete.codebook import Codebook
+from tfmot_discrete.layers import DiscreteMultiplier
+from tfmot_discrete.quantizers import CodebookQuantizer
+
+_qk = tfmot.quantization.keras
+
+# TFLite builtin operator codes and the input index of their weight tensor.
+_WEIGHT_INPUT = {
+    9: 1,  # FULLY_CONNECTED
+    3: 1,  # CONV_2D
+    4: 1,  # DEPTHWISE_CONV_2D
+    67: 1,  # TRANSPOSE_CONV
+    113: 1,  # CONV_3D
+    36: 0,  # GATHER (params)
+    7: 1,  # EMBEDDING_LOOKUP
+    18: None,  # MUL: whichever input is constant
+}
+_BIAS_INPUT = {9: 2, 3: 2, 4: 2, 67: 3, 113: 2}
+_DEQUANTIZE = 6
+_TENSOR_TYPES = {0: "float32", 9: "int8", 17: "int4", 2: "int32", 1: "float16"}
+
+
+@dataclasses.dataclass
+class CodebookWeight:
+    """A trained codebook weight, in Keras layout."""
+
+    layer: str
+    layer_class: str
+    weight: str
+    codebook: Codebook
+    values: np.ndarray  # codebook value x channel scale
+    codes: np.ndarray  # codebook value of each entry
+    scales: np.ndarray  # channel scale of each entry (broadcast to values.shape)
+
+    @property
+    def label(self) -> str:
+        return f"{self.layer}/{self.weight}"
+
+
+def codebook_weights(model) -> list[CodebookWeight]:
+    """Every codebook-quantized weight of a QAT model (or DiscreteMultiplier)."""
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, _qk.QuantizeWrapper):
+            items = [
+                (w, q, v)
+                for w, q, v in getattr(layer, "_weight_vars", [])
+                if isinstance(q, CodebookQuantizer)
+            ]
+            name, cls = layer.layer.name, type(layer.layer).__name__
+        elif isinstance(layer, DiscreteMultiplier) and layer.built:
+            items = [(layer.kernel, layer.quantizer, layer._quantizer_vars)]  # noqa: SLF001
+            name, cls = layer.name, "DiscreteMultiplier"
+        else:
+            continue
+        for latent, q, qvars in items:
+            values = np.asarray(q(latent, False, weights=qvars), np.float64)
+            scales = np.broadcast_to(
+                np.asarray(q.quantized_scale(latent, qvars), np.float64), values.shape
+            )
+            codes = q.codebook.project_numpy(values / scales)
+            out.append(
+                CodebookWeight(
+                    layer=name,
+                    layer_class=cls,
+                    weight=latent.name.split(":")[0].split("/")[-1],
+                    codebook=q.codebook,
+                    values=values,
+                    codes=codes,
+                    scales=np.array(scales),
+                )
+            )
+    return out
+
+
+def tflite_layout(cls: str, weight: str, a: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """A Keras weight in the layout the TFLite converter writes, and its
+    output-channel dimension there (None: one scale per tensor)."""
+    if cls == "Dense":
+        return a.T, 0
+    if cls in ("Conv2D",) or (cls == "SeparableConv2D" and weight == "pointwise_kernel"):
+        return np.transpose(a, (3, 0, 1, 2)), 0
+    if cls == "Conv1D":
+        return np.transpose(a, (2, 0, 1))[:, None], 0
+    if cls == "SeparableConv1D" and weight == "pointwise_kernel":
+        return np.transpose(a, (2, 0, 1))[:, None], 0
+    if weight == "depthwise_kernel":
+        if a.ndim == 3:  # SeparableConv1D: (w, in, mult)
+            return a.reshape(1, 1, a.shape[0], -1), 3
+        return a.reshape(1, a.shape[0], a.shape[1], -1), 3
+    if cls == "Conv2DTranspose":
+        return np.transpose(a, (2, 0, 1, 3)), 0
+    if cls == "Conv1DTranspose":
+        return np.transpose(a, (1, 0, 2))[:, None], 0
+    if cls == "Conv3D":
+        return a, 4
+    if cls == "Embedding":
+        return a, 0
+    return a, None
+
+
+@dataclasses.dataclass
+class TensorMatch:
+    """Where a codebook weight lives in a `.tflite` file, and its channel units."""
+
+    cw: CodebookWeight
+    tensor: int  # index of the stored tensor (int8/int4/float)
+    op_index: int  # the operator that consumes it
+    channel_dim: int | None
+    codes: np.ndarray  # codebook values, TFLite layout
+    units: np.ndarray  # per-channel unit (scale x BatchNorm factor), signed
+    reference: np.ndarray  # the float value the channel should decode to
+
+
+def _buffer_array(model, tensor) -> np.ndarray | None:
+    data = model.buffers[tensor.buffer].data
+    if data is None or len(data) == 0:
+        return None
+    dtype = {0: np.float32, 9: np.int8, 2: np.int32, 1: np.float16}.get(tensor.type)
+    if tensor.type == 17:
+        raw = np.asarray(data, np.uint8)
+        lo = (raw & 0x0F).astype(np.int8)
+        hi = (raw >> 4).astype(np.int8)
+        lo[lo > 7] -= 16
+        hi[hi > 7] -= 16
+        vals = np.stack([lo, hi], axis=1).reshape(-1)[: int(np.prod(tensor.shape))]
+        return vals.reshape(tensor.shape)
+    if dtype is None:
+        return None
+    return np.frombuffer(bytes(bytearray(data)), dtype=dtype).reshape(tensor.shape)
+
+
+def dequantize(model, tensor) -> np.ndarray | None:
+    raw = _buffer_array(model, tensor)
+    if raw is None:
+        return None
+    if tensor.type in (0, 1):
+        return raw.astype(np.float64)
+    q = tensor.quantization
+    if q is None or q.scale is None or len(q.scale) == 0:
+        return raw.astype(np.float64)
+    scale = np.asarray(q.scale, np.float64)
+    zp = np.asarray(q.zeroPoint if q.zeroPoint is not None else [0] * len(scale), np.float64)
+    if scale.size == 1:
+        return (raw - zp[0]) * scale[0]
+    shape = [1] * raw.ndim
+    shape[q.quantizedDimension] = -1
+    return (raw - zp.reshape(shape)) * scale.reshape(shape)
+
+
+def weight_tensors(model) -> list[tuple[int, int]]:
+    """`(op index, stored tensor index)` of every constant weight input."""
+    sg = model.subgraphs[0]
+    producers = {}
+    for i, op in enumerate(sg.operators):
+        for t in op.outputs:
+            producers[int(t)] = i
+    out = []
+    for i, op in enumerate(sg.operators):
+        code = model.operatorCodes[op.opcodeIndex].builtinCode
+        if code not in _WEIGHT_INPUT:
+            continue
+        idxs = [_WEIGHT_INPUT[code]] if _WEIGHT_INPUT[code] is not None else [0, 1]
+        for k in idxs:
+            t = int(op.inputs[k])
+            if t < 0:
+                continue
+            # Weight-only files feed the op through a DEQUANTIZE of the stored tensor.
+            p = producers.get(t)
+            if p is not None:
+                pop = sg.operators[p]
+                if model.operatorCodes[pop.opcodeIndex].builtinCode != _DEQUANTIZE:
+                    continue
+                t = int(pop.inputs[0])
+            if _buffer_array(model, sg.tensors[t]) is not None:
+                out.append((i, t))
+    return out
+
+
+def match_weights(model, cws: list[CodebookWeight], tolerance_of=None) -> tuple[list, list]:
+    """Finds each codebook weight among the file's weight tensors by content.
+
+    A tensor matches when, channel by channel, it equals the expected values
+    times one factor (1, or a folded BatchNorm factor) within `tolerance_of`
+    (a function of the stored tensor; float rounding for float tensors, half a
+    step for integer ones).
+
+    Returns:
+        (matches, names of codebook weights not found)
+    """
+    sg = model.subgraphs[0]
+    candidates = weight_tensors(model)
+    used = set()
+    matches, missing = [], []
+    for cw in cws:
+        exp, dim = tflite_layout(cw.layer_class, cw.weight, cw.values)
+        codes, _ = tflite_layout(cw.layer_class, cw.weight, cw.codes)
+        scales, _ = tflite_layout(cw.layer_class, cw.weight, cw.scales)
+        found = None
+        for op_i, t in candidates:
+            if t in used:
+                continue
+            tensor = sg.tensors[t]
+            got = dequantize(model, tensor)
+            if got is None or got.size != exp.size:
+                continue
+            got = got.reshape(exp.shape)
+            factors = _channel_factors(got, exp, dim)
+            if factors is None:
+                continue
+            tol = tolerance_of(tensor, got) if tolerance_of else 1e-5 * max(1e-30, np.abs(got).max())
+            ref = exp * _expand(factors, exp.ndim, dim)
+            if np.abs(got - ref).max() <= tol:
+                found = (op_i, t, factors, ref)
+                break
+        if found is None:
+            missing.append(cw.label)
+            continue
+        op_i, t, factors, ref = found
+        used.add(t)
+        per_ch_scale = _per_channel(scales, dim)
+        matches.append(
+            TensorMatch(cw, t, op_i, dim, codes, factors * per_ch_scale, ref)
+        )
+    return matches, missing
+
+
+def _expand(v, ndim, dim):
+    if dim is None:
+        return np.asarray(v).reshape(())
+    shape = [1] * ndim
+    shape[dim] = -1
+    return np.asarray(v).reshape(shape)
+
+
+def _per_channel(a, dim):
+    """First entry of each channel of an array that is constant per channel."""
+    if dim is None:
+        return np.asarray(a).reshape(-1)[:1].reshape(())
+    moved = np.moveaxis(a, dim, 0).reshape(a.shape[dim], -1)
+    return moved[:, 0]
+
+
+def _channel_factors(got, exp, dim):
+    """Least-squares factor per channel so that got ~= factor x exp."""
+    if dim is None:
+        g, e = got.reshape(1, -1), exp.reshape(1, -1)
+    else:
+        g = np.moveaxis(got, dim, 0).reshape(got.shape[dim], -1)
+        e = np.moveaxis(exp, dim, 0).reshape(exp.shape[dim], -1)
+    den = (e * e).sum(axis=1)
+    num = (g * e).sum(axis=1)
+    f = np.where(den > 0, num / np.where(den > 0, den, 1), 1.0)
+    if np.any(~np.isfinite(f)):
+        return None
+    return f.reshape(()) if dim is None else f
+
+
+def lattice_step(codebook: Codebook, qmax: int) -> float | None:
+    """Step `g`, in codebook units, with every value / g an integer within qmax."""
+    return codebook.integer_step(qmax)
+
+
+def smallest_exact_format(codebook: Codebook) -> str:
+    if codebook.integer_step(7) is not None:
+        return "int4"
+    if codebook.integer_step(127) is not None:
+        return "int8"
+    return "float"
+
+
+def _pack_int4(codes: np.ndarray) -> np.ndarray:
+    flat = codes.reshape(-1).astype(np.int8)
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.int8)])
+    lo = flat[0::2].astype(np.uint8) & 0x0F
+    hi = flat[1::2].astype(np.uint8) & 0x0F
+    return (lo | (hi << 4)).astype(np.uint8)
+
+
+def _own_buffer(model, tensor_index):
+    """Makes sure the tensor's buffer is used by no other tensor."""
+    sg = model.subgraphs[0]
+    t = sg.tensors[tensor_index]
+    shared = [i for i, o in enumerate(sg.tensors) if o.buffer == t.buffer and i != tensor_index]
+    if shared:
+        new = type(model.buffers[t.buffer])()
+        new.data = np.array(model.buffers[t.buffer].data, np.uint8)
+        model.buffers.append(new)
+        t.buffer = len(model.buffers) - 1
+    return model.buffers[t.buffer]
+
+
+def write_exact(model, m: TensorMatch, g: float) -> None:
+    """Rewrites an integer tensor with codes on the lattice `g` (in place)."""
+    sg = model.subgraphs[0]
+    t = sg.tensors[m.tensor]
+    units = np.asarray(m.units, np.float64).reshape(-1)
+    sign = np.where(units < 0, -1.0, 1.0)
+    mag = np.where(np.abs(units) > 0, np.abs(units), 1.0)
+    steps = g * mag
+    codes = m.codes * _expand(sign, m.codes.ndim, m.channel_dim) / g
+    ints = np.round(codes)
+    if np.abs(codes - ints).max() > 1e-6:
+        raise AssertionError(f"{m.cw.label}: codes not integral on the chosen lattice")
+    ints = ints.astype(np.int8)
+    buf = _own_buffer(model, m.tensor)
+    old_scales = np.asarray(t.quantization.scale, np.float64).reshape(-1)
+    if t.type == 17:
+        buf.data = _pack_int4(ints)
+    else:
+        buf.data = ints.reshape(-1).view(np.uint8).copy()
+    q = t.quantization
+    if m.channel_dim is None:
+        steps = steps[:1] if steps.size else np.array([g])
+        q.quantizedDimension = 0
+    else:
+        q.quantizedDimension = m.channel_dim
+    q.scale = [float(s) for s in steps.astype(np.float32)]
+    q.zeroPoint = [0] * len(q.scale)
+    _requantize_bias(model, m, old_scales, np.asarray(q.scale, np.float64))
+
+
+def _requantize_bias(model, m: TensorMatch, old_w_scales, new_w_scales):
+    """int32 bias step = input step x weight step: follow the new weight step."""
+    sg = model.subgraphs[0]
+    op = sg.operators[m.op_index]
+    code = model.operatorCodes[op.opcodeIndex].builtinCode
+    k = _BIAS_INPUT.get(code)
+    if k is None or k >= len(op.inputs) or int(op.inputs[k]) < 0:
+        return
+    bias_t = sg.tensors[int(op.inputs[k])]
+    if bias_t.type != 2 or bias_t.quantization is None or bias_t.quantization.scale is None:
+        return
+    in_t = sg.tensors[int(op.inputs[0])]
+    in_scale = float(np.asarray(in_t.quantization.scale).reshape(-1)[0])
+    raw = _buffer_array(model, bias_t).astype(np.float64)
+    old = np.asarray(bias_t.quantization.scale, np.float64).reshape(-1)
+    value = raw * (old if old.size == raw.size else old[0])
+    new_scale = in_scale * np.broadcast_to(new_w_scales, raw.shape)
+    new = np.round(value / new_scale).astype(np.int64)
+    new = np.clip(new, -(2**31) + 1, 2**31 - 1).astype(np.int32)
+    buf = _own_buffer(model, int(op.inputs[k]))
+    buf.data = new.view(np.uint8).copy()
+    bias_t.quantization.scale = [float(s) for s in new_scale.astype(np.float32)]
+    bias_t.quantization.zeroPoint = [0] * len(bias_t.quantization.scale)
+    del old_w_scales
+
+
+def read(model_bytes: bytes):
+    return flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+
+
+def write(model) -> bytes:
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def tensor_type_name(tensor) -> str:
+    return _TENSOR_TYPES.get(tensor.type, f"type{tensor.type}")
+
+
+def locate(model, matches: list[TensorMatch], tolerance_of) -> tuple[list, list]:
+    """Finds the tensors of `matches` (made on the float file) in another file
+    of the same model, by content: dequantized within `tolerance_of` of the
+    float reference. Units stay those of the float file, which are exact."""
+    sg = model.subgraphs[0]
+    candidates = weight_tensors(model)
+    used, found, missing = set(), [], []
+    for m in matches:
+        hit = None
+        for op_i, t in candidates:
+            if t in used:
+                continue
+            tensor = sg.tensors[t]
+            got = dequantize(model, tensor)
+            if got is None or got.size != m.reference.size:
+                continue
+            if np.abs(got.reshape(m.reference.shape) - m.reference).max() <= tolerance_of(
+                tensor, got
+            ):
+                hit = (op_i, t)
+                break
+        if hit is None:
+            missing.append(m.cw.label)
+            continue
+        used.add(hit[1])
+        found.append(dataclasses.replace(m, op_index=hit[0], tensor=hit[1]))
+    return found, missing
