@@ -1,15 +1,27 @@
-"""tflite_export: codebook-exact TFLite files from tfmot_discrete models."""
+"""tflite_export: codebook-exact TFLite files from tfmot_discrete models.
 
-from tflite_export.convert import FORMATS
-from tflite_export.convert import ExportError
-from tflite_export.convert import load_model
-from tflite_export.pipeline import Report
-from tflite_export.pipeline import export
+The heavy modules (TensorFlow, the converters) load on first use, so the
+console script can set up logging before TensorFlow starts.
+"""
 
-__all__ = [
-    "FORMATS",
-    "ExportError",
-    "Report",
-    "export",
-    "load_model",
-]
+import importlib
+
+_LAZY = {
+    "FORMATS": "tflite_export.convert",
+    "ExportError": "tflite_export.convert",
+    "load_model": "tflite_export.convert",
+    "Report": "tflite_export.pipeline",
+    "export": "tflite_export.pipeline",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tflite_export' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

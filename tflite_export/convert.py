@@ -11,9 +11,8 @@ import numpy as np
 import tensorflow as tf
 
 import tfmot_discrete as td
+from tflite_export.formats import FORMATS
 from tfmot_discrete._keras import keras
-
-FORMATS = ("float", "int8", "int4", "full_int8")
 
 #: Largest integer code of a symmetric weight tensor in each format.
 QMAX = {"int8": 127, "int4": 7, "full_int8": 127}

@@ -224,7 +224,9 @@ def match_weights(model, cws: list[CodebookWeight], tolerance_of=None) -> tuple[
             factors = _channel_factors(got, exp, dim)
             if factors is None:
                 continue
-            tol = tolerance_of(tensor, got) if tolerance_of else 1e-5 * max(1e-30, np.abs(got).max())
+            tol = (
+                tolerance_of(tensor, got) if tolerance_of else 1e-5 * max(1e-30, np.abs(got).max())
+            )
             ref = exp * _expand(factors, exp.ndim, dim)
             if np.abs(got - ref).max() <= tol:
                 found = (op_i, t, factors, ref)
@@ -235,9 +237,7 @@ def match_weights(model, cws: list[CodebookWeight], tolerance_of=None) -> tuple[
         op_i, t, factors, ref = found
         used.add(t)
         per_ch_scale = _per_channel(scales, dim)
-        matches.append(
-            TensorMatch(cw, t, op_i, dim, codes, factors * per_ch_scale, ref)
-        )
+        matches.append(TensorMatch(cw, t, op_i, dim, codes, factors * per_ch_scale, ref))
     return matches, missing
 
 

@@ -27,16 +27,18 @@ def c_source(data: bytes, name: str, header: str) -> str:
 
 
 def c_header(name: str, guard: str) -> str:
-    return "\n".join([
-        f"#ifndef {guard}",
-        f"#define {guard}",
-        "",
-        f"extern const unsigned char {name}[];",
-        f"extern const unsigned int {name}_len;",
-        "",
-        f"#endif  // {guard}",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"#ifndef {guard}",
+            f"#define {guard}",
+            "",
+            f"extern const unsigned char {name}[];",
+            f"extern const unsigned int {name}_len;",
+            "",
+            f"#endif  // {guard}",
+            "",
+        ]
+    )
 
 
 def write_c_array(data: bytes, path) -> str:

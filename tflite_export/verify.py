@@ -19,10 +19,14 @@ def interpreter(model_bytes: bytes):
     return it
 
 
-def litert_weights(it) -> dict[int, np.ndarray]:
-    """`{tensor index: dequantized float64 value}` of every constant tensor LiteRT holds."""
+def litert_weights(it, indices) -> dict[int, np.ndarray]:
+    """`{tensor index: dequantized float64 value}` of the given constant tensors,
+    as LiteRT reads them (int4 comes back unpacked)."""
     out = {}
+    wanted = set(indices)
     for d in it.get_tensor_details():
+        if d["index"] not in wanted:
+            continue
         try:
             raw = it.get_tensor(d["index"])
         except ValueError:
@@ -95,10 +99,11 @@ def check_codebook_file(model_bytes: bytes, codebook: Codebook) -> list[WeightCh
     the file must be `codebook x one factor per output channel`."""
     fb = exact.read(model_bytes)
     it = interpreter(model_bytes)
-    values = litert_weights(it)
+    found = exact.weight_tensors(fb)
+    values = litert_weights(it, [t for _, t in found])
     sg = fb.subgraphs[0]
     out = []
-    for op_i, t in exact.weight_tensors(fb):
+    for op_i, t in found:
         code = fb.operatorCodes[sg.operators[op_i].opcodeIndex].builtinCode
         if code == 18:  # MUL constants are not weights of a quantizable layer
             continue

@@ -1,0 +1,183 @@
+"""`tflite-export`: saved Keras model -> verified, codebook-exact `.tflite` file.
+
+    tflite-export MODEL -o OUT --format {float,int8,int4,full_int8}
+        [--representative-data FILE.npy] [--c-array FILE.cc] [--allow-inexact] [--unsafe]
+    tflite-export verify FILE.tflite --codebook 1,-1,0.5,-0.5 [--model MODEL]
+        [--representative-data FILE.npy]
+
+Exit status: 0 when everything checked out, 1 when verification failed,
+2 for bad input (nothing is written then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+
+import numpy as np
+
+PROG = "tflite-export"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+from tflite_export.formats import FORMATS  # noqa: E402
+
+
+def _export_parser():
+    p = _Parser(
+        prog=PROG,
+        description="Export a saved Keras (QAT) model to a verified, "
+        "codebook-exact TFLite file. Use `tflite-export verify FILE` to check a file.",
+    )
+    p.add_argument("model", help=".keras or .h5 file, or SavedModel directory")
+    p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
+    p.add_argument("--format", default="int8", choices=FORMATS, help="default: int8")
+    p.add_argument(
+        "--representative-data",
+        metavar="FILE.npy",
+        help="sample inputs (N, ...) for full_int8 calibration and the output check",
+    )
+    p.add_argument("--c-array", metavar="FILE.cc", help="also write a C array (and .h) for TFLM")
+    p.add_argument(
+        "--allow-inexact",
+        action="store_true",
+        help="write codebooks with no exact integer lattice anyway",
+    )
+    p.add_argument(
+        "--unsafe",
+        action="store_true",
+        help="turn Keras safe mode off (trust code, e.g. Lambda layers, in the file)",
+    )
+    return p
+
+
+def _verify_parser():
+    p = _Parser(
+        prog=f"{PROG} verify",
+        description="Read a .tflite file back with LiteRT and "
+        "check every weight tensor against a codebook, per output channel.",
+    )
+    p.add_argument("file", help="the .tflite file")
+    p.add_argument("--codebook", required=True, help="comma-separated values, e.g. 1,-1,0.5,-0.5")
+    p.add_argument("--model", help="the Keras model to compare outputs with")
+    p.add_argument("--representative-data", metavar="FILE.npy", help="inputs for the comparison")
+    return p
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _load_npy(path):
+    from tflite_export.convert import ExportError  # noqa: PLC0415
+
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise ExportError(f"Representative data file not found. Received: {path!r}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"Cannot read {path!r} as a .npy array: {e}") from e
+
+
+def _main_export(argv) -> int:
+    args = _export_parser().parse_args(argv)
+    import tflite_export  # noqa: PLC0415
+    from tflite_export.convert import ExportError  # noqa: PLC0415
+
+    try:
+        rep = _load_npy(args.representative_data)
+        report = tflite_export.export(
+            args.model,
+            args.output,
+            format=args.format,
+            representative_data=rep,
+            allow_inexact=args.allow_inexact,
+            c_array=args.c_array,
+            safe_mode=not args.unsafe,
+        )
+    except ExportError as e:
+        text = str(e)
+        if text.startswith("Verification failed"):
+            print(text, file=sys.stderr)
+            return 1
+        return _fail(text.splitlines()[0] if "\n" not in text else text)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _main_verify(argv) -> int:
+    args = _verify_parser().parse_args(argv)
+    from tflite_export import convert, verify  # noqa: PLC0415
+    from tflite_export.convert import ExportError  # noqa: PLC0415
+    from tfmot_discrete.codebook import Codebook  # noqa: PLC0415
+
+    try:
+        try:
+            values = [float(v) for v in args.codebook.split(",") if v.strip()]
+            codebook = Codebook(values)
+        except ValueError as e:
+            raise ExportError(
+                f"--codebook must be comma-separated numbers, at least 2 distinct ({e}). "
+                f"Received: --codebook {args.codebook!r}"
+            ) from e
+        path = pathlib.Path(args.file)
+        if not path.is_file():
+            raise ExportError(f"File not found. Received: {args.file!r}")
+        data = path.read_bytes()
+        try:
+            checks = verify.check_codebook_file(data, codebook)
+        except Exception as e:  # noqa: BLE001
+            raise ExportError(f"{args.file!r} is not a readable .tflite file ({e})") from e
+        rep = _load_npy(args.representative_data)
+        shown = ", ".join(f"{v:g}" for v in codebook.values)
+        lines = [f"{args.file}: {len(data):,} bytes, codebook {{{shown}}}"]
+        for c in checks:
+            status = "exact" if c.exact else f"NOT in codebook (max deviation {c.max_error:.3g})"
+            lines.append(f"  {c.name}: {c.storage}, {c.count:,} weights, {status}")
+        ok = bool(checks) and all(c.exact for c in checks)
+        if not checks:
+            lines.append("  no weight tensors found")
+        if args.model:
+            from tflite_export.pipeline import _random_inputs, _representative  # noqa: PLC0415
+
+            model = convert.load_model(args.model)
+            from tfmot_discrete.quantize import is_quantized, strip_quantization  # noqa: PLC0415
+
+            plain = strip_quantization(model) if is_quantized(model) else model
+            inputs = _representative(plain, rep) if rep is not None else _random_inputs(plain)
+            ref = np.asarray(plain.predict(inputs[0] if len(inputs) == 1 else inputs, verbose=0))
+            got = verify.run_litert(data, inputs)[0].reshape(ref.shape)
+            diff = float(np.abs(got - ref).max())
+            rng = float(ref.max() - ref.min()) or 1.0
+            lines.append(
+                f"  outputs vs {args.model}: max abs diff {diff:.3g} "
+                f"({diff / rng:.2e} of output range)"
+            )
+        lines.append("OK" if ok else "FAILED")
+        print("\n".join(lines))
+        return 0 if ok else 1
+    except ExportError as e:
+        return _fail(str(e))
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if argv and argv[0] == "verify":
+        return _main_verify(argv[1:])
+    return _main_export(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
