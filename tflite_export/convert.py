@@ -9,10 +9,16 @@ import pathlib
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (
+    QuantizeLayer,
+)
 
 import tfmot_discrete as td
 from tflite_export.formats import FORMATS
 from tfmot_discrete._keras import keras
+from tfmot_discrete.layers import DiscreteMultiplier
+from tfmot_discrete.quantizers import CodebookQuantizer
 
 #: Largest integer code of a symmetric weight tensor in each format.
 QMAX = {"int8": 127, "int4": 7, "full_int8": 127}
@@ -119,3 +125,57 @@ def weight_only_tflite(float_bytes: bytes, bits: int) -> bytes:
     with _quiet():
         result = q.quantize()
     return bytes(result.quantized_model)
+
+
+class _Identity(tfmot.quantization.keras.quantizers.Quantizer):
+    """Stands in for a weight quantizer once its weight holds projected values."""
+
+    def build(self, tensor_shape, name, layer):
+        return {}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        return inputs
+
+    def get_config(self):
+        return {}
+
+
+def has_activation_quantizers(model) -> bool:
+    """True for a QAT model from `quantize_model(..., activations="int8")`."""
+    return any(isinstance(layer, QuantizeLayer) for layer in model.layers)
+
+
+def baked_qat_copy(qat):
+    """A copy of a QAT model whose weights hold their projected values and whose
+    activation fake-quant (with the ranges learned in training) is kept."""
+    with td.quantize_scope():
+        copy = keras.models.clone_model(qat)
+    copy.set_weights(qat.get_weights())
+    for layer in copy.layers:
+        if isinstance(layer, tfmot.quantization.keras.QuantizeWrapper):
+            baked = []
+            for weight, quantizer, qvars in layer._weight_vars:  # noqa: SLF001
+                if isinstance(quantizer, CodebookQuantizer):
+                    weight.assign(quantizer(weight, False, weights=qvars))
+                    quantizer, qvars = _Identity(), {}
+                baked.append((weight, quantizer, qvars))
+            layer._weight_vars = baked  # noqa: SLF001
+        elif isinstance(layer, DiscreteMultiplier):
+            values = layer.quantized_kernel(False)
+            scale = layer.quantizer.quantized_scale(layer.kernel, layer._quantizer_vars)  # noqa: SLF001
+            layer.kernel.assign(values)
+            layer.quantizer = CodebookQuantizer(
+                np.asarray(layer.quantizer.values) * float(np.asarray(scale).reshape(-1)[0]),
+                per_channel_axis=[],
+            )
+    return copy
+
+
+def full_int8_from_qat(qat) -> bytes:
+    """full_int8 with the activation ranges the QAT model learned (no calibration)."""
+    conv = tf.lite.TFLiteConverter.from_keras_model(baked_qat_copy(qat))
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    with _quiet():
+        return bytes(conv.convert())

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (
+    QuantizeLayer,
+)
 
 from tfmot_discrete import _keras, configs, scheme
 from tfmot_discrete import quantizers as quantizers_mod
@@ -14,6 +19,27 @@ _qk = tfmot.quantization.keras
 _QuantizeAnnotate = _qk.quantize_annotate_layer(keras.layers.Dense(1)).__class__
 
 
+class _FixedQuantizeLayer(QuantizeLayer):
+    """TF-MOT's `QuantizeLayer`, marked built after `build`.
+
+    Loading a `.keras` file builds each layer from its build config and then
+    again when the graph is called, since `QuantizeLayer.build` leaves
+    `built` unset: the second build makes 5 variables where 3 were saved.
+    `quantize_scope` loads `QuantizeLayer`s as this class.
+    """
+
+    def build(self, input_shape):
+        if self.built:
+            return
+        super().build(input_shape)
+        self.built = True
+
+
+# Keras names saved state after the class name: keep TF-MOT's.
+_FixedQuantizeLayer.__name__ = _FixedQuantizeLayer.__qualname__ = "QuantizeLayer"
+
+
+@contextlib.contextmanager
 def quantize_scope(*args):
     """A custom-object scope holding TF-MOT's and this package's objects.
 
@@ -33,7 +59,10 @@ def quantize_scope(*args):
         "tfmot_discrete>DiscreteQuantizeConfig": configs.DiscreteQuantizeConfig,
         "tfmot_discrete>DiscreteMultiplier": DiscreteMultiplier,
     }
-    return _qk.quantize_scope(ours, *args)
+    with _qk.quantize_scope(ours, *args):
+        # Entered last, so it wins over TF-MOT's entry of the same name.
+        with keras.utils.custom_object_scope({"QuantizeLayer": _FixedQuantizeLayer}):
+            yield
 
 
 def _check_model(model, argname="model"):
@@ -120,7 +149,60 @@ def _plan(model, spec):
     return plan
 
 
-def quantize_model(model, quantizer):
+ACTIVATIONS = (None, "int8")
+
+# Layers the TFLite converter fuses into the op before them: the op's own
+# output is not quantized then, only the fused result.
+_FUSED_AFTER = (keras.layers.BatchNormalization, keras.layers.ReLU)
+_FUSABLE = (
+    keras.layers.Dense,
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D,
+    keras.layers.BatchNormalization,
+)
+
+
+def activation_quantizer():
+    """TF-MOT's 8-bit activation quantizer, as its default scheme uses it."""
+    return _qk.quantizers.MovingAverageQuantizer(
+        num_bits=8, per_axis=False, symmetric=False, narrow_range=False
+    )
+
+
+def _is_fused_into_next(layer) -> bool:
+    """True when the converter folds `layer`'s only consumer into it."""
+    if not isinstance(layer, _FUSABLE):
+        return False
+    act = getattr(layer, "activation", None)
+    if act is not None and getattr(act, "__name__", "linear") != "linear":
+        return False
+    consumers = [node.outbound_layer for node in layer._outbound_nodes]  # noqa: SLF001
+    if len(consumers) != 1:
+        return False
+    nxt = consumers[0]
+    if isinstance(nxt, keras.layers.Activation):
+        return getattr(nxt.activation, "__name__", "") in ("relu", "relu6")
+    return isinstance(nxt, _FUSED_AFTER)
+
+
+def _add_activation_quantizers(model, plan):
+    """8-bit output fake-quant where the int8 TFLite model quantizes."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer) or _is_fused_into_next(layer):
+            continue
+        if isinstance(layer, DiscreteMultiplier):
+            continue  # it is not wrapped; its consumer quantizes its output
+        cfg = plan.get(layer.name)
+        if cfg is None:
+            plan[layer.name] = configs.DiscreteQuantizeConfig({}, activation_quantizer())
+        elif isinstance(cfg, configs.DiscreteQuantizeConfig):
+            cfg.activation_quantizer = activation_quantizer()
+
+
+def quantize_model(model, quantizer, activations=None):
     """Makes every supported layer train its weights to a codebook.
 
     Annotates the layers and calls TF-MOT's `quantize_apply` with a
@@ -133,6 +215,12 @@ def quantize_model(model, quantizer):
             name) for every supported layer, or a mapping
             `{layer-name regex: quantizer | DiscreteQuantizeConfig | None}`;
             regexes are matched against the whole name, first match wins.
+        activations: `None` (activations stay float) or `"int8"`: also
+            simulate 8-bit activations with TF-MOT's quantizers (an input
+            `QuantizeLayer`, and a moving-average fake-quant on every output
+            that a full-int8 TFLite model quantizes, after BatchNorm/ReLU
+            fusion), so a `full_int8` export agrees with what was trained.
+            Defaults to `None`.
 
     Returns:
         A new tf_keras model whose quantized layers are `QuantizeWrapperV2`s.
@@ -149,9 +237,15 @@ def quantize_model(model, quantizer):
     >>> qat.layers[0].name
     'quant_dense'
     """
+    if activations not in ACTIVATIONS:
+        raise ValueError(
+            f"`activations` must be one of {list(ACTIVATIONS)}. Received: activations={activations!r}"
+        )
     model = _check_model(model)
     spec = scheme.resolve_quantizer_spec(quantizer)
     plan = _plan(model, spec)
+    if activations == "int8":
+        _add_activation_quantizers(model, plan)
     if not plan:
         # Nothing to wrap (e.g. only DiscreteMultipliers, which quantize themselves).
         with quantize_scope():
@@ -166,7 +260,9 @@ def quantize_model(model, quantizer):
 
     with quantize_scope():
         annotated = keras.models.clone_model(model, clone_function=_annotate)
-        plan_scheme = scheme.DiscreteQuantizeScheme(quantizer)
+        plan_scheme = scheme.DiscreteQuantizeScheme(
+            quantizer, quantize_inputs=activations == "int8"
+        )
         plan_scheme.get_quantize_registry()._config_for_unlisted = False  # noqa: SLF001
         qat = _qk.quantize_apply(annotated, scheme=plan_scheme)
     for layer in qat.layers:
@@ -239,6 +335,7 @@ def strip_quantization(model):
     """
     model = _check_model(model)
     new_weights = {}
+    dropped = []
 
     def _strip(layer):
         if isinstance(layer, _qk.QuantizeWrapper):
@@ -249,10 +346,8 @@ def strip_quantization(model):
             new_layer, vals = _baked_multiplier(layer)
             new_weights[layer.name] = {"kernel": vals[0]}
             return new_layer
-        if isinstance(
-            layer, _qk.quantize_layer.QuantizeLayer if hasattr(_qk, "quantize_layer") else ()
-        ):
-            raise ValueError("Models with a QuantizeLayer cannot be stripped.")
+        if isinstance(layer, QuantizeLayer):
+            dropped.append(layer.name)
         new_weights[layer.name] = layer.get_weights()
         return layer.__class__.from_config(layer.get_config())
 
@@ -265,7 +360,45 @@ def strip_quantization(model):
         if isinstance(values, dict):
             values = [values[_weight_key(w)] for w in layer.weights]
         layer.set_weights(values)
+    if dropped:
+        plain = _without_layers(plain, set(dropped))
     return plain
+
+
+def _without_layers(model, names):
+    """The model with single-input pass-through layers `names` taken out."""
+    config = model.get_config()
+    if isinstance(model, keras.Sequential):
+        config["layers"] = [e for e in config["layers"] if e["config"].get("name") not in names]
+        with quantize_scope():
+            new = keras.Sequential.from_config(config)
+    else:
+        source = {}
+        for entry in config["layers"]:
+            if entry["name"] in names:
+                source[entry["name"]] = entry["inbound_nodes"][0][0][:3]
+
+        def _rewire(ref):
+            while ref[0] in source:
+                ref = list(source[ref[0]]) + list(ref[3:])
+            return ref
+
+        layers = []
+        for entry in config["layers"]:
+            if entry["name"] in names:
+                continue
+            entry["inbound_nodes"] = [
+                [_rewire(list(ref)) for ref in node] for node in entry["inbound_nodes"]
+            ]
+            layers.append(entry)
+        config["layers"] = layers
+        config["output_layers"] = [_rewire(list(ref)) for ref in config["output_layers"]]
+        with quantize_scope():
+            new = keras.Model.from_config(config)
+    for layer in new.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return new
 
 
 def is_quantized(model) -> bool:

@@ -92,15 +92,40 @@ class DiscreteQuantizeRegistry(_qk.QuantizeRegistry):
         return configs.DiscreteQuantizeConfig({}, self._activation_quantizer)
 
 
-class _IdentityLayoutTransform(_qk.QuantizeLayoutTransform):
-    """No graph rewrites: no input fake-quant, no BatchNorm folding."""
+class _LayoutTransform(_qk.QuantizeLayoutTransform):
+    """No BatchNorm folding (the converter folds it, keeping the codebook);
+    an 8-bit input `QuantizeLayer` only when asked for."""
+
+    def __init__(self, quantize_inputs=False):
+        self.quantize_inputs = quantize_inputs
 
     def apply(self, model, layer_quantize_map):
-        return model, layer_quantize_map
+        if not self.quantize_inputs:
+            return model, layer_quantize_map
+        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (  # noqa: PLC0415
+            default_8bit_transforms,
+        )
+        from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (  # noqa: PLC0415
+            model_transformer,
+        )
+
+        return model_transformer.ModelTransformer(
+            model,
+            [default_8bit_transforms.InputLayerQuantize()],
+            set(layer_quantize_map.keys()),
+            layer_quantize_map,
+        ).transform()
 
 
 class DiscreteQuantizeScheme(_qk.QuantizeScheme):
     """A TF-MOT `QuantizeScheme` for codebook weights.
+
+    Args:
+        quantizer: A `CodebookQuantizer`, or a mapping `{layer-name regex:
+            quantizer}`. Defaults to `binary()`.
+        activation_quantizer: Optional TF-MOT quantizer for layer outputs.
+        quantize_inputs: Insert TF-MOT's 8-bit input `QuantizeLayer`.
+            Defaults to `False`.
 
     Example:
 
@@ -115,13 +140,14 @@ class DiscreteQuantizeScheme(_qk.QuantizeScheme):
     ['QuantizeWrapperV2']
     """
 
-    def __init__(self, quantizer=None, activation_quantizer=None):
+    def __init__(self, quantizer=None, activation_quantizer=None, quantize_inputs=False):
         if quantizer is None:
             quantizer = quantizers_mod.binary()
         self._registry = DiscreteQuantizeRegistry(quantizer, activation_quantizer)
+        self._quantize_inputs = bool(quantize_inputs)
 
     def get_layout_transformer(self):
-        return _IdentityLayoutTransform()
+        return _LayoutTransform(self._quantize_inputs)
 
     def get_quantize_registry(self):
         return self._registry
