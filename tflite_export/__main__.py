@@ -175,7 +175,13 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if argv and argv[0] == "verify":
-        return _main_verify(argv[1:])
+        # `--codebook -1,0,1`: a value starting with "-" would read as an option.
+        rest = argv[1:]
+        for i, a in enumerate(rest[:-1]):
+            if a == "--codebook" and rest[i + 1][:1] == "-":
+                rest[i : i + 2] = [f"--codebook={rest[i + 1]}"]
+                break
+        return _main_verify(rest)
     return _main_export(argv)
 
 

@@ -15,8 +15,7 @@ import tensorflow_model_optimization as tfmot
 from tensorflow.lite.tools import flatbuffer_utils
 
 from tfmot_discrete.codebook import Codebook
-from tfmot_discrete.layers import DiscreteMultiplier
-from tfmot_discrete.quantizers import CodebookQuantizer
+from tfmot_discrete.quantize import codebook_items
 
 _qk = tfmot.quantization.keras
 
@@ -55,37 +54,28 @@ class CodebookWeight:
 
 def codebook_weights(model) -> list[CodebookWeight]:
     """Every codebook-quantized weight of a QAT model (or DiscreteMultiplier)."""
-    out = []
+    inner_layers = {}
     for layer in model.layers:
-        if isinstance(layer, _qk.QuantizeWrapper):
-            items = [
-                (w, q, v)
-                for w, q, v in getattr(layer, "_weight_vars", [])
-                if isinstance(q, CodebookQuantizer)
-            ]
-            name, cls = layer.layer.name, type(layer.layer).__name__
-        elif isinstance(layer, DiscreteMultiplier) and layer.built:
-            items = [(layer.kernel, layer.quantizer, layer._quantizer_vars)]  # noqa: SLF001
-            name, cls = layer.name, "DiscreteMultiplier"
-        else:
-            continue
-        for latent, q, qvars in items:
-            values = np.asarray(q(latent, False, weights=qvars), np.float64)
-            scales = np.broadcast_to(
-                np.asarray(q.quantized_scale(latent, qvars), np.float64), values.shape
+        inner = layer.layer if isinstance(layer, _qk.QuantizeWrapper) else layer
+        inner_layers[inner.name] = inner
+    out = []
+    for label, latent, q, qvars in codebook_items(model):
+        values = np.asarray(q(latent, False, weights=qvars), np.float64)
+        scales = np.broadcast_to(
+            np.asarray(q.quantized_scale(latent, qvars), np.float64), values.shape
+        )
+        layer_name, weight = label.rsplit("/", 1)
+        out.append(
+            CodebookWeight(
+                layer=layer_name,
+                layer_class=type(inner_layers[layer_name]).__name__,
+                weight=weight,
+                codebook=q.codebook,
+                values=values,
+                codes=q.codebook.project_numpy(values / scales),
+                scales=np.array(scales),
             )
-            codes = q.codebook.project_numpy(values / scales)
-            out.append(
-                CodebookWeight(
-                    layer=name,
-                    layer_class=cls,
-                    weight=latent.name.split(":")[0].split("/")[-1],
-                    codebook=q.codebook,
-                    values=values,
-                    codes=codes,
-                    scales=np.array(scales),
-                )
-            )
+        )
     return out
 
 

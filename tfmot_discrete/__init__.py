@@ -5,6 +5,8 @@ from tfmot_discrete._keras import keras
 from tfmot_discrete.codebook import Codebook
 from tfmot_discrete.configs import DiscreteQuantizeConfig
 from tfmot_discrete.layers import DiscreteMultiplier
+from tfmot_discrete.monitor import CodebookMonitor
+from tfmot_discrete.plotting import plot_weights
 from tfmot_discrete.quantize import quantize_model, quantize_scope, strip_quantization
 from tfmot_discrete.quantizers import CodebookQuantizer, binary, power_of_two, ternary
 from tfmot_discrete.scheme import DiscreteQuantizeRegistry, DiscreteQuantizeScheme
@@ -14,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Codebook",
+    "CodebookMonitor",
     "CodebookQuantizer",
     "DiscreteMultiplier",
     "DiscreteQuantizeConfig",
@@ -21,6 +24,7 @@ __all__ = [
     "DiscreteQuantizeScheme",
     "binary",
     "keras",
+    "plot_weights",
     "power_of_two",
     "quantize_model",
     "quantize_scope",

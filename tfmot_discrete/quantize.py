@@ -268,7 +268,24 @@ def quantize_model(model, quantizer, activations=None):
     for layer in qat.layers:
         if isinstance(layer, _qk.QuantizeWrapper):
             fix_weight_order(layer)
+    initialize_learned_scales(qat)
     return qat
+
+
+def initialize_learned_scales(model) -> None:
+    """Sets every `learned` codebook scale from its latent weights, now.
+
+    `quantize_model` calls it. Call it yourself after `quantize_apply` when
+    training under a `tf.distribute` strategy, whose replicas cannot do it
+    lazily inside the train step.
+    """
+    for layer in model.layers:
+        if isinstance(layer, _qk.QuantizeWrapper):
+            for weight, q, qvars in getattr(layer, "_weight_vars", []):
+                if isinstance(q, quantizers_mod.CodebookQuantizer):
+                    q.initialize_scale(weight, qvars)
+        elif isinstance(layer, DiscreteMultiplier) and layer.built:
+            layer.quantizer.initialize_scale(layer.kernel, layer._quantizer_vars)  # noqa: SLF001
 
 
 def fix_weight_order(wrapper):
@@ -405,3 +422,37 @@ def is_quantized(model) -> bool:
     return any(
         isinstance(layer, _qk.QuantizeWrapper | DiscreteMultiplier) for layer in model.layers
     )
+
+
+def codebook_items(model) -> list[tuple[str, object, quantizers_mod.CodebookQuantizer, dict]]:
+    """`(label, latent variable, quantizer, quantizer variables)` per codebook weight.
+
+    The `CodebookQuantizer` weights of every `QuantizeWrapperV2`, then the kernel
+    of every built `DiscreteMultiplier`, layer by layer. `label` is
+    `"<layer>/<weight>"`.
+
+    Args:
+        model: A model from `quantize_model`, or any model holding
+            `DiscreteMultiplier` layers.
+
+    Returns:
+        A list of 4-tuples; empty when the model has no codebook weight.
+    """
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, _qk.QuantizeWrapper):
+            name = layer.layer.name
+            items = [
+                (w, q, v)
+                for w, q, v in getattr(layer, "_weight_vars", [])
+                if isinstance(q, quantizers_mod.CodebookQuantizer)
+            ]
+        elif isinstance(layer, DiscreteMultiplier) and layer.built:
+            name = layer.name
+            items = [(layer.kernel, layer.quantizer, layer._quantizer_vars)]  # noqa: SLF001
+        else:
+            continue
+        for latent, q, qvars in items:
+            weight = latent.name.split(":")[0].split("/")[-1]
+            out.append((f"{name}/{weight}", latent, q, qvars))
+    return out

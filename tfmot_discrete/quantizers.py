@@ -161,7 +161,9 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         return weights
 
     def __call__(self, inputs, training, weights, **kwargs):
-        w = inputs
+        # Read variables once, as a tensor: the estimators' custom gradients
+        # take tensors (a distributed variable would be captured instead).
+        w = _read(inputs)
         values = self.codebook.values
         rank = w.shape.rank
         if self.scale is None:
@@ -181,6 +183,16 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         n = max(1, int(np.prod([d for d, k in zip(w.shape, s_var.shape) if k == 1 and d])))
         g = 1.0 / math.sqrt(n * max(1.0, self.codebook.max_abs))
         return ops.lsq_project(w, s, values, self.gradient, g)
+
+    def initialize_scale(self, w, weights) -> None:
+        """Sets a `learned` scale from the latent weights now (eagerly), once."""
+        if self.scale != "learned" or float(weights["scale_initialized"].numpy()) != 0.0:
+            return
+        mean_c = float(np.mean(np.abs(self.codebook.values))) or 1.0
+        w = tf.convert_to_tensor(w)
+        s0 = ops.mean_abs_scale(w, self._channel_axes(w.shape.rank)) / mean_c
+        weights["scale"].assign(tf.cast(s0, weights["scale"].dtype))
+        weights["scale_initialized"].assign(1.0)
 
     def quantized_scale(self, w, weights) -> np.ndarray:
         """The per-channel scale the forward pass uses for `w` (as NumPy)."""
@@ -216,6 +228,14 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
     def __repr__(self):
         extra = "" if self.scale is None else f", scale={self.scale!r}"
         return f"CodebookQuantizer({[float(v) for v in self.codebook.values]}{extra})"
+
+
+def _read(x):
+    """A tensor holding `x`; a variable is read in its own (storage) dtype."""
+    if isinstance(x, tf.Variable) or hasattr(x, "_variable"):
+        inner = getattr(x, "_variable", x)  # mixed precision's AutoCastVariable
+        return tf.convert_to_tensor(inner) if inner is not x else tf.convert_to_tensor(x)
+    return tf.convert_to_tensor(x)
 
 
 def _find_weight(layer, name):
@@ -270,6 +290,19 @@ def _init_learned_scale(w, s_var, init_flag, channel_axes, values):
         if float(init_flag.numpy()) == 0.0:
             _assign()
         return tf.identity(s_var)
+    if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context() is False:
+        # A replica cannot assign a mirrored variable inside the step: the scale
+        # must have been initialized before (quantize_model does it).
+        check = tf.debugging.Assert(
+            init_flag > 0,
+            [
+                "A learned codebook scale was not initialized before distributed training: "
+                "call tfmot_discrete.quantize.initialize_learned_scales(model) (quantize_model "
+                "does) before fit."
+            ],
+        )
+        with tf.control_dependencies([check]):
+            return tf.identity(s_var)
     return tf.cond(init_flag > 0, lambda: tf.identity(s_var), _assign)
 
 

@@ -5,12 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete.layers import DiscreteMultiplier
 from tfmot_discrete.quantizers import CodebookQuantizer
-
-_qk = tfmot.quantization.keras
 
 
 @dataclasses.dataclass
@@ -43,35 +39,25 @@ def _codes(quantizer: CodebookQuantizer, latent, qvars) -> np.ndarray:
 
 def weight_reports(model) -> list[WeightReport]:
     """One `WeightReport` per codebook-quantized weight of `model`."""
+    from tfmot_discrete.quantize import codebook_items  # noqa: PLC0415
+
     out = []
-    for layer in model.layers:
-        if isinstance(layer, _qk.QuantizeWrapper):
-            items = [
-                (w, q, v)
-                for w, q, v in getattr(layer, "_weight_vars", [])
-                if isinstance(q, CodebookQuantizer)
-            ]
-            name = layer.layer.name
-        elif isinstance(layer, DiscreteMultiplier) and layer.built:
-            items = [(layer.kernel, layer.quantizer, layer._quantizer_vars)]  # noqa: SLF001
-            name = layer.name
-        else:
-            continue
-        for latent, q, qvars in items:
-            codes = _codes(q, latent, qvars)
-            k = q.codebook.size
-            usage = np.bincount(codes.reshape(-1), minlength=k) / max(1, codes.size)
-            out.append(
-                WeightReport(
-                    layer=name,
-                    weight=latent.name.split(":")[0].split("/")[-1],
-                    codebook=q.codebook.values,
-                    scale=str(q.scale) if q.scale else "none",
-                    count=int(codes.size),
-                    bits=q.codebook.bits,
-                    usage=usage,
-                )
+    for label, latent, q, qvars in codebook_items(model):
+        codes = _codes(q, latent, qvars)
+        k = q.codebook.size
+        usage = np.bincount(codes.reshape(-1), minlength=k) / max(1, codes.size)
+        layer, weight = label.rsplit("/", 1)
+        out.append(
+            WeightReport(
+                layer=layer,
+                weight=weight,
+                codebook=q.codebook.values,
+                scale=str(q.scale) if q.scale else "none",
+                count=int(codes.size),
+                bits=q.codebook.bits,
+                usage=usage,
             )
+        )
     return out
 
 

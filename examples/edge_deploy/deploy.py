@@ -1,0 +1,151 @@
+"""Step 2 of 2: saved QAT model -> full_int8 .tflite + C array -> TFLM run.
+
+Loads `qat.keras` (inside `td.quantize_scope()`), writes a verified,
+codebook-exact `full_int8` file and its C array (`model_data.cc` and
+`model_data.h`), then runs the file on the TensorFlow Lite for
+Microcontrollers interpreter (the `tflite-micro` package: the same kernels a
+microcontroller runs) over the whole test set, and finds the smallest tensor
+arena it runs in.
+
+    python examples/edge_deploy/deploy.py [--model out/edge/qat.keras]
+        [--data out/edge/data.npz] [--out out/edge]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+import tflite_export  # noqa: E402
+import tfmot_discrete as td  # noqa: E402
+from tflite_export import exact  # noqa: E402
+
+keras = td.keras
+
+# Runs the model once in a fresh process with a given arena size: a too-small
+# arena can crash the TFLM Python runtime, so each try is its own process.
+_ARENA_TRIAL = """
+import sys, numpy as np
+from tflite_micro.python.tflite_micro import runtime
+it = runtime.Interpreter.from_bytes(open(sys.argv[1], "rb").read(), arena_size=int(sys.argv[2]))
+d = it.get_input_details(0)
+it.set_input(np.zeros(d["shape"], d["dtype"]), 0)
+it.invoke()
+"""
+
+
+def runs_with_arena(path, size: int) -> bool:
+    proc = subprocess.run(
+        [sys.executable, "-c", _ARENA_TRIAL, str(path), str(size)],
+        capture_output=True,
+        timeout=120,
+    )
+    return proc.returncode == 0
+
+
+def smallest_arena(path, step: int = 16) -> int:
+    """The smallest `arena_size` (to `step` bytes) the TFLM interpreter runs the model with.
+
+    The Python runtime has no arena-usage query, so this bisects, starting from
+    the runtime's default (10x the model size).
+    """
+    hi = 10 * os.path.getsize(path)
+    while not runs_with_arena(path, hi):
+        hi *= 2
+    lo = 0
+    while hi - lo > step:
+        mid = (lo + hi) // 2
+        if runs_with_arena(path, mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def op_names(data: bytes) -> list[str]:
+    """The TFLite builtin operators the file uses (what the op resolver must register)."""
+    from tensorflow.lite.python import schema_py_generated as schema  # noqa: PLC0415
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    fb = exact.read(data)
+    return [names[max(o.builtinCode, o.deprecatedBuiltinCode)] for o in fb.operatorCodes]
+
+
+def resolver_call(op: str) -> str:
+    """`FULLY_CONNECTED` -> `AddFullyConnected()`, `CONV_2D` -> `AddConv2D()`."""
+    parts = [p if p[0].isdigit() else p.capitalize() for p in op.split("_")]
+    return "Add" + "".join(parts) + "()"
+
+
+def tflm_accuracy(data: bytes, x, y) -> tuple[float, float, int]:
+    """Top-1 accuracy of the file on TFLM, with int8 inputs quantized as the file says.
+
+    Returns (accuracy, input scale, input zero point).
+    """
+    from tflite_micro.python.tflite_micro import runtime  # noqa: PLC0415
+
+    it = runtime.Interpreter.from_bytes(data)
+    d = it.get_input_details(0)
+    scale = float(d["quantization_parameters"]["scales"][0])
+    zero = int(d["quantization_parameters"]["zero_points"][0])
+    hits = 0
+    for xi, yi in zip(x, y):
+        q = np.clip(np.round(xi / scale + zero), -128, 127).astype(np.int8)
+        it.set_input(q[None], 0)
+        it.invoke()
+        hits += int(np.argmax(it.get_output(0)) == yi)
+    return hits / len(y), scale, zero
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="out/edge/qat.keras", help="the saved QAT model")
+    parser.add_argument("--data", default="out/edge/data.npz", help="from train.py")
+    parser.add_argument("--out", default="out/edge", help="output directory (default out/edge)")
+    args = parser.parse_args(argv)
+    out = pathlib.Path(args.out)
+    data = np.load(args.data)
+
+    with td.quantize_scope():  # our quantizers and TF-MOT's wrappers
+        qat = keras.models.load_model(args.model)
+    path = out / "model.tflite"
+    report = tflite_export.export(
+        qat,
+        path,
+        format="full_int8",
+        representative_data=data["x_calibration"],
+        c_array=out / "model_data.cc",
+    )
+    print(report)
+    if not (report.ok and report.exact):
+        return 1
+
+    model_bytes = path.read_bytes()
+    acc, scale, zero = tflm_accuracy(model_bytes, data["x_test"], data["y_test"])
+    n = len(data["y_test"])
+    print(f"TFLM test accuracy: {acc:.2%} on {n} test images")
+    arena = smallest_arena(path)
+    print(
+        f"TFLM arena: {arena:,} bytes (smallest arena_size the TFLM interpreter runs "
+        f"this model with, found by bisection to 16 bytes)"
+    )
+    ops = op_names(model_bytes)
+    print(f"operators: {', '.join(ops)}")
+    calls = ", ".join(resolver_call(op) for op in ops)
+    print(f"op resolver: tflite::MicroMutableOpResolver<{len(ops)}> with {calls}")
+    print(
+        f"input: int8, shape {list(qat.input_shape[1:])}, "
+        f"q = round(x / {scale:.6g}) + ({zero}) (scale, zero point)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""Each example runs end to end with a tiny budget and ends with a verified `.tflite`."""
+
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+def _run(script, *args, cwd):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _verified(out: str, path: pathlib.Path, fmt: str):
+    assert path.is_file() and path.stat().st_size > 0
+    assert f"{path}  ({fmt})" in out
+    assert out.rstrip().splitlines().count("OK") == 1
+    assert "FAILED" not in out and not re.search(r"max error \d", out)
+
+
+def test_seed_multiplier(tmp_path):
+    out = _run("seed_multiplier.py", "--epochs", 3, "--dim", 16, "--out", tmp_path, cwd=tmp_path)
+    assert "codebook [-1.0, 1.0]" in out
+    assert "codebook [-1.0, -0.5, 0.5, 1.0]" in out
+    learned = re.findall(r"learned \[ 0:\]((?: +[-+][\d.]+)+)", out)
+    hidden = re.findall(r"hidden  \[ 0:\]((?: +[-+][\d.]+)+)", out)
+    assert len(learned) == len(hidden) == 2
+    assert set(learned[0].split()) <= {"+1", "-1"}
+    assert set(learned[1].split()) <= {"+1", "-1", "+0.5", "-0.5"}
+    assert len(re.findall(r"entries equal to the hidden vector: \d+/16", out)) == 2
+    _verified(out, tmp_path / "seed_multiplier.tflite", "float")
+
+
+def test_binary_digits_mlp(tmp_path):
+    out = _run("binary_digits_mlp.py", "--epochs", 1, "--out", tmp_path, cwd=tmp_path)
+    assert re.search(r"float MLP: test accuracy \d+\.\d\d%", out)
+    assert re.search(r"binary MLP: test accuracy \d+\.\d\d%", out)
+    assert re.search(r"codebook epoch 1: dense_0/kernel flips \d+\.\d%", out)
+    assert 'Codebook summary of "digits_mlp"' in out
+    assert len(re.findall(r"\{-1, 1\}\s+1\s+int4\s+[\d,]+\s+exact", out)) == 3
+    _verified(out, tmp_path / "binary_digits_mlp.tflite", "int4")
+    assert re.search(r"LiteRT test accuracy \d+\.\d\d%", out)
+
+
+def test_mnist1d_codebook_cnn(tmp_path):
+    out = _run("mnist1d_codebook_cnn.py", "--epochs", 1, "--out", tmp_path, cwd=tmp_path)
+    assert "MNIST-1D: 4000 training and 1000 test signals of length 40" in out
+    assert len(re.findall(r"\{-1, -0\.5, 0\.5, 1\}\s+2\s+int8\s+[\d,]+\s+exact", out)) == 4
+    assert re.search(r"TFLM vs LiteRT on the same int8 inputs: max difference \d LSB", out)
+    assert (tmp_path / "weights.png").read_bytes()[:4] == b"\x89PNG"
+    _verified(out, tmp_path / "mnist1d_cnn.tflite", "full_int8")
+
+
+def test_edge_deploy(tmp_path):
+    out = _run("edge_deploy/train.py", "--epochs", 1, "--out", tmp_path, cwd=tmp_path)
+    assert "QAT model: Keras test accuracy" in out
+    assert (tmp_path / "qat.keras").is_file() and (tmp_path / "data.npz").is_file()
+    out = _run(
+        "edge_deploy/deploy.py",
+        "--model",
+        tmp_path / "qat.keras",
+        "--data",
+        tmp_path / "data.npz",
+        "--out",
+        tmp_path,
+        cwd=tmp_path,
+    )
+    _verified(out, tmp_path / "model.tflite", "full_int8")
+    acc = re.search(r"TFLM test accuracy: (\d+\.\d\d)% on 360 test images", out)
+    assert acc and 0 <= float(acc.group(1)) <= 100
+    arena = re.search(r"TFLM arena: ([\d,]+) bytes", out)
+    assert arena and 0 < int(arena.group(1).replace(",", "")) < 10 * 1024 * 1024
+    assert "AddConv2D()" in out and "AddFullyConnected()" in out
+    cc = (tmp_path / "model_data.cc").read_text()
+    assert "alignas(16) const unsigned char model_data[]" in cc
+    assert (tmp_path / "model_data.h").is_file()
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))
+def test_examples_take_a_budget_and_an_output_directory(script):
+    text = (EXAMPLES / script).read_text()
+    assert "--out" in text and ("--epochs" in text or "--steps" in text)
+
+
+def test_readme_command_lines_run(tmp_path, monkeypatch, capsys):
+    """The `tflite-export` lines of README.md run on what the Python block before them saved."""
+    from tflite_export import __main__ as cli
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    blocks = re.findall(r"```(python|bash)\n(.*?)```", readme, flags=re.S)
+    index = next(i for i, (kind, text) in enumerate(blocks) if text.startswith("tflite-export"))
+    assert blocks[index - 1][0] == "python"
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[index - 1][1], "README.md", "exec"), {"__name__": "readme"})
+    capsys.readouterr()
+    for line in blocks[index][1].strip().splitlines():
+        argv = shlex.split(line)
+        assert argv[0] == "tflite-export"
+        assert cli.main(argv[1:]) == 0, capsys.readouterr()
+        assert capsys.readouterr().out.rstrip().endswith("OK")
+    assert (tmp_path / "model_data.cc").is_file()
