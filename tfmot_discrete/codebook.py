@@ -52,6 +52,12 @@ def _flatten_values(values) -> list[float]:
     return out
 
 
+def midpoints(values) -> np.ndarray:
+    """Decision boundaries between sorted values (float64; no overflow for huge ones)."""
+    v = np.asarray(values, dtype=np.float64)
+    return v[:-1] / 2.0 + v[1:] / 2.0
+
+
 class Codebook:
     """A validated, sorted set of distinct real values.
 
@@ -138,8 +144,7 @@ class Codebook:
     @property
     def midpoints(self) -> np.ndarray:
         """The `K - 1` decision boundaries between neighbouring values."""
-        v = self._values
-        return v[:-1] + (v[1:] - v[:-1]) / 2.0
+        return midpoints(self._values)
 
     def project_numpy(self, x) -> np.ndarray:
         """Nearest value for each entry of `x` (ties go to the larger value)."""
@@ -158,38 +163,38 @@ class Codebook:
         nearest = self.project_numpy(x)
         return np.abs(x - nearest) <= atol + rtol * np.abs(nearest)
 
-    def integer_step(self, qmax: int, max_denominator: int = 1 << 12):
+    def integer_step(self, qmax: int):
         """The largest step `s` so that every value divided by `s` is an integer
         of magnitude at most `qmax`, or `None` when there is none.
 
-        Binary and ternary codebooks give `max|c| / qmax`-like steps; `{±1, ±0.5}`
-        with `qmax = 7` gives `1/6` (codes ±6, ±3).
+        Scale-invariant: `{±1, ±0.5}` and `{±0.37, ±0.185}` both give codes
+        ±6, ±3 with `qmax = 7` (steps `1/6` and `0.37/6`); binary and ternary
+        codebooks give `max|c| / qmax`.
         """
         from fractions import Fraction
 
-        fr = [Fraction(float(v)).limit_denominator(max_denominator) for v in self._values]
-        if any(
-            abs(float(f) - float(v)) > 1e-9 * max(1.0, abs(float(v)))
-            for f, v in zip(fr, self._values)
-        ):
-            return None
-        nonzero = [f for f in fr if f != 0]
-        # The step must divide every value: the rational gcd of the values.
-        num = 0
+        nonzero = [float(v) for v in self._values if v != 0]
+        ref = min(abs(v) for v in nonzero)
+        # Every value is n_i x step and ref = n_ref x step with n_ref <= qmax, so
+        # v / ref is a fraction whose denominator is at most qmax.
+        fracs = []
+        for v in nonzero:
+            r = v / ref
+            f = Fraction(r).limit_denominator(qmax)
+            if abs(float(f) - r) > 1e-9 * abs(r):
+                return None
+            fracs.append(f)
         den = 1
-        for f in nonzero:
+        for f in fracs:
             den = den * f.denominator // math.gcd(den, f.denominator)
-        for f in nonzero:
-            num = math.gcd(num, int(f * den))
-        g = Fraction(num, den)
-        codes = [abs(f / g) for f in nonzero]
-        biggest = max(codes)
+        num = 0
+        for f in fracs:
+            num = math.gcd(num, abs(int(f * den)))
+        unit = Fraction(num, den)  # the coarsest common step, in units of ref
+        biggest = max(abs(f / unit) for f in fracs)
         if biggest > qmax:
             return None
-        # Use the largest multiple k of the gcd-step that keeps codes integral...
-        # the gcd is the largest common divisor, so stretch codes to fill qmax.
-        k = qmax // int(biggest)
-        return float(g) / k
+        return ref * float(unit) / (qmax // int(biggest))
 
     def get_config(self) -> dict:
         return {"values": [float(v) for v in self._values]}

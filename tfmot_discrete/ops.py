@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfmot_discrete.codebook import midpoints
+
 #: Codebooks up to this size use a chain of `tf.where` (cheapest for small K);
 #: larger ones a sorted search, O(N log K) time and O(N) memory.
 WHERE_CHAIN_MAX_K = 8
@@ -43,7 +45,7 @@ def project(x: tf.Tensor, values) -> tf.Tensor:
     [-1.0, 1.0, 1.0]
     """
     v = _as_np(values)
-    mids = v[:-1] + (v[1:] - v[:-1]) / 2.0
+    mids = midpoints(v)
     dtype = x.dtype
     k = v.size
     if k == 2:

@@ -103,6 +103,15 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         per_channel_axis=None,
     ):
         self.codebook = values if isinstance(values, Codebook) else Codebook(values)
+        with np.errstate(over="ignore"):
+            as_f32 = self.codebook.values.astype(np.float32)
+        shown = [float(v) for v in self.codebook.values[:8]]
+        if not np.all(np.isfinite(as_f32)) or np.unique(as_f32).size != self.codebook.size:
+            raise ValueError(
+                "`values` must be distinct float32 numbers (weights are float32): "
+                f"|v| <= {float(np.finfo(np.float32).max):.3g} and no two equal after "
+                f"rounding to float32. Received: values={shown}{' ...' if self.codebook.size > 8 else ''}"
+            )
         _check_choice("scale", scale, SCALES)
         _check_choice("gradient", gradient, ops.GRADIENTS)
         if not isinstance(stochastic, (bool, np.bool_)):
@@ -163,7 +172,15 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
     def __call__(self, inputs, training, weights, **kwargs):
         # Read variables once, as a tensor: the estimators' custom gradients
         # take tensors (a distributed variable would be captured instead).
+        # Project in the variable's own dtype (float32 under mixed precision,
+        # where every codebook value of a float16 layer is then exact), and
+        # hand the layer the dtype it computes in.
         w = _read(inputs)
+        out = self._quantize(w, training, weights)
+        compute_dtype = inputs.dtype
+        return out if out.dtype == compute_dtype else tf.cast(out, compute_dtype)
+
+    def _quantize(self, w, training, weights):
         values = self.codebook.values
         rank = w.shape.rank
         if self.scale is None:
