@@ -63,9 +63,14 @@ def test_summary_table():
     ]
 
 
-def test_demo_runs_and_prints_the_table(capsys):
-    results = demo.run(epochs=1, verbose=0)
+def test_demo_runs_and_prints_the_table(capsys, tmp_path):
+    results = demo.run(epochs=1, verbose=0, out_dir=tmp_path)
     out = capsys.readouterr().out
+    for fmt in ("float", "int8", "int4", "full_int8"):
+        assert (tmp_path / f"digits_{fmt}.tflite").exists()
+        assert re.search(
+            rf"^{fmt}\s+\S+digits_{fmt}\.tflite\s+[\d,]+\s+[\d.]+x smaller\s+exact", out, flags=re.M
+        ), out
     assert set(results) == set(demo.VARIANTS)
     for label in demo.VARIANTS:
         assert label in out

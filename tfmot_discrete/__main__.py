@@ -20,13 +20,23 @@ def main(argv=None) -> int:
     demo.add_argument("--epochs", type=int, default=30, help="epochs per variant (default 30)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--quiet", action="store_true", help="no Keras progress bars")
+    demo.add_argument(
+        "--out",
+        default="demo_out",
+        help="where the exported .tflite files go (default demo_out); '' to skip the export",
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.epochs < 1:
             parser.error(f"--epochs must be at least 1. Received: --epochs {args.epochs}")
         from tfmot_discrete import demo as demo_mod  # noqa: PLC0415
 
-        demo_mod.run(epochs=args.epochs, seed=args.seed, verbose=0 if args.quiet else 1)
+        demo_mod.run(
+            epochs=args.epochs,
+            seed=args.seed,
+            verbose=0 if args.quiet else 1,
+            out_dir=args.out or None,
+        )
     return 0
 
 

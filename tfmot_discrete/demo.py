@@ -94,7 +94,42 @@ def train_and_evaluate(model, data, epochs: int, seed: int, verbose: int = 1, lr
     return float(acc)
 
 
-def run(epochs: int = 30, seed: int = 0, verbose: int = 1, print_fn=print) -> dict:
+def export_table(qat, data, out_dir, print_fn=print) -> list:
+    """Exports `qat` in every format, each file verified; prints one row per format."""
+    import pathlib  # noqa: PLC0415
+
+    import tflite_export  # noqa: PLC0415
+    from tflite_export import verify  # noqa: PLC0415
+
+    out_dir = pathlib.Path(out_dir)
+    xtr, _, xte, yte = data
+    rows = [("format", "file", "bytes", "vs float", "weights", "outputs vs Keras", "test acc")]
+    reports = []
+    for fmt in tflite_export.FORMATS:
+        path = out_dir / f"digits_{fmt}.tflite"
+        report = tflite_export.export(qat, path, format=fmt, representative_data=xtr[:256])
+        logits = verify.run_litert(path.read_bytes(), [xte])[0]
+        acc = float((logits.argmax(1) == yte).mean())
+        reports.append((report, acc))
+        rel = report.max_abs_diff / report.output_range
+        rows.append(
+            (
+                fmt,
+                str(path),
+                f"{report.size_bytes:,}",
+                f"{report.size_ratio:.2f}x smaller",
+                "exact" if report.exact else "INEXACT",
+                f"max {rel:.1e} of range",
+                f"{100 * acc:.2f} %",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    print_fn("\n".join([lines[0], "-" * len(lines[0]), *lines[1:]]))
+    return reports
+
+
+def run(epochs: int = 30, seed: int = 0, verbose: int = 1, print_fn=print, out_dir=None) -> dict:
     data = load_digits_split(seed)
     results = {}
     last_qat = None
@@ -136,4 +171,9 @@ def run(epochs: int = 30, seed: int = 0, verbose: int = 1, print_fn=print) -> di
     if last_qat is not None:
         print_fn("")
         td.summary(last_qat, print_fn=print_fn)
+        if out_dir is not None:
+            print_fn(
+                f"\n[1, -1, 0.5, -0.5] model exported and verified with LiteRT ({n} test images):"
+            )
+            export_table(last_qat, data, out_dir, print_fn=print_fn)
     return results
