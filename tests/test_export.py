@@ -165,8 +165,9 @@ def test_size_targets_for_binary_and_ternary(tmp_path):
 
 def test_export_from_saved_and_stripped_models(tmp_path):
     qat, x = _trained("ConvBNReLU", td.ternary())
-    for name in ("m.keras", "m.h5"):
-        qat.save(tmp_path / name)
+    for name in ("m.keras", "m.h5", "savedmodel"):
+        kwargs = {"save_format": "tf"} if name == "savedmodel" else {}
+        qat.save(tmp_path / name, **kwargs)
         r = tflite_export.export(tmp_path / name, tmp_path / "a.tflite", format="int8")
         assert r.exact and len(r.weights) == 2
     plain = td.strip_quantization(qat)
