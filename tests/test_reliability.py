@@ -225,6 +225,23 @@ def test_lambda_layer_needs_unsafe(tmp_path, capsys):
     assert out_path.exists()
 
 
+def _kill_after(code, delay):
+    """Runs `code` in a new interpreter and SIGKILLs it `delay` s after it is ready."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
 def test_export_killed_midway_leaves_nothing_or_the_previous_file(tmp_path):
     model_path = _saved_qat(tmp_path)
     target = tmp_path / "m.tflite"
@@ -236,34 +253,10 @@ def test_export_killed_midway_leaves_nothing_or_the_previous_file(tmp_path):
         "while True:\n"
         f"    cli.main([{str(model_path)!r}, '-o', {str(target)!r}, '--format', 'int8'])\n"
     )
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    # Exports run back to back; SIGKILL lands at a different point each time.
     for delay in (0.5, 2.0, 3.5, 5.0):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        try:
-            assert proc.stdout.readline().strip() == "ready"
-            time.sleep(delay)
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
+        _kill_after(code, delay)
         assert target.read_bytes() == good  # never a partial or a different file
     target.unlink()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(1.0)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+    _kill_after(code, 1.0)
     assert not target.exists() or target.read_bytes() == good
