@@ -286,7 +286,12 @@ def test_cli_end_to_end(saved, capsys):
     text = capsys.readouterr().out
     assert rc == 0 and "outputs vs" in text and text.strip().endswith("OK")
     rc = cli.main(["verify", str(out), "--codebook", "1,-1"])
-    assert rc == 1 and "NOT in codebook" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert rc == 1 and "NOT in codebook" in text
+    assert "ran on 8 random inputs with LiteRT: outputs finite" in text
+    # A leading minus sign is a value, not an option.
+    assert cli.main(["verify", str(out), "--codebook", "-1,-0.5,0.5,1"]) == 0
+    assert capsys.readouterr().out.strip().endswith("OK")
 
 
 @pytest.mark.parametrize(

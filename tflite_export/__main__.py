@@ -116,6 +116,21 @@ def _main_export(argv) -> int:
     return 0 if report.ok else 1
 
 
+def _random_file_inputs(data: bytes, n: int = 8) -> list:
+    """Random float inputs of the shapes the file takes (int inputs: small ints)."""
+    from tflite_export import verify  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    out = []
+    for d in verify.interpreter(data).get_input_details():
+        shape = (n, *[int(s) for s in d["shape"][1:]])
+        if d["dtype"] in (np.int32, np.int64):
+            out.append(rng.integers(0, 2, size=shape).astype(d["dtype"]))
+        else:
+            out.append(rng.normal(size=shape).astype(np.float32))
+    return out
+
+
 def _main_verify(argv) -> int:
     args = _verify_parser().parse_args(argv)
     from tflite_export import convert, verify  # noqa: PLC0415
@@ -148,6 +163,15 @@ def _main_verify(argv) -> int:
         ok = bool(checks) and all(c.exact for c in checks)
         if not checks:
             lines.append("  no weight tensors found")
+        if not args.model:
+            # No model to compare with: at least run the file, on random inputs.
+            outputs = verify.run_litert(data, _random_file_inputs(data))
+            finite = all(np.all(np.isfinite(o)) for o in outputs)
+            lines.append(
+                "  ran on 8 random inputs with LiteRT: "
+                + ("outputs finite" if finite else "NON-FINITE outputs")
+            )
+            ok = ok and finite
         if args.model:
             from tflite_export.pipeline import _random_inputs, _representative  # noqa: PLC0415
 
