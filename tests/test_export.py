@@ -326,3 +326,64 @@ def test_cli_verify_bad_input(saved, capsys):
     assert "not a readable .tflite file" in capsys.readouterr().err
     assert cli.main(["verify", str(saved / "x.tflite"), "--codebook", "1"]) == 2
     assert "Received: --codebook '1'" in capsys.readouterr().err
+
+
+def _op_snapshot(data):
+    """`OP(input types)` for every operator of the file, types as stored."""
+    fb = exact.read(data)
+    sg = fb.subgraphs[0]
+    ops = [d["op_name"] for d in verify.interpreter(data)._get_ops_details()]
+    out = []
+    for name, op in zip(ops, sg.operators):
+        types = [exact.tensor_type_name(sg.tensors[i]) for i in op.inputs if i >= 0]
+        out.append(f"{name}({', '.join(types)})")
+    return out
+
+
+def test_exported_ops_and_dtypes_snapshot(tmp_path):
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(4, 3, name="conv")(inp)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.ReLU()(x)
+    x = L.DepthwiseConv2D(3, name="dw")(x)
+    x = L.Flatten()(x)
+    out = L.Dense(5, name="dense")(x)
+    qat = td.quantize_model(keras.Model(inp, out), td.ternary())
+    x = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype("float32")
+    got = {}
+    for fmt in FORMATS:
+        tflite_export.export(qat, tmp_path / f"{fmt}.tflite", fmt, representative_data=x)
+        got[fmt] = _op_snapshot((tmp_path / f"{fmt}.tflite").read_bytes())
+    f32 = "float32"
+    assert got == {
+        "float": [
+            f"CONV_2D({f32}, {f32}, {f32})",
+            f"DEPTHWISE_CONV_2D({f32}, {f32}, {f32})",
+            f"RESHAPE({f32}, int32)",
+            f"FULLY_CONNECTED({f32}, {f32})",
+        ],
+        "int8": [
+            "DEQUANTIZE(int8)",
+            f"CONV_2D({f32}, {f32}, {f32})",
+            "DEQUANTIZE(int8)",
+            f"DEPTHWISE_CONV_2D({f32}, {f32}, {f32})",
+            f"RESHAPE({f32}, int32)",
+            "DEQUANTIZE(int8)",
+            f"FULLY_CONNECTED({f32}, {f32})",
+        ],
+        "int4": [
+            "DEQUANTIZE(int4)",
+            f"CONV_2D({f32}, {f32}, {f32})",
+            "DEQUANTIZE(int8)",  # no int4 depthwise in ai-edge-quantizer
+            f"DEPTHWISE_CONV_2D({f32}, {f32}, {f32})",
+            f"RESHAPE({f32}, int32)",
+            "DEQUANTIZE(int4)",
+            f"FULLY_CONNECTED({f32}, {f32})",
+        ],
+        "full_int8": [
+            "CONV_2D(int8, int8, int32)",
+            "DEPTHWISE_CONV_2D(int8, int8, int32)",
+            "RESHAPE(int8, int32)",
+            "FULLY_CONNECTED(int8, int8)",
+        ],
+    }
