@@ -2,7 +2,7 @@
 
 MNIST-1D (Greydanus 2020) is generated offline by the `mnist1d` package:
 4,000 training and 1,000 test signals of length 40, ten classes. Every
-Conv1D and Dense kernel trains to `{±1, ±0.5} x mean|w|` per output channel.
+Conv1D and Dense kernel trains to `{±1, ±0.5}` times a per-channel scale.
 The TFLite converter folds each BatchNormalization into the convolution
 before it; that only changes each channel's scale, so the `full_int8` file
 (int8 weights and activations, what microcontrollers and NPUs run) still

@@ -186,3 +186,23 @@ def test_stochastic_rounding_is_unbiased():
     assert abs(out.mean() - 0.25) < 0.01
     # Inference is deterministic.
     assert set(np.unique(td.binary(stochastic=True)(x, False, {}).numpy())) == {1.0}
+
+
+def test_mean_abs_scale_is_xnor_for_binary_and_twn_for_ternary():
+    from tfmot_discrete import ops
+
+    w = np.random.default_rng(0).normal(size=(50, 4))
+    binary = ops.codebook_scale(tf.constant(w), [1], [-1.0, 1.0]).numpy()
+    np.testing.assert_allclose(binary, np.abs(w).mean(0, keepdims=True), rtol=1e-12)
+    ternary = ops.codebook_scale(tf.constant(w), [1], [-1.0, 0.0, 1.0]).numpy()
+    for c in range(4):
+        col = np.abs(w[:, c])
+        # TWN: alpha = mean of |w| above the threshold (here 0.75 mean|w|, half of
+        # s0 = mean|w| / mean|c| with mean|c| = 2/3).
+        alpha = col[col >= 0.75 * col.mean()].mean()
+        assert ternary[0, c] == pytest.approx(alpha, rel=1e-12)
+    four = ops.codebook_scale(tf.constant(w), [1], [-1.0, -0.5, 0.5, 1.0]).numpy()
+    for c in range(4):
+        s0 = np.abs(w[:, c]).mean() / 0.75
+        q = td.Codebook([-1, -0.5, 0.5, 1]).project_numpy(w[:, c] / s0)
+        assert four[0, c] == pytest.approx((w[:, c] @ q) / (q @ q), rel=1e-12)

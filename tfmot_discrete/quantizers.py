@@ -65,7 +65,8 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
     """Projects a weight to the nearest value of a codebook on every forward pass.
 
     Forward: `w_q = s_c * project(w / s_c)`, with `s_c = 1` (`scale=None`),
-    `s_c = mean|w_c|` (`"mean_abs"`, XNOR-Net) or a trainable `s_c`
+    `s_c` computed from the weights (`"mean_abs"`: XNOR-Net's `mean|w_c|` for
+    binary, TWN's scale for ternary, see `ops.codebook_scale`) or a trainable `s_c`
     (`"learned"`, LSQ), one per output channel. Backward: a straight-through
     estimator, gated to the codebook range with `"clipped_ste"`.
 
@@ -188,7 +189,7 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
                 return _stochastic_ste(w, values, self.gradient)
             return ops.project_ste(w, values, self.gradient)
         if self.scale == "mean_abs":
-            s = ops.mean_abs_scale(w, self._channel_axes(rank))
+            s = ops.codebook_scale(w, self._channel_axes(rank), values)
             if self.stochastic and training:
                 return _stochastic_ste(w / s, values, self.gradient, gate_on=w) * s
             return _scaled_ste(w, s, values, self.gradient)
@@ -217,7 +218,7 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         if self.scale is None:
             return np.ones(self.scale_shape(w.shape), np.float32)
         if self.scale == "mean_abs":
-            return ops.mean_abs_scale(w, self._channel_axes(w.shape.rank)).numpy()
+            return ops.codebook_scale(w, self._channel_axes(w.shape.rank), self.values).numpy()
         return np.abs(weights["scale"].numpy())
 
     def get_config(self):
