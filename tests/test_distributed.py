@@ -59,7 +59,7 @@ def test_mirrored_two_devices_matches_single_device(single, tmp_path):
     mirrored = _weights(tmp_path / "weights_0.npz")
     reference = _weights(single / "weights_0.npz")
     _assert_same_weights(mirrored, reference, atol=1e-5)
-    scales = [k for k in reference if k.endswith("kernel_scale:0")]
+    scales = [k for k in reference if k.endswith("kernel_log_scale:0")]
     assert scales, "the model has learned scales"
     # The scales trained away from their initial value.
     _run("initial", tmp_path / "initial")

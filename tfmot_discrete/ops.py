@@ -161,37 +161,3 @@ def codebook_scale(w: tf.Tensor, channel_axes, values) -> tf.Tensor:
     den = tf.reduce_sum(q * q, axis=axes, keepdims=True) if axes else q * q
     s = tf.math.divide_no_nan(num, den)
     return tf.stop_gradient(tf.where(s > 0, s, s0))
-
-
-def lsq_project(w: tf.Tensor, scale: tf.Tensor, values, gradient: str, grad_scale: float):
-    """`scale * project(w / scale)` with LSQ's gradients for `w` and `scale`.
-
-    With `u = w / s` and `q = project(u)`:
-
-        d out / d w = 1                        if c_0 <= u <= c_{K-1} (or "ste")
-        d out / d s = (q - u) * g   inside,    q * g  outside
-
-    where `g = grad_scale` (LSQ: `1 / sqrt(N * Q_p)`).
-
-    References:
-        Esser et al., Learned Step Size Quantization (2019).
-    """
-    v = _as_np(values)
-
-    @tf.custom_gradient
-    def _fwd(t, s):
-        u = t / s
-        q = project(u, v)
-
-        def grad(dy):
-            inside = tf.logical_and(u >= v[0], u <= v[-1])
-            dw = dy if gradient == "ste" else tf.where(inside, dy, tf.zeros_like(dy))
-            ds_elem = tf.where(inside, q - u, q) * dy * grad_scale
-            axes = [a for a in range(t.shape.rank) if s.shape[a] == 1 and t.shape[a] != 1]
-            ds = tf.reduce_sum(ds_elem, axis=axes, keepdims=True) if axes else ds_elem
-            ds = tf.reshape(ds, tf.shape(s))
-            return dw, ds
-
-        return q * s, grad
-
-    return _fwd(w, scale)

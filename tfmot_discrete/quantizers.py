@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
@@ -13,6 +11,12 @@ from tfmot_discrete._keras import keras, register
 from tfmot_discrete.codebook import Codebook
 
 SCALES = (None, "mean_abs", "learned")
+
+#: A learned scale is stored as `log(scale) / LOG_SCALE_STEP`: an optimizer's
+#: lr-sized step (Adam's) then changes the scale by LOG_SCALE_STEP x lr of
+#: itself. Faster, it random-walks under a following BatchNormalization (which
+#: makes the loss blind to it) and the moving statistics fall behind.
+LOG_SCALE_STEP = 0.1
 
 
 def _check_choice(name, value, choices):
@@ -49,7 +53,7 @@ class _ClipToRange:
     def __call__(self, w):
         if self.scale_var is None:
             return tf.clip_by_value(w, self.low, self.high)
-        s = tf.cast(tf.abs(self.scale_var), w.dtype)
+        s = tf.cast(tf.exp(self.scale_var), w.dtype)
         return tf.clip_by_value(w, self.low * s, self.high * s)
 
 
@@ -67,7 +71,9 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
     Forward: `w_q = s_c * project(w / s_c)`, with `s_c = 1` (`scale=None`),
     `s_c` computed from the weights (`"mean_abs"`: XNOR-Net's `mean|w_c|` for
     binary, TWN's scale for ternary, see `ops.codebook_scale`) or a trainable `s_c`
-    (`"learned"`, LSQ), one per output channel. Backward: a straight-through
+    (`"learned"`: the codebook value is picked as with `"mean_abs"`, the
+    magnitude per channel is trained with its exact gradient, as TTQ learns its
+    values), one per output channel. Backward: a straight-through
     estimator, gated to the codebook range with `"clipped_ste"`.
 
     Args:
@@ -92,7 +98,7 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
 
     References:
         Courbariaux et al., BinaryConnect (2015); Rastegari et al., XNOR-Net
-        (2016); Esser et al., Learned Step Size Quantization (2019).
+        (2016); Zhu et al., Trained Ternary Quantization (2017).
     """
 
     def __init__(
@@ -147,10 +153,13 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
     def build(self, tensor_shape, name, layer):
         weights = {}
         if self.scale == "learned":
-            weights["scale"] = layer.add_weight(
-                f"{name}_scale",
+            # The scale is learned as a (damped) logarithm, see LOG_SCALE_STEP:
+            # Adam's lr-sized steps on the scale itself drive a scale of ~0.05
+            # to zero within a few steps.
+            weights["log_scale"] = layer.add_weight(
+                f"{name}_log_scale",
                 shape=self.scale_shape(tensor_shape),
-                initializer=keras.initializers.Constant(1.0),
+                initializer=keras.initializers.Constant(0.0),
                 trainable=True,
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
@@ -164,10 +173,7 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         latent = _find_weight(layer, name)
         if latent is not None and latent.trainable:
             lo, hi = self.codebook.low, self.codebook.high
-            if self.scale == "learned":
-                _set_constraint(latent, _ClipToRange(lo, hi, weights["scale"]))
-            else:
-                _set_constraint(latent, _ClipToRange(lo, hi))
+            _set_constraint(latent, _ClipToRange(lo, hi))
         return weights
 
     def __call__(self, inputs, training, weights, **kwargs):
@@ -193,23 +199,23 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
             if self.stochastic and training:
                 return _stochastic_ste(w / s, values, self.gradient, gate_on=w) * s
             return _scaled_ste(w, s, values, self.gradient)
-        # learned
-        s_var = weights["scale"]
-        init_flag = weights["scale_initialized"]
-        s = _init_learned_scale(w, s_var, init_flag, self._channel_axes(rank), values)
-        s = tf.cast(tf.abs(s), w.dtype) + tf.constant(1e-12, w.dtype)
-        n = max(1, int(np.prod([d for d, k in zip(w.shape, s_var.shape) if k == 1 and d])))
-        g = 1.0 / math.sqrt(n * max(1.0, self.codebook.max_abs))
-        return ops.lsq_project(w, s, values, self.gradient, g)
+        # learned: which codebook value each weight takes is decided as with
+        # "mean_abs" (sigma from the weights); the magnitude s per channel is
+        # trained, with its exact gradient (TTQ's learned values).
+        sigma = ops.codebook_scale(w, self._channel_axes(rank), values)
+        log_s = _init_learned_scale(w, weights, self._channel_axes(rank), values)
+        s = tf.exp(tf.cast(log_s, w.dtype) * LOG_SCALE_STEP)
+        return _scaled_ste(w, sigma, values, self.gradient) * (s / sigma)
 
     def initialize_scale(self, w, weights) -> None:
-        """Sets a `learned` scale from the latent weights now (eagerly), once."""
+        """Starts a `learned` scale at the `"mean_abs"` value of `w`, now
+        (eagerly), once."""
         if self.scale != "learned" or float(weights["scale_initialized"].numpy()) != 0.0:
             return
-        mean_c = float(np.mean(np.abs(self.codebook.values))) or 1.0
         w = tf.convert_to_tensor(w)
-        s0 = ops.mean_abs_scale(w, self._channel_axes(w.shape.rank)) / mean_c
-        weights["scale"].assign(tf.cast(s0, weights["scale"].dtype))
+        s0 = ops.codebook_scale(w, self._channel_axes(w.shape.rank), self.values)
+        log_s = tf.math.log(s0) / LOG_SCALE_STEP
+        weights["log_scale"].assign(tf.cast(log_s, weights["log_scale"].dtype))
         weights["scale_initialized"].assign(1.0)
 
     def quantized_scale(self, w, weights) -> np.ndarray:
@@ -219,7 +225,7 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
             return np.ones(self.scale_shape(w.shape), np.float32)
         if self.scale == "mean_abs":
             return ops.codebook_scale(w, self._channel_axes(w.shape.rank), self.values).numpy()
-        return np.abs(weights["scale"].numpy())
+        return np.exp(weights["log_scale"].numpy() * LOG_SCALE_STEP)
 
     def get_config(self):
         return {
@@ -294,20 +300,22 @@ def _stochastic_ste(u, values, gradient, gate_on=None):
     return _fwd(u, gate)
 
 
-def _init_learned_scale(w, s_var, init_flag, channel_axes, values):
-    """On first use, set the learned scale to `mean|w_c| / mean|c|`."""
+def _init_learned_scale(w, weights, channel_axes, values):
+    """The learned log-scale; on first use (when nothing initialized it
+    before), sets it to the log of the `"mean_abs"` scale of the weights."""
+    log_s, init_flag = weights["log_scale"], weights["scale_initialized"]
 
     def _assign():
-        mean_c = float(np.mean(np.abs(values))) or 1.0
-        s0 = ops.mean_abs_scale(w, channel_axes) / mean_c
-        with tf.control_dependencies([s_var.assign(tf.cast(s0, s_var.dtype))]):
-            with tf.control_dependencies([init_flag.assign(1.0)]):
-                return tf.identity(s_var)
+        s0 = ops.codebook_scale(w, channel_axes, values)
+        value = tf.math.log(s0) / LOG_SCALE_STEP
+        updates = [log_s.assign(tf.cast(value, log_s.dtype)), init_flag.assign(1.0)]
+        with tf.control_dependencies(updates):
+            return tf.identity(log_s)
 
     if tf.executing_eagerly() and not tf.inside_function():
         if float(init_flag.numpy()) == 0.0:
             _assign()
-        return tf.identity(s_var)
+        return tf.identity(log_s)
     if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context() is False:
         # A replica cannot assign a mirrored variable inside the step: the scale
         # must have been initialized before (quantize_model does it).
@@ -320,8 +328,8 @@ def _init_learned_scale(w, s_var, init_flag, channel_axes, values):
             ],
         )
         with tf.control_dependencies([check]):
-            return tf.identity(s_var)
-    return tf.cond(init_flag > 0, lambda: tf.identity(s_var), _assign)
+            return tf.identity(log_s)
+    return tf.cond(init_flag > 0, lambda: tf.identity(log_s), _assign)
 
 
 def binary(scale=None, **kwargs) -> CodebookQuantizer:
