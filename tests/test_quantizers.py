@@ -64,7 +64,7 @@ def _numpy_reference_grad(q, w, scale):
     # A learned scale s multiplies the "mean_abs" projection s_w * c by s / s_w.
     factor = 1.0
     if q.scale == "learned":
-        factor = scale / ops.codebook_scale(tf.constant(w), [1], q.values).numpy()
+        factor = scale / ops.mean_abs_scale(tf.constant(w), [1]).numpy()
     if q.gradient == "ste":
         return np.ones_like(w) * factor
     return ((w >= lo) & (w <= hi)).astype(w.dtype) * factor
@@ -106,7 +106,7 @@ def test_learned_scale_gradient_is_exact():
         out = q(weight, True, weights=qvars)
         loss = tf.reduce_sum(out * g)
     dv = tape.gradient(loss, qvars["log_scale"]).numpy()
-    sigma = ops.codebook_scale(tf.constant(w0), [1], q.values).numpy()
+    sigma = ops.mean_abs_scale(tf.constant(w0), [1]).numpy()
     codes = q.codebook.project_numpy(w0 / sigma)
     np.testing.assert_allclose(out.numpy(), codes * s0, rtol=1e-6)
     # d/dv of s = exp(v * LOG_SCALE_STEP) is s * LOG_SCALE_STEP.
@@ -191,23 +191,3 @@ def test_stochastic_rounding_is_unbiased():
     assert abs(out.mean() - 0.25) < 0.01
     # Inference is deterministic.
     assert set(np.unique(td.binary(stochastic=True)(x, False, {}).numpy())) == {1.0}
-
-
-def test_mean_abs_scale_is_xnor_for_binary_and_twn_for_ternary():
-    from tfmot_discrete import ops
-
-    w = np.random.default_rng(0).normal(size=(50, 4))
-    binary = ops.codebook_scale(tf.constant(w), [1], [-1.0, 1.0]).numpy()
-    np.testing.assert_allclose(binary, np.abs(w).mean(0, keepdims=True), rtol=1e-12)
-    ternary = ops.codebook_scale(tf.constant(w), [1], [-1.0, 0.0, 1.0]).numpy()
-    for c in range(4):
-        col = np.abs(w[:, c])
-        # TWN: alpha = mean of |w| above the threshold (here 0.75 mean|w|, half of
-        # s0 = mean|w| / mean|c| with mean|c| = 2/3).
-        alpha = col[col >= 0.75 * col.mean()].mean()
-        assert ternary[0, c] == pytest.approx(alpha, rel=1e-12)
-    four = ops.codebook_scale(tf.constant(w), [1], [-1.0, -0.5, 0.5, 1.0]).numpy()
-    for c in range(4):
-        s0 = np.abs(w[:, c]).mean() / 0.75
-        q = td.Codebook([-1, -0.5, 0.5, 1]).project_numpy(w[:, c] / s0)
-        assert four[0, c] == pytest.approx((w[:, c] @ q) / (q @ q), rel=1e-12)

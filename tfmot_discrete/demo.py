@@ -66,7 +66,7 @@ VARIANTS = {
     "float": None,
     "seed answer: tf.math.sign": "sign",
     "binary {-1,+1} x mean|w|": td.binary(scale="mean_abs"),
-    "ternary {-1,0,+1} x scale (TWN)": td.ternary(scale="mean_abs"),
+    "ternary {-1,0,+1} x mean|w|": td.ternary(scale="mean_abs"),
     "[1, -1, 0.5, -0.5]": td.CodebookQuantizer([1, -1, 0.5, -0.5]),
 }
 

@@ -135,29 +135,3 @@ def mean_abs_scale(w: tf.Tensor, channel_axes) -> tf.Tensor:
     s = tf.reduce_mean(tf.abs(w), axis=axes, keepdims=True) if axes else tf.abs(w)
     s = tf.where(s > 0, s, tf.ones_like(s))
     return tf.stop_gradient(s)
-
-
-def codebook_scale(w: tf.Tensor, channel_axes, values) -> tf.Tensor:
-    """Per-channel scale of `"mean_abs"`: `mean|w_c|` (XNOR-Net) for `{-1, +1}`.
-
-    In general `s0 = mean|w_c| / mean|c|`, then one least-squares step
-    `s = <w_c, q> / <q, q>` with `q = project(w_c / s0)`: the scale that
-    best fits the values the channel uses. For `{-1, +1}` both give XNOR-Net's
-    `mean|w|`; for `{-1, 0, +1}` it is TWN's `alpha` with the threshold at
-    `0.75 mean|w|`. A constant for the gradient; never zero or negative.
-
-    References:
-        Rastegari et al., XNOR-Net (2016); Li et al., Ternary Weight
-        Networks (2016).
-    """
-    v = _as_np(values)
-    mags = np.abs(v)
-    s0 = mean_abs_scale(w, channel_axes) / tf.constant(float(mags.mean()) or 1.0, w.dtype)
-    if np.all(mags == mags[0]):
-        return s0  # every value has the same magnitude: s0 is already the fit
-    axes = reduce_axes(w.shape.rank, channel_axes)
-    q = project(w / s0, v)
-    num = tf.reduce_sum(w * q, axis=axes, keepdims=True) if axes else w * q
-    den = tf.reduce_sum(q * q, axis=axes, keepdims=True) if axes else q * q
-    s = tf.math.divide_no_nan(num, den)
-    return tf.stop_gradient(tf.where(s > 0, s, s0))

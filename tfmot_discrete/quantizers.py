@@ -69,8 +69,7 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
     """Projects a weight to the nearest value of a codebook on every forward pass.
 
     Forward: `w_q = s_c * project(w / s_c)`, with `s_c = 1` (`scale=None`),
-    `s_c` computed from the weights (`"mean_abs"`: XNOR-Net's `mean|w_c|` for
-    binary, TWN's scale for ternary, see `ops.codebook_scale`) or a trainable `s_c`
+    `s_c = mean|w_c|` (`"mean_abs"`, XNOR-Net) or a trainable `s_c`
     (`"learned"`: the codebook value is picked as with `"mean_abs"`, the
     magnitude per channel is trained with its exact gradient, as TTQ learns its
     values), one per output channel. Backward: a straight-through
@@ -195,14 +194,14 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
                 return _stochastic_ste(w, values, self.gradient)
             return ops.project_ste(w, values, self.gradient)
         if self.scale == "mean_abs":
-            s = ops.codebook_scale(w, self._channel_axes(rank), values)
+            s = ops.mean_abs_scale(w, self._channel_axes(rank))
             if self.stochastic and training:
                 return _stochastic_ste(w / s, values, self.gradient, gate_on=w) * s
             return _scaled_ste(w, s, values, self.gradient)
         # learned: which codebook value each weight takes is decided as with
         # "mean_abs" (sigma from the weights); the magnitude s per channel is
         # trained, with its exact gradient (TTQ's learned values).
-        sigma = ops.codebook_scale(w, self._channel_axes(rank), values)
+        sigma = ops.mean_abs_scale(w, self._channel_axes(rank))
         log_s = _init_learned_scale(w, weights, self._channel_axes(rank), values)
         s = tf.exp(tf.cast(log_s, w.dtype) * LOG_SCALE_STEP)
         return _scaled_ste(w, sigma, values, self.gradient) * (s / sigma)
@@ -213,7 +212,7 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         if self.scale != "learned" or float(weights["scale_initialized"].numpy()) != 0.0:
             return
         w = tf.convert_to_tensor(w)
-        s0 = ops.codebook_scale(w, self._channel_axes(w.shape.rank), self.values)
+        s0 = ops.mean_abs_scale(w, self._channel_axes(w.shape.rank))
         log_s = tf.math.log(s0) / LOG_SCALE_STEP
         weights["log_scale"].assign(tf.cast(log_s, weights["log_scale"].dtype))
         weights["scale_initialized"].assign(1.0)
@@ -224,7 +223,7 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         if self.scale is None:
             return np.ones(self.scale_shape(w.shape), np.float32)
         if self.scale == "mean_abs":
-            return ops.codebook_scale(w, self._channel_axes(w.shape.rank), self.values).numpy()
+            return ops.mean_abs_scale(w, self._channel_axes(w.shape.rank)).numpy()
         return np.exp(weights["log_scale"].numpy() * LOG_SCALE_STEP)
 
     def get_config(self):
@@ -306,7 +305,7 @@ def _init_learned_scale(w, weights, channel_axes, values):
     log_s, init_flag = weights["log_scale"], weights["scale_initialized"]
 
     def _assign():
-        s0 = ops.codebook_scale(w, channel_axes, values)
+        s0 = ops.mean_abs_scale(w, channel_axes)
         value = tf.math.log(s0) / LOG_SCALE_STEP
         updates = [log_s.assign(tf.cast(value, log_s.dtype)), init_flag.assign(1.0)]
         with tf.control_dependencies(updates):
@@ -338,7 +337,7 @@ def binary(scale=None, **kwargs) -> CodebookQuantizer:
 
 
 def ternary(scale="mean_abs", **kwargs) -> CodebookQuantizer:
-    """`{-1, 0, +1}` weights (TWN when `scale="mean_abs"`)."""
+    """`{-1, 0, +1}` weights, by default times `mean|w|` per output channel."""
     return CodebookQuantizer([-1.0, 0.0, 1.0], scale=scale, **kwargs)
 
 

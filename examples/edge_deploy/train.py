@@ -2,7 +2,7 @@
 
 A Conv2D/BatchNormalization/ReLU network on scikit-learn's bundled 8x8
 digits, every Conv2D and Dense kernel trained to `{-1, 0, +1}` times a
-scale per output channel (TWN). Writes `qat.keras` (the QAT model, reloadable
+scale per output channel. Writes `qat.keras` (the QAT model, reloadable
 inside `td.quantize_scope()`) and `data.npz` (calibration and test images).
 `deploy.py` takes it from there.
 
