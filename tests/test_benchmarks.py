@@ -1,0 +1,121 @@
+"""`python -m benchmarks` runs and writes well-formed tables (the numbers are not checked)."""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from benchmarks import common
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NUMBER = re.compile(r"^[+-]?\d[\d,]*(\.\d+)?( ± \d+(\.\d+)?)?$")
+
+
+def _tables(text: str) -> list[list[list[str]]]:
+    """Every Markdown table of `text`, as rows of stripped cells."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def _check_table(table, first_header):
+    header, sep, *rows = table
+    assert header[0] == first_header
+    assert all(c == "---" for c in sep) and len(sep) == len(header)
+    assert rows, f"table {header} has no rows"
+    for row in rows:
+        assert len(row) == len(header), row
+    return header, rows
+
+
+def _numeric(cell: str) -> bool:
+    return bool(NUMBER.match(cell))
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_tables_and_plots(smoke):
+    text = (smoke / "RESULTS.md").read_text()
+    settings = common.SETTINGS["smoke"]
+    for heading in ("## Targets", "## Accuracy", "## Training cost", "## Export"):
+        assert heading in text
+    assert f"{os.cpu_count()} cores" in text and "tensorflow 2." in text
+    assert (smoke / "accuracy_vs_bits.png").stat().st_size > 0
+    assert (smoke / "latent_histograms.png").stat().st_size > 0
+
+    tables = _tables(text)
+    by_first = {}
+    for t in tables:
+        by_first.setdefault(t[0][0], []).append(t)
+
+    _, rows = _check_table(by_first["target"][0], "target")
+    assert all(r[2] in ("met", "MISSED") for r in rows)
+
+    _, rows = _check_table(by_first["variant"][0], "variant")  # accuracy, digits
+    assert [r[0] for r in rows] == list(settings.variants)
+    for r in rows:
+        assert _numeric(r[2]) and _numeric(r[3]) and _numeric(r[4]) and _numeric(r[5]), r
+
+    header, rows = _check_table(by_first["variant"][1], "variant")  # step ratios
+    assert [r[0] for r in rows] == list(settings.speed_variants)
+    assert len(header) == 1 + len(settings.mlp_widths) + len(settings.cnn_widths)
+    assert all(_numeric(c) for r in rows for c in r[1:])
+
+    proj = "projection (forward + backward, N = 1M)"
+    _, rows = _check_table(by_first[proj][0], proj)
+    assert len(rows) == 2 * len(settings.projection_ks)
+    assert all(_numeric(c) for r in rows for c in r[1:])
+
+    _, rows = _check_table(by_first["variant"][2], "variant")  # export, digits
+    assert {r[0] for r in rows} == set(settings.export_variants)
+    for r in rows:
+        assert r[1] in ("float", "int8", "int4", "full_int8", "TFLiteConverter")
+        if r[2] != "not written":
+            assert all(_numeric(c) for c in r[2:]), r
+
+
+def test_md_table_rejects_ragged_rows():
+    assert common.md_table(["a", "b"], [(1, 2)]).splitlines()[2] == "| 1 | 2 |"
+    with pytest.raises(ValueError, match="3 cells"):
+        common.md_table(["a", "b"], [(1, 2, 3)])
+
+
+def test_larq_style_sign_and_its_gradient():
+    x = tf.constant([-2.0, -0.5, 0.0, 0.5, 2.0])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = common.ste_sign(x)
+    np.testing.assert_array_equal(y.numpy(), [-1, -1, 1, 1, 1])
+    np.testing.assert_array_equal(tape.gradient(y, x).numpy(), [0, 1, 1, 1, 0])
+    w = tf.constant([[0.5, -2.0], [-0.5, 1.0]])
+    np.testing.assert_allclose(common.magnitude_aware_sign(w).numpy(), [[0.5, -1.5], [-0.5, 1.5]])
+
+
+def test_seed_gather_reaches_only_two_values():
+    out = common.seed_gather(tf.constant([-3.0, -0.1, 0.2, 5.0]))
+    assert sorted(set(out.numpy().tolist())) == [-1.0, 1.0]
