@@ -176,6 +176,20 @@ def test_export_from_saved_and_stripped_models(tmp_path):
     _assert_exact_file((tmp_path / "b.tflite").read_bytes(), [-1, 0, 1], scaled=True)
 
 
+def test_plain_float_model_exports_with_outputs_reported(tmp_path):
+    inp = keras.Input((64,))
+    out = L.Dense(10, name="d1")(L.Dense(256, activation="relu", name="d0")(inp))
+    model = keras.Model(inp, out)
+    for fmt in ("int8", "int4"):
+        r = tflite_export.export(model, tmp_path / f"{fmt}.tflite", format=fmt)
+        assert r.ok and r.tolerance is None and r.weights == []
+        assert any("without a codebook were rounded" in n for n in r.notes)
+    # A codebook layer next to a float one: its weights are still checked exactly.
+    qat = td.quantize_model(model, {"d0": td.binary()})
+    r = tflite_export.export(qat, tmp_path / "mixed.tflite", format="int4")
+    assert r.exact and [w.name for w in r.weights] == ["d0/kernel"]
+
+
 def test_c_array_round_trip(tmp_path):
     qat, x = _trained("Dense", td.binary())
     cc = tmp_path / "model_data.cc"
