@@ -183,6 +183,18 @@ def weight_tensors(model) -> list[tuple[int, int]]:
     return out
 
 
+def _candidates(model) -> list[tuple[int, int, object, np.ndarray]]:
+    """`(op index, tensor index, tensor, dequantized value)` of every weight input,
+    each tensor dequantized once."""
+    sg = model.subgraphs[0]
+    out = []
+    for op_i, t in weight_tensors(model):
+        value = dequantize(model, sg.tensors[t])
+        if value is not None:
+            out.append((op_i, t, sg.tensors[t], value))
+    return out
+
+
 def match_weights(model, cws: list[CodebookWeight], tolerance_of=None) -> tuple[list, list]:
     """Finds each codebook weight among the file's weight tensors by content.
 
@@ -194,8 +206,7 @@ def match_weights(model, cws: list[CodebookWeight], tolerance_of=None) -> tuple[
     Returns:
         (matches, names of codebook weights not found)
     """
-    sg = model.subgraphs[0]
-    candidates = weight_tensors(model)
+    candidates = _candidates(model)
     used = set()
     matches, missing = [], []
     for cw in cws:
@@ -203,12 +214,8 @@ def match_weights(model, cws: list[CodebookWeight], tolerance_of=None) -> tuple[
         codes, _ = tflite_layout(cw.layer_class, cw.weight, cw.codes)
         scales, _ = tflite_layout(cw.layer_class, cw.weight, cw.scales)
         found = None
-        for op_i, t in candidates:
-            if t in used:
-                continue
-            tensor = sg.tensors[t]
-            got = dequantize(model, tensor)
-            if got is None or got.size != exp.size:
+        for op_i, t, tensor, got in candidates:
+            if t in used or got.size != exp.size:
                 continue
             got = got.reshape(exp.shape)
             factors = _channel_factors(got, exp, dim)
@@ -262,11 +269,6 @@ def _channel_factors(got, exp, dim):
     return f.reshape(()) if dim is None else f
 
 
-def lattice_step(codebook: Codebook, qmax: int) -> float | None:
-    """Step `g`, in codebook units, with every value / g an integer within qmax."""
-    return codebook.integer_step(qmax)
-
-
 def smallest_exact_format(codebook: Codebook) -> str:
     if codebook.integer_step(7) is not None:
         return "int4"
@@ -311,7 +313,6 @@ def write_exact(model, m: TensorMatch, g: float) -> None:
         raise AssertionError(f"{m.cw.label}: codes not integral on the chosen lattice")
     ints = ints.astype(np.int8)
     buf = _own_buffer(model, m.tensor)
-    old_scales = np.asarray(t.quantization.scale, np.float64).reshape(-1)
     if t.type == 17:
         buf.data = _pack_int4(ints)
     else:
@@ -324,10 +325,10 @@ def write_exact(model, m: TensorMatch, g: float) -> None:
         q.quantizedDimension = m.channel_dim
     q.scale = [float(s) for s in steps.astype(np.float32)]
     q.zeroPoint = [0] * len(q.scale)
-    _requantize_bias(model, m, old_scales, np.asarray(q.scale, np.float64))
+    _requantize_bias(model, m, np.asarray(q.scale, np.float64))
 
 
-def _requantize_bias(model, m: TensorMatch, old_w_scales, new_w_scales):
+def _requantize_bias(model, m: TensorMatch, new_w_scales):
     """int32 bias step = input step x weight step: follow the new weight step."""
     sg = model.subgraphs[0]
     op = sg.operators[m.op_index]
@@ -350,7 +351,6 @@ def _requantize_bias(model, m: TensorMatch, old_w_scales, new_w_scales):
     buf.data = new.view(np.uint8).copy()
     bias_t.quantization.scale = [float(s) for s in new_scale.astype(np.float32)]
     bias_t.quantization.zeroPoint = [0] * len(bias_t.quantization.scale)
-    del old_w_scales
 
 
 def read(model_bytes: bytes):
@@ -369,17 +369,12 @@ def locate(model, matches: list[TensorMatch], tolerance_of) -> tuple[list, list]
     """Finds the tensors of `matches` (made on the float file) in another file
     of the same model, by content: dequantized within `tolerance_of` of the
     float reference. Units stay those of the float file, which are exact."""
-    sg = model.subgraphs[0]
-    candidates = weight_tensors(model)
+    candidates = _candidates(model)
     used, found, missing = set(), [], []
     for m in matches:
         hit = None
-        for op_i, t in candidates:
-            if t in used:
-                continue
-            tensor = sg.tensors[t]
-            got = dequantize(model, tensor)
-            if got is None or got.size != m.reference.size:
+        for op_i, t, tensor, got in candidates:
+            if t in used or got.size != m.reference.size:
                 continue
             if np.abs(got.reshape(m.reference.shape) - m.reference).max() <= tolerance_of(
                 tensor, got

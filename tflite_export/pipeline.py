@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -125,17 +126,9 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with _suppress():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-class _suppress:  # noqa: N801
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return True
 
 
 def _representative(model, data, what="representative_data") -> list[np.ndarray]:
@@ -267,7 +260,7 @@ def convert_bytes(
             if tensor.type not in (9, 17):
                 continue
             qmax = 7 if tensor.type == 17 else 127
-            g = exact.lattice_step(m.cw.codebook, qmax)
+            g = m.cw.codebook.integer_step(qmax)
             if g is None:
                 storage = exact.tensor_type_name(tensor)
                 if not allow_inexact:

@@ -47,14 +47,11 @@ def _normalize_axis(per_channel_axis):
 class _ClipToRange:
     """Variable constraint: keep latent weights inside the codebook range."""
 
-    def __init__(self, low, high, scale_var=None):
-        self.low, self.high, self.scale_var = low, high, scale_var
+    def __init__(self, low, high):
+        self.low, self.high = low, high
 
     def __call__(self, w):
-        if self.scale_var is None:
-            return tf.clip_by_value(w, self.low, self.high)
-        s = tf.cast(tf.exp(self.scale_var), w.dtype)
-        return tf.clip_by_value(w, self.low * s, self.high * s)
+        return tf.clip_by_value(w, self.low, self.high)
 
 
 def _set_constraint(var, fn):
