@@ -2,6 +2,7 @@
 
 from tfmot_discrete import quantizers
 from tfmot_discrete._keras import keras
+from tfmot_discrete.batchnorm import RecalibrateBatchNorm, recalibrate_batchnorm
 from tfmot_discrete.codebook import Codebook
 from tfmot_discrete.configs import DiscreteQuantizeConfig
 from tfmot_discrete.layers import DiscreteMultiplier
@@ -22,6 +23,7 @@ __all__ = [
     "DiscreteQuantizeConfig",
     "DiscreteQuantizeRegistry",
     "DiscreteQuantizeScheme",
+    "RecalibrateBatchNorm",
     "binary",
     "keras",
     "plot_weights",
@@ -29,6 +31,7 @@ __all__ = [
     "quantize_model",
     "quantize_scope",
     "quantizers",
+    "recalibrate_batchnorm",
     "strip_quantization",
     "summary",
     "ternary",
