@@ -394,11 +394,12 @@ def targets(result: dict) -> list[tuple[str, str, str]]:
             and variants[r.variant].kind == "ours"
         ]
         if gaps:
+            one_sample = 1 / result["sizes"][task][1]
             out.append(
                 (
                     f"{task}: our exported files score what the Keras models score",
                     f"max gap {100 * max(gaps):.2f} points",
-                    "met" if max(gaps) == 0 else "MISSED",
+                    "met" if max(gaps) < one_sample / 2 else "MISSED",
                 )
             )
     return out
@@ -428,10 +429,11 @@ def recipe_text(task: Task, epochs: int) -> str:
         f"Float: Adam (peak lr {task.lr:g}, cosine decay to 0), batch {task.batch}, {epochs} "
         f"epochs from a fresh initialization. Every other row starts from that trained float "
         f"model (same seed) and trains {epochs} more epochs{prog}: Adam, peak lr "
-        f"{d.lr_factor:g}x the float one ({task.lr * d.lr_factor:g}), cosine decay{warm}{dist}; "
-        "then `td.recalibrate_batchnorm` on the training inputs (one pass), unless the row "
-        "says otherwise. Clustering: TF-MOT `cluster_weights` (k-means++), the same fine-tuning, "
-        "then `strip_clustering`."
+        f"{d.lr_factor:g}x the float one ({task.lr * d.lr_factor:g}), cosine decay{warm}{dist}. "
+        "Every row, float included, ends with `td.recalibrate_batchnorm` on the training "
+        "inputs (one pass); the column before it shows the accuracy without. Clustering: "
+        "TF-MOT `cluster_weights` (k-means++), the same fine-tuning, then `strip_clustering`; "
+        "Larq-style layers and TF-MOT 8-bit QAT start from the float weights too."
     )
 
 

@@ -64,10 +64,11 @@ class Recipe:
 
 #: Distillation settings compared (temperature, weight of the label loss).
 DISTILL = (2.0, 0.1)
-#: The float model's own recipe: from scratch, cosine decay.
-FLOAT = Recipe(start="scratch", recalibrate=False)
+#: The float model's own recipe: from scratch, cosine decay (BatchNorm re-estimated too,
+#: as every row is).
+FLOAT = Recipe(start="scratch", warmup=0.0)
 #: What every other variant does unless its row says otherwise.
-DEFAULT = Recipe()
+DEFAULT = Recipe(warmup=0.1)
 
 
 def learning_rate(peak: float, steps: int, recipe: Recipe):
