@@ -10,7 +10,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
     QuantizeLayer,
 )
 
-from tfmot_discrete import _keras, configs, scheme
+from tfmot_discrete import _keras, configs, int8, scheme
 from tfmot_discrete import quantizers as quantizers_mod
 from tfmot_discrete._keras import keras
 from tfmot_discrete.layers import DiscreteMultiplier
@@ -58,6 +58,7 @@ def quantize_scope(*args):
         "tfmot_discrete>CodebookQuantizer": quantizers_mod.CodebookQuantizer,
         "tfmot_discrete>DiscreteQuantizeConfig": configs.DiscreteQuantizeConfig,
         "tfmot_discrete>DiscreteMultiplier": DiscreteMultiplier,
+        "tfmot_discrete>Int8WeightQuantizer": int8.Int8WeightQuantizer,
     }
     with _qk.quantize_scope(ours, *args):
         # Entered last, so it wins over TF-MOT's entry of the same name.
@@ -213,8 +214,12 @@ def quantize_model(model, quantizer, activations=None):
             model (rebuilt in tf_keras with the same weights).
         quantizer: A `CodebookQuantizer` (or a list of values, or a preset
             name) for every supported layer, or a mapping
-            `{layer-name regex: quantizer | DiscreteQuantizeConfig | None}`;
-            regexes are matched against the whole name, first match wins.
+            `{layer-name regex: quantizer | "int8" | DiscreteQuantizeConfig |
+            None}`; regexes are matched against the whole name, first match
+            wins. `"int8"` trains the layer's weights with TF-MOT's 8-bit
+            fake quantization (symmetric, per output channel, narrow range;
+            `td.int8.Int8WeightQuantizer`), e.g. for the first and last
+            layers; `None` leaves the layer float.
         activations: `None` (activations stay float) or `"int8"`: also
             simulate 8-bit activations with TF-MOT's quantizers (an input
             `QuantizeLayer`, and a moving-average fake-quant on every output
@@ -269,6 +274,7 @@ def quantize_model(model, quantizer, activations=None):
         if isinstance(layer, _qk.QuantizeWrapper):
             fix_weight_order(layer)
     initialize_learned_scales(qat)
+    int8.initialize_ranges(qat)
     return qat
 
 
