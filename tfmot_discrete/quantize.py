@@ -10,7 +10,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
     QuantizeLayer,
 )
 
-from tfmot_discrete import _keras, configs, int8, scheme
+from tfmot_discrete import _keras, configs, int8, rescale, scheme
 from tfmot_discrete import quantizers as quantizers_mod
 from tfmot_discrete._keras import keras
 from tfmot_discrete.layers import DiscreteMultiplier
@@ -227,6 +227,19 @@ def quantize_model(model, quantizer, activations=None):
             fusion), so a `full_int8` export agrees with what was trained.
             Defaults to `None`.
 
+    With `scale=None` the codebook values are used exactly as given, and a
+    trained layer's weights (|w| ~ 0.05) would all project to the values
+    nearest zero. When a BatchNormalization directly follows a Dense, Conv or
+    DepthwiseConv layer quantized that way, and the weights are at least
+    `rescale.RESCALE_MIN_FACTOR` times smaller than the codebook, each output
+    channel's latent weights and bias are multiplied by
+    `mean|codebook| / mean|w_c|` and the BatchNormalization's moving
+    statistics adjusted to match, so the model computes the same function
+    and its weights spread over the whole codebook (`rescale` module). The
+    model passed in is not changed. Without a normalization after the layer
+    the weights are kept as they are: use `scale="mean_abs"` (or
+    `"learned"`) for such layers when starting from a trained model.
+
     Returns:
         A new tf_keras model whose quantized layers are `QuantizeWrapperV2`s.
 
@@ -248,6 +261,9 @@ def quantize_model(model, quantizer, activations=None):
         )
     model = _check_model(model)
     spec = scheme.resolve_quantizer_spec(quantizer)
+    if rescale.plan(model, spec):
+        model = _copy(model)
+        rescale.rescale_for_codebook(model, spec)
     plan = _plan(model, spec)
     if activations == "int8":
         _add_activation_quantizers(model, plan)
@@ -276,6 +292,14 @@ def quantize_model(model, quantizer, activations=None):
     initialize_learned_scales(qat)
     int8.initialize_ranges(qat)
     return qat
+
+
+def _copy(model):
+    """A clone of `model` with its weights, so that the caller's stays as it was."""
+    with quantize_scope():
+        clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 def initialize_learned_scales(model) -> None:
