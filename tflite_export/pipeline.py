@@ -72,6 +72,8 @@ class Report:
                 + ", ".join(f"{v:g}" for v in w.codebook[:6])
                 + (", ...}" if len(w.codebook) > 6 else "}")
             )
+            if w.trained_int8:
+                cb = "int8 (trained)"
             rows.append(
                 (
                     w.name,
@@ -259,7 +261,7 @@ def convert_bytes(
             tensor = fb.subgraphs[0].tensors[m.tensor]
             if tensor.type not in (9, 17):
                 continue
-            qmax = 7 if tensor.type == 17 else 127
+            qmax = 7 if tensor.type == 17 and not m.cw.trained_int8 else 127
             g = m.cw.codebook.integer_step(qmax)
             if g is None:
                 storage = exact.tensor_type_name(tensor)
@@ -308,6 +310,7 @@ def check_weights(model_bytes: bytes, matches) -> list[verify.WeightCheck]:
                 count=int(v.size),
                 exact=dev <= 1e-5,
                 max_error=err,
+                trained_int8=m.cw.trained_int8,
             )
         )
     return out

@@ -88,6 +88,9 @@ class WeightCheck:
     count: int
     exact: bool
     max_error: float  # max |decoded - trained value|
+    #: An 8-bit weight ("int8" in the mapping): exact means the stored integers
+    #: and steps are those it trained with.
+    trained_int8: bool = False
 
     @property
     def stored_bits(self) -> int:

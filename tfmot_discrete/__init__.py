@@ -5,6 +5,7 @@ from tfmot_discrete._keras import keras
 from tfmot_discrete.batchnorm import RecalibrateBatchNorm, recalibrate_batchnorm
 from tfmot_discrete.codebook import Codebook
 from tfmot_discrete.configs import DiscreteQuantizeConfig
+from tfmot_discrete.distill import Distiller
 from tfmot_discrete.layers import DiscreteMultiplier
 from tfmot_discrete.monitor import CodebookMonitor
 from tfmot_discrete.plotting import plot_weights
@@ -23,6 +24,7 @@ __all__ = [
     "DiscreteQuantizeConfig",
     "DiscreteQuantizeRegistry",
     "DiscreteQuantizeScheme",
+    "Distiller",
     "RecalibrateBatchNorm",
     "binary",
     "keras",

@@ -6,7 +6,7 @@ import re
 
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete import configs
+from tfmot_discrete import configs, int8
 from tfmot_discrete import quantizers as quantizers_mod
 
 _qk = tfmot.quantization.keras
@@ -30,7 +30,9 @@ def resolve_quantizer_spec(spec):
                     f"Key {pattern!r} of the quantizer mapping is not a valid regular "
                     f"expression ({e})."
                 ) from e
-            if not isinstance(value, configs.DiscreteQuantizeConfig | _qk.QuantizeConfig):
+            if not _is_int8(value) and not isinstance(
+                value, configs.DiscreteQuantizeConfig | _qk.QuantizeConfig
+            ):
                 value = quantizers_mod.get(value)
             entries.append((rx, pattern, value))
         return entries
@@ -39,6 +41,8 @@ def resolve_quantizer_spec(spec):
             "A QuantizeConfig applies to one layer: pass it in a mapping, e.g. "
             f"{{'my_layer': config}}. Received: {spec!r}"
         )
+    if _is_int8(spec):
+        return spec
     q = quantizers_mod.get(spec)
     if q is None:
         raise ValueError(
@@ -46,6 +50,10 @@ def resolve_quantizer_spec(spec):
             "or a mapping {layer-name regex: quantizer}. Received: quantizer=None"
         )
     return q
+
+
+def _is_int8(value) -> bool:
+    return isinstance(value, str) and value == int8.INT8
 
 
 def lookup(spec, layer_name):
