@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 import tflite_export
+import tfmot_discrete as td
 from benchmarks import common, finetune
 from tflite_export import exact, pipeline
 from tfmot_discrete._keras import keras
@@ -82,28 +83,24 @@ def train(model, data, epochs: int, task: Task, seed: int, recipe, teacher=None)
     steps = math.ceil(len(order) / task.batch)
     lr = finetune.learning_rate(task.lr * recipe.lr_factor, steps, recipe)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    metrics = ["accuracy"]
-    targets = ytr
+    trainee = model
     if recipe.distill:
-        loss, metrics = finetune.DistillLoss(*recipe.distill), []
-        targets = finetune.distill_targets(teacher, xtr, ytr)
+        trainee = td.Distiller(model, teacher, *recipe.distill)
     callbacks = []
     if recipe.progressive:
-        callbacks.append(finetune.Progressive(recipe.progressive, steps))
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=metrics)
+        callbacks.append(finetune.Progressive(recipe.progressive, steps, model))
+    trainee.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=["accuracy"])
     keras.utils.set_random_seed(seed)
-    model.fit(
+    trainee.fit(
         xtr[order],
-        targets[order],
+        ytr[order],
         batch_size=task.batch,
         epochs=1,
         shuffle=False,
         verbose=0,
         callbacks=callbacks,
     )
-    model.compile(
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
-    )
+    model.compile(loss=loss, metrics=["accuracy"])
     return model
 
 
@@ -141,7 +138,7 @@ def tflite_accuracy(model_bytes: bytes, data) -> float:
 
 def deploy_format(variant: common.Variant) -> str:
     """The narrowest exact format for our codebooks; int8 weight-only for the others."""
-    if variant.kind == "ours" and isinstance(variant.spec, dict):
+    if variant.kind == "ours" and isinstance(variant.spec, dict) and None in variant.spec.values():
         # Float layers next to codebook ones: `export` holds every weight-only file to
         # the Keras outputs, which int4 or int8 float layers miss; convert unverified.
         return "int8, unverified"
@@ -519,12 +516,14 @@ def splice(text: str, section_lines: list[str], target_rows) -> str:
 
 
 def _main(argv=None) -> int:
-    """`python -m benchmarks.accuracy [--seeds 0 1] [--save runs/s0.json] [--merge a.json ...]`."""
+    """`python -m benchmarks.accuracy [--seeds 0 1] [--datasets mnist1d] [--save run.json]
+    [--merge a.json ...] [--results RESULTS.md]`: the accuracy part alone, or merged runs."""
     import argparse  # noqa: PLC0415
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=_main.__doc__)
     p.add_argument("--settings", choices=tuple(common.SETTINGS), default="full")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the settings')")
+    p.add_argument("--datasets", choices=tuple(TASKS), nargs="+", help="default: the settings'")
     p.add_argument("--save", type=pathlib.Path, help="write this run's records as JSON")
     p.add_argument("--merge", type=pathlib.Path, nargs="+", help="saved runs to merge")
     p.add_argument(
@@ -540,6 +539,8 @@ def _main(argv=None) -> int:
         settings = common.SETTINGS[args.settings]
         if args.seeds:
             settings = dataclasses.replace(settings, seeds=tuple(args.seeds))
+        if args.datasets:
+            settings = dataclasses.replace(settings, datasets=tuple(args.datasets))
         result = run(settings, lambda m: print(m, flush=True))
         if args.save:
             save(result, args.save)

@@ -125,26 +125,6 @@ def test_seed_gather_reaches_only_two_values():
     assert sorted(set(out.numpy().tolist())) == [-1.0, 1.0]
 
 
-def test_distill_loss_is_label_and_softened_teacher_terms():
-    rng = np.random.default_rng(0)
-    student = rng.normal(size=(4, 10)).astype("float32")
-    teacher = rng.normal(size=(4, 10)).astype("float32")
-    labels = np.array([1, 0, 9, 3])
-    targets = np.concatenate([labels[:, None].astype("float32"), teacher], 1)
-    t, alpha = 2.0, 0.25
-
-    def log_softmax(z):
-        z = z - z.max(-1, keepdims=True)
-        return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-    hard = -log_softmax(student)[np.arange(4), labels]
-    p = np.exp(log_softmax(teacher / t))
-    soft = (p * (np.log(p) - log_softmax(student / t))).sum(-1) * t * t
-    want = np.mean(alpha * hard + (1 - alpha) * soft)
-    got = float(finetune.DistillLoss(t, alpha)(targets, student))
-    assert got == pytest.approx(want, rel=1e-5)
-
-
 def test_progressive_puts_the_largest_share_on_the_codebook_and_holds_it():
     import tfmot_discrete as td  # noqa: PLC0415
     from tfmot_discrete._keras import keras  # noqa: PLC0415
