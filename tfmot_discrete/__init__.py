@@ -12,6 +12,7 @@ from tfmot_discrete.plotting import plot_weights
 from tfmot_discrete.quantize import quantize_model, quantize_scope, strip_quantization
 from tfmot_discrete.quantizers import CodebookQuantizer, binary, power_of_two, ternary
 from tfmot_discrete.scheme import DiscreteQuantizeRegistry, DiscreteQuantizeScheme
+from tfmot_discrete.sensitivity import sensitivity
 from tfmot_discrete.summary import summary
 
 __version__ = "0.1.0"
@@ -34,6 +35,7 @@ __all__ = [
     "quantize_scope",
     "quantizers",
     "recalibrate_batchnorm",
+    "sensitivity",
     "strip_quantization",
     "summary",
     "ternary",
