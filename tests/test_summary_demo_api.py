@@ -3,9 +3,9 @@ import re
 import numpy as np
 
 import tfmot_discrete as td
-from tfmot_discrete import __main__ as cli
-from tfmot_discrete import demo
 from tfmot_discrete._keras import keras
+from tfmot_discrete_demo import __main__ as cli
+from tfmot_discrete_demo import digits as demo
 
 
 def test_every_public_name_resolves():
