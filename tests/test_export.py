@@ -402,3 +402,14 @@ def test_exported_ops_and_dtypes_snapshot(tmp_path):
             "FULLY_CONNECTED(int8, int8)",
         ],
     }
+
+
+def test_conv3d_weights_are_found_under_their_operator(tmp_path):
+    # CONV_3D is operator 132 of the TFLite schema; its weights are exact in the file.
+    model = keras.Sequential([keras.Input((4, 4, 4, 2)), L.Conv3D(3, 2, name="c3")])
+    qat = td.quantize_model(model, td.binary(scale="mean_abs"))
+    report = tflite_export.export(qat, tmp_path / "c3.tflite", format="float")
+    assert [w.name for w in report.weights] == ["c3/kernel"]
+    assert report.exact and report.ok
+    checks = verify.check_codebook_file((tmp_path / "c3.tflite").read_bytes(), td.Codebook([-1, 1]))
+    assert [c.exact for c in checks] == [True]
