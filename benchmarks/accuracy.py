@@ -20,7 +20,7 @@ import tensorflow as tf
 import tflite_export
 import tfmot_discrete as td
 from benchmarks import common, finetune
-from tflite_export import exact, pipeline
+from tflite_export import exact, pipeline, runners
 from tfmot_discrete._keras import keras
 
 
@@ -109,31 +109,8 @@ def evaluate(model, data) -> float:
     return float(acc)
 
 
-def tflite_predict(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
-    """Logits of a `.tflite` file for a batch, run by LiteRT."""
-    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-
-    it = Interpreter(model_content=model_bytes)
-    inp = it.get_input_details()[0]
-    it.resize_tensor_input(inp["index"], list(x.shape))
-    it.allocate_tensors()
-    inp = it.get_input_details()[0]
-    xin = x.astype(np.float32)
-    if inp["dtype"] != np.float32:
-        scale, zero = inp["quantization"]
-        xin = np.clip(np.round(x / scale + zero), -128, 127).astype(inp["dtype"])
-    it.set_tensor(inp["index"], xin)
-    it.invoke()
-    out = it.get_output_details()[0]
-    y = it.get_tensor(out["index"]).astype(np.float32)
-    if out["dtype"] != np.float32:
-        scale, zero = out["quantization"]
-        y = (y - zero) * scale
-    return y
-
-
 def tflite_accuracy(model_bytes: bytes, data) -> float:
-    return float(np.mean(np.argmax(tflite_predict(model_bytes, data[2]), -1) == data[3]))
+    return float(np.mean(np.argmax(runners.run_litert(model_bytes, [data[2]])[0], -1) == data[3]))
 
 
 def deploy_format(variant: common.Variant) -> str:
@@ -157,10 +134,10 @@ def to_tflite(model, variant: common.Variant, data, fmt: str) -> bytes:
         return bytes(conv.convert())
     rep = data[0][:200]
     if fmt == "int8, unverified":
-        return pipeline.convert_bytes(model, "int8", representative_data=rep)[0]
+        return pipeline.convert_bytes(model, "int8", representative_data=rep).data
     if variant.kind != "ours":
         # Not a codebook model: `export` would hold int8 weights to the float outputs.
-        return pipeline.convert_bytes(model, fmt, representative_data=rep)[0]
+        return pipeline.convert_bytes(model, fmt, representative_data=rep).data
     with tempfile.TemporaryDirectory() as tmp:
         path = pathlib.Path(tmp) / "model.tflite"
         tflite_export.export(model, path, format=fmt, representative_data=rep)

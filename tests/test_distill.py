@@ -110,7 +110,10 @@ def test_distilled_student_recalibrates_strips_and_exports(tmp_path):
         verbose=0,
         callbacks=[td.RecalibrateBatchNorm(x, batch_size=len(x))],
     )
-    # The callback recalibrated the student's BatchNorm, not the teacher's.
+    # The callback recalibrated the student's BatchNorm, not the teacher's; so
+    # does a direct call on the Distiller.
+    np.testing.assert_array_equal(teacher.get_layer("bn").moving_mean.numpy(), teacher_stats)
+    assert td.recalibrate_batchnorm(dist, x, batch_size=len(x)) == 1
     np.testing.assert_array_equal(teacher.get_layer("bn").moving_mean.numpy(), teacher_stats)
     plain = td.strip_quantization(student)
     conv = keras.Model(plain.input, plain.get_layer("conv").output)(x).numpy().reshape(-1, 4)

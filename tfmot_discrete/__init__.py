@@ -9,9 +9,15 @@ from tfmot_discrete.distill import Distiller
 from tfmot_discrete.layers import DiscreteMultiplier
 from tfmot_discrete.monitor import CodebookMonitor
 from tfmot_discrete.plotting import plot_weights
-from tfmot_discrete.quantize import quantize_model, quantize_scope, strip_quantization
+from tfmot_discrete.quantize import (
+    initialize_learned_scales,
+    quantize_model,
+    quantize_scope,
+    strip_quantization,
+)
 from tfmot_discrete.quantizers import CodebookQuantizer, binary, power_of_two, ternary
 from tfmot_discrete.scheme import DiscreteQuantizeRegistry, DiscreteQuantizeScheme
+from tfmot_discrete.sensitivity import sensitivity
 from tfmot_discrete.summary import summary
 
 __version__ = "0.1.0"
@@ -27,6 +33,7 @@ __all__ = [
     "Distiller",
     "RecalibrateBatchNorm",
     "binary",
+    "initialize_learned_scales",
     "keras",
     "plot_weights",
     "power_of_two",
@@ -34,6 +41,7 @@ __all__ = [
     "quantize_scope",
     "quantizers",
     "recalibrate_batchnorm",
+    "sensitivity",
     "strip_quantization",
     "summary",
     "ternary",

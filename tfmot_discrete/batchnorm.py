@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmot_discrete._keras import keras
+from tfmot_discrete.distill import Distiller
 
 #: Batch size used when `data` holds arrays or an unbatched dataset.
 DEFAULT_BATCH_SIZE = 32
@@ -195,8 +196,12 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
     model's weights projected to their codebooks), each BatchNormalization
     normalizing with its batch's statistics as in training, and sets the
     moving mean and variance to the mean and variance of its input over all
-    the samples seen (the cumulative average of the batch statistics,
-    weighted by batch size, momentum `i/(i+1)`). Every other layer runs in
+    the samples seen: the moving mean is the cumulative average of the batch
+    means (momentum `i/(i+1)`, weighted by batch size), the moving variance
+    the cumulative average of the batch second moments minus the squared
+    mean (so that it also counts the spread between batch means). With one
+    batch holding all the data, inference then computes exactly what
+    training mode computes on it. Every other layer runs in
     inference mode (no dropout, activation ranges not updated). No variable
     other than the moving statistics changes: trainable weights, optimizer
     state and activation ranges stay as they were.
@@ -206,7 +211,8 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
     end of `fit`.
 
     Args:
-        model: A tf_keras model: from `quantize_model`, stripped, or plain.
+        model: A tf_keras model: from `quantize_model`, stripped, or plain;
+            for a `Distiller`, its student.
         data: Inputs: an array (a list of arrays for several inputs), a
             tuple `(x, y)` (`y` is ignored) or a `tf.data.Dataset` of inputs
             or of `(x, y)` tuples, batched or not. A few thousand training
@@ -240,6 +246,8 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
         Ioffe and Szegedy, Batch Normalization (2015), section 3.1 (inference
         statistics over the training set after training).
     """
+    if isinstance(model, Distiller):
+        model = model.student
     if not isinstance(model, keras.Model):
         raise ValueError(
             "`model` must be a tf_keras model. Received: model of type "
@@ -290,7 +298,4 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
         self.batch_size = batch_size
 
     def on_train_end(self, logs=None):
-        model = getattr(self.model, "student", None)
-        if not isinstance(model, keras.Model):
-            model = self.model
-        recalibrate_batchnorm(model, self.data, steps=self.steps, batch_size=self.batch_size)
+        recalibrate_batchnorm(self.model, self.data, steps=self.steps, batch_size=self.batch_size)

@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from tfmot_discrete import configs, scheme
+from tfmot_discrete import configs
 from tfmot_discrete._keras import keras
 from tfmot_discrete.quantizers import CodebookQuantizer
 
@@ -88,11 +88,11 @@ def plan(model, spec) -> list[tuple[object, object, CodebookQuantizer]]:
 
     Args:
         model: A float model.
-        spec: What `scheme.resolve_quantizer_spec` returned.
+        spec: The `scheme.QuantizerRules` of the quantizer argument.
     """
     out = []
     for layer in model.layers:
-        found, q = scheme.lookup(spec, layer.name)
+        found, q = spec.lookup(layer.name)
         if not found or not isinstance(q, CodebookQuantizer) or q.scale is not None:
             continue
         attr = _kernel_attr(layer)
@@ -123,7 +123,7 @@ def rescale_for_codebook(model, spec) -> list[Rescaled]:
 
     Args:
         model: A float (not yet quantized) model; changed in place.
-        spec: What `scheme.resolve_quantizer_spec` returned.
+        spec: The `scheme.QuantizerRules` of the quantizer argument.
 
     Returns:
         One `Rescaled` per layer changed.
