@@ -32,7 +32,8 @@ class Recipe:
             `"scratch"` (a fresh initialization).
         lr_factor: Peak learning rate relative to the float model's.
         schedule: `"cosine"` (cosine decay to 0 over the run) or `"constant"`.
-        warmup: Share of the steps with a linear warmup from 1 % of the peak.
+        warmup: Share of the steps with a linear warmup from 1 % of the peak
+            (cosine schedule only).
         recalibrate: Re-estimate the BatchNormalization statistics at the end.
         distill: `(temperature, alpha)` of a `td.Distiller` with the float
             model as teacher, or None.
@@ -51,9 +52,8 @@ class Recipe:
     def describe(self) -> str:
         parts = ["from float" if self.start == "float" else "from scratch"]
         lr = f"{self.lr_factor:g}x lr"
-        parts.append(
-            f"{self.schedule} {lr}" + (f", warmup {self.warmup:.0%}" if self.warmup else "")
-        )
+        warm = self.warmup and self.schedule == "cosine"
+        parts.append(f"{self.schedule} {lr}" + (f", warmup {self.warmup:.0%}" if warm else ""))
         if self.distill:
             parts.append(f"distilled (T {self.distill[0]:g}, alpha {self.distill[1]:g})")
         if self.progressive:
