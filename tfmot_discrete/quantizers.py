@@ -276,7 +276,7 @@ def _scaled_ste(w, s, values, gradient):
                 return dy
             return ops._clipped_gradient(dy, t, values[0], values[-1])  # noqa: SLF001
 
-        return ops.project(t / s, values) * s, grad
+        return ops.project(t, values, scale=s), grad
 
     return _fwd(w)
 
