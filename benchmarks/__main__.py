@@ -94,9 +94,115 @@ def _targets_table(common, rows) -> str:
     return common.md_table(("target", "measured", "result"), rows)
 
 
+def _accuracy_section(settings, env, out, log, clock) -> tuple[dict, list[str], list]:
+    """Trains every variant; returns `(results, Markdown lines, target rows)`."""
+    from benchmarks import accuracy, plots  # noqa: PLC0415
+
+    seeds = ", ".join(str(s) for s in settings.seeds)
+    log(f"[{clock}] accuracy")
+    acc = accuracy.run(settings, log)
+    doc = ["## Accuracy", ""]
+    for task in acc["data"]:
+        t = accuracy.TASKS[task]
+        data = acc["data"][task]
+        doc += [
+            f"### {t.title}",
+            "",
+            f"{len(data[1])} training / {len(data[3])} test samples; Adam (lr {t.lr}), "
+            f"batch {t.batch}, {acc['epochs'][task]} epochs, seeds {seeds} (mean ± standard "
+            "deviation over seeds); the same pre-drawn data order for every variant. "
+            "Clustering starts from the trained float model of the same seed and is then "
+            "trained for the same number of epochs, then `strip_clustering`. "
+            "Exported files: our codebooks in their narrowest exact format (verified by "
+            "`tflite_export.export`), the others as int8 weight-only, TF-MOT QAT through "
+            "`TFLiteConverter` with `Optimize.DEFAULT`; all evaluated with LiteRT. "
+            f"Environment: {env}.",
+            "",
+            accuracy.table(acc, task),
+            "",
+        ]
+    png = plots.accuracy_vs_bits(acc, out / "accuracy_vs_bits.png")
+    doc += [f"![accuracy against bits per weight]({png.name})", ""]
+    hist = plots.latent_histograms(acc, out / "latent_histograms.png")
+    if hist is not None:
+        doc += [f"![latent weights of trained layers]({hist.name})", ""]
+    return acc, doc, accuracy.targets(acc)
+
+
+def _speed_section(settings, env, log, clock, jobs=1) -> tuple[list[str], list]:
+    """Train-step and projection timings; returns `(Markdown lines, target rows)`."""
+    from benchmarks import speed  # noqa: PLC0415
+
+    log(f"[{clock}] speed")
+    steps = speed.run_steps(settings, log, jobs=jobs)
+    doc = [
+        "## Training cost",
+        "",
+        "Train-step time of each variant divided by the float model's compiled the same "
+        "way: an Adam step as a `tf.function` (`jit_compile=False`, what `model.compile` "
+        "gives by default) or with `jit_compile=True` (XLA, as `model.compile(..., "
+        "jit_compile=True)`). Each model runs in its own process with one TensorFlow "
+        "thread; all its variants, both ways, are built, warmed up, then run in turn, "
+        f"{settings.speed_block} steps each, for {settings.speed_rounds} rounds; the "
+        "ratio of median step times, timed as CPU time of the process (with one thread, "
+        "the compute time; wall time on a shared machine measures the scheduler). "
+        f"MLP: 64-W-W-10, batch {speed.BATCH['MLP']}; CNN: three 3x3 stride-2 "
+        f"convolutions of width W on 32x32x3 inputs, batch {speed.BATCH['CNN']}; no "
+        f"BatchNorm; random data. Seed 0. Environment: {env}. The machine was shared "
+        "with other work, which slows memory access too: interleaving the variants keeps "
+        "the ratios comparable, not the absolute times.",
+        "",
+        speed.steps_table(steps),
+        "",
+    ]
+    log(f"[{clock}] projection")
+    proj = speed.run_projection(settings, log)
+    doc += [
+        f"Projection alone on N = {speed.PROJECTION_N:,} weights, forward and backward "
+        "(`tf.function`, without and with `jit_compile`, one thread), median CPU time "
+        f"of {settings.projection_repeats} calls, latent weights uniform in [-1.5, 1.5] "
+        "(seed 0); codebook `linspace(-1, 1, K)` (evenly spaced) or "
+        "`sinh(linspace(-3, 3, K)) / sinh(3)` (unevenly spaced); peak memory is "
+        "the growth of the process's peak resident set (`VmHWM` in `/proc/self/status`) "
+        "over the first and the timed calls, each K in a fresh subprocess. "
+        f"Environment: {env}.",
+        "",
+        speed.projection_table(proj),
+        "",
+    ]
+    return doc, speed.steps_targets(steps) + speed.projection_targets(proj)
+
+
+def _export_section(settings, acc, env, log, clock) -> list[str]:
+    """Exports the accuracy run's models; returns the Markdown lines."""
+    from benchmarks import accuracy, export  # noqa: PLC0415
+
+    log(f"[{clock}] export")
+    rows = export.run(settings, acc, log)
+    doc = ["## Export", ""]
+    for task in acc["data"]:
+        doc += [
+            f"### {accuracy.TASKS[task].title}",
+            "",
+            f"Models of seed {settings.seeds[0]} ({acc['epochs'][task]} epochs) from the "
+            "accuracy run. Bits per weight "
+            "stored: of the codebook weights (our variants, read back from the file) or of "
+            "the format (others). Latency: LiteRT, 1 thread, batch 1, median over "
+            f"{settings.latency_rounds} interleaved rounds of 20 invokes; against the float "
+            f"file of the same model. Environment: {env}.",
+            "",
+            export.table(rows, task),
+            "",
+        ]
+    notes = export.notes(rows)
+    if notes:
+        doc += ["Files not written:", ""] + [f"- {n}" for n in notes] + [""]
+    return doc
+
+
 def main(argv=None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
-    from benchmarks import accuracy, common, export, plots, speed  # noqa: PLC0415
+    from benchmarks import common  # noqa: PLC0415
 
     settings = common.SETTINGS["quick" if args.quick else "smoke" if args.smoke else "full"]
     parts = set(args.only or ("accuracy", "speed", "export"))
@@ -121,99 +227,16 @@ def main(argv=None) -> int:
         "",
     ]
     targets = []
-
     if "accuracy" in parts:
-        log(f"[{clock}] accuracy")
-        acc = accuracy.run(settings, log)
-        doc += ["## Accuracy", ""]
-        for task in acc["data"]:
-            t = accuracy.TASKS[task]
-            data = acc["data"][task]
-            doc += [
-                f"### {t.title}",
-                "",
-                f"{len(data[1])} training / {len(data[3])} test samples; Adam (lr {t.lr}), "
-                f"batch {t.batch}, {acc['epochs'][task]} epochs, seeds {seeds} (mean ± standard "
-                "deviation over seeds); the same pre-drawn data order for every variant. "
-                "Clustering starts from the trained float model of the same seed and is then "
-                "trained for the same number of epochs, then `strip_clustering`. "
-                "Exported files: our codebooks in their narrowest exact format (verified by "
-                "`tflite_export.export`), the others as int8 weight-only, TF-MOT QAT through "
-                "`TFLiteConverter` with `Optimize.DEFAULT`; all evaluated with LiteRT. "
-                f"Environment: {env}.",
-                "",
-                accuracy.table(acc, task),
-                "",
-            ]
-        targets += accuracy.targets(acc)
-        png = plots.accuracy_vs_bits(acc, out / "accuracy_vs_bits.png")
-        doc += [f"![accuracy against bits per weight]({png.name})", ""]
-        hist = plots.latent_histograms(acc, out / "latent_histograms.png")
-        if hist is not None:
-            doc += [f"![latent weights of trained layers]({hist.name})", ""]
-
+        acc, lines, rows = _accuracy_section(settings, env, out, log, clock)
+        doc += lines
+        targets += rows
     if "speed" in parts:
-        log(f"[{clock}] speed")
-        steps = speed.run_steps(settings, log, jobs=args.jobs)
-        doc += [
-            "## Training cost",
-            "",
-            "Train-step time of each variant divided by the float model's compiled the same "
-            "way: an Adam step as a `tf.function` (`jit_compile=False`, what `model.compile` "
-            "gives by default) or with `jit_compile=True` (XLA, as `model.compile(..., "
-            "jit_compile=True)`). Each model runs in its own process with one TensorFlow "
-            "thread; all its variants, both ways, are built, warmed up, then run in turn, "
-            f"{settings.speed_block} steps each, for {settings.speed_rounds} rounds; the "
-            "ratio of median step times, timed as CPU time of the process (with one thread, "
-            "the compute time; wall time on a shared machine measures the scheduler). MLP: 64-W-W-10, batch {speed.BATCH['MLP']}; CNN: "
-            "three 3x3 stride-2 convolutions of width W on 32x32x3 inputs, batch "
-            f"{speed.BATCH['CNN']}; no BatchNorm; random data. Seed 0. Environment: {env}. "
-            "The machine was shared with other work, which slows memory access too: "
-            "interleaving the variants keeps the ratios comparable, not the absolute times.",
-            "",
-            speed.steps_table(steps),
-            "",
-        ]
-        targets += speed.steps_targets(steps)
-        log(f"[{clock}] projection")
-        proj = speed.run_projection(settings, log)
-        doc += [
-            f"Projection alone on N = {speed.PROJECTION_N:,} weights, forward and backward "
-            "(`tf.function`, without and with `jit_compile`, one thread), median CPU time "
-            f"of {settings.projection_repeats} calls, latent weights uniform in [-1.5, 1.5] "
-            "(seed 0); codebook `linspace(-1, 1, K)` (evenly spaced) or "
-            "`sinh(linspace(-3, 3, K)) / sinh(3)` (unevenly spaced); peak memory is "
-            "the growth of the process's peak resident set (`VmHWM` in `/proc/self/status`) "
-            "over the first and the timed calls, each K in a fresh subprocess. "
-            f"Environment: {env}.",
-            "",
-            speed.projection_table(proj),
-            "",
-        ]
-        targets += speed.projection_targets(proj)
-
+        lines, rows = _speed_section(settings, env, log, clock, args.jobs)
+        doc += lines
+        targets += rows
     if "export" in parts:
-        log(f"[{clock}] export")
-        rows = export.run(settings, acc, log)
-        doc += ["## Export", ""]
-        for task in acc["data"]:
-            doc += [
-                f"### {accuracy.TASKS[task].title}",
-                "",
-                f"Models of seed {settings.seeds[0]} ({acc['epochs'][task]} epochs) from the "
-                "accuracy run. Bits per weight "
-                "stored: of the codebook weights (our variants, read back from the file) or of "
-                "the format (others). Latency: LiteRT, 1 thread, batch 1, median over "
-                f"{settings.latency_rounds} interleaved rounds of 20 invokes; against the float "
-                f"file of the same model. Environment: {env}.",
-                "",
-                export.table(rows, task),
-                "",
-            ]
-        notes = export.notes(rows)
-        if notes:
-            doc += ["Files not written:", ""] + [f"- {n}" for n in notes] + [""]
-
+        doc += _export_section(settings, acc, env, log, clock)
     if targets:
         doc[6:6] = [
             "## Targets",

@@ -165,17 +165,47 @@ def project_ste(x: tf.Tensor, values, gradient: str = "clipped_ste") -> tf.Tenso
     if gradient not in GRADIENTS:
         raise ValueError(f"`gradient` must be one of {GRADIENTS}. Received: gradient={gradient!r}")
     v = _as_np(values)
+    return straight_through(lambda t: project(t, v), x, v, gradient)
+
+
+def straight_through(forward, x: tf.Tensor, values, gradient: str, gate=None) -> tf.Tensor:
+    """`forward(x)`, differentiated with the straight-through estimator.
+
+    The gradient with respect to `x` is the incoming gradient, passed
+    everywhere (`"ste"`) or only where `values[0] <= gate <= values[-1]`
+    (`"clipped_ste"`); `gate` defaults to `x` itself.
+
+    Args:
+        forward: A function of one tensor (the projection, however scaled).
+        x: Its input.
+        values: Sorted, distinct codebook values.
+        gradient: `"clipped_ste"` or `"ste"`.
+        gate: The tensor the clipped gradient is gated on (no gradient flows
+            to it). Defaults to `x`.
+
+    Returns:
+        `forward(x)`.
+    """
+    v = _as_np(values)
+
+    def _gated(dy, g):
+        if gradient == "ste":
+            return dy
+        return _clipped_gradient(dy, g, v[0], v[-1])
+
+    if gate is None:  # one input: no zero gradient to build and add for a second one
+
+        @tf.custom_gradient
+        def _fwd(t):
+            return forward(t), lambda dy: _gated(dy, t)
+
+        return _fwd(x)
 
     @tf.custom_gradient
-    def _fwd(t):
-        def grad(dy):
-            if gradient == "ste":
-                return dy
-            return _clipped_gradient(dy, t, v[0], v[-1])
+    def _fwd_gated(t, g):
+        return forward(t), lambda dy: (_gated(dy, g), tf.zeros_like(g))
 
-        return project(t, v), grad
-
-    return _fwd(x)
+    return _fwd_gated(x, gate)
 
 
 def _clipped_gradient(dy, x, low, high):
