@@ -413,3 +413,15 @@ def test_conv3d_weights_are_found_under_their_operator(tmp_path):
     assert report.exact and report.ok
     checks = verify.check_codebook_file((tmp_path / "c3.tflite").read_bytes(), td.Codebook([-1, 1]))
     assert [c.exact for c in checks] == [True]
+
+
+@pytest.mark.parametrize("fmt", ["float", "int8"])
+def test_conv3d_transpose_weights_are_found_under_their_operator(tmp_path, fmt):
+    # CONV_3D_TRANSPOSE keeps Keras' (d, h, w, out, in) filter; output filters on axis 3.
+    model = keras.Sequential([keras.Input((3, 3, 3, 3)), L.Conv3DTranspose(2, 2, name="t3")])
+    qat = td.quantize_model(model, td.binary(scale="mean_abs"))
+    report = tflite_export.export(qat, tmp_path / "t3.tflite", format=fmt)
+    assert [w.name for w in report.weights] == ["t3/kernel"]
+    assert report.exact and report.ok
+    checks = verify.check_codebook_file((tmp_path / "t3.tflite").read_bytes(), td.Codebook([-1, 1]))
+    assert [c.exact for c in checks] == [True]

@@ -124,6 +124,8 @@ def tflite_layout(cls: str, weight: str, a: np.ndarray) -> tuple[np.ndarray, int
         return np.transpose(a, (1, 0, 2))[:, None], 0
     if cls == "Conv3D":
         return a, 4
+    if cls == "Conv3DTranspose":  # stored as Keras holds it: (d, h, w, out, in)
+        return a, 3
     if cls == "Embedding":
         return a, 0
     return a, None

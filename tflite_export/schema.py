@@ -24,6 +24,7 @@ WEIGHT_INPUT = {
     BuiltinOperator.DEPTHWISE_CONV_2D: 1,
     BuiltinOperator.TRANSPOSE_CONV: 1,
     BuiltinOperator.CONV_3D: 1,
+    BuiltinOperator.CONV_3D_TRANSPOSE: 1,  # inputs: output shape, filter, input
     BuiltinOperator.GATHER: 0,  # the params
     BuiltinOperator.EMBEDDING_LOOKUP: 1,
     BuiltinOperator.MUL: None,
@@ -40,8 +41,12 @@ BIAS_INPUT = {
 
 #: The output-channel dimension of a weight stored with one scale, where it
 #: is not the first (depthwise filters are `[1, h, w, channels]`, 3-D
-#: convolution filters `[d, h, w, in, out]`).
-OUTPUT_CHANNEL_DIM = {BuiltinOperator.DEPTHWISE_CONV_2D: 3, BuiltinOperator.CONV_3D: 4}
+#: convolution filters `[d, h, w, in, out]`, transposed ones `[d, h, w, out, in]`).
+OUTPUT_CHANNEL_DIM = {
+    BuiltinOperator.DEPTHWISE_CONV_2D: 3,
+    BuiltinOperator.CONV_3D: 4,
+    BuiltinOperator.CONV_3D_TRANSPOSE: 3,
+}
 
 #: Integer weight storage types and their largest symmetric code.
 QMAX = {TensorType.INT8: 127, TensorType.INT4: 7}
