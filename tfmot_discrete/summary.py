@@ -39,8 +39,9 @@ def _codes(quantizer: CodebookQuantizer, latent, qvars) -> np.ndarray:
 
 def weight_reports(model) -> list[WeightReport]:
     """One `WeightReport` per codebook-quantized weight of `model`."""
-    from tfmot_discrete.quantize import codebook_items  # noqa: PLC0415
+    from tfmot_discrete.quantize import check_finite, codebook_items  # noqa: PLC0415
 
+    check_finite(model)
     out = []
     for label, latent, q, qvars in codebook_items(model):
         codes = _codes(q, latent, qvars)
