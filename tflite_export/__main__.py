@@ -2,8 +2,12 @@
 
     tflite-export MODEL -o OUT --format {float,int8,int4,full_int8}
         [--representative-data FILE.npy] [--c-array FILE.cc] [--allow-inexact] [--unsafe]
+        [--verbose]
     tflite-export verify FILE.tflite --codebook 1,-1,0.5,-0.5 [--model MODEL]
-        [--representative-data FILE.npy]
+        [--representative-data FILE.npy] [--verbose]
+
+TensorFlow's, the converters' and the interpreters' own log lines are shown
+only with `--verbose`.
 
 Exit status: 0 when everything checked out, 1 when verification failed,
 2 for bad input (nothing is written then).
@@ -12,9 +16,13 @@ Exit status: 0 when everything checked out, 1 when verification failed,
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import pathlib
 import sys
+import tempfile
+import warnings
 
 import numpy as np
 
@@ -29,6 +37,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 from tflite_export.formats import FORMATS  # noqa: E402
+
+
+def _add_verbose(p):
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show what TensorFlow, the converters and the interpreters log",
+    )
 
 
 def _export_parser():
@@ -56,6 +73,7 @@ def _export_parser():
         action="store_true",
         help="turn Keras safe mode off (trust code, e.g. Lambda layers, in the file)",
     )
+    _add_verbose(p)
     return p
 
 
@@ -69,6 +87,7 @@ def _verify_parser():
     p.add_argument("--codebook", required=True, help="comma-separated values, e.g. 1,-1,0.5,-0.5")
     p.add_argument("--model", help="the Keras model to compare outputs with")
     p.add_argument("--representative-data", metavar="FILE.npy", help="inputs for the comparison")
+    _add_verbose(p)
     return p
 
 
@@ -195,18 +214,57 @@ def _main_verify(argv) -> int:
         return _fail(str(e))
 
 
+@contextlib.contextmanager
+def _library_logs(verbose: bool):
+    """Hides what TensorFlow, the converters and the interpreters log, unless
+    `verbose`: their C++ code writes to file descriptor 2 directly (start-up
+    lines, XNNPACK notices), their Python code through `logging` and
+    `warnings`. This command's own messages still reach stderr."""
+    if verbose:
+        yield
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        ours = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        ours = False  # stderr is captured in Python (tests): fd 2 is not ours to print to
+    sys.stderr.flush()
+    saved = os.dup(2)
+    stream = open(saved, "w", closefd=False) if ours else sys.stderr  # noqa: SIM115
+    previous, level = sys.stderr, logging.root.manager.disable
+    with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        os.dup2(sink.fileno(), 2)
+        sys.stderr = stream
+        try:
+            yield
+        finally:
+            stream.flush()
+            sys.stderr = previous
+            os.dup2(saved, 2)
+            os.close(saved)
+            logging.disable(level)
+
+
+def _verbose_flag(argv) -> tuple[list, bool]:
+    rest = [a for a in argv if a not in ("-v", "--verbose")]
+    return rest, len(rest) != len(argv)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if argv and argv[0] == "verify":
-        # `--codebook -1,0,1`: a value starting with "-" would read as an option.
-        rest = argv[1:]
-        for i, a in enumerate(rest[:-1]):
-            if a == "--codebook" and rest[i + 1][:1] == "-":
-                rest[i : i + 2] = [f"--codebook={rest[i + 1]}"]
-                break
-        return _main_verify(rest)
-    return _main_export(argv)
+    argv, verbose = _verbose_flag(argv)
+    with _library_logs(verbose):
+        if argv and argv[0] == "verify":
+            # `--codebook -1,0,1`: a value starting with "-" would read as an option.
+            rest = argv[1:]
+            for i, a in enumerate(rest[:-1]):
+                if a == "--codebook" and rest[i + 1][:1] == "-":
+                    rest[i : i + 2] = [f"--codebook={rest[i + 1]}"]
+                    break
+            return _main_verify(rest)
+        return _main_export(argv)
 
 
 if __name__ == "__main__":
