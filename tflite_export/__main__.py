@@ -91,6 +91,12 @@ def _verify_parser():
     return p
 
 
+def _one_line(error: BaseException) -> str:
+    """`Type: first line of the message` (interpreters raise many-line errors)."""
+    lines = [x.strip() for x in str(error).splitlines() if x.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
+
+
 def _fail(message: str) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return 2
@@ -171,8 +177,10 @@ def _main_verify(argv) -> int:
         data = path.read_bytes()
         try:
             checks = verify.check_codebook_file(data, codebook)
-        except Exception as e:  # noqa: BLE001
-            raise ExportError(f"{args.file!r} is not a readable .tflite file ({e})") from e
+        except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
+            raise ExportError(
+                f"{args.file!r} is not a readable .tflite file ({_one_line(e)})"
+            ) from None
         rep = _load_npy(args.representative_data)
         shown = ", ".join(f"{v:g}" for v in codebook.values)
         lines = [f"{args.file}: {len(data):,} bytes, codebook {{{shown}}}"]
@@ -184,7 +192,12 @@ def _main_verify(argv) -> int:
             lines.append("  no weight tensors found")
         if not args.model:
             # No model to compare with: at least run the file, on random inputs.
-            outputs = verify.run_litert(data, _random_file_inputs(data))
+            try:
+                outputs = verify.run_litert(data, _random_file_inputs(data))
+            except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
+                raise ExportError(
+                    f"{args.file!r} does not run with LiteRT ({_one_line(e)})"
+                ) from None
             finite = all(np.all(np.isfinite(o)) for o in outputs)
             lines.append(
                 "  ran on 8 random inputs with LiteRT: "
@@ -200,7 +213,13 @@ def _main_verify(argv) -> int:
             plain = strip_quantization(model) if is_quantized(model) else model
             inputs = _representative(plain, rep) if rep is not None else _random_inputs(plain)
             ref = np.asarray(plain.predict(inputs[0] if len(inputs) == 1 else inputs, verbose=0))
-            got = verify.run_litert(data, inputs)[0].reshape(ref.shape)
+            try:
+                got = verify.run_litert(data, inputs)[0].reshape(ref.shape)
+            except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
+                raise ExportError(
+                    f"{args.file!r} does not run on {args.model!r}'s inputs with LiteRT "
+                    f"({_one_line(e)})"
+                ) from None
             diff = float(np.abs(got - ref).max())
             rng = float(ref.max() - ref.min()) or 1.0
             lines.append(
