@@ -13,7 +13,7 @@ from tflite_export import convert, exact, files, inputs, micro, runners, verify
 from tflite_export.errors import ExportError
 from tflite_export.schema import QMAX, storage_name
 from tfmot_discrete import text
-from tfmot_discrete.quantize import is_quantized
+from tfmot_discrete.quantize import check_finite, is_quantized
 
 #: Weight-only files must agree with the Keras model within this share of the
 #: output range.
@@ -115,13 +115,11 @@ def _prepare(model, safe_mode):
     if isinstance(model, bytes):
         raise ExportError("`model` must be a Keras model or a path; received bytes.")
     qat = model if is_quantized(model) else None
+    try:
+        check_finite(model)
+    except ValueError as e:
+        raise ExportError(f"The model cannot be exported: {e}") from None
     plain = td.strip_quantization(model) if qat is not None else model
-    for w in plain.weights:
-        if w.dtype.is_floating and not np.all(np.isfinite(w.numpy())):
-            raise ExportError(
-                f"Weight {w.name!r} holds NaN or inf: the model cannot be exported. "
-                "Received: model with non-finite weights"
-            )
     cws = exact.codebook_weights(qat) if qat is not None else []
     return plain, cws, qat
 

@@ -28,6 +28,24 @@ def _as_np(values) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
+def all_finite(x: tf.Tensor) -> tf.Tensor:
+    """A scalar bool tensor: True when every entry of `x` is finite.
+
+    One reduction; the elementwise test runs only when the sum is not finite
+    (a NaN or inf entry, or an overflowing sum of huge finite ones).
+
+    Example:
+
+    >>> bool(all_finite(tf.constant([1.0, float("nan")])))
+    False
+    """
+    return tf.cond(
+        tf.math.is_finite(tf.reduce_sum(x)),
+        lambda: tf.constant(True),
+        lambda: tf.reduce_all(tf.math.is_finite(x)),
+    )
+
+
 def project(x: tf.Tensor, values) -> tf.Tensor:
     """Nearest codebook value for every entry of `x`, never an N x K tensor.
 
@@ -38,6 +56,8 @@ def project(x: tf.Tensor, values) -> tf.Tensor:
     Returns:
         A tensor of the shape and dtype of `x` holding only entries of `values`.
         An entry exactly halfway between two values takes the larger one.
+        When `x` holds a NaN or inf, every entry is NaN: a diverged weight
+        shows in the loss instead of silently becoming a codebook value.
 
     Example:
 
@@ -48,18 +68,23 @@ def project(x: tf.Tensor, values) -> tf.Tensor:
     mids = midpoints(v)
     dtype = x.dtype
     k = v.size
+    ok = all_finite(x)
+    nan = tf.constant(np.nan, dtype)
+
+    def value(i):
+        return tf.where(ok, tf.constant(v[i], dtype), nan)
+
     if k == 2:
-        return tf.where(
-            x >= tf.constant(mids[0], dtype), tf.constant(v[1], dtype), tf.constant(v[0], dtype)
-        )
+        return tf.where(x >= tf.constant(mids[0], dtype), value(1), value(0))
     if k <= WHERE_CHAIN_MAX_K:
-        out = tf.fill(tf.shape(x), tf.constant(v[0], dtype))
+        out = tf.fill(tf.shape(x), value(0))
         for i in range(k - 1):
-            out = tf.where(x >= tf.constant(mids[i], dtype), tf.constant(v[i + 1], dtype), out)
+            out = tf.where(x >= tf.constant(mids[i], dtype), value(i + 1), out)
         return out
     flat = tf.reshape(x, [-1])
     idx = tf.searchsorted(tf.constant(mids, dtype), flat, side="right")
-    return tf.reshape(tf.gather(tf.constant(v, dtype), idx), tf.shape(x))
+    table = tf.where(ok, tf.constant(v, dtype), nan)
+    return tf.reshape(tf.gather(table, idx), tf.shape(x))
 
 
 def project_ste(x: tf.Tensor, values, gradient: str = "clipped_ste") -> tf.Tensor:
@@ -134,7 +159,7 @@ def stochastic_project(x: tf.Tensor, values, seed=None) -> tf.Tensor:
     hi = tf.gather(vt, lo_idx + 1)
     p_hi = (flat - lo) / (hi - lo)
     u = tf.random.uniform(tf.shape(flat), dtype=dtype, seed=seed)
-    out = tf.where(u < p_hi, hi, lo)
+    out = tf.where(all_finite(x), tf.where(u < p_hi, hi, lo), tf.constant(np.nan, dtype))
     return tf.reshape(out, tf.shape(x))
 
 
@@ -148,9 +173,11 @@ def mean_abs_scale(w: tf.Tensor, channel_axes) -> tf.Tensor:
     """XNOR-Net's per-channel scale `mean|w|`, broadcastable against `w`.
 
     The scale is a constant for the gradient (as in Larq's
-    `magnitude_aware_sign`); zero channels get a scale of 1.
+    `magnitude_aware_sign`); zero channels get a scale of 1. A channel holding
+    NaN or inf gets a NaN or inf scale, so the layer's output (and the loss)
+    shows it instead of hiding it.
     """
     axes = reduce_axes(w.shape.rank, channel_axes)
     s = tf.reduce_mean(tf.abs(w), axis=axes, keepdims=True) if axes else tf.abs(w)
-    s = tf.where(s > 0, s, tf.ones_like(s))
+    s = tf.where(tf.equal(s, 0), tf.ones_like(s), s)
     return tf.stop_gradient(s)
