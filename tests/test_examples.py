@@ -47,7 +47,8 @@ def test_seed_multiplier(tmp_path):
 
 
 def test_binary_digits_mlp(tmp_path):
-    out = _run("binary_digits_mlp.py", "--epochs", 1, "--out", tmp_path, cwd=tmp_path)
+    out = _run("binary_digits_mlp.py", "--epochs", 1, "--out", tmp_path, "--verbose", cwd=tmp_path)
+    assert "Epoch 1/1" in out  # --verbose: Keras' and the monitor's lines per epoch
     assert re.search(r"float MLP: test accuracy \d+\.\d\d%", out)
     assert re.search(r"binary MLP: test accuracy \d+\.\d\d%", out)
     assert re.search(r"codebook epoch 1: dense_0/kernel flips \d+\.\d%", out)
@@ -55,6 +56,25 @@ def test_binary_digits_mlp(tmp_path):
     assert len(re.findall(r"\{-1, 1\}\s+1\s+int4\s+[\d,]+\s+exact", out)) == 3
     _verified(out, tmp_path / "binary_digits_mlp.tflite", "int4")
     assert re.search(r"LiteRT test accuracy \d+\.\d\d%", out)
+
+
+def test_examples_print_only_their_own_lines(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "seed_multiplier.py"), "--epochs", "1", "--out", "o"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stderr == ""
+    assert not re.search(
+        r"XNNPACK|fully_quantize|Warning|WARNING|^[IWEF]\d{4} |Epoch \d|arithmetic ops",
+        proc.stdout,
+        re.M,
+    ), proc.stdout
 
 
 def test_mnist1d_codebook_cnn(tmp_path):

@@ -19,13 +19,15 @@ import pathlib
 import subprocess
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if "--verbose" not in sys.argv[1:]:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
 import tflite_export  # noqa: E402
 import tfmot_discrete as td  # noqa: E402
 from tflite_export import exact  # noqa: E402
+from tflite_export.logs import library_logs  # noqa: E402
 
 keras = td.keras
 
@@ -109,7 +111,18 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="out/edge/qat.keras", help="the saved QAT model")
     parser.add_argument("--data", default="out/edge/data.npz", help="from train.py")
     parser.add_argument("--out", default="out/edge", help="output directory (default out/edge)")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Keras' per-epoch output, and what TensorFlow, the converters and the "
+        "interpreters log",
+    )
     args = parser.parse_args(argv)
+    with library_logs(args.verbose):
+        return _run(args)
+
+
+def _run(args) -> int:
     out = pathlib.Path(args.out)
     data = np.load(args.data)
 
