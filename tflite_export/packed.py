@@ -28,6 +28,7 @@ import dataclasses
 import io
 import os
 import tempfile
+import time
 import warnings
 
 import numpy as np
@@ -318,7 +319,9 @@ def strip_overhead(model_bytes: bytes) -> bytes:
     table gets table stride 0 (TFLM's decoder steps `stride` values per
     channel, so every channel reads the same table) and one scale when all
     its channels share it; zero points that are all zero become one; int32
-    biases of the weight layers lose their quantization.
+    biases of the weight layers lose their quantization. Tensor names stay on
+    the model's inputs and outputs and on the decoded weights only (TFLM
+    reads none).
     """
     from tflite_micro.tensorflow.lite.micro.compression import model_editor  # noqa: PLC0415
 
@@ -326,7 +329,7 @@ def strip_overhead(model_bytes: bytes) -> bytes:
     layers = _layers_with_weights()
     int32 = _schema().TensorType.INT32
     for sg in model.subgraphs:
-        weights, biases, patched = [], [], set()
+        weights, biases, decoded, patched = [], [], [], set()
         for op in sg.operators:
             if op.custom_code == DECODE_OP:
                 for enc, anc, dec in zip(op.inputs[0::2], op.inputs[1::2], op.outputs):
@@ -340,6 +343,7 @@ def strip_overhead(model_bytes: bytes) -> bytes:
                             anc.buffer.data = bytes(data)
                             patched.add(id(anc.buffer))
                     weights.append(dec)
+                    decoded.append(dec)
             elif op.opcode in layers:
                 w, b = layers[op.opcode]
                 if w < len(op.inputs) and op.inputs[w] is not None:
@@ -354,6 +358,10 @@ def strip_overhead(model_bytes: bytes) -> bytes:
             q = t.quantization
             if q is not None and isinstance(q.zero_points, list) and not any(q.zero_points):
                 q.zero_points = [0]
+        named = {id(t) for t in decoded + list(sg.inputs) + list(sg.outputs)}
+        for t in sg.tensors:
+            if id(t) not in named:
+                t._fb.name = None  # noqa: SLF001
     return _aligned(bytes(model.build()))
 
 
@@ -488,3 +496,118 @@ def tflm_arena_bytes(it) -> int:
         if "Arena allocation total" in line:
             return int(line.split("total", 1)[1].split()[0])
     raise RuntimeError(f"TFLM printed no arena total. Received: {text[:200]!r}")
+
+
+def check_weights(packed_bytes: bytes, full_int8: bytes, matches) -> list:
+    """Each codebook weight decoded from the packed file's own bytes (no TFLM).
+
+    A weight is exact when its decoded int8 values equal the `full_int8`
+    file's and, times its channel's scale, are `codebook x channel unit`.
+
+    Returns:
+        A `verify.WeightCheck` per match.
+
+    Raises:
+        PackedFileError: A damaged file, or a codebook weight left unpacked.
+    """
+    from tflite_export import exact, verify  # noqa: PLC0415
+
+    read = {p.encoded: p for p in read_packed(packed_bytes)}
+    fb = exact.read(full_int8)
+    out = []
+    for m in matches:
+        p = read.get(m.tensor)
+        if p is None:
+            raise PackedFileError(f"{m.cw.label}: not stored as indices in the packed file.")
+        ints = exact.stored_values(fb, fb.subgraphs[0].tensors[m.tensor])
+        lossless = ints is not None and np.array_equal(ints.reshape(p.values.shape), p.values)
+        v = p.dequantized().reshape(m.reference.shape)
+        units = np.asarray(m.units, np.float64)
+        if m.channel_dim is not None:
+            shape = [1] * v.ndim
+            shape[m.channel_dim] = -1
+            units = units.reshape(shape)
+        codes = v / np.where(units == 0, 1.0, units)
+        dev = float(np.abs(codes - m.codes).max()) / max(1.0, m.cw.codebook.max_abs)
+        out.append(
+            verify.WeightCheck(
+                name=m.cw.label,
+                codebook=m.cw.codebook.values,
+                bits=m.cw.codebook.bits,
+                storage=f"{p.bits}-bit index",
+                count=int(v.size),
+                exact=lossless and dev <= 1e-5,
+                max_error=float(np.abs(v - m.reference).max()),
+                index_bits=p.bits,
+                table=np.array(p.tables[0]),
+                tables=int(p.tables.shape[0]),
+            )
+        )
+    return out
+
+
+@dataclasses.dataclass
+class TflmComparison:
+    """A packed file against its `full_int8` file on TFLM, measured."""
+
+    samples: int
+    max_lsb: int  # largest output difference, int8 steps (0: identical)
+    arena_bytes: int
+    full_int8_arena_bytes: int
+    latency_s: float  # median seconds per inference
+    full_int8_latency_s: float
+
+    @property
+    def identical(self) -> bool:
+        return self.max_lsb == 0
+
+
+def int8_inputs(it, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Float samples quantized with the file's own input parameters."""
+    out = []
+    for k, x in enumerate(inputs):
+        d = it.get_input_details(k)
+        q = d["quantization_parameters"]
+        if (
+            np.dtype(d["dtype"]).kind in "iu"
+            and len(q["scales"])
+            and np.asarray(x).dtype.kind == "f"
+        ):
+            info = np.iinfo(d["dtype"])
+            x = np.round(np.asarray(x) / q["scales"][0] + q["zero_points"][0])
+            x = np.clip(x, info.min, info.max)
+        out.append(np.asarray(x).astype(d["dtype"]))
+    return out
+
+
+def compare_on_tflm(
+    packed_bytes: bytes, full_int8: bytes, inputs: list[np.ndarray], rounds: int = 7
+) -> TflmComparison:
+    """Runs both files on TFLM: outputs on every sample, arena, latency.
+
+    Args:
+        packed_bytes: The packed file.
+        full_int8: The `full_int8` file it was packed from.
+        inputs: Float sample inputs, one array per model input.
+        rounds: Interleaved timing rounds (median). Defaults to 7.
+    """
+    ref_it, it = tflm_interpreter(full_int8), tflm_interpreter(packed_bytes)
+    xs = int8_inputs(ref_it, inputs)
+    want, got = tflm_outputs(ref_it, xs), tflm_outputs(it, xs)
+    diff = np.abs(got.astype(np.int64) - want.astype(np.int64))
+    times = {"full": [], "packed": []}
+    block = 3
+    for _ in range(rounds):
+        for key, interp in (("full", ref_it), ("packed", it)):
+            t0 = time.perf_counter()
+            for _ in range(block):
+                interp.invoke()
+            times[key].append((time.perf_counter() - t0) / block)
+    return TflmComparison(
+        samples=len(xs[0]),
+        max_lsb=int(diff.max(initial=0)),
+        arena_bytes=tflm_arena_bytes(it),
+        full_int8_arena_bytes=tflm_arena_bytes(ref_it),
+        latency_s=float(np.median(times["packed"])),
+        full_int8_latency_s=float(np.median(times["full"])),
+    )
