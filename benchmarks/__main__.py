@@ -148,6 +148,23 @@ def main(argv=None) -> int:
         notes = export.notes(rows)
         if notes:
             doc += ["Files not written:", ""] + [f"- {n}" for n in notes] + [""]
+        log(f"[{clock}] export: tflm_packed size targets")
+        packed_rows = export.packed_run(settings, log)
+        doc += [
+            "### tflm_packed: size targets",
+            "",
+            "Each model trained on the digits training set (the MLPs on the 64 pixels, "
+            "MobileNetV2 on the 8x8 images scaled to 32x32x3) for the epochs shown in the log, "
+            'then `tflite_export.export(..., format="tflm_packed")` with 64 test images as '
+            "representative data (it checks that the packed file's TFLM outputs equal the "
+            "full_int8 file's on them). Arena: bytes TFLM's recording allocator reports; "
+            "latency: TFLM Python interpreter on this machine, median per inference, "
+            f"interleaved. Environment: {env}.",
+            "",
+            export.packed_table(packed_rows),
+            "",
+        ]
+        targets += export.packed_targets(packed_rows)
 
     if targets:
         doc[6:6] = [
