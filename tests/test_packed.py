@@ -1,12 +1,16 @@
 """`tflm_packed`: codebook weights as ceil(log2 K)-bit indices, decoded by TFLM."""
 
 import math
+import re
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
+import tflite_export
 import tfmot_discrete as td
-from tflite_export import exact, packed, pipeline
+from tflite_export import __main__ as cli
+from tflite_export import convert, exact, micro, packed, pipeline, verify
 from tfmot_discrete._keras import keras
 from tfmot_discrete.quantize import codebook_items
 
@@ -58,7 +62,7 @@ def _use_every_value(qat, seed=0):
         inner = getattr(layer, "layer", layer)
         if isinstance(inner, L.BatchNormalization):
             gamma, beta, mean, var = inner.get_weights()
-            gamma[:] = [1.0, -1.0, 0.5, -2.0, 1.5, -0.7]
+            gamma[:] = np.resize([1.0, -1.0, 0.5, -2.0, 1.5, -0.7], gamma.shape)
             inner.set_weights([gamma, beta, mean, var])
 
 
@@ -194,3 +198,100 @@ def test_corrupted_files_get_clear_errors(files):
         packed.read_packed(b"\x00" * 64)
     with pytest.raises(packed.PackedFileError, match="Cannot read the flatbuffer"):
         packed.read_packed(data[:200])
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A small ternary Conv/BN/Dense QAT model on disk, with sample inputs."""
+    d = tmp_path_factory.mktemp("packed_cli")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 2))
+    x = L.Conv2D(8, 3, name="conv")(inp)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.ReLU()(L.DepthwiseConv2D(3, name="dw")(x))
+    out = L.Dense(5, name="head")(L.Flatten()(x))
+    qat = td.quantize_model(keras.Model(inp, out), td.ternary())
+    _use_every_value(qat)
+    x = np.random.default_rng(2).normal(size=(16, 6, 6, 2)).astype("float32")
+    qat.save(d / "qat.keras")
+    np.save(d / "rep.npy", x)
+    return d
+
+
+def test_export_report_c_array_and_litert_refusal(saved, tmp_path):
+    qat = tflite_export.load_model(saved / "qat.keras")
+    x = np.load(saved / "rep.npy")
+    path = tmp_path / "p.tflite"
+    report = tflite_export.export(
+        qat, path, format="tflm_packed", representative_data=x, c_array=tmp_path / "p.cc"
+    )
+    data = path.read_bytes()
+    assert report.ok and report.exact and report.format == "tflm_packed"
+    assert report.size_bytes == len(data) < report.full_int8_size_bytes < report.float_size_bytes
+    assert [w.index_bits for w in report.weights] == [2, 2, 2]
+    assert all(sorted(w.table.tolist()) == [-127, 0, 127] for w in report.weights)
+    t = report.tflm
+    assert t.identical and t.samples == len(x)
+    assert t.arena_bytes > t.full_int8_arena_bytes > 0 and t.latency_s > 0
+    text = str(report)
+    assert "int8 value table" in text and "{-127, 0, 127}" in text
+    assert f"full_int8 file {report.full_int8_size_bytes:,} bytes" in text
+    assert f"on {len(x)} inputs: outputs identical" in text and text.endswith("OK")
+    assert micro.parse_c_array((tmp_path / "p.cc").read_text()) == data
+    with pytest.raises(tflite_export.ExportError, match="only TensorFlow Lite for Micro"):
+        verify.run_litert(data, [x])
+
+
+def test_cli_export_and_verify_packed_files(saved, tmp_path, capsys):
+    out = tmp_path / "p.tflite"
+    args = [str(saved / "qat.keras"), "-o", str(out), "--format", "tflm_packed"]
+    assert cli.main([*args, "--representative-data", str(saved / "rep.npy")]) == 0
+    assert "(tflm_packed)" in capsys.readouterr().out
+    assert cli.main(["verify", str(out), "--codebook=-1,0,1"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("2-bit index (one table, int8 values {-127, 0, 127})") == 3
+    assert "ran on 8 random inputs with TFLM" in text and text.rstrip().endswith("OK")
+    model = ["--model", str(saved / "qat.keras")]
+    assert cli.main(["verify", str(out), "--codebook=-1,0,1", *model]) == 0
+    assert re.search(r"TFLM outputs vs .*qat.keras: max abs diff", capsys.readouterr().out)
+    # A binary codebook does not describe ternary weights.
+    assert cli.main(["verify", str(out), "--codebook=-1,1"]) == 1
+    assert "NOT in codebook" in capsys.readouterr().out
+    p = packed.read_packed(out.read_bytes())[0]
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(_corrupt(out.read_bytes(), p, 5, 0xF0))
+    assert cli.main(["verify", str(bad), "--codebook=-1,0,1"]) == 2
+    err = capsys.readouterr().err
+    assert "damaged tflm_packed file" in err and "index width 0 bits" in err
+
+
+def test_bad_input_names_the_smallest_format(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), L.Dense(3, name="d")])
+    x = np.zeros((4, 4), "float32")
+    with pytest.raises(tflite_export.ExportError, match="Smallest format that fits: full_int8"):
+        tflite_export.export(
+            model, tmp_path / "a.tflite", format="tflm_packed", representative_data=x
+        )
+    big = td.CodebookQuantizer(np.arange(-64, 65).tolist())
+    qat = td.quantize_model(model, big)
+    with pytest.raises(tflite_export.ExportError, match=r"129 values.*fits: full_int8.*K=129"):
+        tflite_export.export(
+            qat, tmp_path / "b.tflite", format="tflm_packed", representative_data=x
+        )
+    assert not list(tmp_path.iterdir())
+
+
+def test_tflm_refusal_of_tiny_softmax_scale():
+    model = keras.Sequential([keras.Input((4,)), L.Dense(3, activation="softmax")])
+    x = np.random.default_rng(0).uniform(size=(8, 4)).astype("float32")
+    files = []
+    for w in (0.5, 1e-9):  # logits spanning about 1, then about 1e-9
+        model.layers[0].set_weights([np.full((4, 3), w, "float32"), np.zeros(3, "float32")])
+        model.layers[0].kernel[:, 0].assign(tf.fill([4], -w))
+        files.append(convert.full_int8_tflite(model, zip([*x[:, None]])))
+    assert packed.tflm_refusal(files[0]) is None
+    packed.tflm_outputs(packed.tflm_interpreter(files[0]), [np.zeros((1, 4), np.int8)])
+    reason = packed.tflm_refusal(files[1])
+    assert reason is not None and "beta x scale x 2**26 > 1" in reason
+    with pytest.raises(RuntimeError, match="SOFTMAX"):
+        packed.tflm_interpreter(files[1])

@@ -1,6 +1,6 @@
 """`tflite-export`: saved Keras model -> verified, codebook-exact `.tflite` file.
 
-    tflite-export MODEL -o OUT --format {float,int8,int4,full_int8}
+    tflite-export MODEL -o OUT --format {float,int8,int4,full_int8,tflm_packed}
         [--representative-data FILE.npy] [--c-array FILE.cc] [--allow-inexact] [--unsafe]
     tflite-export verify FILE.tflite --codebook 1,-1,0.5,-0.5 [--model MODEL]
         [--representative-data FILE.npy]
@@ -63,7 +63,8 @@ def _verify_parser():
     p = _Parser(
         prog=f"{PROG} verify",
         description="Read a .tflite file back with LiteRT and "
-        "check every weight tensor against a codebook, per output channel.",
+        "check every weight tensor against a codebook, per output channel. tflm_packed "
+        "files are decoded from their bytes and run on TFLM instead.",
     )
     p.add_argument("file", help="the .tflite file")
     p.add_argument("--codebook", required=True, help="comma-separated values, e.g. 1,-1,0.5,-0.5")
@@ -150,6 +151,10 @@ def _main_verify(argv) -> int:
         if not path.is_file():
             raise ExportError(f"File not found. Received: {args.file!r}")
         data = path.read_bytes()
+        from tflite_export import packed  # noqa: PLC0415
+
+        if packed.is_packed(data):
+            return _verify_packed(args, data, codebook)
         try:
             checks = verify.check_codebook_file(data, codebook)
         except Exception as e:  # noqa: BLE001
@@ -193,6 +198,59 @@ def _main_verify(argv) -> int:
         return 0 if ok else 1
     except ExportError as e:
         return _fail(str(e))
+
+
+def _verify_packed(args, data: bytes, codebook) -> int:
+    """`verify` of a tflm_packed file: indices and tables decoded here, then TFLM."""
+    from tflite_export import convert, packed  # noqa: PLC0415
+    from tflite_export.convert import ExportError  # noqa: PLC0415
+
+    try:
+        checks = packed.check_codebook_file(data, codebook)
+    except packed.PackedFileError as e:
+        raise ExportError(f"{args.file!r} is a damaged tflm_packed file: {e}") from e
+    shown = ", ".join(f"{v:g}" for v in codebook.values)
+    lines = [f"{args.file}: {len(data):,} bytes, tflm_packed, codebook {{{shown}}}"]
+    for c in checks:
+        status = "exact" if c.exact else f"NOT in codebook (max deviation {c.max_error:.3g})"
+        table = ", ".join(str(int(v)) for v in c.table)
+        layout = "one table" if c.tables == 1 else f"{c.tables} tables"
+        lines.append(
+            f"  {c.name}: {c.storage} ({layout}, int8 values {{{table}}}), "
+            f"{c.count:,} weights, {status}"
+        )
+    ok = bool(checks) and all(c.exact for c in checks)
+    try:
+        it = packed.tflm_interpreter(data)
+        if args.model:
+            from tflite_export.pipeline import _random_inputs, _representative  # noqa: PLC0415
+            from tfmot_discrete.quantize import is_quantized, strip_quantization  # noqa: PLC0415
+
+            model = convert.load_model(args.model)
+            plain = strip_quantization(model) if is_quantized(model) else model
+            rep = _load_npy(args.representative_data)
+            inputs = _representative(plain, rep) if rep is not None else _random_inputs(plain)
+            ref = np.asarray(plain.predict(inputs[0] if len(inputs) == 1 else inputs, verbose=0))
+            raw = packed.tflm_outputs(it, packed.int8_inputs(it, inputs))
+            q = it.get_output_details(0)["quantization_parameters"]
+            got = ((raw.astype(np.float64) - q["zero_points"][0]) * q["scales"][0]).reshape(
+                ref.shape
+            )
+            diff = float(np.abs(got - ref).max())
+            rng = float(ref.max() - ref.min()) or 1.0
+            lines.append(
+                f"  TFLM outputs vs {args.model}: max abs diff {diff:.3g} "
+                f"({diff / rng:.2e} of output range)"
+            )
+        else:
+            packed.tflm_outputs(it, packed.random_tflm_inputs(data))
+            lines.append("  ran on 8 random inputs with TFLM")
+    except RuntimeError as e:
+        lines.append(f"  TFLM cannot run it: {str(e).splitlines()[0]}")
+        ok = False
+    lines.append("OK" if ok else "FAILED")
+    print("\n".join(lines))
+    return 0 if ok else 1
 
 
 def main(argv=None) -> int:

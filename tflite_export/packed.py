@@ -461,7 +461,18 @@ def tflm_interpreter(model_bytes: bytes, preserve_all_tensors: bool = False):
         if preserve_all_tensors
         else runtime.InterpreterConfig.kAllocationRecording
     )
-    return runtime.Interpreter.from_bytes(model_bytes, intrepreter_config=config)
+    # The runtime's default arena (10x the file) leaves out the decoded weights.
+    sg = _read_object(model_bytes).subgraphs[0]
+    decoded = sum(
+        int(np.prod(sg.tensors[int(o)].shape))
+        for op in sg.operators or []
+        if op.outputs is not None
+        for o in op.outputs
+        if sg.tensors[int(o)].buffer == 0
+    )
+    return runtime.Interpreter.from_bytes(
+        model_bytes, arena_size=10 * len(model_bytes) + 4 * decoded, intrepreter_config=config
+    )
 
 
 def tflm_outputs(it, inputs: list[np.ndarray]) -> np.ndarray:
@@ -611,3 +622,52 @@ def compare_on_tflm(
         latency_s=float(np.median(times["packed"])),
         full_int8_latency_s=float(np.median(times["full"])),
     )
+
+
+def check_codebook_file(model_bytes: bytes, codebook) -> list:
+    """Every packed tensor of the file, decoded from its bytes, must be
+    `codebook x one factor per output channel` (no interpreter involved).
+
+    Raises:
+        PackedFileError: For a damaged file.
+    """
+    from tflite_export import verify  # noqa: PLC0415
+
+    out = []
+    for p in read_packed(model_bytes):
+        v = p.dequantized()
+        dim = p.channel_dim if p.scales.size > 1 else None
+        units, worst = verify.channel_fit(v, codebook, dim)
+        out.append(
+            verify.WeightCheck(
+                name=p.name,
+                codebook=codebook.values,
+                bits=codebook.bits,
+                storage=f"{p.bits}-bit index",
+                count=int(v.size),
+                exact=all(u is not None for u in units),
+                max_error=float(worst),
+                index_bits=p.bits,
+                table=np.array(p.tables[0]),
+                tables=int(p.tables.shape[0]),
+            )
+        )
+    return out
+
+
+def random_tflm_inputs(model_bytes: bytes, n: int = 8, seed: int = 0) -> list[np.ndarray]:
+    """Random int8 (or float) inputs of the shapes the file takes, for TFLM."""
+    rng = np.random.default_rng(seed)
+    it = tflm_interpreter(model_bytes)
+    sg = _read_object(model_bytes).subgraphs[0]
+    out = []
+    for k in range(len(sg.inputs)):
+        d = it.get_input_details(k)
+        shape = (n, *[int(s) for s in d["shape"][1:]])
+        dtype = np.dtype(d["dtype"])
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            out.append(rng.integers(info.min, int(info.max) + 1, size=shape).astype(dtype))
+        else:
+            out.append(rng.normal(size=shape).astype(dtype))
+    return out

@@ -11,7 +11,7 @@ import tempfile
 import numpy as np
 
 import tfmot_discrete as td
-from tflite_export import convert, exact, verify
+from tflite_export import convert, exact, packed, verify
 from tflite_export.convert import ExportError
 from tfmot_discrete.quantize import is_quantized
 
@@ -43,6 +43,8 @@ class Report:
     tflm_layers: int = 1
     c_array: str | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    full_int8_size_bytes: int | None = None  # tflm_packed: the file it was packed from
+    tflm: packed.TflmComparison | None = None  # tflm_packed: both files on TFLM
 
     @property
     def exact(self) -> bool:
@@ -58,7 +60,8 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return self.outputs_agree and self.tflm_agrees
+        packed_ok = self.tflm is None or self.tflm.identical
+        return self.outputs_agree and self.tflm_agrees and packed_ok
 
     @property
     def size_ratio(self) -> float:
@@ -66,22 +69,26 @@ class Report:
 
     def __str__(self) -> str:
         rows = [("weight", "codebook", "bits", "stored", "weights", "exact / max error")]
+        if self.tflm is not None:
+            rows[0] += ("int8 value table",)
         for w in self.weights:
             cb = (
                 "{"
                 + ", ".join(f"{v:g}" for v in w.codebook[:6])
                 + (", ...}" if len(w.codebook) > 6 else "}")
             )
-            rows.append(
-                (
-                    w.name,
-                    cb,
-                    str(w.bits),
-                    w.storage,
-                    f"{w.count:,}",
-                    "exact" if w.exact else f"max error {w.max_error:.3g}",
-                )
+            row = (
+                w.name,
+                cb,
+                str(w.bits),
+                w.storage,
+                f"{w.count:,}",
+                "exact" if w.exact else f"max error {w.max_error:.3g}",
             )
+            if self.tflm is not None:
+                table = "{" + ", ".join(str(int(v)) for v in w.table) + "}"
+                row += (table if w.tables == 1 else f"{w.tables} tables, first {table}",)
+            rows.append(row)
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = [f"{self.path}  ({self.format})"]
         lines += ["  ".join(c.ljust(wd) for c, wd in zip(r, widths)).rstrip() for r in rows]
@@ -96,6 +103,11 @@ class Report:
             f"file size: {self.size_bytes:,} bytes; float file {self.float_size_bytes:,} bytes "
             f"({self.size_ratio:.2f}x smaller)"
         )
+        if self.full_int8_size_bytes is not None:
+            lines[-1] += (
+                f"; full_int8 file {self.full_int8_size_bytes:,} bytes "
+                f"({self.full_int8_size_bytes / max(1, self.size_bytes):.2f}x smaller)"
+            )
         rel = self.max_abs_diff / self.output_range if self.output_range else 0.0
         tol = f"<= {self.tolerance:.3g} required" if self.tolerance is not None else "reported only"
         lines.append(
@@ -108,6 +120,16 @@ class Report:
                 f"TFLM vs LiteRT on the same int8 inputs: max difference {self.tflm_max_lsb} LSB, "
                 f"{100 * (self.tflm_share_differing or 0):.2f} % of outputs differ "
                 f"(<= {TFLM_LSB} LSB x {self.tflm_layers} requantizing layers accepted)"
+            )
+        t = self.tflm
+        if t is not None:
+            same = "identical" if t.identical else f"DIFFER by up to {t.max_lsb} LSB"
+            lines.append(
+                f"TFLM, this file vs the full_int8 file on {t.samples} inputs: outputs {same}; "
+                f"arena {t.arena_bytes:,} vs {t.full_int8_arena_bytes:,} bytes (decoded "
+                f"weights are written there before their layer runs); latency "
+                f"{1e6 * t.latency_s:.0f} vs {1e6 * t.full_int8_latency_s:.0f} us per inference "
+                "(this host). Only TFLM runs this file."
             )
         if self.c_array:
             lines.append(f"C array: {self.c_array}")
@@ -216,14 +238,19 @@ def convert_bytes(
     model, format="int8", representative_data=None, allow_inexact=False, safe_mode=True
 ):
     """Converts without writing: `(bytes, float bytes, matches, reference
-    model for the output check, sample inputs, notes)`."""
+    model for the output check, sample inputs, notes)`. For `tflm_packed`,
+    the `full_int8` bytes the packed file is made from."""
     fmt = convert.check_format(format)
     plain, cws, qat = _prepare(model, safe_mode)
+    requested = fmt
+    if fmt == "tflm_packed":
+        _check_packable(cws)
+        fmt = "full_int8"
     rep = _representative(plain, representative_data)
     from_qat = fmt == "full_int8" and qat is not None and convert.has_activation_quantizers(qat)
     if fmt == "full_int8" and rep is None and not from_qat:
         raise ExportError(
-            "format='full_int8' needs `representative_data` (an array of sample inputs, or "
+            f"format={requested!r} needs `representative_data` (an array of sample inputs, or "
             "a generator of them) to calibrate activation ranges."
         )
     float_bytes = convert.float_tflite(plain)
@@ -282,6 +309,27 @@ def convert_bytes(
     # simulates int8 activations, else the stripped float model.
     reference = qat if from_qat else plain
     return out, float_bytes, matches, reference, sample_inputs, notes
+
+
+def _check_packable(cws) -> None:
+    """`tflm_packed` needs codebook weights of at most 128 values."""
+    if not cws:
+        raise ExportError(
+            "format='tflm_packed' stores codebook weights as indices, and this model has none "
+            "(a plain float model, or no layer quantized to a codebook). Smallest format that "
+            "fits: full_int8 for TFLM (int4 weight-only for LiteRT). Received: "
+            "format='tflm_packed'"
+        )
+    for cw in cws:
+        k = len(cw.codebook.values)
+        if k > packed.MAX_VALUES:
+            fits = "full_int8" if cw.codebook.integer_step(127) is not None else "float"
+            raise ExportError(
+                f"Layer {cw.layer!r} ({cw.weight}): a codebook of {k} values needs "
+                f"{cw.codebook.bits}-bit indices; tflm_packed stores at most "
+                f"{packed.MAX_BITS}-bit indices (K <= {packed.MAX_VALUES}). Smallest format "
+                f"that fits: {fits}. Received: format='tflm_packed', K={k}"
+            )
 
 
 def check_weights(model_bytes: bytes, matches) -> list[verify.WeightCheck]:
@@ -352,6 +400,24 @@ def run_litert_raw(model_bytes: bytes, inputs: list[np.ndarray]):
     return np.concatenate(outs, axis=0)
 
 
+def _pack_and_check(report: Report, full_int8: bytes, matches, inputs) -> bytes:
+    """Packs a checked full_int8 file; `report` then describes the packed file."""
+    try:
+        data = packed.pack(full_int8, [m.tensor for m in matches])
+        report.weights = packed.check_weights(data, full_int8, matches)
+    except packed.PackedFileError as e:
+        raise ExportError(f"Cannot pack the codebook weights: {e} Nothing written.") from e
+    report.tflm = packed.compare_on_tflm(data, full_int8, inputs)
+    report.format = "tflm_packed"
+    report.full_int8_size_bytes = len(full_int8)
+    report.size_bytes = len(data)
+    report.notes.append(
+        "outputs vs Keras and TFLM vs LiteRT: of the full_int8 file, which the packed file "
+        "matches exactly on TFLM"
+    )
+    return data
+
+
 def export(
     model,
     path,
@@ -369,10 +435,14 @@ def export(
             SavedModel directory; loaded inside `td.quantize_scope()`).
         path: Where to write the `.tflite` file (atomically).
         format: `"float"`, `"int8"` (weight-only, per channel), `"int4"`
-            (weight-only, per channel) or `"full_int8"` (int8 weights and
-            activations, int8 input/output). Defaults to `"int8"`.
+            (weight-only, per channel), `"full_int8"` (int8 weights and
+            activations, int8 input/output) or `"tflm_packed"` (`full_int8`
+            with codebook weights as ceil(log2 K)-bit indices into value
+            tables, decoded by TFLM's DECODE operator; only TFLM runs it).
+            Defaults to `"int8"`.
         representative_data: Sample inputs, an array `(N, ...)` or a generator
-            of samples; required for `full_int8`, also used for the output
+            of samples; required for `full_int8` and `tflm_packed` (unless
+            trained with `activations="int8"`), also used for the output
             check (random inputs otherwise).
         allow_inexact: Write a codebook with no exact integer lattice anyway,
             reporting the max error. Defaults to `False`.
@@ -392,6 +462,9 @@ def export(
     data, float_bytes, matches, plain, inputs, notes = convert_bytes(
         model, format, representative_data, allow_inexact, safe_mode
     )
+    pack = format == "tflm_packed"
+    if pack:
+        format = "full_int8"  # checked as such first, then packed
     weights = check_weights(data, matches)
     keras_out = np.asarray(
         plain.predict(inputs if len(inputs) > 1 else inputs[0], verbose=0), np.float64
@@ -417,6 +490,9 @@ def export(
     tflm_lsb = tflm_share = None
     tflm_layers = 1
     if format == "full_int8":
+        refusal = packed.tflm_refusal(data)
+        if refusal is not None:
+            raise ExportError(f"{refusal} Nothing written.")
         d = np.abs(
             run_tflm(data, inputs).astype(np.int32) - run_litert_raw(data, inputs).astype(np.int32)
         )
@@ -438,6 +514,8 @@ def export(
         tflm_layers=tflm_layers,
         notes=notes,
     )
+    if pack and report.ok:
+        data = _pack_and_check(report, data, matches, inputs)
     if not report.ok or (not report.exact and not allow_inexact):
         raise ExportError(f"Verification failed; nothing written.\n{report}")
     _atomic_write(target, data)

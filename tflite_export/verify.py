@@ -12,7 +12,24 @@ from tfmot_discrete.codebook import Codebook
 
 
 def interpreter(model_bytes: bytes):
+    """A LiteRT interpreter of the file, tensors allocated.
+
+    Raises:
+        ExportError: For a `tflm_packed` file, which only TFLM runs.
+    """
     from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+
+    from tflite_export import packed  # noqa: PLC0415
+
+    if packed.is_packed(model_bytes):
+        from tflite_export.convert import ExportError  # noqa: PLC0415
+
+        raise ExportError(
+            "This is a tflm_packed file (weights as indices decoded by TFLM's DECODE "
+            "operator): only TensorFlow Lite for Microcontrollers runs it, LiteRT cannot. "
+            "Use the TFLM interpreter (tflite_micro's runtime.Interpreter), or export "
+            "full_int8 for LiteRT."
+        )
 
     it = Interpreter(model_content=model_bytes, experimental_preserve_all_tensors=False)
     it.allocate_tensors()
