@@ -44,6 +44,8 @@ def _model():
     inp = keras.Input((8, 8, 3))
     asym = L.Conv2D(6, 3, name="asym_conv")(inp)
     asym = L.BatchNormalization(name="asym_bn")(asym)
+    asym = L.DepthwiseConv2D(3, padding="same", name="asym_dw")(asym)
+    asym = L.BatchNormalization(name="asym_bn2")(asym)
     asym = L.Dense(2, name="asym_head")(L.Flatten()(asym))
     out = L.Concatenate()([_branch(p, inp) for p in CODEBOOKS] + [asym])
     return keras.Model(inp, out)
@@ -70,7 +72,7 @@ def _use_every_value(qat, seed=0):
 def files():
     keras.utils.set_random_seed(0)
     qat = td.quantize_model(
-        _model(), {"asym_conv": ASYM, **{f"{p}_.*": q for p, q in CODEBOOKS.items()}}
+        _model(), {"asym_(conv|dw)": ASYM, **{f"{p}_.*": q for p, q in CODEBOOKS.items()}}
     )
     _use_every_value(qat)
     x = np.random.default_rng(1).normal(size=(24, 8, 8, 3)).astype("float32")
@@ -102,11 +104,17 @@ def test_every_layer_and_codebook_packed_at_ceil_log2_k_bits(files):
         err = np.abs(p.dequantized() - m.reference.reshape(p.values.shape)).max()
         assert err <= 0.51 * step, (m.cw.label, err, step)
         table = np.unique(p.tables)
-        assert table.size == (2 * k - 1 if m.cw.label == "asym_conv/kernel" else k), table
-    assert seen == {(p, layer) for p in CODEBOOKS for layer in LAYERS} | {("asym", "conv")}
-    # One table per tensor except where the channels differ (BatchNorm sign flips).
-    per_channel = {m.cw.label for m in matches if read[m.tensor].axis is not None}
-    assert per_channel == {"asym_conv/kernel"}
+        assert table.size == (2 * k - 1 if m.cw.label.startswith("asym") else k), table
+    assert seen == {(p, layer) for p in CODEBOOKS for layer in LAYERS} | {
+        ("asym", "conv"),
+        ("asym", "dw"),
+    }
+    # One table per tensor except where the channels differ (BatchNorm sign
+    # flips), along the first axis (Conv2D) or the last (depthwise).
+    per_channel = {
+        m.cw.label: read[m.tensor].axis for m in matches if read[m.tensor].axis is not None
+    }
+    assert per_channel == {"asym_conv/kernel": 0, "asym_dw/depthwise_kernel": 3}
     # Index bytes are ceil(n x bits / 8); one 16-byte header and table each.
     for p in read.values():
         tables = p.tables.size

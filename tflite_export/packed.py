@@ -92,16 +92,17 @@ class TableChoice:
 
 
 def choose_tables(codes: np.ndarray, channel_dim: int | None) -> TableChoice:
-    """Per-tensor table when it is no larger, per-channel tables otherwise.
+    """One table for the tensor, or one per channel where that needs fewer bits.
 
     Every channel of a codebook weight in a `full_int8` file normally holds
     the same int8 codes, so one table serves the tensor. Channels that hold
     different codes (an asymmetric codebook through a negative BatchNorm
-    factor) may need fewer bits with one table each.
+    factor) get a table each when that makes the indices narrower; ties go
+    to the smaller layout.
 
     Args:
         codes: The int8 weight tensor.
-        channel_dim: Its output-channel axis (None: per-tensor only).
+        channel_dim: Its output-channel axis (None: one table only).
 
     Raises:
         PackedFileError: When no layout fits in 7-bit indices.
@@ -112,16 +113,12 @@ def choose_tables(codes: np.ndarray, channel_dim: int | None) -> TableChoice:
         (1, None, 2, 1)
     """
     union = np.unique(codes)
-    best = TableChoice(index_bits(union.size), None, int(union.size), 1)
+    choices = [TableChoice(index_bits(union.size), None, int(union.size), 1)]
     if channel_dim is not None and codes.ndim > 1 and channel_dim in (0, codes.ndim - 1):
         rows = np.moveaxis(codes, channel_dim, 0).reshape(codes.shape[channel_dim], -1)
         longest = max(np.unique(r).size for r in rows)
-        per_channel = TableChoice(index_bits(longest), channel_dim, longest, rows.shape[0])
-        fits = best.bits <= MAX_BITS
-        if per_channel.bits <= MAX_BITS and (
-            not fits or per_channel.stored_bytes(codes.size) < best.stored_bytes(codes.size)
-        ):
-            best = per_channel
+        choices.append(TableChoice(index_bits(longest), channel_dim, longest, rows.shape[0]))
+    best = min(choices, key=lambda c: (c.bits, c.stored_bytes(codes.size)))
     if best.bits > MAX_BITS:
         raise PackedFileError(
             f"A tensor holds {union.size} distinct int8 values; TFLM's value tables take at "
