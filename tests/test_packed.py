@@ -10,7 +10,7 @@ import tensorflow as tf
 import tflite_export
 import tfmot_discrete as td
 from tflite_export import __main__ as cli
-from tflite_export import convert, exact, micro, packed, pipeline, verify
+from tflite_export import convert, exact, micro, packed, pipeline, runners, schema
 from tfmot_discrete._keras import keras
 from tfmot_discrete.quantize import codebook_items
 
@@ -76,13 +76,14 @@ def files():
     )
     _use_every_value(qat)
     x = np.random.default_rng(1).normal(size=(24, 8, 8, 3)).astype("float32")
-    full, _, matches, _, _, _ = pipeline.convert_bytes(qat, "full_int8", representative_data=x)
+    conv = pipeline.convert_bytes(qat, "full_int8", representative_data=x)
+    full, matches = conv.data, conv.matches
     data = packed.pack(full, [m.tensor for m in matches])
     return full, data, matches, x
 
 
 def _int8_inputs(model_bytes, x):
-    it = packed.tflm_interpreter(model_bytes)
+    it = runners.tflm_interpreter(model_bytes)
     q = it.get_input_details(0)["quantization_parameters"]
     return [np.clip(np.round(x / q["scales"][0] + q["zero_points"][0]), -128, 127).astype(np.int8)]
 
@@ -124,9 +125,9 @@ def test_every_layer_and_codebook_packed_at_ceil_log2_k_bits(files):
 def test_tflm_outputs_and_decoded_weights_equal_full_int8(files):
     full, data, matches, x = files
     inputs = _int8_inputs(full, x)
-    want = packed.tflm_outputs(packed.tflm_interpreter(full), inputs)
-    it = packed.tflm_interpreter(data, preserve_all_tensors=True)
-    got = packed.tflm_outputs(it, inputs)
+    want = runners.tflm_outputs(runners.tflm_interpreter(full), inputs)
+    it = runners.tflm_interpreter(data, preserve_all_tensors=True)
+    got = runners.tflm_outputs(it, inputs)
     np.testing.assert_array_equal(got, want)
     assert np.unique(want).size > 10
     # What TFLM's DECODE wrote into its arena, tensor by tensor.
@@ -148,16 +149,16 @@ def test_overhead_is_stripped_and_arena_measured(files):
         assert len(q.zeroPoint) == 1
     for op in sg.operators:
         code = fb.operatorCodes[op.opcodeIndex].builtinCode
-        if code in (3, 4, 9, 67):
-            k = 3 if code == 67 else 2
+        if code in schema.BIAS_INPUT:
+            k = schema.BIAS_INPUT[code]
             bias = int(op.inputs[k]) if k < len(op.inputs) else -1
             assert bias < 0 or sg.tensors[bias].quantization is None
     inputs = _int8_inputs(full, x)
     arenas = []
     for model_bytes in (full, data):
-        it = packed.tflm_interpreter(model_bytes)
-        packed.tflm_outputs(it, [inputs[0][:1]])
-        arenas.append(packed.tflm_arena_bytes(it))
+        it = runners.tflm_interpreter(model_bytes)
+        runners.tflm_outputs(it, [inputs[0][:1]])
+        arenas.append(runners.tflm_arena_bytes(it))
     largest = max(p.values.size for p in read)
     assert arenas[1] >= arenas[0] + largest
 
@@ -247,7 +248,7 @@ def test_export_report_c_array_and_litert_refusal(saved, tmp_path):
     assert f"on {len(x)} inputs: outputs identical" in text and text.endswith("OK")
     assert micro.parse_c_array((tmp_path / "p.cc").read_text()) == data
     with pytest.raises(tflite_export.ExportError, match="only TensorFlow Lite for Micro"):
-        verify.run_litert(data, [x])
+        runners.run_litert(data, [x])
 
 
 def test_cli_export_and_verify_packed_files(saved, tmp_path, capsys):
@@ -297,9 +298,9 @@ def test_tflm_refusal_of_tiny_softmax_scale():
         model.layers[0].set_weights([np.full((4, 3), w, "float32"), np.zeros(3, "float32")])
         model.layers[0].kernel[:, 0].assign(tf.fill([4], -w))
         files.append(convert.full_int8_tflite(model, zip([*x[:, None]])))
-    assert packed.tflm_refusal(files[0]) is None
-    packed.tflm_outputs(packed.tflm_interpreter(files[0]), [np.zeros((1, 4), np.int8)])
-    reason = packed.tflm_refusal(files[1])
+    assert runners.tflm_refusal(files[0]) is None
+    runners.tflm_outputs(runners.tflm_interpreter(files[0]), [np.zeros((1, 4), np.int8)])
+    reason = runners.tflm_refusal(files[1])
     assert reason is not None and "beta x scale x 2**26 > 1" in reason
     with pytest.raises(RuntimeError, match="SOFTMAX"):
-        packed.tflm_interpreter(files[1])
+        runners.tflm_interpreter(files[1])

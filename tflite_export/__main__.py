@@ -18,6 +18,10 @@ import sys
 
 import numpy as np
 
+from tflite_export import inputs, runners
+from tflite_export.errors import ExportError
+from tflite_export.formats import FORMATS
+
 PROG = "tflite-export"
 
 
@@ -26,9 +30,6 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
-
-
-from tflite_export.formats import FORMATS  # noqa: E402
 
 
 def _export_parser():
@@ -79,8 +80,6 @@ def _fail(message: str) -> int:
 
 
 def _load_npy(path):
-    from tflite_export.convert import ExportError  # noqa: PLC0415
-
     if path is None:
         return None
     if not os.path.isfile(path):
@@ -94,7 +93,6 @@ def _load_npy(path):
 def _main_export(argv) -> int:
     args = _export_parser().parse_args(argv)
     import tflite_export  # noqa: PLC0415
-    from tflite_export.convert import ExportError  # noqa: PLC0415
 
     try:
         rep = _load_npy(args.representative_data)
@@ -117,36 +115,67 @@ def _main_export(argv) -> int:
     return 0 if report.ok else 1
 
 
-def _random_file_inputs(data: bytes, n: int = 8) -> list:
-    """Random float inputs of the shapes the file takes (int inputs: small ints)."""
-    from tflite_export import verify  # noqa: PLC0415
+def _parse_codebook(text):
+    from tfmot_discrete.codebook import Codebook  # noqa: PLC0415
 
-    rng = np.random.default_rng(0)
-    out = []
-    for d in verify.interpreter(data).get_input_details():
-        shape = (n, *[int(s) for s in d["shape"][1:]])
-        if d["dtype"] in (np.int32, np.int64):
-            out.append(rng.integers(0, 2, size=shape).astype(d["dtype"]))
-        else:
-            out.append(rng.normal(size=shape).astype(np.float32))
-    return out
+    try:
+        return Codebook([float(v) for v in text.split(",") if v.strip()])
+    except ValueError as e:
+        raise ExportError(
+            f"--codebook must be comma-separated numbers, at least 2 distinct ({e}). "
+            f"Received: --codebook {text!r}"
+        ) from e
+
+
+def _weight_lines(path, data, codebook) -> tuple[list[str], bool]:
+    """The file's weight tensors against the codebook: report lines, all exact."""
+    from tflite_export import verify  # noqa: PLC0415
+    from tfmot_discrete import text  # noqa: PLC0415
+
+    try:
+        checks = verify.check_codebook_file(data, codebook)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"{path!r} is not a readable .tflite file ({e})") from e
+    lines = [
+        f"{path}: {len(data):,} bytes, codebook {text.format_values(codebook.values, codebook.size)}"
+    ]
+    for c in checks:
+        status = "exact" if c.exact else f"NOT in codebook (max deviation {c.max_error:.3g})"
+        lines.append(f"  {c.name}: {c.storage}, {c.count:,} weights, {status}")
+    if not checks:
+        lines.append("  no weight tensors found")
+    return lines, bool(checks) and all(c.exact for c in checks)
+
+
+def _random_run_line(data) -> tuple[str, bool]:
+    """No model to compare with: at least run the file, on random inputs."""
+    outputs = runners.run_litert(data, inputs.random_file_inputs(data))
+    finite = all(np.all(np.isfinite(o)) for o in outputs)
+    return (
+        "  ran on 8 random inputs with LiteRT: "
+        + ("outputs finite" if finite else "NON-FINITE outputs")
+    ), finite
+
+
+def _model_line(data, model_path, rep) -> str:
+    """The file's outputs against the (stripped) Keras model's."""
+    from tflite_export import convert  # noqa: PLC0415
+    from tfmot_discrete.quantize import is_quantized, strip_quantization  # noqa: PLC0415
+
+    model = convert.load_model(model_path)
+    plain = strip_quantization(model) if is_quantized(model) else model
+    xs = inputs.representative(plain, rep) if rep is not None else inputs.random_inputs(plain)
+    ref = np.asarray(plain.predict(xs[0] if len(xs) == 1 else xs, verbose=0))
+    got = runners.run_litert(data, xs)[0].reshape(ref.shape)
+    diff = float(np.abs(got - ref).max())
+    rng = float(ref.max() - ref.min()) or 1.0
+    return f"  outputs vs {model_path}: max abs diff {diff:.3g} ({diff / rng:.2e} of output range)"
 
 
 def _main_verify(argv) -> int:
     args = _verify_parser().parse_args(argv)
-    from tflite_export import convert, verify  # noqa: PLC0415
-    from tflite_export.convert import ExportError  # noqa: PLC0415
-    from tfmot_discrete.codebook import Codebook  # noqa: PLC0415
-
     try:
-        try:
-            values = [float(v) for v in args.codebook.split(",") if v.strip()]
-            codebook = Codebook(values)
-        except ValueError as e:
-            raise ExportError(
-                f"--codebook must be comma-separated numbers, at least 2 distinct ({e}). "
-                f"Received: --codebook {args.codebook!r}"
-            ) from e
+        codebook = _parse_codebook(args.codebook)
         path = pathlib.Path(args.file)
         if not path.is_file():
             raise ExportError(f"File not found. Received: {args.file!r}")
@@ -155,44 +184,14 @@ def _main_verify(argv) -> int:
 
         if packed.is_packed(data):
             return _verify_packed(args, data, codebook)
-        try:
-            checks = verify.check_codebook_file(data, codebook)
-        except Exception as e:  # noqa: BLE001
-            raise ExportError(f"{args.file!r} is not a readable .tflite file ({e})") from e
+        lines, ok = _weight_lines(args.file, data, codebook)
         rep = _load_npy(args.representative_data)
-        shown = ", ".join(f"{v:g}" for v in codebook.values)
-        lines = [f"{args.file}: {len(data):,} bytes, codebook {{{shown}}}"]
-        for c in checks:
-            status = "exact" if c.exact else f"NOT in codebook (max deviation {c.max_error:.3g})"
-            lines.append(f"  {c.name}: {c.storage}, {c.count:,} weights, {status}")
-        ok = bool(checks) and all(c.exact for c in checks)
-        if not checks:
-            lines.append("  no weight tensors found")
-        if not args.model:
-            # No model to compare with: at least run the file, on random inputs.
-            outputs = verify.run_litert(data, _random_file_inputs(data))
-            finite = all(np.all(np.isfinite(o)) for o in outputs)
-            lines.append(
-                "  ran on 8 random inputs with LiteRT: "
-                + ("outputs finite" if finite else "NON-FINITE outputs")
-            )
-            ok = ok and finite
         if args.model:
-            from tflite_export.pipeline import _random_inputs, _representative  # noqa: PLC0415
-
-            model = convert.load_model(args.model)
-            from tfmot_discrete.quantize import is_quantized, strip_quantization  # noqa: PLC0415
-
-            plain = strip_quantization(model) if is_quantized(model) else model
-            inputs = _representative(plain, rep) if rep is not None else _random_inputs(plain)
-            ref = np.asarray(plain.predict(inputs[0] if len(inputs) == 1 else inputs, verbose=0))
-            got = verify.run_litert(data, inputs)[0].reshape(ref.shape)
-            diff = float(np.abs(got - ref).max())
-            rng = float(ref.max() - ref.min()) or 1.0
-            lines.append(
-                f"  outputs vs {args.model}: max abs diff {diff:.3g} "
-                f"({diff / rng:.2e} of output range)"
-            )
+            lines.append(_model_line(data, args.model, rep))
+        else:
+            line, finite = _random_run_line(data)
+            lines.append(line)
+            ok = ok and finite
         lines.append("OK" if ok else "FAILED")
         print("\n".join(lines))
         return 0 if ok else 1
@@ -202,15 +201,15 @@ def _main_verify(argv) -> int:
 
 def _verify_packed(args, data: bytes, codebook) -> int:
     """`verify` of a tflm_packed file: indices and tables decoded here, then TFLM."""
-    from tflite_export import convert, packed  # noqa: PLC0415
-    from tflite_export.convert import ExportError  # noqa: PLC0415
+    from tflite_export import packed  # noqa: PLC0415
+    from tfmot_discrete import text  # noqa: PLC0415
 
     try:
         checks = packed.check_codebook_file(data, codebook)
     except packed.PackedFileError as e:
         raise ExportError(f"{args.file!r} is a damaged tflm_packed file: {e}") from e
-    shown = ", ".join(f"{v:g}" for v in codebook.values)
-    lines = [f"{args.file}: {len(data):,} bytes, tflm_packed, codebook {{{shown}}}"]
+    shown = text.format_values(codebook.values, codebook.size)
+    lines = [f"{args.file}: {len(data):,} bytes, tflm_packed, codebook {shown}"]
     for c in checks:
         status = "exact" if c.exact else f"NOT in codebook (max deviation {c.max_error:.3g})"
         table = ", ".join(str(int(v)) for v in c.table)
@@ -221,29 +220,10 @@ def _verify_packed(args, data: bytes, codebook) -> int:
         )
     ok = bool(checks) and all(c.exact for c in checks)
     try:
-        it = packed.tflm_interpreter(data)
         if args.model:
-            from tflite_export.pipeline import _random_inputs, _representative  # noqa: PLC0415
-            from tfmot_discrete.quantize import is_quantized, strip_quantization  # noqa: PLC0415
-
-            model = convert.load_model(args.model)
-            plain = strip_quantization(model) if is_quantized(model) else model
-            rep = _load_npy(args.representative_data)
-            inputs = _representative(plain, rep) if rep is not None else _random_inputs(plain)
-            ref = np.asarray(plain.predict(inputs[0] if len(inputs) == 1 else inputs, verbose=0))
-            raw = packed.tflm_outputs(it, packed.int8_inputs(it, inputs))
-            q = it.get_output_details(0)["quantization_parameters"]
-            got = ((raw.astype(np.float64) - q["zero_points"][0]) * q["scales"][0]).reshape(
-                ref.shape
-            )
-            diff = float(np.abs(got - ref).max())
-            rng = float(ref.max() - ref.min()) or 1.0
-            lines.append(
-                f"  TFLM outputs vs {args.model}: max abs diff {diff:.3g} "
-                f"({diff / rng:.2e} of output range)"
-            )
+            lines.append(_tflm_model_line(data, args.model, _load_npy(args.representative_data)))
         else:
-            packed.tflm_outputs(it, packed.random_tflm_inputs(data))
+            runners.run_tflm(data, runners.random_tflm_inputs(data))
             lines.append("  ran on 8 random inputs with TFLM")
     except RuntimeError as e:
         lines.append(f"  TFLM cannot run it: {str(e).splitlines()[0]}")
@@ -251,6 +231,24 @@ def _verify_packed(args, data: bytes, codebook) -> int:
     lines.append("OK" if ok else "FAILED")
     print("\n".join(lines))
     return 0 if ok else 1
+
+
+def _tflm_model_line(data, model_path, rep) -> str:
+    """A packed file's TFLM outputs against the (stripped) Keras model's."""
+    from tflite_export import convert  # noqa: PLC0415
+    from tfmot_discrete.quantize import is_quantized, strip_quantization  # noqa: PLC0415
+
+    model = convert.load_model(model_path)
+    plain = strip_quantization(model) if is_quantized(model) else model
+    xs = inputs.representative(plain, rep) if rep is not None else inputs.random_inputs(plain)
+    ref = np.asarray(plain.predict(xs[0] if len(xs) == 1 else xs, verbose=0))
+    got = runners.run_tflm(data, xs, dequantize=True)[0].reshape(ref.shape)
+    diff = float(np.abs(got - ref).max())
+    rng = float(ref.max() - ref.min()) or 1.0
+    return (
+        f"  TFLM outputs vs {model_path}: max abs diff {diff:.3g} ({diff / rng:.2e} of "
+        "output range)"
+    )
 
 
 def main(argv=None) -> int:

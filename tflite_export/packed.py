@@ -412,100 +412,6 @@ def pack(full_int8: bytes, tensors) -> bytes:
     return strip_overhead(packed)
 
 
-def tflm_refusal(model_bytes: bytes) -> str | None:
-    """Why TFLM would abort the process loading this file, or None.
-
-    TFLM prepares an int8 SOFTMAX with the multiplier
-    `beta x input scale x 2**26`, which it requires to exceed 1
-    (`QuantizeMultiplierGreaterThanOne`, a `TFLITE_CHECK` that aborts); a
-    model whose logits span less than about `255 x 2**-26` (4e-6), such as
-    an untrained network, cannot load.
-    """
-    s = _schema()
-    model = _read_object(model_bytes)
-    sg = model.subgraphs[0]
-    for i, op in enumerate(sg.operators or []):
-        code = model.operatorCodes[op.opcodeIndex]
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-        if builtin != s.BuiltinOperator.SOFTMAX:
-            continue
-        t = sg.tensors[int(op.inputs[0])]
-        if t.type not in (s.TensorType.INT8, s.TensorType.UINT8) or t.quantization is None:
-            continue
-        scale = float(np.asarray(t.quantization.scale).reshape(-1)[0])
-        opts = op.builtinOptions
-        beta = float(getattr(opts, "beta", 1.0) or 1.0)
-        if beta * scale * 2.0**26 <= 1.0:
-            return (
-                f"TFLM cannot run this file: SOFTMAX (operator {i}) has input scale {scale:.3g}, "
-                f"and TFLM's int8 softmax needs beta x scale x 2**26 > 1 (scale > "
-                f"{2.0**-26 / beta:.3g}); it aborts the process otherwise. The logits of the "
-                f"sample inputs span only {255 * scale:.3g}: train the model (or give inputs "
-                "that reach its real output range) before exporting for TFLM."
-            )
-    return None
-
-
-def tflm_interpreter(model_bytes: bytes, preserve_all_tensors: bool = False):
-    """A TFLM interpreter of the file (raises `RuntimeError` when TFLM refuses it)."""
-    from tflite_micro.python.tflite_micro import runtime  # noqa: PLC0415
-
-    reason = tflm_refusal(model_bytes)
-    if reason is not None:
-        raise RuntimeError(reason)
-    config = (
-        runtime.InterpreterConfig.kPreserveAllTensors
-        if preserve_all_tensors
-        else runtime.InterpreterConfig.kAllocationRecording
-    )
-    # The runtime's default arena (10x the file) leaves out the decoded weights.
-    sg = _read_object(model_bytes).subgraphs[0]
-    decoded = sum(
-        int(np.prod(sg.tensors[int(o)].shape))
-        for op in sg.operators or []
-        if op.outputs is not None
-        for o in op.outputs
-        if sg.tensors[int(o)].buffer == 0
-    )
-    return runtime.Interpreter.from_bytes(
-        model_bytes, arena_size=10 * len(model_bytes) + 4 * decoded, intrepreter_config=config
-    )
-
-
-def tflm_outputs(it, inputs: list[np.ndarray]) -> np.ndarray:
-    """Raw outputs (first output tensor) of `it` for int8 samples, one at a time."""
-    outs = []
-    for i in range(len(inputs[0])):
-        for k, x in enumerate(inputs):
-            it.set_input(np.asarray(x[i : i + 1]), k)
-        it.invoke()
-        outs.append(np.array(it.get_output(0)))
-    return np.concatenate(outs, axis=0)
-
-
-def tflm_arena_bytes(it) -> int:
-    """Arena bytes TFLM allocated for `it` (run `invoke` first).
-
-    TFLM's recording allocator prints its totals to the C standard error;
-    they are read from there. An interpreter made with exactly that many
-    bytes loads and runs; one byte less does not.
-    """
-    fd = os.dup(2)
-    with tempfile.TemporaryFile() as f:
-        os.dup2(f.fileno(), 2)
-        try:
-            it.print_allocations()
-        finally:
-            os.dup2(fd, 2)
-            os.close(fd)
-        f.seek(0)
-        text = f.read().decode(errors="replace")
-    for line in text.splitlines():
-        if "Arena allocation total" in line:
-            return int(line.split("total", 1)[1].split()[0])
-    raise RuntimeError(f"TFLM printed no arena total. Received: {text[:200]!r}")
-
-
 def check_weights(packed_bytes: bytes, full_int8: bytes, matches) -> list:
     """Each codebook weight decoded from the packed file's own bytes (no TFLM).
 
@@ -530,11 +436,7 @@ def check_weights(packed_bytes: bytes, full_int8: bytes, matches) -> list:
         ints = exact.stored_values(fb, fb.subgraphs[0].tensors[m.tensor])
         lossless = ints is not None and np.array_equal(ints.reshape(p.values.shape), p.values)
         v = p.dequantized().reshape(m.reference.shape)
-        units = np.asarray(m.units, np.float64)
-        if m.channel_dim is not None:
-            shape = [1] * v.ndim
-            shape[m.channel_dim] = -1
-            units = units.reshape(shape)
+        units = exact.channel_broadcast(np.asarray(m.units, np.float64), v.ndim, m.channel_dim)
         codes = v / np.where(units == 0, 1.0, units)
         dev = float(np.abs(codes - m.codes).max()) / max(1.0, m.cw.codebook.max_abs)
         out.append(
@@ -570,24 +472,6 @@ class TflmComparison:
         return self.max_lsb == 0
 
 
-def int8_inputs(it, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    """Float samples quantized with the file's own input parameters."""
-    out = []
-    for k, x in enumerate(inputs):
-        d = it.get_input_details(k)
-        q = d["quantization_parameters"]
-        if (
-            np.dtype(d["dtype"]).kind in "iu"
-            and len(q["scales"])
-            and np.asarray(x).dtype.kind == "f"
-        ):
-            info = np.iinfo(d["dtype"])
-            x = np.round(np.asarray(x) / q["scales"][0] + q["zero_points"][0])
-            x = np.clip(x, info.min, info.max)
-        out.append(np.asarray(x).astype(d["dtype"]))
-    return out
-
-
 def compare_on_tflm(
     packed_bytes: bytes, full_int8: bytes, inputs: list[np.ndarray], rounds: int = 7
 ) -> TflmComparison:
@@ -599,9 +483,11 @@ def compare_on_tflm(
         inputs: Float sample inputs, one array per model input.
         rounds: Interleaved timing rounds (median). Defaults to 7.
     """
-    ref_it, it = tflm_interpreter(full_int8), tflm_interpreter(packed_bytes)
-    xs = int8_inputs(ref_it, inputs)
-    want, got = tflm_outputs(ref_it, xs), tflm_outputs(it, xs)
+    from tflite_export import runners  # noqa: PLC0415
+
+    ref_it, it = runners.tflm_interpreter(full_int8), runners.tflm_interpreter(packed_bytes)
+    xs = runners.int8_inputs(ref_it, inputs)
+    want, got = runners.tflm_outputs(ref_it, xs), runners.tflm_outputs(it, xs)
     diff = np.abs(got.astype(np.int64) - want.astype(np.int64))
     times = {"full": [], "packed": []}
     block = 3
@@ -614,8 +500,8 @@ def compare_on_tflm(
     return TflmComparison(
         samples=len(xs[0]),
         max_lsb=int(diff.max(initial=0)),
-        arena_bytes=tflm_arena_bytes(it),
-        full_int8_arena_bytes=tflm_arena_bytes(ref_it),
+        arena_bytes=runners.tflm_arena_bytes(it),
+        full_int8_arena_bytes=runners.tflm_arena_bytes(ref_it),
         latency_s=float(np.median(times["packed"])),
         full_int8_latency_s=float(np.median(times["full"])),
     )
@@ -649,22 +535,4 @@ def check_codebook_file(model_bytes: bytes, codebook) -> list:
                 tables=int(p.tables.shape[0]),
             )
         )
-    return out
-
-
-def random_tflm_inputs(model_bytes: bytes, n: int = 8, seed: int = 0) -> list[np.ndarray]:
-    """Random int8 (or float) inputs of the shapes the file takes, for TFLM."""
-    rng = np.random.default_rng(seed)
-    it = tflm_interpreter(model_bytes)
-    sg = _read_object(model_bytes).subgraphs[0]
-    out = []
-    for k in range(len(sg.inputs)):
-        d = it.get_input_details(k)
-        shape = (n, *[int(s) for s in d["shape"][1:]])
-        dtype = np.dtype(d["dtype"])
-        if dtype.kind in "iu":
-            info = np.iinfo(dtype)
-            out.append(rng.integers(info.min, int(info.max) + 1, size=shape).astype(dtype))
-        else:
-            out.append(rng.normal(size=shape).astype(dtype))
     return out
