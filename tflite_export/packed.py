@@ -8,17 +8,26 @@ Microcontrollers' LUT compression (`tflite_micro...compression.compress`)
 writes such tensors and inserts `DECODE` operators that expand them into
 scratch memory before the layer that reads them. Only TFLM runs these files.
 
-The compressor keeps more than the kernels read; `pack` removes it, each
-removal checked by running the file on TFLM (see `strip_overhead`):
+TFLM's decoder (decode_state_lut.cc) takes its channels from the decoded
+tensor's quantization, one per scale, and steps `stride` values through the
+tables per channel, whatever the metadata's axis field says: a per-tensor
+table as the compressor writes it (stride = table length) decodes every
+channel after the first from the wrong bytes. One table serves all channels
+with stride 0, which `pack` writes.
+
+The compressor also keeps more than the kernels read; `pack` removes it,
+each removal checked by running the file on TFLM (see `strip_overhead`):
 
 - the encoded index tensor keeps the weight's per-channel quantization
   parameters (12 bytes per channel): `DECODE` reads none of them;
 - per-channel zero points are int64 and all zero: TFLM's allocator accepts
   one zero point for all channels (micro_allocator.cc, "as a space-saving
-  optimization ...");
+  optimization ..."); equal scales (`scale=None` without BatchNorm) become
+  one;
 - int32 bias tensors carry per-channel scales and zero points: the int8
   FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D and TRANSPOSE_CONV kernels
-  derive their multipliers from the input, filter and output scales only.
+  derive their multipliers from the input, filter and output scales only;
+- tensor names, except on the inputs, outputs and decoded weights.
 """
 
 from __future__ import annotations
@@ -33,6 +42,15 @@ import warnings
 
 import numpy as np
 
+from tflite_export.schema import BIAS_INPUT, WEIGHT_INPUT, BuiltinOperator, TensorType
+
+#: Layers whose constant weights TFLM's kernels read through a DECODE output.
+_TFLM_LAYERS = (
+    BuiltinOperator.FULLY_CONNECTED,
+    BuiltinOperator.CONV_2D,
+    BuiltinOperator.DEPTHWISE_CONV_2D,
+    BuiltinOperator.TRANSPOSE_CONV,
+)
 #: Custom operator TFLM's compressor inserts in front of each layer that reads
 #: a packed tensor.
 DECODE_OP = "TFLM_DECODE"
@@ -55,17 +73,6 @@ def _schema():
     )
 
     return schema_py_generated
-
-
-def _layers_with_weights():
-    ops = _schema().BuiltinOperator
-    # builtin code -> (filter input, bias input)
-    return {
-        ops.FULLY_CONNECTED: (1, 2),
-        ops.CONV_2D: (1, 2),
-        ops.DEPTHWISE_CONV_2D: (1, 2),
-        ops.TRANSPOSE_CONV: (1, 3),
-    }
 
 
 def index_bits(n_values: int) -> int:
@@ -192,7 +199,6 @@ def read_packed(model_bytes: bytes) -> list[PackedTensor]:
     Raises:
         PackedFileError: For a damaged flatbuffer, metadata or index data.
     """
-    s = _schema()
     model = _read_object(model_bytes)
     if not model.subgraphs:
         raise PackedFileError("The file holds no subgraph.")
@@ -209,11 +215,11 @@ def read_packed(model_bytes: bytes) -> list[PackedTensor]:
                 "inputs (indices, value tables) per output."
             )
         for k, dec in enumerate(outs):
-            out.append(_decode_one(s, model, sg, ins[2 * k], ins[2 * k + 1], dec))
+            out.append(_decode_one(model, sg, ins[2 * k], ins[2 * k + 1], dec))
     return out
 
 
-def _decode_one(s, model, sg, enc_i, anc_i, dec_i) -> PackedTensor:
+def _decode_one(model, sg, enc_i, anc_i, dec_i) -> PackedTensor:
     """Decodes one tensor as TFLM's LUT decoder does (decode_state_lut.cc).
 
     The decoder takes its channels from the output tensor's quantization (one
@@ -245,7 +251,7 @@ def _decode_one(s, model, sg, enc_i, anc_i, dec_i) -> PackedTensor:
     bits, stride = anc[5] & 0x07, anc[6]
     if not 1 <= bits <= MAX_BITS:
         raise PackedFileError(f"{where}: index width {bits} bits; TFLM decodes 1 to {MAX_BITS}.")
-    if dec.type != s.TensorType.INT8:
+    if dec.type != TensorType.INT8:
         raise PackedFileError(f"{where}: decodes to tensor type {dec.type}; int8 is read.")
     shape = tuple(int(d) for d in dec.shape)
     count = int(np.prod(shape))
@@ -323,8 +329,6 @@ def strip_overhead(model_bytes: bytes) -> bytes:
     from tflite_micro.tensorflow.lite.micro.compression import model_editor  # noqa: PLC0415
 
     model = model_editor.read(model_bytes)
-    layers = _layers_with_weights()
-    int32 = _schema().TensorType.INT32
     for sg in model.subgraphs:
         weights, biases, decoded, patched = [], [], [], set()
         for op in sg.operators:
@@ -341,14 +345,14 @@ def strip_overhead(model_bytes: bytes) -> bytes:
                             patched.add(id(anc.buffer))
                     weights.append(dec)
                     decoded.append(dec)
-            elif op.opcode in layers:
-                w, b = layers[op.opcode]
+            elif op.opcode in _TFLM_LAYERS:
+                w, b = WEIGHT_INPUT[op.opcode], BIAS_INPUT[op.opcode]
                 if w < len(op.inputs) and op.inputs[w] is not None:
                     weights.append(op.inputs[w])
                 if b < len(op.inputs) and op.inputs[b] is not None:
                     biases.append(op.inputs[b])
         for t in biases:
-            if t.dtype == int32:
+            if t.dtype == TensorType.INT32:
                 t.quantization = None
                 t._fb.quantization = None  # noqa: SLF001
         for t in weights:
@@ -395,7 +399,7 @@ def pack(full_int8: bytes, tensors) -> bytes:
     specs = []
     for t in sorted(set(tensors)):
         tensor = model.subgraphs[0].tensors[t]
-        if tensor.dtype != _schema().TensorType.INT8 or tensor.array is None:
+        if tensor.dtype != TensorType.INT8 or tensor.array is None:
             raise PackedFileError(
                 f"Tensor {t} ({tensor.name!r}) is not a constant int8 tensor; only int8 weights "
                 "are packed."
