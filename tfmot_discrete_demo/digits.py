@@ -224,7 +224,7 @@ def _train_variant(label, spec, data, epochs, finetune_epochs, seed, verbose, fl
 def _progress_line(label: str, r: Result) -> str:
     start = "from scratch" if r.start == "scratch" else "from float"
     return (
-        f"  {label:<28} {r.epochs:>3} epochs {start:<12} "
+        f"  {label:<28} {r.epochs:>3} epoch{'s' if r.epochs != 1 else ' '} {start:<12} "
         f"test {100 * r.accuracy:6.2f} %  {r.seconds:5.1f} s"
     )
 
@@ -284,7 +284,8 @@ def run(
         print_fn(_progress_line(label, results[label]))
     print_fn(
         f"\nFloat: Adam, lr {LR:g} with cosine decay, then BatchNorm statistics re-estimated. "
-        f"Codebook variants: quantize_model(float model), {finetune_epochs} epochs, "
+        f"Codebook variants: quantize_model(float model), {finetune_epochs} "
+        f"epoch{'s' if finetune_epochs != 1 else ''}, "
         f"peak lr {LR * FINETUNE_LR_FACTOR:g}, {WARMUP:.0%} warmup, cosine decay, "
         "td.recalibrate_batchnorm."
     )
