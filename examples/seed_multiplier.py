@@ -13,18 +13,17 @@ is exactly those values, and checked.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 
-if "--verbose" not in sys.argv[1:]:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import numpy as np  # noqa: E402
+import tflite_export
+from tflite_export.logs import library_logs
 
-import tflite_export  # noqa: E402
-import tfmot_discrete as td  # noqa: E402
-from tflite_export.logs import library_logs  # noqa: E402
+# TensorFlow loads here: its start-up lines are kept out too, unless --verbose.
+with library_logs("--verbose" in sys.argv[1:]):
+    import tfmot_discrete as td
 
 keras = td.keras  # tf_keras (Keras 2): what TF-MOT and this package use
 

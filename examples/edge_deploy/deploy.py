@@ -22,15 +22,15 @@ import pathlib
 import subprocess
 import sys
 
-if "--verbose" not in sys.argv[1:]:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import numpy as np  # noqa: E402
+import tflite_export
+from tflite_export.logs import library_logs
 
-import tflite_export  # noqa: E402
-import tfmot_discrete as td  # noqa: E402
-from tflite_export import exact  # noqa: E402
-from tflite_export.logs import library_logs  # noqa: E402
+# TensorFlow loads here: its start-up lines are kept out too, unless --verbose.
+with library_logs("--verbose" in sys.argv[1:]):
+    import tfmot_discrete as td
+    from tflite_export import exact
 
 keras = td.keras
 

@@ -12,19 +12,18 @@ inside `td.quantize_scope()`) and `data.npz` (calibration and test images).
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 
-if "--verbose" not in sys.argv[1:]:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
-import numpy as np  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+from tflite_export.logs import library_logs
 
-import tfmot_discrete as td  # noqa: E402
-from tflite_export.logs import library_logs  # noqa: E402
+# TensorFlow loads here: its start-up lines are kept out too, unless --verbose.
+with library_logs("--verbose" in sys.argv[1:]):
+    import tfmot_discrete as td
 
 keras = td.keras
 L = keras.layers
