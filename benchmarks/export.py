@@ -19,7 +19,7 @@ import tensorflow as tf
 
 import tflite_export
 from benchmarks import common
-from tflite_export import pipeline
+from tflite_export import pipeline, runners
 
 FORMATS = ("float", "int8", "int4", "full_int8")
 #: Our variants also get a `tflm_packed` file (TFLM only: timed on TFLM against
@@ -60,6 +60,7 @@ def convert(model, variant: common.Variant, fmt: str, data):
 def _interpreter(model_bytes: bytes, sample: np.ndarray):
     from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
 
+    runners.require_litert(model_bytes)  # tflm_packed files: only TFLM runs them
     it = Interpreter(model_content=model_bytes, num_threads=1)
     it.allocate_tensors()
     inp = it.get_input_details()[0]

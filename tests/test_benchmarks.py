@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from benchmarks import common
+from benchmarks import accuracy, common, finetune, speed
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUMBER = re.compile(r"^[+-]?\d[\d,]*(\.\d+)?( ± \d+(\.\d+)?)?$")
@@ -76,20 +76,27 @@ def test_smoke_run_writes_tables_and_plots(smoke):
     _, rows = _check_table(by_first["target"][0], "target")
     assert all(r[2] in ("met", "MISSED") for r in rows)
 
-    _, rows = _check_table(by_first["variant"][0], "variant")  # accuracy, digits
+    header, rows = _check_table(by_first["variant"][0], "variant")  # accuracy, digits
     assert [r[0] for r in rows] == list(settings.variants)
+    col = {h: i for i, h in enumerate(header)}
     for r in rows:
-        assert _numeric(r[2]) and _numeric(r[3]) and _numeric(r[4]) and _numeric(r[5]), r
+        for h in ("test accuracy % (Keras)", "vs float (points)"):
+            assert _numeric(r[col[h]]), r
+        assert _numeric(r[col["test accuracy % (LiteRT, exported file)"]]), r
+        assert _numeric(r[col["before BatchNorm re-estimation %"]]), r
 
     header, rows = _check_table(by_first["variant"][1], "variant")  # step ratios
-    assert [r[0] for r in rows] == list(settings.speed_variants)
-    assert len(header) == 1 + len(settings.mlp_widths) + len(settings.cnn_widths)
-    assert all(_numeric(c) for r in rows for c in r[1:])
+    assert [r[0] for r in rows[::2]] == list(settings.speed_variants)
+    assert [r[0] for r in rows[1::2]] == list(settings.speed_variants)
+    assert [r[1] for r in rows] == ["False", "True"] * len(settings.speed_variants)
+    assert len(header) == 2 + len(settings.mlp_widths) + len(settings.cnn_widths)
+    assert all(_numeric(c) for r in rows for c in r[2:])
 
     proj = "projection (forward + backward, N = 1M)"
     _, rows = _check_table(by_first[proj][0], proj)
-    assert len(rows) == 2 * len(settings.projection_ks)
-    assert all(_numeric(c) for r in rows for c in r[1:])
+    assert len(rows) == len(speed.PROJECTION_ROWS) * len(settings.projection_ks)
+    assert {r[1] for r in rows} == {"False", "True"}
+    assert all(_numeric(c) for r in rows for c in r[2:])
 
     _, rows = _check_table(by_first["variant"][2], "variant")  # export, digits
     assert {r[0] for r in rows} == set(settings.export_variants)
@@ -106,6 +113,38 @@ def test_smoke_run_writes_tables_and_plots(smoke):
     for r in rows:
         assert all(_numeric(c) for c in r[1:5]), r
         assert r[8].startswith("identical on "), r
+
+
+def test_only_speed_replaces_its_section_and_target_rows():
+    from benchmarks.__main__ import replace_section, replace_target_rows  # noqa: PLC0415
+
+    old = "\n".join(
+        [
+            "# B",
+            "## Targets",
+            "| target | measured | result |",
+            "|---|---|---|",
+            "| digits: a | 1 | met |",
+            "| train step of x | 1.2 | MISSED |",
+            "| projection y | x1 | met |",
+            "",
+            "## Accuracy",
+            "acc",
+            "## Training cost",
+            "old speed",
+            "## Export",
+            "exp",
+        ]
+    )
+    new = "# B\n## Training cost\nnew speed\n\n## Export\nnot this"
+    text = replace_section(old, new, "## Training cost")
+    text = replace_target_rows(
+        text, [("train step of x", "1.0", "met")], ("train step", "projection")
+    )
+    lines = text.splitlines()
+    assert lines[4:7] == ["| digits: a | 1 | met |", "| train step of x | 1.0 | met |", ""]
+    assert "new speed" in lines and "old speed" not in lines
+    assert lines[-2:] == ["## Export", "exp"] and "acc" in lines
 
 
 def test_md_table_rejects_ragged_rows():
@@ -128,3 +167,50 @@ def test_larq_style_sign_and_its_gradient():
 def test_seed_gather_reaches_only_two_values():
     out = common.seed_gather(tf.constant([-3.0, -0.1, 0.2, 5.0]))
     assert sorted(set(out.numpy().tolist())) == [-1.0, 1.0]
+
+
+def test_progressive_puts_the_largest_share_on_the_codebook_and_holds_it():
+    import tfmot_discrete as td  # noqa: PLC0415
+    from tfmot_discrete._keras import keras  # noqa: PLC0415
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, name="d")])
+    qat = td.quantize_model(model, finetune.masked(td.ternary()))
+    kernel, _, qvars = qat.layers[-1]._weight_vars[0]  # noqa: SLF001
+    start = kernel.numpy().copy()
+    qat.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    x = np.random.default_rng(0).normal(size=(8, 8)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(8, 16)).astype("float32")
+    cb = finetune.Progressive((0.5, 1.0), total_steps=4)
+    qat.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[cb])  # stage 1: 2 steps
+    mask = qvars["mask"].numpy().astype(bool)
+    assert mask.mean() == pytest.approx(0.5)
+    assert np.abs(start[mask]).min() >= np.abs(start[~mask]).max()
+    np.testing.assert_array_equal(kernel.numpy()[mask], start[mask])  # held
+    assert not np.allclose(kernel.numpy()[~mask], start[~mask])  # trained
+    qat.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[cb])  # stage 2: 100 %
+    assert qvars["mask"].numpy().min() == 1.0
+
+
+def test_splice_replaces_the_accuracy_section_and_its_targets_only():
+    text = "\n".join(
+        [
+            "# Benchmarks",
+            "## Targets",
+            "",
+            "| target | measured | result |",
+            "|---|---|---|",
+            "| digits: old | 1 | met |",
+            "| train step of x | 2 | met |",
+            "",
+            "## Accuracy",
+            "old table",
+            "## Training cost",
+            "kept",
+        ]
+    )
+    out = accuracy.splice(text, ["## Accuracy", "new table", ""], [("mnist1d: new", "3", "met")])
+    lines = out.splitlines()
+    assert "old table" not in out and "| digits: old | 1 | met |" not in out
+    assert lines[5:7] == ["| mnist1d: new | 3 | met |", "| train step of x | 2 | met |"]
+    assert lines[lines.index("new table") + 2 :] == ["## Training cost", "kept"]

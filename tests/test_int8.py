@@ -11,6 +11,7 @@ from tflite_export import exact, verify
 from tflite_export.schema import storage_name
 from tfmot_discrete import int8
 from tfmot_discrete._keras import keras
+from tfmot_discrete.quantize import int8_items
 
 L = keras.layers
 MAPPING = {"conv_0": "int8", "logits": "int8", ".*": td.ternary()}
@@ -92,7 +93,7 @@ def test_fresh_model_computes_with_8bit_weights_from_its_own_range():
 
 def test_every_layer_int8_and_bad_values():
     qat = td.quantize_model(_model(), "int8")
-    assert len(int8.items(qat)) == 3
+    assert len(int8_items(qat)) == 3
     with pytest.raises(ValueError, match="Received: identifier='int9'"):
         td.quantize_model(_model(), {"conv_0": "int9"})
 
@@ -159,5 +160,5 @@ def test_save_and_load_in_quantize_scope(tmp_path):
     with td.quantize_scope():
         loaded = keras.models.load_model(path)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
-    assert [lab for lab, *_ in int8.items(loaded)] == ["conv_0/kernel", "logits/kernel"]
+    assert [lab for lab, *_ in int8_items(loaded)] == ["conv_0/kernel", "logits/kernel"]
     loaded.fit(x, np.zeros(len(x)), epochs=1, batch_size=32, verbose=0)

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import tflite_export
 import tfmot_discrete as td
+from benchmarks import export as bench_export
 from tflite_export import __main__ as cli
 from tflite_export import convert, exact, micro, packed, pipeline, runners, schema
 from tfmot_discrete._keras import keras
@@ -249,6 +250,8 @@ def test_export_report_c_array_and_litert_refusal(saved, tmp_path):
     assert micro.parse_c_array((tmp_path / "p.cc").read_text()) == data
     with pytest.raises(tflite_export.ExportError, match="only TensorFlow Lite for Micro"):
         runners.run_litert(data, [x])
+    with pytest.raises(tflite_export.ExportError, match="only TensorFlow Lite for Micro"):
+        bench_export.latencies({"tflm_packed": data}, x[0], rounds=1)
 
 
 def test_cli_export_and_verify_packed_files(saved, tmp_path, capsys):

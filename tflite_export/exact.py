@@ -23,7 +23,7 @@ from tflite_export.schema import (
 )
 from tfmot_discrete import int8
 from tfmot_discrete.codebook import Codebook
-from tfmot_discrete.quantize import codebook_items
+from tfmot_discrete.quantize import codebook_items, int8_items
 
 _qk = tfmot.quantization.keras
 
@@ -85,7 +85,7 @@ def codebook_weights(model) -> list[CodebookWeight]:
                 scales=np.array(scales),
             )
         )
-    for label, latent, q, qvars in int8.items(model):
+    for label, latent, q, qvars in int8_items(model):
         iv = int8.int8_values(q, latent, qvars)
         layer_name, weight = label.rsplit("/", 1)
         out.append(

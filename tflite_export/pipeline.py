@@ -200,8 +200,8 @@ def _write_lattices(fb, matches, allow_inexact, notes) -> None:
         tensor = fb.subgraphs[0].tensors[m.tensor]
         if tensor.type not in QMAX:
             continue
-        # An 8-bit weight stays int8 inside an int4 file (exact.write_exact).
-        qmax = QMAX[TensorType.INT8 if m.cw.trained_int8 else tensor.type]
+        # A weight trained at 8 bits stays int8 in an int4 file (write_exact).
+        qmax = QMAX[TensorType.INT8] if m.cw.trained_int8 else QMAX[tensor.type]
         g = m.cw.codebook.integer_step(qmax)
         if g is not None:
             exact.write_exact(fb, m, g)
@@ -220,6 +220,7 @@ def _write_lattices(fb, matches, allow_inexact, notes) -> None:
 
 def _check_packable(cws) -> None:
     """`tflm_packed` needs codebook weights of at most 128 values."""
+    cws = [cw for cw in cws if not cw.trained_int8]
     if not cws:
         raise ExportError(
             "format='tflm_packed' stores codebook weights as indices, and this model has none "
@@ -331,9 +332,12 @@ def _tflm_check(data: bytes, xs) -> tuple[int, float, int]:
 
 def _pack_and_check(report: Report, full_int8: bytes, conv: Conversion) -> bytes:
     """Packs a checked full_int8 file; `report` then describes the packed file."""
+    # Weights trained as plain int8 ("int8" in the mapping) stay int8.
+    codebook = [m for m in conv.matches if not m.cw.trained_int8]
+    kept = [w for w in report.weights if w.trained_int8]
     try:
-        data = packed.pack(full_int8, [m.tensor for m in conv.matches])
-        report.weights = packed.check_weights(data, full_int8, conv.matches)
+        data = packed.pack(full_int8, [m.tensor for m in codebook])
+        report.weights = packed.check_weights(data, full_int8, codebook) + kept
     except packed.PackedFileError as e:
         raise ExportError(f"Cannot pack the codebook weights: {e} Nothing written.") from e
     report.tflm = packed.compare_on_tflm(data, full_int8, conv.inputs)

@@ -10,14 +10,8 @@ import numpy as np
 from tflite_export.errors import ExportError
 
 
-def interpreter(model_bytes: bytes):
-    """A LiteRT interpreter for the file, tensors allocated.
-
-    Raises:
-        ExportError: For a `tflm_packed` file, which only TFLM runs.
-    """
-    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-
+def require_litert(model_bytes: bytes) -> None:
+    """Raises `ExportError` for a `tflm_packed` file, which only TFLM runs."""
     from tflite_export import packed  # noqa: PLC0415
 
     if packed.is_packed(model_bytes):
@@ -28,6 +22,16 @@ def interpreter(model_bytes: bytes):
             "full_int8 for LiteRT."
         )
 
+
+def interpreter(model_bytes: bytes):
+    """A LiteRT interpreter for the file, tensors allocated.
+
+    Raises:
+        ExportError: For a `tflm_packed` file, which only TFLM runs.
+    """
+    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+
+    require_litert(model_bytes)
     it = Interpreter(model_content=model_bytes, experimental_preserve_all_tensors=False)
     it.allocate_tensors()
     return it

@@ -92,30 +92,6 @@ def quantizer_for(channel_axes) -> Int8WeightQuantizer:
     return Int8WeightQuantizer(per_axis=-1 in list(channel_axes))
 
 
-def items(model) -> list[tuple[str, object, Int8WeightQuantizer, dict]]:
-    """`(label, latent variable, quantizer, quantizer variables)` per 8-bit weight."""
-    out = []
-    for layer in model.layers:
-        if not isinstance(layer, _qk.QuantizeWrapper):
-            continue
-        for latent, q, qvars in getattr(layer, "_weight_vars", []):
-            if isinstance(q, Int8WeightQuantizer):
-                weight = latent.name.split(":")[0].split("/")[-1]
-                out.append((f"{layer.layer.name}/{weight}", latent, q, qvars))
-    return out
-
-
-def initialize_ranges(model) -> None:
-    """Sets every 8-bit weight's range from its current values, now.
-
-    `quantize_model` calls it, so that a model fresh from `quantize_model`
-    already computes with its weights rounded to 8 bits (TF-MOT starts the
-    range at ±6 and sets it at the first training step).
-    """
-    for _, latent, q, qvars in items(model):
-        q(tf.convert_to_tensor(latent), True, weights=qvars)
-
-
 @dataclasses.dataclass
 class Int8Values:
     """An 8-bit weight as it computes: `values = codes x steps`."""

@@ -301,7 +301,7 @@ def quantize_model(model, quantizer, activations=None):
         if isinstance(layer, _qk.QuantizeWrapper):
             _fix_weight_order(layer)
     initialize_learned_scales(qat)
-    int8.initialize_ranges(qat)
+    initialize_int8_ranges(qat)
     return qat
 
 
@@ -328,6 +328,29 @@ def wrapper_weights(wrapper) -> list:
     """`(weight, quantizer, quantizer variables)` of each weight a TF-MOT
     `QuantizeWrapperV2` quantizes (TF-MOT keeps them in a private list)."""
     return list(getattr(wrapper, "_weight_vars", []))
+
+
+def int8_items(model) -> list[tuple[str, object, int8.Int8WeightQuantizer, dict]]:
+    """`(label, latent variable, quantizer, quantizer variables)` per weight
+    trained at 8 bits (`"int8"` in the quantizer mapping), layer by layer."""
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, _qk.QuantizeWrapper):
+            for latent, q, qvars in wrapper_weights(layer):
+                if isinstance(q, int8.Int8WeightQuantizer):
+                    out.append((f"{layer.layer.name}/{weight_key(latent)}", latent, q, qvars))
+    return out
+
+
+def initialize_int8_ranges(model) -> None:
+    """Sets every 8-bit weight's range from its current values, now.
+
+    `quantize_model` calls it, so that a model fresh from `quantize_model`
+    already computes with its weights rounded to 8 bits (TF-MOT starts the
+    range at ±6 and sets it at the first training step).
+    """
+    for _, latent, q, qvars in int8_items(model):
+        q(tf.convert_to_tensor(latent), True, weights=qvars)
 
 
 def _fix_weight_order(wrapper):

@@ -98,7 +98,7 @@ def plan(model, spec) -> list[tuple[object, object, CodebookQuantizer]]:
 
     Args:
         model: A float model.
-        spec: What `scheme.resolve_quantizer_spec` returned.
+        spec: The `scheme.QuantizerRules` of the quantizer argument.
     """
     out = []
     own_nodes = _model_nodes(model)
@@ -134,7 +134,7 @@ def rescale_for_codebook(model, spec) -> list[Rescaled]:
 
     Args:
         model: A float (not yet quantized) model; changed in place.
-        spec: What `scheme.resolve_quantizer_spec` returned.
+        spec: The `scheme.QuantizerRules` of the quantizer argument.
 
     Returns:
         One `Rescaled` per layer changed.

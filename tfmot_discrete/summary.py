@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from tfmot_discrete import int8, text
-from tfmot_discrete.quantize import check_finite, codebook_items
+from tfmot_discrete.quantize import check_finite, codebook_items, int8_items
 from tfmot_discrete.quantizers import CodebookQuantizer
 
 
@@ -72,7 +72,7 @@ def weight_reports(model) -> list[WeightReport]:
                 usage=usage,
             )
         )
-    for label, latent, q, qvars in int8.items(model):
+    for label, latent, q, qvars in int8_items(model):
         iv = int8.int8_values(q, latent, qvars)
         layer, weight = label.rsplit("/", 1)
         out.append(

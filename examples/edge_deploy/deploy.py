@@ -17,7 +17,6 @@ latencies are printed.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from tflite_export.logs import library_logs
 # TensorFlow loads here: its start-up lines are kept out too, unless --verbose.
 with library_logs("--verbose" in sys.argv[1:]):
     import tfmot_discrete as td
-    from tflite_export import exact
+    from tflite_export import exact, runners
 
 keras = td.keras
 
@@ -55,23 +54,22 @@ def runs_with_arena(path, size: int) -> bool:
     return proc.returncode == 0
 
 
-def smallest_arena(path, step: int = 16) -> int:
-    """The smallest `arena_size` (to `step` bytes) the TFLM interpreter runs the model with.
+def smallest_arena(path) -> int:
+    """The smallest `arena_size` the TFLM interpreter runs the model with.
 
-    The Python runtime has no arena-usage query, so this bisects, starting from
-    the runtime's default (10x the model size).
+    TFLM's recording allocator reports the bytes it allocated
+    (`tflite_export.runners.tflm_arena_bytes`); the model is then run once
+    with exactly that arena and once with 16 bytes less, each in a fresh
+    process, to confirm it is the smallest.
     """
-    hi = 10 * os.path.getsize(path)
-    while not runs_with_arena(path, hi):
-        hi *= 2
-    lo = 0
-    while hi - lo > step:
-        mid = (lo + hi) // 2
-        if runs_with_arena(path, mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    it = runners.tflm_interpreter(pathlib.Path(path).read_bytes())
+    d = it.get_input_details(0)
+    it.set_input(np.zeros(d["shape"], d["dtype"]), 0)
+    it.invoke()
+    arena = runners.tflm_arena_bytes(it)
+    if not runs_with_arena(path, arena) or runs_with_arena(path, arena - 16):
+        raise RuntimeError(f"TFLM's recorded arena of {arena} bytes is not the smallest")
+    return arena
 
 
 def op_names(data: bytes) -> list[str]:
@@ -157,8 +155,8 @@ def _run(args) -> int:
     print(f"TFLM test accuracy: {acc:.2%} on {n} test images")
     arena = smallest_arena(path)
     print(
-        f"TFLM arena: {arena:,} bytes (smallest arena_size the TFLM interpreter runs "
-        f"this model with, found by bisection to 16 bytes)"
+        f"TFLM arena: {arena:,} bytes (recorded by TFLM's allocator: the model runs with "
+        "exactly this arena_size, not with 16 bytes less)"
     )
     ops = op_names(model_bytes)
     print(f"operators: {', '.join(ops)}")
