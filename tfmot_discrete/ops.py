@@ -257,7 +257,7 @@ def stochastic_project(x: tf.Tensor, values, seed=None) -> tf.Tensor:
     hi = tf.gather(vt, lo_idx + 1)
     p_hi = (clipped - lo) / (hi - lo)
     u = tf.random.uniform(tf.shape(x), dtype=dtype, seed=seed)
-    return tf.where(u < p_hi, hi, lo)
+    return _nan_unless_finite(x, tf.where(u < p_hi, hi, lo))
 
 
 def reduce_axes(rank: int, channel_axes) -> list[int]:
