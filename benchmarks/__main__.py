@@ -37,36 +37,11 @@ def _targets_table(common, rows) -> str:
 
 def _accuracy_section(settings, env, out, log, clock) -> tuple[dict, list[str], list]:
     """Trains every variant; returns `(results, Markdown lines, target rows)`."""
-    from benchmarks import accuracy, plots  # noqa: PLC0415
+    from benchmarks import accuracy  # noqa: PLC0415
 
-    seeds = ", ".join(str(s) for s in settings.seeds)
     log(f"[{clock}] accuracy")
     acc = accuracy.run(settings, log)
-    doc = ["## Accuracy", ""]
-    for task in acc["data"]:
-        t = accuracy.TASKS[task]
-        data = acc["data"][task]
-        doc += [
-            f"### {t.title}",
-            "",
-            f"{len(data[1])} training / {len(data[3])} test samples; Adam (lr {t.lr}), "
-            f"batch {t.batch}, {acc['epochs'][task]} epochs, seeds {seeds} (mean ± standard "
-            "deviation over seeds); the same pre-drawn data order for every variant. "
-            "Clustering starts from the trained float model of the same seed and is then "
-            "trained for the same number of epochs, then `strip_clustering`. "
-            "Exported files: our codebooks in their narrowest exact format (verified by "
-            "`tflite_export.export`), the others as int8 weight-only, TF-MOT QAT through "
-            "`TFLiteConverter` with `Optimize.DEFAULT`; all evaluated with LiteRT. "
-            f"Environment: {env}.",
-            "",
-            accuracy.table(acc, task),
-            "",
-        ]
-    png = plots.accuracy_vs_bits(acc, out / "accuracy_vs_bits.png")
-    doc += [f"![accuracy against bits per weight]({png.name})", ""]
-    hist = plots.latent_histograms(acc, out / "latent_histograms.png")
-    if hist is not None:
-        doc += [f"![latent weights of trained layers]({hist.name})", ""]
+    doc = accuracy.section(acc, settings.seeds, env, out)
     return acc, doc, accuracy.targets(acc)
 
 

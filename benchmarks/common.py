@@ -6,6 +6,7 @@ import dataclasses
 import importlib.metadata
 import os
 import platform
+import re
 import time
 
 import numpy as np
@@ -65,6 +66,37 @@ _SMALL_SET = (
     "TF-MOT 8-bit QAT",
 )
 
+#: The full run's accuracy rows (the others cost time and add little: the seed answers,
+#: binary learned, power of two).
+_FULL_SET = (
+    "float",
+    "binary, mean_abs, first and last layer 8-bit",
+    "ternary, mean_abs, first and last layer 8-bit",
+    "[1, -1, 0.5, -0.5], first and last layer 8-bit",
+    "[1, -1, 0.5, -0.5], mean_abs, first and last layer 8-bit",
+    "TF-MOT clustering, 2 clusters, first and last layer not clustered",
+    "TF-MOT clustering, 3 clusters, first and last layer not clustered",
+    "TF-MOT clustering, 4 clusters, first and last layer not clustered",
+    "float, fine-tuned like the others",
+    "binary, scale=None",
+    "binary, mean_abs",
+    "ternary, mean_abs",
+    "[1, -1, 0.5, -0.5]",
+    "[1, -1, 0.5, -0.5], mean_abs",
+    "Larq-style ste_sign",
+    "Larq-style magnitude_aware_sign",
+    "TF-MOT clustering, 2 clusters",
+    "TF-MOT clustering, 3 clusters",
+    "TF-MOT clustering, 4 clusters",
+    "TF-MOT 8-bit QAT",
+    "ternary, mean_abs: from scratch, constant lr (the earlier benchmark)",
+    "ternary, mean_abs: from scratch",
+    "ternary, mean_abs: constant lr",
+    "ternary, mean_abs: lr 0.3x",
+    "ternary, mean_abs: with distillation",
+    "ternary, mean_abs: with progressive quantization",
+)
+
 SETTINGS = {
     "full": Settings(
         name="full",
@@ -72,7 +104,7 @@ SETTINGS = {
         digits_epochs=30,
         mnist1d_epochs=30,
         datasets=("digits", "mnist1d"),
-        variants=None,
+        variants=_FULL_SET,
         mlp_widths=(256, 1024, 2048),
         cnn_widths=(16, 32, 64),
         speed_variants=None,
@@ -367,9 +399,14 @@ class Variant:
         name: Row label.
         kind: `"float"`, `"map"` (a `KERNEL_MAPS` layer), `"ours"`, `"cluster"`
             or `"tfmot_qat"`.
-        spec: The kernel-map name, the `CodebookQuantizer`, or the cluster count.
+        spec: The kernel-map name, the `CodebookQuantizer` (or a mapping of
+            layer names to quantizers), or the cluster count.
         bits: Bits per weight the trained values need, `ceil(log2 K)` (32 for float).
         values: How many distinct values per layer the variant can use.
+        recipe: How it is trained (`finetune.Recipe`); None for the default.
+        group: Table section: `"8-bit first and last layer"`, `"every layer"`
+            or `"ablation"`.
+        keep: Layer-name regex kept off the codebook (clustering: not clustered).
     """
 
     name: str
@@ -377,6 +414,9 @@ class Variant:
     spec: object = None
     bits: int = 32
     values: str = "any"
+    recipe: object = None
+    group: str = "every layer"
+    keep: str | None = None
 
 
 def build(arch, variant: Variant, seed: int) -> keras.Model:
@@ -399,16 +439,27 @@ def build(arch, variant: Variant, seed: int) -> keras.Model:
     return model
 
 
-def cluster(model, clusters: int) -> keras.Model:
-    """TF-MOT `cluster_weights` with k-means++ centroids on every supported layer."""
+def cluster(model, clusters: int, keep: str | None = None) -> keras.Model:
+    """TF-MOT `cluster_weights` with k-means++ centroids on every supported layer,
+    except those whose name matches the regex `keep` (left float)."""
     import tensorflow_model_optimization as tfmot  # noqa: PLC0415
 
     ck = tfmot.clustering.keras
-    return ck.cluster_weights(
-        model,
+    kwargs = dict(
         number_of_clusters=clusters,
         cluster_centroids_init=ck.CentroidInitialization.KMEANS_PLUS_PLUS,
     )
+    if keep is None:
+        return ck.cluster_weights(model, **kwargs)
+
+    def _one(layer):
+        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)) and not re.fullmatch(
+            keep, layer.name
+        ):
+            return ck.cluster_weights(layer, **kwargs)
+        return layer  # shared with `model`, trained weights included
+
+    return keras.models.clone_model(model, clone_function=_one)
 
 
 def strip_cluster(model) -> keras.Model:
@@ -417,31 +468,83 @@ def strip_cluster(model) -> keras.Model:
     return tfmot.clustering.keras.strip_clustering(model)
 
 
+#: First and last layer of each accuracy model (kept at 8 bits in the first table).
+EDGE_LAYERS = "conv_0|dense_0|logits"
+EDGE = "8-bit first and last layer"
+#: The row the ablation varies, one change of the recipe at a time.
+ABLATION_BASE = "ternary, mean_abs"
+EVERY = "every layer"
+ABLATION = "ablation"
+
+
+EDGE_SUFFIX = ", first and last layer 8-bit"
+EDGE_CLUSTER_SUFFIX = ", first and last layer not clustered"
+EDGE_ROWS_TIGHT = tuple(
+    n + EDGE_SUFFIX
+    for n in ("ternary, mean_abs", "[1, -1, 0.5, -0.5]", "[1, -1, 0.5, -0.5], mean_abs")
+)
+EDGE_ROWS_BINARY = ("binary, mean_abs" + EDGE_SUFFIX,)
+CODEBOOK_ROWS = (
+    "binary, scale=None",
+    "binary, mean_abs",
+    "binary, learned",
+    "ternary, mean_abs",
+    "[1, -1, 0.5, -0.5]",
+    "[1, -1, 0.5, -0.5], mean_abs",
+    "power_of_two(bits=3)",
+)
+
+
+def _edge(q):
+    return {EDGE_LAYERS: "int8", ".*": q}
+
+
 def accuracy_variants() -> list[Variant]:
-    """Every accuracy row, ours and peers, in table order."""
-    return [
-        Variant("float", "float"),
+    """Every accuracy row, ours and peers, in table order.
+
+    All but float start from the trained float model of the same seed and
+    train with the same budget (`finetune.DEFAULT`) unless their recipe says
+    otherwise; the ablation rows change one thing of that recipe each.
+    """
+    from benchmarks import finetune as ft  # noqa: PLC0415
+
+    four = [1, -1, 0.5, -0.5]
+    q4 = td.CodebookQuantizer(four)
+    q4m = td.CodebookQuantizer(four, scale="mean_abs")
+    bm = td.binary(scale="mean_abs")
+    e8, ef = EDGE_SUFFIX, EDGE_CLUSTER_SUFFIX
+    rows = [
+        Variant("float", "float", recipe=ft.FLOAT),
+        # First conv / first dense and the logits layer at 8 bits.
+        Variant("binary, mean_abs" + e8, "ours", _edge(bm), 1, "2 x scale", group=EDGE),
+        Variant("ternary, mean_abs" + e8, "ours", _edge(td.ternary()), 2, "3 x scale", group=EDGE),
+        Variant("[1, -1, 0.5, -0.5]" + e8, "ours", _edge(q4), 2, "4", group=EDGE),
+        Variant(
+            "[1, -1, 0.5, -0.5], mean_abs" + e8, "ours", _edge(q4m), 2, "4 x scale", group=EDGE
+        ),
+    ]
+    rows += [
+        Variant(
+            f"TF-MOT clustering, {k} clusters" + ef,
+            "cluster",
+            k,
+            b,
+            str(k),
+            group=EDGE,
+            keep=EDGE_LAYERS,
+        )
+        for k, b in ((2, 1), (3, 2), (4, 2))
+    ]
+    rows += [
+        Variant("float, fine-tuned like the others", "float", recipe=ft.DEFAULT),
         Variant("seed answer: tf.math.sign", "map", "sign", 1, "2 (+0)"),
         Variant("seed answer: tf.gather [1, -1, 0.5, -0.5]", "map", "gather", 1, "2 of 4"),
         Variant("binary, scale=None", "ours", td.binary(), 1, "2"),
-        Variant("binary, mean_abs", "ours", td.binary(scale="mean_abs"), 1, "2 x scale"),
+        Variant("binary, mean_abs", "ours", bm, 1, "2 x scale"),
         Variant("binary, learned", "ours", td.binary(scale="learned"), 1, "2 x scale"),
-        Variant(
-            "binary, mean_abs, stochastic",
-            "ours",
-            td.binary(scale="mean_abs", stochastic=True),
-            1,
-            "2 x scale",
-        ),
-        Variant(
-            "binary, mean_abs, first and last layer float",
-            "ours",
-            {"conv_0|dense_0|logits": None, ".*": td.binary(scale="mean_abs")},
-            1,
-            "2 x scale",
-        ),
         Variant("ternary, mean_abs", "ours", td.ternary(), 2, "3 x scale"),
-        Variant("[1, -1, 0.5, -0.5]", "ours", td.CodebookQuantizer([1, -1, 0.5, -0.5]), 2, "4"),
+        Variant("[1, -1, 0.5, -0.5]", "ours", q4, 2, "4"),
+        Variant("[1, -1, 0.5, -0.5], mean_abs", "ours", q4m, 2, "4 x scale"),
         Variant("power_of_two(bits=3)", "ours", td.power_of_two(bits=3), 3, "8"),
         Variant("Larq-style ste_sign", "map", "ste_sign", 1, "2"),
         Variant("Larq-style magnitude_aware_sign", "map", "magnitude_aware_sign", 1, "2 x scale"),
@@ -450,6 +553,13 @@ def accuracy_variants() -> list[Variant]:
         Variant("TF-MOT clustering, 4 clusters", "cluster", 4, 2, "4"),
         Variant("TF-MOT 8-bit QAT", "tfmot_qat", None, 8, "256 x scale"),
     ]
+    for what, recipe in ft.ablations():
+        rows.append(
+            Variant(
+                f"{ABLATION_BASE}: {what}", "ours", td.ternary(), 2, "3 x scale", recipe, ABLATION
+            )
+        )
+    return rows
 
 
 def codebook_of(variant: Variant):

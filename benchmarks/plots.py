@@ -23,7 +23,7 @@ def accuracy_vs_bits(result: dict, path: pathlib.Path) -> pathlib.Path:
     plt = _pyplot()
     variants = {v.name: v for v in common.accuracy_variants()}
     tasks = list(result["data"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks) + 4, 5.5), squeeze=False)
     colors = plt.get_cmap("tab20").colors
     order = {name: i for i, name in enumerate(variants)}
     for ax, task in zip(axes[0], tasks):
@@ -31,8 +31,11 @@ def accuracy_vs_bits(result: dict, path: pathlib.Path) -> pathlib.Path:
         for name, recs in by.items():
             m, s = common.mean_std([100 * r.accuracy for r in recs])
             v = variants[name]
+            if v.group == common.ABLATION:
+                continue
             if v.kind == "float":
-                ax.axhline(m, color="black", lw=1, label=f"float ({m:.1f} %)")
+                ls = "-" if name == "float" else "--"
+                ax.axhline(m, color="black", lw=1, ls=ls, label=f"{name} ({m:.1f} %)")
                 continue
             marker = {"ours": "o", "map": "x", "cluster": "s", "tfmot_qat": "^"}[v.kind]
             x = v.bits * 2 ** (0.03 * (order[name] % 7 - 3))  # spread equal bit counts
@@ -45,7 +48,7 @@ def accuracy_vs_bits(result: dict, path: pathlib.Path) -> pathlib.Path:
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(accuracy.TASKS[task].title.split(",")[0])
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

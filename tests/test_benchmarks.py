@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from benchmarks import common
+from benchmarks import accuracy, common, finetune
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUMBER = re.compile(r"^[+-]?\d[\d,]*(\.\d+)?( ± \d+(\.\d+)?)?$")
@@ -76,10 +76,14 @@ def test_smoke_run_writes_tables_and_plots(smoke):
     _, rows = _check_table(by_first["target"][0], "target")
     assert all(r[2] in ("met", "MISSED") for r in rows)
 
-    _, rows = _check_table(by_first["variant"][0], "variant")  # accuracy, digits
+    header, rows = _check_table(by_first["variant"][0], "variant")  # accuracy, digits
     assert [r[0] for r in rows] == list(settings.variants)
+    col = {h: i for i, h in enumerate(header)}
     for r in rows:
-        assert _numeric(r[2]) and _numeric(r[3]) and _numeric(r[4]) and _numeric(r[5]), r
+        for h in ("test accuracy % (Keras)", "vs float (points)"):
+            assert _numeric(r[col[h]]), r
+        assert _numeric(r[col["test accuracy % (LiteRT, exported file)"]]), r
+        assert _numeric(r[col["before BatchNorm re-estimation %"]]), r
 
     header, rows = _check_table(by_first["variant"][1], "variant")  # step ratios
     assert [r[0] for r in rows] == list(settings.speed_variants)
@@ -119,3 +123,50 @@ def test_larq_style_sign_and_its_gradient():
 def test_seed_gather_reaches_only_two_values():
     out = common.seed_gather(tf.constant([-3.0, -0.1, 0.2, 5.0]))
     assert sorted(set(out.numpy().tolist())) == [-1.0, 1.0]
+
+
+def test_progressive_puts_the_largest_share_on_the_codebook_and_holds_it():
+    import tfmot_discrete as td  # noqa: PLC0415
+    from tfmot_discrete._keras import keras  # noqa: PLC0415
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, name="d")])
+    qat = td.quantize_model(model, finetune.masked(td.ternary()))
+    kernel, _, qvars = qat.layers[-1]._weight_vars[0]  # noqa: SLF001
+    start = kernel.numpy().copy()
+    qat.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    x = np.random.default_rng(0).normal(size=(8, 8)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(8, 16)).astype("float32")
+    cb = finetune.Progressive((0.5, 1.0), total_steps=4)
+    qat.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[cb])  # stage 1: 2 steps
+    mask = qvars["mask"].numpy().astype(bool)
+    assert mask.mean() == pytest.approx(0.5)
+    assert np.abs(start[mask]).min() >= np.abs(start[~mask]).max()
+    np.testing.assert_array_equal(kernel.numpy()[mask], start[mask])  # held
+    assert not np.allclose(kernel.numpy()[~mask], start[~mask])  # trained
+    qat.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[cb])  # stage 2: 100 %
+    assert qvars["mask"].numpy().min() == 1.0
+
+
+def test_splice_replaces_the_accuracy_section_and_its_targets_only():
+    text = "\n".join(
+        [
+            "# Benchmarks",
+            "## Targets",
+            "",
+            "| target | measured | result |",
+            "|---|---|---|",
+            "| digits: old | 1 | met |",
+            "| train step of x | 2 | met |",
+            "",
+            "## Accuracy",
+            "old table",
+            "## Training cost",
+            "kept",
+        ]
+    )
+    out = accuracy.splice(text, ["## Accuracy", "new table", ""], [("mnist1d: new", "3", "met")])
+    lines = out.splitlines()
+    assert "old table" not in out and "| digits: old | 1 | met |" not in out
+    assert lines[5:7] == ["| mnist1d: new | 3 | met |", "| train step of x | 2 | met |"]
+    assert lines[lines.index("new table") + 2 :] == ["## Training cost", "kept"]
