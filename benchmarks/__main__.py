@@ -28,7 +28,66 @@ def _parse(argv):
         action="append",
         help="run only these parts (export needs accuracy); repeatable",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="speed: models timed at the same time, one process each (CPU time is measured)",
+    )
     return p.parse_args(argv)
+
+
+#: The section each part writes, and how its rows of the targets table begin.
+SECTIONS = {"accuracy": "## Accuracy", "speed": "## Training cost", "export": "## Export"}
+TARGETS_OF = {
+    "accuracy": ("digits:", "mnist1d:"),
+    "speed": ("train step", "projection"),
+    "export": (),
+}
+
+
+def _section_span(lines, heading):
+    """`(start, end)` line indices of the `## ` section `heading`, or None."""
+    if heading not in lines:
+        return None
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return start, end
+
+
+def replace_section(old: str, new: str, heading: str) -> str:
+    r"""`old` with its section `heading` replaced by that section of `new` (appended if new).
+
+    Example:
+
+    >>> replace_section("# T\n## A\nx\n## B\ny", "## A\nz\n## C", "## A")
+    '# T\n## A\nz\n## B\ny'
+    """
+    old_lines, new_lines = old.splitlines(), new.splitlines()
+    src = _section_span(new_lines, heading)
+    if src is None:
+        return old
+    block = new_lines[src[0] : src[1]]
+    dst = _section_span(old_lines, heading)
+    if dst is None:
+        return "\n".join(old_lines + [""] + block)
+    return "\n".join(old_lines[: dst[0]] + block + old_lines[dst[1] :])
+
+
+def replace_target_rows(old: str, rows, prefixes) -> str:
+    """`old` with the rows of its targets table that begin with `prefixes` replaced by `rows`."""
+    lines = old.splitlines()
+    span = _section_span(lines, "## Targets")
+    if span is None or not prefixes:
+        return old
+    table = [i for i in range(*span) if lines[i].startswith("| ")][1:]  # without the header
+    keep = [i for i in table if not lines[i][2:].startswith(tuple(prefixes))]
+    at = next((i for i in table if i not in keep), table[-1] + 1 if table else span[1])
+    new_rows = [f"| {' | '.join(str(c) for c in r)} |" for r in rows]
+    drop = set(table) - set(keep)
+    before = [ln for i, ln in enumerate(lines[:at]) if i not in drop]
+    after = [ln for i, ln in enumerate(lines[at:], start=at) if i not in drop]
+    return "\n".join(before + new_rows + after)
 
 
 def _targets_table(common, rows) -> str:
@@ -45,23 +104,28 @@ def _accuracy_section(settings, env, out, log, clock) -> tuple[dict, list[str], 
     return acc, doc, accuracy.targets(acc)
 
 
-def _speed_section(settings, env, log, clock) -> tuple[list[str], list]:
+def _speed_section(settings, env, log, clock, jobs=1) -> tuple[list[str], list]:
     """Train-step and projection timings; returns `(Markdown lines, target rows)`."""
     from benchmarks import speed  # noqa: PLC0415
 
     log(f"[{clock}] speed")
-    steps = speed.run_steps(settings, log)
+    steps = speed.run_steps(settings, log, jobs=jobs)
     doc = [
         "## Training cost",
         "",
-        "Train-step time of each variant divided by the float model's (a compiled Adam "
-        "step, `tf.function`); all variants of one model are built in one process, warmed "
-        f"up, then run in turn, {settings.speed_block} steps each, for "
-        f"{settings.speed_rounds} rounds; the ratio of median step times. MLP: "
-        f"64-W-W-10, batch {speed.BATCH['MLP']}; CNN: three 3x3 stride-2 convolutions of "
-        f"width W on 32x32x3 inputs, batch {speed.BATCH['CNN']}; no BatchNorm; random data. "
-        f"Seed 0. Environment: {env}. The machine was shared with other work, so single "
-        "ratios carry a few percent of noise.",
+        "Train-step time of each variant divided by the float model's compiled the same "
+        "way: an Adam step as a `tf.function` (`jit_compile=False`, what `model.compile` "
+        "gives by default) or with `jit_compile=True` (XLA, as `model.compile(..., "
+        "jit_compile=True)`). Each model runs in its own process with one TensorFlow "
+        "thread; all its variants, both ways, are built, warmed up, then run in turn, "
+        f"{settings.speed_block} steps each, for {settings.speed_rounds} rounds; the "
+        "ratio of median step times, timed as CPU time of the process (with one thread, "
+        "the compute time; wall time on a shared machine measures the scheduler). "
+        f"MLP: 64-W-W-10, batch {speed.BATCH['MLP']}; CNN: three 3x3 stride-2 "
+        f"convolutions of width W on 32x32x3 inputs, batch {speed.BATCH['CNN']}; no "
+        f"BatchNorm; random data. Seed 0. Environment: {env}. The machine was shared "
+        "with other work, which slows memory access too: interleaving the variants keeps "
+        "the ratios comparable, not the absolute times.",
         "",
         speed.steps_table(steps),
         "",
@@ -70,8 +134,10 @@ def _speed_section(settings, env, log, clock) -> tuple[list[str], list]:
     proj = speed.run_projection(settings, log)
     doc += [
         f"Projection alone on N = {speed.PROJECTION_N:,} weights, forward and backward "
-        f"(`tf.function`), median of {settings.projection_repeats} calls, latent weights "
-        "uniform in [-1.5, 1.5] (seed 0), codebook `linspace(-1, 1, K)`; peak memory is "
+        "(`tf.function`, without and with `jit_compile`, one thread), median CPU time "
+        f"of {settings.projection_repeats} calls, latent weights uniform in [-1.5, 1.5] "
+        "(seed 0); codebook `linspace(-1, 1, K)` (evenly spaced) or "
+        "`sinh(linspace(-3, 3, K)) / sinh(3)` (unevenly spaced); peak memory is "
         "the growth of the process's peak resident set (`VmHWM` in `/proc/self/status`) "
         "over the first and the timed calls, each K in a fresh subprocess. "
         f"Environment: {env}.",
@@ -109,6 +175,29 @@ def _export_section(settings, acc, env, log, clock) -> list[str]:
     return doc
 
 
+def _packed_section(settings, env, log, clock) -> tuple[list[str], list]:
+    """The tflm_packed size-target models; returns (Markdown lines, target rows)."""
+    from benchmarks import export  # noqa: PLC0415
+
+    log(f"[{clock}] export: tflm_packed size targets")
+    rows = export.packed_run(settings, log)
+    doc = [
+        "### tflm_packed: size targets",
+        "",
+        "Each model trained on the digits training set (the MLPs on the 64 pixels, "
+        "MobileNetV2 on the 8x8 images scaled to 32x32x3), then "
+        '`tflite_export.export(..., format="tflm_packed")` with 64 test images as '
+        "representative data (it checks that the packed file's TFLM outputs equal the "
+        "full_int8 file's on them). Arena: bytes TFLM's recording allocator reports; "
+        "latency: TFLM Python interpreter on this machine, median per inference, "
+        f"interleaved. Environment: {env}.",
+        "",
+        export.packed_table(rows),
+        "",
+    ]
+    return doc, export.packed_targets(rows)
+
+
 def main(argv=None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     from benchmarks import common  # noqa: PLC0415
@@ -141,11 +230,14 @@ def main(argv=None) -> int:
         doc += lines
         targets += rows
     if "speed" in parts:
-        lines, rows = _speed_section(settings, env, log, clock)
+        lines, rows = _speed_section(settings, env, log, clock, args.jobs)
         doc += lines
         targets += rows
     if "export" in parts:
         doc += _export_section(settings, acc, env, log, clock)
+        lines, rows = _packed_section(settings, env, log, clock)
+        doc += lines
+        targets += rows
     if targets:
         doc[6:6] = [
             "## Targets",
@@ -158,7 +250,15 @@ def main(argv=None) -> int:
             "",
         ]
     doc += [f"Total run time: {clock}.".replace("  ", " "), ""]
-    (out / "RESULTS.md").write_text("\n".join(doc))
+    path = out / "RESULTS.md"
+    if args.only and path.exists():
+        text = path.read_text()
+        for part in sorted(parts):
+            text = replace_section(text, "\n".join(doc), SECTIONS[part])
+        text = replace_target_rows(text, targets, [p for part in parts for p in TARGETS_OF[part]])
+        path.write_text(text.rstrip("\n") + "\n")
+    else:
+        path.write_text("\n".join(doc))
     log(f"[{clock}] wrote {out / 'RESULTS.md'}")
     return 0
 

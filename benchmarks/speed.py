@@ -1,9 +1,12 @@
 """Training cost: train-step time of each variant over the float model's, and the projection.
 
-Step ratios: every variant of one architecture is built in the same process,
-its compiled train step warmed up, then all variants run in turn, a small
-block of steps each, for many rounds; the ratio is the median step time of a
-variant over the median step time of the float model.
+Step ratios: every variant of one architecture is built in the same process
+(a fresh one per architecture, with one TensorFlow thread), twice: its train
+step compiled as a `tf.function` (the default `model.compile`) and with
+`jit_compile=True` (XLA). Every step is warmed up, then all run in turn, a
+small block of steps each, for many rounds; the ratio is the median step time
+of a variant over the median step time of the float model compiled the same
+way.
 
 Projection alone: `ops.project_ste` forward and backward on N = 1M weights for
 several codebook sizes K, each K in a fresh subprocess whose peak resident
@@ -14,8 +17,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -70,12 +75,16 @@ def _arch(kind: str, width: int):
     return functools.partial(common.image_cnn, width=width)
 
 
-def _train_step(model):
-    """A compiled Adam train step (`tf.function`) on fixed inputs; returns a callable."""
+#: How each train step is compiled: `tf.function` alone, or with XLA.
+COMPILES = {"default": False, "jit": True}
+
+
+def _train_step(model, jit_compile=False):
+    """A compiled Adam train step (`tf.function`, with XLA if `jit_compile`) on fixed inputs."""
     opt = keras.optimizers.Adam(1e-3)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-    @tf.function
+    @tf.function(jit_compile=jit_compile)
     def step(x, y):
         with tf.GradientTape() as tape:
             loss = loss_fn(y, model(x, training=True))
@@ -87,75 +96,164 @@ def _train_step(model):
 
 
 def time_steps(kind: str, width: int, variants, rounds: int, block: int, log=print) -> dict:
-    """Median seconds per train step of each variant, measured interleaved."""
+    """Median seconds per train step of each variant and compile mode, measured interleaved.
+
+    Returns:
+        `{"default": {variant: seconds}, "jit": {variant: seconds or None}}`; None
+        where XLA cannot compile the variant's step (the reason is logged).
+    """
     rng = np.random.default_rng(0)
     n = BATCH[kind]
     x = tf.constant(rng.normal(size=(n, *INPUT[kind])).astype("float32"))
     y = tf.constant(rng.integers(0, 10, n).astype("int32"))
     steps = {}
-    for v in variants:
-        model = common.build(_arch(kind, width), v, 0)
-        if v.kind == "cluster":
-            model = common.cluster(model, v.spec)
-        steps[v.name] = _train_step(model)
-    for step in steps.values():  # trace and warm up
-        for _ in range(3):
-            step(x, y).numpy()
-    times = {name: [] for name in steps}
+    failed = {}
+    for mode, jit in COMPILES.items():
+        for v in variants:
+            model = common.build(_arch(kind, width), v, 0)
+            if v.kind == "cluster":
+                model = common.cluster(model, v.spec)
+            step = _train_step(model, jit)
+            try:  # trace, compile and warm up
+                for _ in range(3):
+                    step(x, y).numpy()
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
+                failed[(mode, v.name)] = str(e).splitlines()[0][:200]
+                log(f"  {kind} {width} {v.name}: XLA does not compile it: {failed[(mode, v.name)]}")
+                continue
+            steps[(mode, v.name)] = step
+    times = {key: [] for key in steps}
     for _ in range(rounds):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
+        for key, step in steps.items():
+            t0 = time.process_time()
             for _ in range(block):
                 loss = step(x, y)
             loss.numpy()
-            times[name].append((time.perf_counter() - t0) / block)
-    log(f"  {kind} width {width}: float step {1e3 * np.median(times['float']):.2f} ms")
-    return {name: float(np.median(t)) for name, t in times.items()}
-
-
-def run_steps(settings: common.Settings, log=print) -> dict:
-    """`{(kind, width): {variant: median step seconds}}` for every model."""
-    variants = common.pick(speed_variants(), settings.speed_variants)
-    out = {}
-    for kind, widths in (("MLP", settings.mlp_widths), ("CNN", settings.cnn_widths)):
-        for w in widths:
-            keras.backend.clear_session()
-            out[(kind, w)] = time_steps(
-                kind, w, variants, settings.speed_rounds, settings.speed_block, log
-            )
+            times[key].append((time.process_time() - t0) / block)
+    out = {mode: {} for mode in COMPILES}
+    for mode in COMPILES:
+        for v in variants:
+            t = times.get((mode, v.name))
+            out[mode][v.name] = float(np.median(t)) if t else None
+    log(
+        f"  {kind} width {width}: float step {1e3 * out['default']['float']:.2f} ms, "
+        f"with XLA {1e3 * out['jit']['float']:.2f} ms"
+    )
     return out
 
 
+_STEPS_CHILD = """
+import json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+from benchmarks import common, speed
+settings = common.SETTINGS[sys.argv[3]]
+variants = common.pick(speed.speed_variants(), settings.speed_variants)
+log = lambda msg: print(msg, file=sys.stderr, flush=True)
+res = speed.time_steps(
+    sys.argv[1], int(sys.argv[2]), variants, settings.speed_rounds, settings.speed_block, log
+)
+print(json.dumps(res))
+"""
+
+
+def run_steps(settings: common.Settings, log=print, jobs: int = 1) -> dict:
+    """`{(kind, width): {mode: {variant: median step seconds}}}` for every model.
+
+    Each model is timed in a fresh process with one TensorFlow thread (intra-
+    and inter-op), `jobs` processes at a time (CPU time is measured, so the
+    ratios stay comparable when they share the machine).
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    models = [("MLP", w) for w in settings.mlp_widths] + [("CNN", w) for w in settings.cnn_widths]
+    running, out = {}, {}
+
+    def _finish(model, job):
+        proc, files = job
+        proc.wait()
+        stdout, stderr = (f.seek(0) or f.read() for f in files)
+        for f in files:
+            f.close()
+        for line in stderr.splitlines():
+            if line.startswith("  "):
+                log(line)
+        if proc.returncode != 0:
+            raise RuntimeError(f"Timing {model} failed:\n{stderr[-3000:]}")
+        out[model] = json.loads(stdout.strip().splitlines()[-1])
+
+    for kind, w in models:
+        while len(running) >= max(1, jobs):
+            model = next(iter(running))
+            _finish(model, running.pop(model))
+        files = (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _STEPS_CHILD, kind, str(w), settings.name],
+            stdout=files[0],
+            stderr=files[1],
+            text=True,
+            env=env,
+            cwd=root,
+        )
+        running[(kind, w)] = (proc, files)
+    for model, job in list(running.items()):
+        _finish(model, job)
+    return {m: out[m] for m in models}
+
+
+def _ratio(result, model, mode, name) -> float | None:
+    t = result[model][mode].get(name)
+    return None if t is None else t / result[model][mode]["float"]
+
+
 def steps_table(result: dict) -> str:
-    """Rows: variants; columns: each model's step ratio against float."""
+    """Rows: each variant, compiled by default and with XLA; columns: each model's step ratio."""
     models = list(result)
-    names = list(next(iter(result.values())))
-    headers = ["variant"] + [
-        f"{k} {w} ({1e3 * result[(k, w)]['float']:.1f} ms float step)" for k, w in models
+    names = list(next(iter(result.values()))["default"])
+    headers = ["variant", "jit_compile"] + [
+        f"{k} {w} ({1e3 * result[(k, w)]['default']['float']:.1f} / "
+        f"{1e3 * result[(k, w)]['jit']['float']:.1f} ms float step)"
+        for k, w in models
     ]
     rows = []
     for name in names:
-        cells = [name]
-        for m in models:
-            cells.append(f"{result[m][name] / result[m]['float']:.2f}")
-        rows.append(cells)
+        for mode in COMPILES:
+            cells = [name, "True" if COMPILES[mode] else "False"]
+            for m in models:
+                r = _ratio(result, m, mode, name)
+                cells.append("does not compile" if r is None else f"{r:.2f}")
+            rows.append(cells)
     return common.md_table(headers, rows)
+
+
+#: Variants held to `JIT_TARGETS[1]` with XLA: `learned` scales and K = 8.
+JIT_LOOSE_VARIANTS = ("binary, learned", "power_of_two(bits=3), K=8")
+JIT_TARGETS = (1.05, 1.10)
 
 
 def steps_targets(result: dict) -> list[tuple[str, str, str]]:
     out = []
-    for name in TARGET_VARIANTS:
-        ratios = [r[name] / r["float"] for r in result.values() if name in r]
-        if not ratios:
-            continue
-        worst = max(ratios)
-        out.append(
-            (
-                f"train step of {name} <= {TARGET_RATIO} x float (every model)",
-                f"max {worst:.2f} (min {min(ratios):.2f})",
-                "met" if worst <= TARGET_RATIO else "MISSED",
+    for mode, names, limit in (
+        ("default", TARGET_VARIANTS, TARGET_RATIO),
+        ("jit", TARGET_VARIANTS, JIT_TARGETS[0]),
+        ("jit", JIT_LOOSE_VARIANTS, JIT_TARGETS[1]),
+    ):
+        for name in names:
+            ratios = [_ratio(result, m, mode, name) for m in result]
+            ratios = [r for r in ratios if r is not None]
+            if not ratios:
+                continue
+            worst = max(ratios)
+            how = "jit_compile=True, both" if mode == "jit" else "default compile"
+            out.append(
+                (
+                    f"train step of {name} <= {limit} x float ({how}; every model)",
+                    f"max {worst:.2f} (min {min(ratios):.2f})",
+                    "met" if worst <= limit else "MISSED",
+                )
             )
-        )
     return out
 
 
@@ -166,6 +264,8 @@ import json, os, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import numpy as np
 import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
 from tfmot_discrete import ops
 
 def hwm():
@@ -174,7 +274,10 @@ def hwm():
             return int(line.split()[1]) * 1024
 
 k, n, repeats, method = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+jit = sys.argv[5] == "jit"
 values = np.linspace(-1.0, 1.0, k)
+if method == "uneven":
+    values = np.sinh(np.linspace(-3.0, 3.0, k)) / np.sinh(3.0)
 x = tf.Variable(tf.random.uniform([n], -1.5, 1.5, seed=0))
 vt = tf.constant(values, tf.float32)
 
@@ -182,10 +285,10 @@ def argmin_project(t):
     d = tf.abs(t[:, None] - vt[None, :])
     return tf.gather(vt, tf.argmin(d, axis=1))
 
-@tf.function
+@tf.function(jit_compile=jit)
 def step():
     with tf.GradientTape() as tape:
-        if method == "ours":
+        if method in ("ours", "uneven"):
             y = ops.project_ste(x, values)
         else:
             y = x + tf.stop_gradient(argmin_project(x) - x)
@@ -197,50 +300,68 @@ before = hwm()
 step().numpy()
 times = []
 for _ in range(repeats):
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     step().numpy()
-    times.append(time.perf_counter() - t0)
+    times.append(time.process_time() - t0)
 print(json.dumps({"seconds": float(np.median(times)), "peak_bytes": hwm() - before}))
 """
 
 PROJECTION_N = 1_000_000
 
 
-def projection_one(k: int, repeats: int, method: str = "ours", n: int = PROJECTION_N) -> dict:
+def projection_one(
+    k: int, repeats: int, method: str = "ours", n: int = PROJECTION_N, mode: str = "default"
+) -> dict:
     """Median forward+backward seconds and peak RSS growth of one projection."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     res = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(k), str(n), str(repeats), method],
+        [sys.executable, "-c", _CHILD, str(k), str(n), str(repeats), method, mode],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+#: (method, compile mode) rows of the projection table.
+PROJECTION_ROWS = (
+    ("ours", "default"),
+    ("ours", "jit"),
+    ("uneven", "default"),
+    ("uneven", "jit"),
+    ("argmin", "default"),
+)
+
+
 def run_projection(settings: common.Settings, log=print) -> dict:
-    """`{(method, K): {"seconds", "peak_bytes"}}` at N = 1M weights."""
+    """`{(method, mode, K): {"seconds", "peak_bytes"}}` at N = 1M weights."""
     out = {}
-    for method in ("ours", "argmin"):
+    for method, mode in PROJECTION_ROWS:
         for k in settings.projection_ks:
-            out[(method, k)] = projection_one(k, settings.projection_repeats, method)
-            log(f"  projection {method} K={k}: {1e3 * out[(method, k)]['seconds']:.1f} ms")
+            r = projection_one(k, settings.projection_repeats, method, mode=mode)
+            out[(method, mode, k)] = r
+            log(f"  projection {method} ({mode}) K={k}: {1e3 * r['seconds']:.1f} ms")
     return out
 
 
 def projection_table(result: dict) -> str:
-    ks = sorted({k for _, k in result})
+    ks = sorted({k for *_, k in result})
     rows = []
     labels = {
-        "ours": "`ops.project_ste` (where-chain K <= 8, sorted search above)",
+        "ours": "`ops.project_ste`, evenly spaced codebook",
+        "uneven": "`ops.project_ste`, unevenly spaced codebook",
         "argmin": "reference: argmin over an N x K distance tensor",
     }
-    for method in ("ours", "argmin"):
+    for method, mode in PROJECTION_ROWS:
+        base = result[(method, mode, ks[0])]["seconds"]
         for k in ks:
-            r = result[(method, k)]
-            base = result[(method, ks[0])]["seconds"]
+            r = result[(method, mode, k)]
             rows.append(
                 (
                     labels[method],
+                    str(COMPILES[mode]),
                     k,
                     f"{1e3 * r['seconds']:.1f}",
                     f"{r['seconds'] / base:.2f}",
@@ -249,6 +370,7 @@ def projection_table(result: dict) -> str:
             )
     headers = (
         "projection (forward + backward, N = 1M)",
+        "jit_compile",
         "K",
         "median ms",
         f"time / time at K={ks[0]}",
@@ -258,19 +380,24 @@ def projection_table(result: dict) -> str:
 
 
 def projection_targets(result: dict) -> list[tuple[str, str, str]]:
-    ks = sorted({k for m, k in result if m == "ours"})
-    if len(ks) < 2 or ks[-1] <= 16 or 16 not in ks:
+    ks = sorted({k for m, _, k in result if m == "ours"})
+    if len(ks) < 2 or ks[-1] <= 16:
         return []
-    t16, tk = result[("ours", 16)]["seconds"], result[("ours", ks[-1])]["seconds"]
-    m16, mk = result[("ours", 16)]["peak_bytes"], result[("ours", ks[-1])]["peak_bytes"]
-    log_ratio = np.log2(ks[-1]) / np.log2(16)
-    lin_ratio = ks[-1] / 16
-    ok = tk / t16 <= log_ratio * 1.5 and mk <= max(2 * m16, m16 + 16 * 2**20)
-    return [
-        (
-            f"projection grows like log K, not K (K=16 -> {ks[-1]})",
-            f"time x{tk / t16:.2f} (log K predicts x{log_ratio:.1f}, K x{lin_ratio:.0f}); "
-            f"peak memory {m16 / 2**20:.1f} -> {mk / 2**20:.1f} MiB",
-            "met" if ok else "MISSED",
+    out = []
+    for method, mode in PROJECTION_ROWS:
+        if method == "argmin":
+            continue
+        r0, rk = result[(method, mode, ks[0])], result[(method, mode, ks[-1])]
+        ratio = rk["seconds"] / r0["seconds"]
+        m0, mk = r0["peak_bytes"], rk["peak_bytes"]
+        ok = ratio <= 2.0 and mk <= max(2 * m0, m0 + 16 * 2**20)
+        spacing = "evenly" if method == "ours" else "unevenly"
+        out.append(
+            (
+                f"projection K={ks[-1]} within 2x of K={ks[0]} (N = 1M, {spacing} spaced, "
+                f"jit_compile={COMPILES[mode]})",
+                f"time x{ratio:.2f}; peak memory {m0 / 2**20:.1f} -> {mk / 2**20:.1f} MiB",
+                "met" if ok else "MISSED",
+            )
         )
-    ]
+    return out

@@ -2,7 +2,8 @@
 
     python distributed_worker.py MODE OUT_DIR [options]
 
-MODE is `initial` (save the untrained weights only), `single`, `mirrored` (two logical CPU devices), `multiworker` (reads
+MODE is `initial` (save the untrained weights only), `single`, `mirrored` (two logical CPU devices), `xla` (`single`
+with the default compile, then `mirrored` with `jit_compile=True`), `multiworker` (reads
 TF_CONFIG) or `resumable` (BackupAndRestore; `--kill-at-batch N` kills the
 process with SIGKILL in the middle of epoch 2 the first time). Each run trains
 the same QAT model with learned scales on the same global batches and writes
@@ -38,14 +39,16 @@ def data(np):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["initial", "single", "mirrored", "multiworker", "resumable"])
+    p.add_argument(
+        "mode", choices=["initial", "single", "mirrored", "xla", "multiworker", "resumable"]
+    )
     p.add_argument("out")
     p.add_argument("--kill-at-batch", type=int, default=-1)
     args = p.parse_args()
 
     import tensorflow as tf
 
-    if args.mode == "mirrored":
+    if args.mode in ("mirrored", "xla"):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2
@@ -57,6 +60,8 @@ def main():
     import tfmot_discrete as td
     from tfmot_discrete._keras import keras
 
+    if args.mode == "xla":
+        return train_single_and_mirrored_xla(args.out, tf, np, keras, td, tflite_export)
     if args.mode == "mirrored":
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     elif args.mode == "multiworker":
@@ -107,6 +112,30 @@ def main():
     task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
     np.savez(os.path.join(args.out, f"weights_{task}.npz"), **weights)
     report = tflite_export.export(qat, os.path.join(args.out, f"model_{task}.tflite"), "int8")
+    print("exported", report.size_bytes, "exact" if report.exact else "inexact", flush=True)
+
+
+def train_single_and_mirrored_xla(out, tf, np, keras, td, tflite_export):
+    """`single` (default compile) and `mirrored` with `jit_compile=True`, in one process."""
+    x, y = data(np)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
+    os.makedirs(out, exist_ok=True)
+    for name, strategy, jit in (
+        ("single", tf.distribute.get_strategy(), False),
+        ("0", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), True),
+    ):
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            qat = build_model(keras, td)
+            qat.compile(
+                keras.optimizers.Adam(0.01),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                jit_compile=jit,
+            )
+        qat.fit(ds, epochs=EPOCHS, verbose=0, shuffle=False)
+        weights = {f"{i:03d}_{w.name}": w.numpy() for i, w in enumerate(qat.weights)}
+        np.savez(os.path.join(out, f"weights_{name}.npz"), **weights)
+    report = tflite_export.export(qat, os.path.join(out, "model_xla.tflite"), "int8")
     print("exported", report.size_bytes, "exact" if report.exact else "inexact", flush=True)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from benchmarks import accuracy, common, finetune
+from benchmarks import accuracy, common, finetune, speed
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUMBER = re.compile(r"^[+-]?\d[\d,]*(\.\d+)?( ± \d+(\.\d+)?)?$")
@@ -86,21 +86,65 @@ def test_smoke_run_writes_tables_and_plots(smoke):
         assert _numeric(r[col["before BatchNorm re-estimation %"]]), r
 
     header, rows = _check_table(by_first["variant"][1], "variant")  # step ratios
-    assert [r[0] for r in rows] == list(settings.speed_variants)
-    assert len(header) == 1 + len(settings.mlp_widths) + len(settings.cnn_widths)
-    assert all(_numeric(c) for r in rows for c in r[1:])
+    assert [r[0] for r in rows[::2]] == list(settings.speed_variants)
+    assert [r[0] for r in rows[1::2]] == list(settings.speed_variants)
+    assert [r[1] for r in rows] == ["False", "True"] * len(settings.speed_variants)
+    assert len(header) == 2 + len(settings.mlp_widths) + len(settings.cnn_widths)
+    assert all(_numeric(c) for r in rows for c in r[2:])
 
     proj = "projection (forward + backward, N = 1M)"
     _, rows = _check_table(by_first[proj][0], proj)
-    assert len(rows) == 2 * len(settings.projection_ks)
-    assert all(_numeric(c) for r in rows for c in r[1:])
+    assert len(rows) == len(speed.PROJECTION_ROWS) * len(settings.projection_ks)
+    assert {r[1] for r in rows} == {"False", "True"}
+    assert all(_numeric(c) for r in rows for c in r[2:])
 
     _, rows = _check_table(by_first["variant"][2], "variant")  # export, digits
     assert {r[0] for r in rows} == set(settings.export_variants)
     for r in rows:
-        assert r[1] in ("float", "int8", "int4", "full_int8", "TFLiteConverter")
-        if r[2] != "not written":
+        assert r[1] in ("float", "int8", "int4", "full_int8", "tflm_packed", "TFLiteConverter")
+        if r[2] != "not written" and r[1] == "tflm_packed":
+            assert all(_numeric(c) for c in r[2:7]), r
+            assert r[7].startswith("TFLM ") and _numeric(r[7][5:]), r
+        elif r[2] != "not written":
             assert all(_numeric(c) for c in r[2:]), r
+
+    header, rows = _check_table(by_first["model"][0], "model")  # tflm_packed size targets
+    assert [r[0] for r in rows] == list(settings.packed_models)
+    for r in rows:
+        assert all(_numeric(c) for c in r[1:5]), r
+        assert r[8].startswith("identical on "), r
+
+
+def test_only_speed_replaces_its_section_and_target_rows():
+    from benchmarks.__main__ import replace_section, replace_target_rows  # noqa: PLC0415
+
+    old = "\n".join(
+        [
+            "# B",
+            "## Targets",
+            "| target | measured | result |",
+            "|---|---|---|",
+            "| digits: a | 1 | met |",
+            "| train step of x | 1.2 | MISSED |",
+            "| projection y | x1 | met |",
+            "",
+            "## Accuracy",
+            "acc",
+            "## Training cost",
+            "old speed",
+            "## Export",
+            "exp",
+        ]
+    )
+    new = "# B\n## Training cost\nnew speed\n\n## Export\nnot this"
+    text = replace_section(old, new, "## Training cost")
+    text = replace_target_rows(
+        text, [("train step of x", "1.0", "met")], ("train step", "projection")
+    )
+    lines = text.splitlines()
+    assert lines[4:7] == ["| digits: a | 1 | met |", "| train step of x | 1.0 | met |", ""]
+    assert "new speed" in lines and "old speed" not in lines
+    assert lines[-2:] == ["## Export", "exp"] and "acc" in lines
 
 
 def test_md_table_rejects_ragged_rows():

@@ -26,10 +26,10 @@ def _run(script, *args, cwd):
     return proc.stdout
 
 
-def _verified(out: str, path: pathlib.Path, fmt: str):
+def _verified(out: str, path: pathlib.Path, fmt: str, reports: int = 1):
     assert path.is_file() and path.stat().st_size > 0
     assert f"{path}  ({fmt})" in out
-    assert out.rstrip().splitlines().count("OK") == 1
+    assert out.rstrip().splitlines().count("OK") == reports
     assert "FAILED" not in out and not re.search(r"max error \d", out)
 
 
@@ -96,7 +96,7 @@ def test_edge_deploy(tmp_path):
         tmp_path,
         cwd=tmp_path,
     )
-    _verified(out, tmp_path / "model.tflite", "full_int8")
+    _verified(out, tmp_path / "model.tflite", "full_int8", reports=2)
     acc = re.search(r"TFLM test accuracy: (\d+\.\d\d)% on 360 test images", out)
     assert acc and 0 <= float(acc.group(1)) <= 100
     arena = re.search(r"TFLM arena: ([\d,]+) bytes", out)
@@ -105,6 +105,16 @@ def test_edge_deploy(tmp_path):
     cc = (tmp_path / "model_data.cc").read_text()
     assert "alignas(16) const unsigned char model_data[]" in cc
     assert (tmp_path / "model_data.h").is_file()
+    # The packed file beside it: smaller, same TFLM accuracy, DECODE registered.
+    _verified(out, tmp_path / "model_packed.tflite", "tflm_packed", reports=2)
+    sizes = re.search(r"size: full_int8 ([\d,]+) bytes, tflm_packed ([\d,]+) bytes", out)
+    full, small = (int(g.replace(",", "")) for g in sizes.groups())
+    assert small < full and small == (tmp_path / "model_packed.tflite").stat().st_size
+    packed_acc = re.search(r"TFLM test accuracy \(packed\): (\d+\.\d\d)%", out)
+    assert packed_acc.group(1) == acc.group(1)
+    assert re.search(r"TFLM arena \(recorded\): full_int8 [\d,]+ bytes, tflm_packed [\d,]+", out)
+    assert "AddDecode()" in out
+    assert (tmp_path / "model_packed_data.cc").is_file()
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))

@@ -1,6 +1,6 @@
 """`tflite-export`: saved Keras model -> verified, codebook-exact `.tflite` file.
 
-    tflite-export MODEL -o OUT --format {float,int8,int4,full_int8}
+    tflite-export MODEL -o OUT --format {float,int8,int4,full_int8,tflm_packed}
         [--representative-data FILE.npy] [--c-array FILE.cc] [--allow-inexact] [--unsafe]
     tflite-export verify FILE.tflite --codebook 1,-1,0.5,-0.5 [--model MODEL]
         [--representative-data FILE.npy]
@@ -64,7 +64,8 @@ def _verify_parser():
     p = _Parser(
         prog=f"{PROG} verify",
         description="Read a .tflite file back with LiteRT and "
-        "check every weight tensor against a codebook, per output channel.",
+        "check every weight tensor against a codebook, per output channel. tflm_packed "
+        "files are decoded from their bytes and run on TFLM instead.",
     )
     p.add_argument("file", help="the .tflite file")
     p.add_argument("--codebook", required=True, help="comma-separated values, e.g. 1,-1,0.5,-0.5")
@@ -179,6 +180,10 @@ def _main_verify(argv) -> int:
         if not path.is_file():
             raise ExportError(f"File not found. Received: {args.file!r}")
         data = path.read_bytes()
+        from tflite_export import packed  # noqa: PLC0415
+
+        if packed.is_packed(data):
+            return _verify_packed(args, data, codebook)
         lines, ok = _weight_lines(args.file, data, codebook)
         rep = _load_npy(args.representative_data)
         if args.model:
@@ -192,6 +197,58 @@ def _main_verify(argv) -> int:
         return 0 if ok else 1
     except ExportError as e:
         return _fail(str(e))
+
+
+def _verify_packed(args, data: bytes, codebook) -> int:
+    """`verify` of a tflm_packed file: indices and tables decoded here, then TFLM."""
+    from tflite_export import packed  # noqa: PLC0415
+    from tfmot_discrete import text  # noqa: PLC0415
+
+    try:
+        checks = packed.check_codebook_file(data, codebook)
+    except packed.PackedFileError as e:
+        raise ExportError(f"{args.file!r} is a damaged tflm_packed file: {e}") from e
+    shown = text.format_values(codebook.values, codebook.size)
+    lines = [f"{args.file}: {len(data):,} bytes, tflm_packed, codebook {shown}"]
+    for c in checks:
+        status = "exact" if c.exact else f"NOT in codebook (max deviation {c.max_error:.3g})"
+        table = ", ".join(str(int(v)) for v in c.table)
+        layout = "one table" if c.tables == 1 else f"{c.tables} tables"
+        lines.append(
+            f"  {c.name}: {c.storage} ({layout}, int8 values {{{table}}}), "
+            f"{c.count:,} weights, {status}"
+        )
+    ok = bool(checks) and all(c.exact for c in checks)
+    try:
+        if args.model:
+            lines.append(_tflm_model_line(data, args.model, _load_npy(args.representative_data)))
+        else:
+            runners.run_tflm(data, runners.random_tflm_inputs(data))
+            lines.append("  ran on 8 random inputs with TFLM")
+    except RuntimeError as e:
+        lines.append(f"  TFLM cannot run it: {str(e).splitlines()[0]}")
+        ok = False
+    lines.append("OK" if ok else "FAILED")
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+def _tflm_model_line(data, model_path, rep) -> str:
+    """A packed file's TFLM outputs against the (stripped) Keras model's."""
+    from tflite_export import convert  # noqa: PLC0415
+    from tfmot_discrete.quantize import is_quantized, strip_quantization  # noqa: PLC0415
+
+    model = convert.load_model(model_path)
+    plain = strip_quantization(model) if is_quantized(model) else model
+    xs = inputs.representative(plain, rep) if rep is not None else inputs.random_inputs(plain)
+    ref = np.asarray(plain.predict(xs[0] if len(xs) == 1 else xs, verbose=0))
+    got = runners.run_tflm(data, xs, dequantize=True)[0].reshape(ref.shape)
+    diff = float(np.abs(got - ref).max())
+    rng = float(ref.max() - ref.min()) or 1.0
+    return (
+        f"  TFLM outputs vs {model_path}: max abs diff {diff:.3g} ({diff / rng:.2e} of "
+        "output range)"
+    )
 
 
 def main(argv=None) -> int:

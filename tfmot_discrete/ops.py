@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util  # no public way to ask "inside XLA?"
 
 from tfmot_discrete.codebook import midpoints
 
@@ -28,16 +29,24 @@ def _as_np(values) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def project(x: tf.Tensor, values) -> tf.Tensor:
+def project(x: tf.Tensor, values, scale=None) -> tf.Tensor:
     """Nearest codebook value for every entry of `x`, never an N x K tensor.
+
+    Up to `WHERE_CHAIN_MAX_K` values, a chain of `K - 1` selects on the
+    midpoints; above, the index of each entry's interval (`bucket`) and one
+    gather. With a `scale`, `scale * project(x / scale)` is computed as
+    `x >= scale * m_i`, so the N-sized divide and multiply are not needed.
 
     Args:
         x: A float tensor of any shape.
         values: Sorted, distinct codebook values (a 1-D array-like).
+        scale: Optional positive tensor broadcastable against `x` (one number
+            per channel). Defaults to `None` (a scale of 1).
 
     Returns:
-        A tensor of the shape and dtype of `x` holding only entries of `values`.
-        An entry exactly halfway between two values takes the larger one.
+        A tensor of the shape and dtype of `x` holding only entries of `values`
+        (times `scale`). An entry exactly halfway between two values takes the
+        larger one.
 
     Example:
 
@@ -47,19 +56,94 @@ def project(x: tf.Tensor, values) -> tf.Tensor:
     v = _as_np(values)
     mids = midpoints(v)
     dtype = x.dtype
-    k = v.size
-    if k == 2:
-        return tf.where(
-            x >= tf.constant(mids[0], dtype), tf.constant(v[1], dtype), tf.constant(v[0], dtype)
-        )
-    if k <= WHERE_CHAIN_MAX_K:
-        out = tf.fill(tf.shape(x), tf.constant(v[0], dtype))
-        for i in range(k - 1):
-            out = tf.where(x >= tf.constant(mids[i], dtype), tf.constant(v[i + 1], dtype), out)
-        return out
-    flat = tf.reshape(x, [-1])
-    idx = tf.searchsorted(tf.constant(mids, dtype), flat, side="right")
-    return tf.reshape(tf.gather(tf.constant(v, dtype), idx), tf.shape(x))
+    if v.size > WHERE_CHAIN_MAX_K:
+        if scale is not None:
+            return project(x / scale, v) * scale
+        return tf.gather(tf.constant(v, dtype), bucket(x, mids))
+
+    def const(a):
+        c = tf.constant(a, dtype)
+        return c if scale is None else c * scale
+
+    out = tf.where(x >= const(mids[0]), const(v[1]), const(v[0]))
+    for i in range(1, v.size - 1):
+        out = tf.where(x >= const(mids[i]), const(v[i + 1]), out)
+    return out
+
+
+def bucket(x: tf.Tensor, thresholds) -> tf.Tensor:
+    """How many of the sorted `thresholds` are `<= x`, for every entry (int32).
+
+    `tf.searchsorted(thresholds, x, side="right")`, written for speed: a
+    select chain for a few thresholds; for evenly spaced ones a closed form
+    (`floor`, then one exact correction against the neighbouring thresholds),
+    whose cost does not grow with their number; otherwise `tf.searchsorted`,
+    or, when compiled with XLA (whose `searchsorted` compares every entry with
+    every threshold, O(N x M)), a binary search of `ceil(log2(M + 1))`
+    gather-and-select steps that XLA fuses into one loop. NaN entries get some
+    index in `[0, M]`.
+
+    Args:
+        x: A float tensor of any shape.
+        thresholds: Sorted, distinct finite numbers (a 1-D array-like).
+
+    Returns:
+        An int32 tensor of the shape of `x`, values in `[0, len(thresholds)]`.
+
+    Example:
+
+    >>> bucket(tf.constant([-3.0, 0.0, 0.5, 9.0]), [-1.0, 0.0, 1.0]).numpy().tolist()
+    [0, 2, 2, 3]
+    """
+    t = _as_np(thresholds)
+    dtype = x.dtype
+    m = t.size
+    if m == 0:
+        return tf.zeros(tf.shape(x), tf.int32)
+    if m < WHERE_CHAIN_MAX_K:
+        idx = tf.where(x >= tf.constant(t[0], dtype), 1, 0)
+        for i in range(1, m):
+            idx = tf.where(x >= tf.constant(t[i], dtype), i + 1, idx)
+        return idx
+    # The thresholds in `x`'s dtype, NaN before and after: `x >= NaN` and
+    # `x < NaN` are false, so an index never leaves [0, m].
+    table = np.full(m + 2, np.nan)
+    table[1:-1] = t
+    if _evenly_spaced(t):
+        table = tf.constant(table, dtype)
+        inv_step = (m - 1) / (t[-1] - t[0])
+        guess = tf.floor((x - tf.constant(t[0], dtype)) * tf.constant(inv_step, dtype)) + 1.0
+        guess = tf.clip_by_value(guess, 0.0, float(m))  # +-inf into range
+        idx = tf.clip_by_value(tf.cast(guess, tf.int32), 0, m)  # NaN casts to anything
+        # `guess` is off by at most one: move it to the exact count.
+        idx = tf.where(x < tf.gather(table, idx), idx - 1, idx)
+        return tf.where(x >= tf.gather(table, idx + 1), idx + 1, idx)
+    if not _in_xla():
+        flat = tf.searchsorted(tf.constant(t, dtype), tf.reshape(x, [-1]), side="right")
+        return tf.reshape(flat, tf.shape(x))
+    size = 1 << int(np.ceil(np.log2(m + 1)))
+    table = tf.constant(np.concatenate([t, np.full(size - m, np.nan)]), dtype)
+    idx = tf.zeros(tf.shape(x), tf.int32)
+    half = size // 2
+    while half >= 1:
+        cand = idx + half
+        idx = tf.where(x >= tf.gather(table, cand - 1), cand, idx)
+        half //= 2
+    return idx
+
+
+def _in_xla() -> bool:
+    """True while tracing a function compiled with XLA (`jit_compile=True`)."""
+    graph = tf.compat.v1.get_default_graph()
+    return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
+
+
+def _evenly_spaced(t: np.ndarray) -> bool:
+    """Equal gaps, and small enough numbers that `(x - t_0) / gap` cannot overflow."""
+    d = np.diff(t)
+    if not (np.all(np.abs(t) < 1e30) and d.min() > 1e-30):
+        return False
+    return bool(np.all(np.abs(d - d.mean()) <= 1e-6 * d.mean()))
 
 
 def project_ste(x: tf.Tensor, values, gradient: str = "clipped_ste") -> tf.Tensor:
@@ -104,18 +188,32 @@ def straight_through(forward, x: tf.Tensor, values, gradient: str, gate=None) ->
     """
     v = _as_np(values)
 
+    def _gated(dy, g):
+        if gradient == "ste":
+            return dy
+        return _clipped_gradient(dy, g, v[0], v[-1])
+
+    if gate is None:  # one input: no zero gradient to build and add for a second one
+
+        @tf.custom_gradient
+        def _fwd(t):
+            return forward(t), lambda dy: _gated(dy, t)
+
+        return _fwd(x)
+
     @tf.custom_gradient
-    def _fwd(t, g):
-        def grad(dy):
-            if gradient == "ste":
-                return dy, tf.zeros_like(g)
-            low, high = tf.constant(v[0], g.dtype), tf.constant(v[-1], g.dtype)
-            inside = tf.logical_and(g >= low, g <= high)
-            return tf.where(inside, dy, tf.zeros_like(dy)), tf.zeros_like(g)
+    def _fwd_gated(t, g):
+        return forward(t), lambda dy: (_gated(dy, g), tf.zeros_like(g))
 
-        return forward(t), grad
+    return _fwd_gated(x, gate)
 
-    return _fwd(x, x if gate is None else gate)
+
+def _clipped_gradient(dy, x, low, high):
+    zero = tf.constant(0, dy.dtype)
+    if low == -high:  # one comparison instead of two
+        return tf.where(tf.abs(x) <= tf.constant(high, x.dtype), dy, zero)
+    inside = tf.logical_and(x >= tf.constant(low, x.dtype), x <= tf.constant(high, x.dtype))
+    return tf.where(inside, dy, zero)
 
 
 def stochastic_project(x: tf.Tensor, values, seed=None) -> tf.Tensor:
@@ -128,14 +226,13 @@ def stochastic_project(x: tf.Tensor, values, seed=None) -> tf.Tensor:
     v = _as_np(values)
     dtype = x.dtype
     vt = tf.constant(v, dtype)
-    flat = tf.clip_by_value(tf.reshape(x, [-1]), v[0], v[-1])
-    lo_idx = tf.clip_by_value(tf.searchsorted(vt, flat, side="right") - 1, 0, v.size - 2)
+    clipped = tf.clip_by_value(x, v[0], v[-1])
+    lo_idx = bucket(clipped, v[1:-1])  # the interval [c_i, c_{i+1}) holding x
     lo = tf.gather(vt, lo_idx)
     hi = tf.gather(vt, lo_idx + 1)
-    p_hi = (flat - lo) / (hi - lo)
-    u = tf.random.uniform(tf.shape(flat), dtype=dtype, seed=seed)
-    out = tf.where(u < p_hi, hi, lo)
-    return tf.reshape(out, tf.shape(x))
+    p_hi = (clipped - lo) / (hi - lo)
+    u = tf.random.uniform(tf.shape(x), dtype=dtype, seed=seed)
+    return tf.where(u < p_hi, hi, lo)
 
 
 def reduce_axes(rank: int, channel_axes) -> list[int]:

@@ -273,7 +273,7 @@ def _find_weight(layer, name):
 
 def _scaled_ste(w, s, values, gradient):
     """`s * project(w / s)`; gradient gated on the latent weight `w` itself."""
-    return ops.straight_through(lambda t: ops.project(t / s, values) * s, w, values, gradient)
+    return ops.straight_through(lambda t: ops.project(t, values, scale=s), w, values, gradient)
 
 
 def _stochastic_ste(u, values, gradient, gate_on=None):

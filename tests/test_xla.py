@@ -1,0 +1,239 @@
+"""`model.compile(..., jit_compile=True)` (XLA): every layer type and quantizer option.
+
+The compiled (XLA) train step must train every QAT model from `td.quantize_model`
+to the weights the default `tf.function` step reaches on the same batches, and
+the trained model must strip and export as before. Stochastic rounding is the
+exception: under XLA, `tf.random.uniform` draws other numbers than TensorFlow's
+kernel for the same seed, so there the draws are checked (fresh every step,
+unbiased, inside the codebook), not equality.
+"""
+
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tflite_export
+import tfmot_discrete as td
+from tfmot_discrete import ops
+
+keras = td.keras
+L = keras.layers
+WORKER = pathlib.Path(__file__).with_name("distributed_worker.py")
+
+FOUR = [1, -1, 0.5, -0.5]
+UNEVEN16 = td.power_of_two(bits=4).values  # a binary search, not a closed form
+#: Every quantizer option, one per layer, so one model covers them all.
+OPTIONS = {
+    "conv2d": td.binary(),
+    "depthwise": td.ternary(),  # mean_abs
+    "separable2d": td.CodebookQuantizer(FOUR, scale="learned"),
+    "transpose2d": td.power_of_two(bits=3),
+    "conv1d": td.binary(gradient="ste"),
+    "separable1d": td.CodebookQuantizer(np.linspace(-1, 1, 16)),
+    "transpose1d": td.binary(scale="mean_abs", gradient="ste"),
+    "conv3d": td.ternary(scale=None),
+    "transpose3d": td.binary(scale="learned"),
+    "embedding": td.CodebookQuantizer(FOUR, scale="mean_abs"),
+    "dense": td.CodebookQuantizer(UNEVEN16),
+    "logits": td.ternary(scale="learned"),
+}
+STOCHASTIC = {
+    ".*1d|.*3d|embedding": td.binary(scale="mean_abs", stochastic=True),
+    "(?!multiplier).*": td.ternary(scale=None, stochastic=True),
+}
+
+
+def _rotated(shift):
+    names, qs = list(OPTIONS), list(OPTIONS.values())
+    return {n: qs[(i + shift) % len(qs)] for i, n in enumerate(names)}
+
+
+def every_layer_model(multiplier) -> keras.Model:
+    """One model holding every supported layer type and a `DiscreteMultiplier`."""
+    image, seq = keras.Input((6, 6, 3), name="image"), keras.Input((8, 3), name="seq")
+    vol, tokens = keras.Input((4, 4, 4, 2), name="vol"), keras.Input((5,), name="tokens")
+    a = L.Conv2D(4, 3, name="conv2d")(image)
+    a = L.ReLU()(L.BatchNormalization(name="bn")(a))
+    a = L.DepthwiseConv2D(2, name="depthwise")(a)
+    a = L.SeparableConv2D(4, 2, name="separable2d")(a)
+    a = L.GlobalAveragePooling2D()(L.Conv2DTranspose(3, 2, name="transpose2d")(a))
+    b = L.SeparableConv1D(4, 3, name="separable1d")(L.Conv1D(4, 3, name="conv1d")(seq))
+    b = L.GlobalAveragePooling1D()(L.Conv1DTranspose(3, 2, name="transpose1d")(b))
+    c = L.Conv3DTranspose(2, 2, name="transpose3d")(L.Conv3D(3, 2, name="conv3d")(vol))
+    c = L.GlobalAveragePooling3D()(c)
+    d = L.Flatten()(L.Embedding(10, 2, name="embedding")(tokens))
+    x = L.Concatenate()([a, b, c, d])
+    x = td.DiscreteMultiplier(multiplier, name="multiplier")(x)
+    x = L.Dense(8, activation="relu", name="dense")(x)
+    return keras.Model([image, seq, vol, tokens], L.Dense(3, name="logits")(x))
+
+
+def _data(n=32):
+    rng = np.random.default_rng(0)
+    x = [
+        rng.normal(size=(n, 6, 6, 3)).astype("float32"),
+        rng.normal(size=(n, 8, 3)).astype("float32"),
+        rng.normal(size=(n, 4, 4, 4, 2)).astype("float32"),
+        rng.integers(0, 10, size=(n, 5)).astype("float32"),
+    ]
+    return x, rng.integers(0, 3, size=n).astype("int32")
+
+
+def _train(spec, multiplier, jit, activations=None, steps=4):
+    """A fresh QAT model (seed 0) trained `steps` SGD steps on fixed batches."""
+    keras.utils.set_random_seed(0)
+    qat = td.quantize_model(every_layer_model(multiplier), spec, activations=activations)
+    qat.compile(
+        keras.optimizers.SGD(0.05),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit,
+    )
+    x, y = _data(8 * steps)
+    history = qat.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    return qat, history.history["loss"][-1]
+
+
+def _weights(model):
+    """`{index_name: value}`; layer prefixes left out (they count models built before)."""
+    return {
+        f"{i:03d}_{w.name.split('/')[-1].split('_')[-1]}": w.numpy()
+        for i, w in enumerate(model.weights)
+    }
+
+
+def _assert_trained_alike(a, b, atol):
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_allclose(wa[k], wb[k], atol=atol, rtol=0, err_msg=k)
+
+
+def _assert_changed(model, before):
+    latent = [k for k in before if k.endswith("kernel:0") or k.endswith("embeddings:0")]
+    after = _weights(model)
+    assert latent and all(not np.array_equal(before[k], after[k]) for k in latent), latent
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """Every layer, every option: the default step and the XLA step on the same batches."""
+    out = {}
+    for jit in (False, True):
+        out[jit] = _train(OPTIONS, td.CodebookQuantizer(FOUR, scale="learned"), jit)
+    return out
+
+
+def test_xla_trains_every_layer_and_option_to_the_default_weights(trained):
+    (default, loss_default), (xla, loss_xla) = trained[False], trained[True]
+    assert xla._jit_compile and not default._jit_compile  # noqa: SLF001
+    assert np.isfinite(loss_xla) and abs(loss_xla - loss_default) < 1e-5
+    keras.utils.set_random_seed(0)
+    learned = td.CodebookQuantizer(FOUR, scale="learned")
+    _assert_changed(xla, _weights(td.quantize_model(every_layer_model(learned), OPTIONS)))
+    _assert_trained_alike(default, xla, atol=2e-6)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="export of this every-layer model fails on both paths: the converter rewrites "
+    "transpose3d, multiplier and dense kernels (not an XLA difference)",
+)
+def test_xla_trained_model_strips_and_exports_the_same(trained, tmp_path):
+    (default, _), (xla, _) = trained[False], trained[True]
+    plain_default, plain_xla = td.strip_quantization(default), td.strip_quantization(xla)
+    for la, lb in zip(plain_default.layers, plain_xla.layers):
+        for wa, wb in zip(la.get_weights(), lb.get_weights()):
+            np.testing.assert_allclose(wa, wb, atol=2e-6, rtol=0, err_msg=la.name)
+    # Same weights: the compile mode leaves no trace in the exported file.
+    default.set_weights(xla.get_weights())
+    reports = [
+        tflite_export.export(m, tmp_path / f"{name}.tflite", "int8")
+        for name, m in (("default", default), ("xla", xla))
+    ]
+    assert (tmp_path / "default.tflite").read_bytes() == (tmp_path / "xla.tflite").read_bytes()
+    assert all(r.exact for r in reports)
+
+
+@pytest.mark.xfail(
+    reason="with int8 fake-quant activations, XLA's float rounding moves some activations "
+    "across an 8-bit step: weights differ by up to 1e-4 after 4 steps; tolerance not settled",
+)
+def test_xla_with_int8_activations_matches_the_default_step():
+    spec = _rotated(5)
+    runs = [_train(spec, td.binary(scale="mean_abs"), jit, activations="int8") for jit in (0, 1)]
+    (default, _), (xla, _) = runs
+    _assert_trained_alike(default, xla, atol=2e-6)
+
+
+def test_xla_stochastic_rounding_trains_inside_the_codebook():
+    keras.utils.set_random_seed(0)
+    multiplier = td.CodebookQuantizer(FOUR, stochastic=True)
+    before = _weights(td.quantize_model(every_layer_model(multiplier), STOCHASTIC))
+    qat, loss = _train(STOCHASTIC, multiplier, True)
+    assert np.isfinite(loss)
+    _assert_changed(qat, before)
+    for label, latent, q, qvars in td.quantize.codebook_items(qat):
+        w_q = q(latent, True, weights=qvars).numpy()  # a stochastic draw, in eager mode
+        s = q.quantized_scale(latent, qvars)
+        assert np.all(np.isin(w_q / s, q.values.astype(np.float32))), label
+
+
+@pytest.mark.parametrize("values", [[-1.0, 1.0], [-1.0, 0.0, 1.0], FOUR, np.linspace(-1, 1, 16)])
+def test_xla_stochastic_draws_are_fresh_and_unbiased(values):
+    values = np.sort(np.asarray(values, np.float64))
+    x = tf.constant(np.random.default_rng(0).uniform(-1.2, 1.2, 500).astype("float32"))
+    draw = tf.function(
+        lambda t: ops.stochastic_project(tf.tile(t[None], [400, 1]), values), jit_compile=True
+    )
+    first, second = draw(x).numpy(), draw(x).numpy()
+    assert np.all(np.isin(first, values.astype(np.float32)))
+    assert np.mean(first != second) > 0.1  # new random numbers on every call
+    target = np.clip(x.numpy(), values[0], values[-1])
+    gap = np.diff(values).max()
+    # 400 draws of a two-point variable of spread `gap`: standard error <= gap / 40.
+    assert np.abs(first.mean(axis=0) - target).max() < 5 * gap / 40
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 8, 16, 256, -16, -256])
+def test_projection_under_xla_equals_the_default_and_the_reference(k):
+    """Each form (select chain, closed form, search) against NumPy; k < 0: uneven."""
+    v = np.linspace(-1.0, 1.0, abs(k)) if k > 0 else np.sinh(np.linspace(-3, 3, -k))
+    m = (v[:-1] / 2 + v[1:] / 2).astype(np.float32)
+    x = np.concatenate(
+        [
+            np.random.default_rng(abs(k)).uniform(-1.5, 1.5, 3000),
+            m,
+            np.nextafter(m, np.float32(-np.inf)),
+            np.nextafter(m, np.float32(np.inf)),
+            [np.inf, -np.inf, 0.0],
+        ]
+    ).astype(np.float32)
+    x = x[(x == 0) | ~(np.abs(x) < np.finfo(np.float32).tiny)]  # TF flushes subnormals to 0
+    expected = v.astype(np.float32)[np.searchsorted(m, x, side="right")]
+    for jit in (False, True):
+        got = tf.function(lambda t: ops.project(t, v), jit_compile=jit)(tf.constant(x))
+        np.testing.assert_array_equal(got.numpy(), expected)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Keras jit_compile=True under MirroredStrategy on 2 logical CPUs fails in XLA: "
+    "'tf.Variable on a different device'; no clear message yet",
+)
+def test_mirrored_two_cpus_with_xla_matches_single_device(tmp_path):
+    res = subprocess.run(
+        [sys.executable, str(WORKER), "xla", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "exact" in res.stdout
+    with np.load(tmp_path / "weights_single.npz") as a, np.load(tmp_path / "weights_0.npz") as b:
+        assert a.files == b.files and any(k.endswith("log_scale:0") for k in a.files)
+        for k in a.files:
+            np.testing.assert_allclose(a[k], b[k], atol=1e-5, rtol=0, err_msg=k)
