@@ -87,6 +87,22 @@ def test_mnist1d_codebook_cnn(tmp_path):
     _verified(out, tmp_path / "mnist1d_cnn.tflite", "full_int8")
 
 
+def test_from_trained_model(tmp_path):
+    out = _run("from_trained_model.py", "--epochs", 1, "--out", tmp_path, cwd=tmp_path)
+    float_acc = re.search(r"float model: test accuracy (\d+\.\d\d)%", out)
+    qat_acc = re.search(r"ternary model: test accuracy (\d+\.\d\d)%", out)
+    assert float_acc and qat_acc
+    gap = float(qat_acc.group(1)) - float(float_acc.group(1))
+    assert f"float {float_acc.group(1)}% -> ternary {qat_acc.group(1)}%: {gap:+.2f} points" in out
+    assert 'Sensitivity of "mnist1d_cnn"' in out
+    assert len(re.findall(r"^conv_[012] +Conv1D .* [-+]\d\.\d{4}$", out, flags=re.M)) == 3
+    assert len(re.findall(r"\{-1, 0, 1\}\s+2\s+int4\s+[\d,]+\s+exact", out)) == 2
+    assert len(re.findall(r"int8 \(trained\)\s+8\s+int8\s+[\d,]+\s+exact", out)) == 2
+    _verified(out, tmp_path / "from_trained.tflite", "int4")
+    file_acc = re.search(r"LiteRT test accuracy (\d+\.\d\d)%, Keras (\d+\.\d\d)%: the same", out)
+    assert file_acc and file_acc.group(1) == file_acc.group(2) == qat_acc.group(1)
+
+
 def test_edge_deploy(tmp_path):
     out = _run("edge_deploy/train.py", "--epochs", 1, "--out", tmp_path, cwd=tmp_path)
     assert "QAT model: Keras test accuracy" in out
