@@ -175,6 +175,29 @@ def _export_section(settings, acc, env, log, clock) -> list[str]:
     return doc
 
 
+def _packed_section(settings, env, log, clock) -> tuple[list[str], list]:
+    """The tflm_packed size-target models; returns (Markdown lines, target rows)."""
+    from benchmarks import export  # noqa: PLC0415
+
+    log(f"[{clock}] export: tflm_packed size targets")
+    rows = export.packed_run(settings, log)
+    doc = [
+        "### tflm_packed: size targets",
+        "",
+        "Each model trained on the digits training set (the MLPs on the 64 pixels, "
+        "MobileNetV2 on the 8x8 images scaled to 32x32x3), then "
+        '`tflite_export.export(..., format="tflm_packed")` with 64 test images as '
+        "representative data (it checks that the packed file's TFLM outputs equal the "
+        "full_int8 file's on them). Arena: bytes TFLM's recording allocator reports; "
+        "latency: TFLM Python interpreter on this machine, median per inference, "
+        f"interleaved. Environment: {env}.",
+        "",
+        export.packed_table(rows),
+        "",
+    ]
+    return doc, export.packed_targets(rows)
+
+
 def main(argv=None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     from benchmarks import common  # noqa: PLC0415
@@ -212,6 +235,9 @@ def main(argv=None) -> int:
         targets += rows
     if "export" in parts:
         doc += _export_section(settings, acc, env, log, clock)
+        lines, rows = _packed_section(settings, env, log, clock)
+        doc += lines
+        targets += rows
     if targets:
         doc[6:6] = [
             "## Targets",

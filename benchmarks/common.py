@@ -36,6 +36,10 @@ class Settings:
         projection_repeats: Timed calls per codebook size.
         latency_rounds: Interleaved rounds of the LiteRT latency timing.
         export_variants: Names of the accuracy variants whose files are measured.
+        packed_models: Names of the `tflm_packed` size-target models
+            (`benchmarks.export.PACKED_MODELS`).
+        packed_epochs: Training passes of the size-target MLPs (a third of
+            them, at least one, for MobileNetV2).
     """
 
     name: str
@@ -53,6 +57,13 @@ class Settings:
     projection_repeats: int
     latency_rounds: int
     export_variants: tuple[str, ...] | None
+    packed_models: tuple[str, ...] = (
+        "binary (mean_abs) MLP 64-512-512-10",
+        "ternary MLP 64-512-512-10",
+        "power_of_two(3) (mean_abs) MLP 64-512-512-10",
+        "ternary MobileNetV2 alpha 0.35 (weights=None), 32x32x3",
+    )
+    packed_epochs: int = 6
 
 
 _SMALL_SET = (
@@ -148,6 +159,8 @@ SETTINGS = {
         projection_repeats=3,
         latency_rounds=5,
         export_variants=("float", "binary, mean_abs"),
+        packed_models=("binary (mean_abs) MLP 64-512-512-10",),
+        packed_epochs=1,
     ),
 }
 

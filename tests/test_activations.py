@@ -107,3 +107,7 @@ def test_full_int8_file_keeps_the_trained_activation_ranges(tmp_path):
     assert ours_err < theirs_err, (ours_err, theirs_err)
     out_step = runners.interpreter(recal).get_output_details()[0]["quantization"][0]
     assert ours_err < 2 * out_step
+    # Packed for TFLM from the same trained ranges: TFLM outputs identical.
+    packed = tflite_export.export(qat, tmp_path / "p.tflite", format="tflm_packed")
+    assert packed.ok and packed.exact and packed.tflm.identical
+    assert any("learned in training" in n for n in packed.notes)

@@ -101,9 +101,18 @@ def test_smoke_run_writes_tables_and_plots(smoke):
     _, rows = _check_table(by_first["variant"][2], "variant")  # export, digits
     assert {r[0] for r in rows} == set(settings.export_variants)
     for r in rows:
-        assert r[1] in ("float", "int8", "int4", "full_int8", "TFLiteConverter")
-        if r[2] != "not written":
+        assert r[1] in ("float", "int8", "int4", "full_int8", "tflm_packed", "TFLiteConverter")
+        if r[2] != "not written" and r[1] == "tflm_packed":
+            assert all(_numeric(c) for c in r[2:7]), r
+            assert r[7].startswith("TFLM ") and _numeric(r[7][5:]), r
+        elif r[2] != "not written":
             assert all(_numeric(c) for c in r[2:]), r
+
+    header, rows = _check_table(by_first["model"][0], "model")  # tflm_packed size targets
+    assert [r[0] for r in rows] == list(settings.packed_models)
+    for r in rows:
+        assert all(_numeric(c) for c in r[1:5]), r
+        assert r[8].startswith("identical on "), r
 
 
 def test_only_speed_replaces_its_section_and_target_rows():

@@ -1,9 +1,13 @@
 """`tflite-export`: saved Keras model -> verified, codebook-exact `.tflite` file.
 
-    tflite-export MODEL -o OUT --format {float,int8,int4,full_int8}
+    tflite-export MODEL -o OUT --format {float,int8,int4,full_int8,tflm_packed}
         [--representative-data FILE.npy] [--c-array FILE.cc] [--allow-inexact] [--unsafe]
+        [--verbose]
     tflite-export verify FILE.tflite --codebook 1,-1,0.5,-0.5 [--model MODEL]
-        [--representative-data FILE.npy]
+        [--representative-data FILE.npy] [--verbose]
+
+TensorFlow's, the converters' and the interpreters' own log lines are shown
+only with `--verbose`.
 
 Exit status: 0 when everything checked out, 1 when verification failed,
 2 for bad input (nothing is written then).
@@ -21,6 +25,7 @@ import numpy as np
 from tflite_export import inputs, runners
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
+from tflite_export.logs import library_logs
 
 PROG = "tflite-export"
 
@@ -30,6 +35,15 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def _add_verbose(p):
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show what TensorFlow, the converters and the interpreters log",
+    )
 
 
 def _export_parser():
@@ -57,6 +71,7 @@ def _export_parser():
         action="store_true",
         help="turn Keras safe mode off (trust code, e.g. Lambda layers, in the file)",
     )
+    _add_verbose(p)
     return p
 
 
@@ -64,13 +79,21 @@ def _verify_parser():
     p = _Parser(
         prog=f"{PROG} verify",
         description="Read a .tflite file back with LiteRT and "
-        "check every weight tensor against a codebook, per output channel.",
+        "check every weight tensor against a codebook, per output channel. tflm_packed "
+        "files are decoded from their bytes and run on TFLM instead.",
     )
     p.add_argument("file", help="the .tflite file")
     p.add_argument("--codebook", required=True, help="comma-separated values, e.g. 1,-1,0.5,-0.5")
     p.add_argument("--model", help="the Keras model to compare outputs with")
     p.add_argument("--representative-data", metavar="FILE.npy", help="inputs for the comparison")
+    _add_verbose(p)
     return p
+
+
+def _one_line(error: BaseException) -> str:
+    """`Type: first line of the message` (interpreters raise many-line errors)."""
+    lines = [x.strip() for x in str(error).splitlines() if x.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
 
 
 def _fail(message: str) -> int:
@@ -133,8 +156,8 @@ def _weight_lines(path, data, codebook) -> tuple[list[str], bool]:
 
     try:
         checks = verify.check_codebook_file(data, codebook)
-    except Exception as e:  # noqa: BLE001
-        raise ExportError(f"{path!r} is not a readable .tflite file ({e})") from e
+    except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
+        raise ExportError(f"{path!r} is not a readable .tflite file ({_one_line(e)})") from None
     lines = [
         f"{path}: {len(data):,} bytes, codebook {text.format_values(codebook.values, codebook.size)}"
     ]
@@ -146,9 +169,12 @@ def _weight_lines(path, data, codebook) -> tuple[list[str], bool]:
     return lines, bool(checks) and all(c.exact for c in checks)
 
 
-def _random_run_line(data) -> tuple[str, bool]:
+def _random_run_line(path, data) -> tuple[str, bool]:
     """No model to compare with: at least run the file, on random inputs."""
-    outputs = runners.run_litert(data, inputs.random_file_inputs(data))
+    try:
+        outputs = runners.run_litert(data, inputs.random_file_inputs(data))
+    except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
+        raise ExportError(f"{path!r} does not run with LiteRT ({_one_line(e)})") from None
     finite = all(np.all(np.isfinite(o)) for o in outputs)
     return (
         "  ran on 8 random inputs with LiteRT: "
@@ -156,7 +182,7 @@ def _random_run_line(data) -> tuple[str, bool]:
     ), finite
 
 
-def _model_line(data, model_path, rep) -> str:
+def _model_line(path, data, model_path, rep) -> str:
     """The file's outputs against the (stripped) Keras model's."""
     from tflite_export import convert  # noqa: PLC0415
     from tfmot_discrete.quantize import is_quantized, strip_quantization  # noqa: PLC0415
@@ -165,7 +191,12 @@ def _model_line(data, model_path, rep) -> str:
     plain = strip_quantization(model) if is_quantized(model) else model
     xs = inputs.representative(plain, rep) if rep is not None else inputs.random_inputs(plain)
     ref = np.asarray(plain.predict(xs[0] if len(xs) == 1 else xs, verbose=0))
-    got = runners.run_litert(data, xs)[0].reshape(ref.shape)
+    try:
+        got = runners.run_litert(data, xs)[0].reshape(ref.shape)
+    except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
+        raise ExportError(
+            f"{path!r} does not run on {model_path!r}'s inputs with LiteRT ({_one_line(e)})"
+        ) from None
     diff = float(np.abs(got - ref).max())
     rng = float(ref.max() - ref.min()) or 1.0
     return f"  outputs vs {model_path}: max abs diff {diff:.3g} ({diff / rng:.2e} of output range)"
@@ -179,12 +210,16 @@ def _main_verify(argv) -> int:
         if not path.is_file():
             raise ExportError(f"File not found. Received: {args.file!r}")
         data = path.read_bytes()
+        from tflite_export import packed  # noqa: PLC0415
+
+        if packed.is_packed(data):
+            return _verify_packed(args, data, codebook)
         lines, ok = _weight_lines(args.file, data, codebook)
         rep = _load_npy(args.representative_data)
         if args.model:
-            lines.append(_model_line(data, args.model, rep))
+            lines.append(_model_line(args.file, data, args.model, rep))
         else:
-            line, finite = _random_run_line(data)
+            line, finite = _random_run_line(args.file, data)
             lines.append(line)
             ok = ok and finite
         lines.append("OK" if ok else "FAILED")
@@ -194,18 +229,76 @@ def _main_verify(argv) -> int:
         return _fail(str(e))
 
 
+def _verify_packed(args, data: bytes, codebook) -> int:
+    """`verify` of a tflm_packed file: indices and tables decoded here, then TFLM."""
+    from tflite_export import packed  # noqa: PLC0415
+    from tfmot_discrete import text  # noqa: PLC0415
+
+    try:
+        checks = packed.check_codebook_file(data, codebook)
+    except packed.PackedFileError as e:
+        raise ExportError(f"{args.file!r} is a damaged tflm_packed file: {e}") from e
+    shown = text.format_values(codebook.values, codebook.size)
+    lines = [f"{args.file}: {len(data):,} bytes, tflm_packed, codebook {shown}"]
+    for c in checks:
+        status = "exact" if c.exact else f"NOT in codebook (max deviation {c.max_error:.3g})"
+        table = ", ".join(str(int(v)) for v in c.table)
+        layout = "one table" if c.tables == 1 else f"{c.tables} tables"
+        lines.append(
+            f"  {c.name}: {c.storage} ({layout}, int8 values {{{table}}}), "
+            f"{c.count:,} weights, {status}"
+        )
+    ok = bool(checks) and all(c.exact for c in checks)
+    try:
+        if args.model:
+            lines.append(_tflm_model_line(data, args.model, _load_npy(args.representative_data)))
+        else:
+            runners.run_tflm(data, runners.random_tflm_inputs(data))
+            lines.append("  ran on 8 random inputs with TFLM")
+    except RuntimeError as e:
+        lines.append(f"  TFLM cannot run it: {str(e).splitlines()[0]}")
+        ok = False
+    lines.append("OK" if ok else "FAILED")
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+def _tflm_model_line(data, model_path, rep) -> str:
+    """A packed file's TFLM outputs against the (stripped) Keras model's."""
+    from tflite_export import convert  # noqa: PLC0415
+    from tfmot_discrete.quantize import is_quantized, strip_quantization  # noqa: PLC0415
+
+    model = convert.load_model(model_path)
+    plain = strip_quantization(model) if is_quantized(model) else model
+    xs = inputs.representative(plain, rep) if rep is not None else inputs.random_inputs(plain)
+    ref = np.asarray(plain.predict(xs[0] if len(xs) == 1 else xs, verbose=0))
+    got = runners.run_tflm(data, xs, dequantize=True)[0].reshape(ref.shape)
+    diff = float(np.abs(got - ref).max())
+    rng = float(ref.max() - ref.min()) or 1.0
+    return (
+        f"  TFLM outputs vs {model_path}: max abs diff {diff:.3g} ({diff / rng:.2e} of "
+        "output range)"
+    )
+
+
+def _verbose_flag(argv) -> tuple[list, bool]:
+    rest = [a for a in argv if a not in ("-v", "--verbose")]
+    return rest, len(rest) != len(argv)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if argv and argv[0] == "verify":
-        # `--codebook -1,0,1`: a value starting with "-" would read as an option.
-        rest = argv[1:]
-        for i, a in enumerate(rest[:-1]):
-            if a == "--codebook" and rest[i + 1][:1] == "-":
-                rest[i : i + 2] = [f"--codebook={rest[i + 1]}"]
-                break
-        return _main_verify(rest)
-    return _main_export(argv)
+    argv, verbose = _verbose_flag(argv)
+    with library_logs(verbose):
+        if argv and argv[0] == "verify":
+            # `--codebook -1,0,1`: a value starting with "-" would read as an option.
+            rest = argv[1:]
+            for i, a in enumerate(rest[:-1]):
+                if a == "--codebook" and rest[i + 1][:1] == "-":
+                    rest[i : i + 2] = [f"--codebook={rest[i + 1]}"]
+                    break
+            return _main_verify(rest)
+        return _main_export(argv)
 
 
 if __name__ == "__main__":

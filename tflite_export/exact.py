@@ -437,3 +437,8 @@ def locate(model, matches: list[TensorMatch], tolerance_of) -> tuple[list, list]
         used.add(hit[1])
         found.append(dataclasses.replace(m, op_index=hit[0], tensor=hit[1]))
     return found, missing
+
+
+def stored_values(model, tensor) -> np.ndarray | None:
+    """The integers (or floats) a constant tensor stores, in its shape (int4 unpacked)."""
+    return _buffer_array(model, tensor)

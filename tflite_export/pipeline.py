@@ -9,11 +9,11 @@ import pathlib
 import numpy as np
 
 import tfmot_discrete as td
-from tflite_export import convert, exact, files, inputs, micro, runners, verify
+from tflite_export import convert, exact, files, inputs, micro, packed, runners, verify
 from tflite_export.errors import ExportError
 from tflite_export.schema import QMAX, TensorType, storage_name
 from tfmot_discrete import text
-from tfmot_discrete.quantize import is_quantized
+from tfmot_discrete.quantize import check_finite, is_quantized
 
 #: Weight-only files must agree with the Keras model within this share of the
 #: output range.
@@ -43,6 +43,8 @@ class Report:
     tflm_layers: int = 1
     c_array: str | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    full_int8_size_bytes: int | None = None  # tflm_packed: the file it was packed from
+    tflm: packed.TflmComparison | None = None  # tflm_packed: both files on TFLM
 
     @property
     def exact(self) -> bool:
@@ -58,7 +60,8 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return self.outputs_agree and self.tflm_agrees
+        packed_ok = self.tflm is None or self.tflm.identical
+        return self.outputs_agree and self.tflm_agrees and packed_ok
 
     @property
     def size_ratio(self) -> float:
@@ -66,17 +69,21 @@ class Report:
 
     def __str__(self) -> str:
         rows = [("weight", "codebook", "bits", "stored", "weights", "exact / max error")]
+        if self.tflm is not None:
+            rows[0] += ("int8 value table",)
         for w in self.weights:
-            rows.append(
-                (
-                    w.name,
-                    "int8 (trained)" if w.trained_int8 else text.format_values(w.codebook),
-                    str(w.bits),
-                    w.storage,
-                    f"{w.count:,}",
-                    "exact" if w.exact else f"max error {w.max_error:.3g}",
-                )
+            row = (
+                w.name,
+                "int8 (trained)" if w.trained_int8 else text.format_values(w.codebook),
+                str(w.bits),
+                w.storage,
+                f"{w.count:,}",
+                "exact" if w.exact else f"max error {w.max_error:.3g}",
             )
+            if self.tflm is not None:
+                table = "{" + ", ".join(str(int(v)) for v in w.table) + "}"
+                row += (table if w.tables == 1 else f"{w.tables} tables, first {table}",)
+            rows.append(row)
         lines = [f"{self.path}  ({self.format})", *text.table_lines(rows)]
         n = sum(w.count for w in self.weights)
         if n:
@@ -89,6 +96,11 @@ class Report:
             f"file size: {self.size_bytes:,} bytes; float file {self.float_size_bytes:,} bytes "
             f"({self.size_ratio:.2f}x smaller)"
         )
+        if self.full_int8_size_bytes is not None:
+            lines[-1] += (
+                f"; full_int8 file {self.full_int8_size_bytes:,} bytes "
+                f"({self.full_int8_size_bytes / max(1, self.size_bytes):.2f}x smaller)"
+            )
         rel = self.max_abs_diff / self.output_range if self.output_range else 0.0
         tol = f"<= {self.tolerance:.3g} required" if self.tolerance is not None else "reported only"
         lines.append(
@@ -101,6 +113,16 @@ class Report:
                 f"TFLM vs LiteRT on the same int8 inputs: max difference {self.tflm_max_lsb} LSB, "
                 f"{100 * (self.tflm_share_differing or 0):.2f} % of outputs differ "
                 f"(<= {TFLM_LSB} LSB x {self.tflm_layers} requantizing layers accepted)"
+            )
+        t = self.tflm
+        if t is not None:
+            same = "identical" if t.identical else f"DIFFER by up to {t.max_lsb} LSB"
+            lines.append(
+                f"TFLM, this file vs the full_int8 file on {t.samples} inputs: outputs {same}; "
+                f"arena {t.arena_bytes:,} vs {t.full_int8_arena_bytes:,} bytes (decoded "
+                f"weights are written there before their layer runs); latency "
+                f"{1e6 * t.latency_s:.0f} vs {1e6 * t.full_int8_latency_s:.0f} us per inference "
+                "(this host). Only TFLM runs this file."
             )
         if self.c_array:
             lines.append(f"C array: {self.c_array}")
@@ -115,13 +137,11 @@ def _prepare(model, safe_mode):
     if isinstance(model, bytes):
         raise ExportError("`model` must be a Keras model or a path; received bytes.")
     qat = model if is_quantized(model) else None
+    try:
+        check_finite(model)
+    except ValueError as e:
+        raise ExportError(f"The model cannot be exported: {e}") from None
     plain = td.strip_quantization(model) if qat is not None else model
-    for w in plain.weights:
-        if w.dtype.is_floating and not np.all(np.isfinite(w.numpy())):
-            raise ExportError(
-                f"Weight {w.name!r} holds NaN or inf: the model cannot be exported. "
-                "Received: model with non-finite weights"
-            )
     cws = exact.codebook_weights(qat) if qat is not None else []
     return plain, cws, qat
 
@@ -198,21 +218,48 @@ def _write_lattices(fb, matches, allow_inexact, notes) -> None:
         notes.append(f"{m.cw.label}: no exact {storage} lattice; written inexact")
 
 
+def _check_packable(cws) -> None:
+    """`tflm_packed` needs codebook weights of at most 128 values."""
+    cws = [cw for cw in cws if not cw.trained_int8]
+    if not cws:
+        raise ExportError(
+            "format='tflm_packed' stores codebook weights as indices, and this model has none "
+            "(a plain float model, or no layer quantized to a codebook). Smallest format that "
+            "fits: full_int8 for TFLM (int4 weight-only for LiteRT). Received: "
+            "format='tflm_packed'"
+        )
+    for cw in cws:
+        k = cw.codebook.size
+        if k > packed.MAX_VALUES:
+            fits = "full_int8" if cw.codebook.integer_step(127) is not None else "float"
+            raise ExportError(
+                f"Layer {cw.layer!r} ({cw.weight}): a codebook of {k} values needs "
+                f"{cw.codebook.bits}-bit indices; tflm_packed stores at most "
+                f"{packed.MAX_BITS}-bit indices (K <= {packed.MAX_VALUES}). Smallest format "
+                f"that fits: {fits}. Received: format='tflm_packed', K={k}"
+            )
+
+
 def convert_bytes(
     model, format="int8", representative_data=None, allow_inexact=False, safe_mode=True
 ) -> Conversion:
     """Converts without writing or checking outputs; see `export` for the arguments.
 
     Returns:
-        A `Conversion`.
+        A `Conversion`; for `tflm_packed`, of the `full_int8` file it is
+        packed from.
     """
     fmt = convert.check_format(format)
     plain, cws, qat = _prepare(model, safe_mode)
+    requested = fmt
+    if fmt == "tflm_packed":
+        _check_packable(cws)
+        fmt = "full_int8"  # packed by `export` once checked
     rep = inputs.representative(plain, representative_data)
     from_qat = fmt == "full_int8" and qat is not None and convert.has_activation_quantizers(qat)
     if fmt == "full_int8" and rep is None and not from_qat:
         raise ExportError(
-            "format='full_int8' needs `representative_data` (an array of sample inputs, or "
+            f"format={requested!r} needs `representative_data` (an array of sample inputs, or "
             "a generator of them) to calibrate activation ranges."
         )
     out, float_bytes = _converted(fmt, plain, qat, rep, from_qat)
@@ -273,11 +320,35 @@ def _check_outputs(conv: Conversion, fmt, weights, allow_inexact) -> _OutputChec
 def _tflm_check(data: bytes, xs) -> tuple[int, float, int]:
     """TFLM against LiteRT on the same int8 inputs: `(max LSB difference, share
     of outputs that differ, requantizing layers)`."""
+    refusal = runners.tflm_refusal(data)
+    if refusal is not None:
+        raise ExportError(f"{refusal} Nothing written.")
     tflm = runners.run_tflm(data, xs)[0].astype(np.int32)
     lite = runners.run_litert(data, xs, raw=True)[0].astype(np.int32)
     d = np.abs(tflm - lite)
     layers = max(1, len(exact.weight_tensors(exact.read(data))))
     return int(d.max()), float((d > 0).mean()), layers
+
+
+def _pack_and_check(report: Report, full_int8: bytes, conv: Conversion) -> bytes:
+    """Packs a checked full_int8 file; `report` then describes the packed file."""
+    # Weights trained as plain int8 ("int8" in the mapping) stay int8.
+    codebook = [m for m in conv.matches if not m.cw.trained_int8]
+    kept = [w for w in report.weights if w.trained_int8]
+    try:
+        data = packed.pack(full_int8, [m.tensor for m in codebook])
+        report.weights = packed.check_weights(data, full_int8, codebook) + kept
+    except packed.PackedFileError as e:
+        raise ExportError(f"Cannot pack the codebook weights: {e} Nothing written.") from e
+    report.tflm = packed.compare_on_tflm(data, full_int8, conv.inputs)
+    report.format = "tflm_packed"
+    report.full_int8_size_bytes = len(full_int8)
+    report.size_bytes = len(data)
+    report.notes.append(
+        "outputs vs Keras and TFLM vs LiteRT: of the full_int8 file, which the packed file "
+        "matches exactly on TFLM"
+    )
+    return data
 
 
 def export(
@@ -297,11 +368,15 @@ def export(
             SavedModel directory; loaded inside `td.quantize_scope()`).
         path: Where to write the `.tflite` file (atomically).
         format: `"float"`, `"int8"` (weight-only, per channel), `"int4"`
-            (weight-only, per channel) or `"full_int8"` (int8 weights and
-            activations, int8 input/output). Defaults to `"int8"`.
+            (weight-only, per channel), `"full_int8"` (int8 weights and
+            activations, int8 input/output) or `"tflm_packed"` (`full_int8`
+            with codebook weights as ceil(log2 K)-bit indices into value
+            tables, decoded by TFLM's DECODE operator; only TFLM runs it).
+            Defaults to `"int8"`.
         representative_data: Sample inputs, an array `(N, ...)` or a generator
-            of samples; required for `full_int8`, also used for the output
-            check (random inputs otherwise).
+            of samples; required for `full_int8` and `tflm_packed` (unless the
+            model was trained with `activations="int8"`), also used for the
+            output check (random inputs otherwise).
         allow_inexact: Write a codebook with no exact integer lattice anyway,
             reporting the max error. Defaults to `False`.
         c_array: Also write a C source file (and header) for TFLM.
@@ -318,6 +393,9 @@ def export(
     if target.is_dir():
         raise ExportError(f"`path` is a directory. Received: path={str(target)!r}")
     conv = convert_bytes(model, format, representative_data, allow_inexact, safe_mode)
+    pack = format == "tflm_packed"
+    if pack:
+        format = "full_int8"  # checked as such first, then packed
     weights = verify.check_weights(conv.data, conv.matches)
     outputs = _check_outputs(conv, format, weights, allow_inexact)
     tflm_lsb = tflm_share = None
@@ -340,9 +418,12 @@ def export(
         tflm_layers=tflm_layers,
         notes=conv.notes,
     )
+    data = conv.data
+    if pack and report.ok:
+        data = _pack_and_check(report, conv.data, conv)
     if not report.ok or (not report.exact and not allow_inexact):
         raise ExportError(f"Verification failed; nothing written.\n{report}")
-    files.atomic_write(target, conv.data)
+    files.atomic_write(target, data)
     if c_array is not None:
-        report.c_array = micro.write_c_array(conv.data, c_array)
+        report.c_array = micro.write_c_array(data, c_array)
     return report

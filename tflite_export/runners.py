@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
+
+from tflite_export.errors import ExportError
+
+
+def require_litert(model_bytes: bytes) -> None:
+    """Raises `ExportError` for a `tflm_packed` file, which only TFLM runs."""
+    from tflite_export import packed  # noqa: PLC0415
+
+    if packed.is_packed(model_bytes):
+        raise ExportError(
+            "This is a tflm_packed file (weights as indices decoded by TFLM's DECODE "
+            "operator): only TensorFlow Lite for Microcontrollers runs it, LiteRT cannot. "
+            "Use the TFLM interpreter (tflite_micro's runtime.Interpreter), or export "
+            "full_int8 for LiteRT."
+        )
 
 
 def interpreter(model_bytes: bytes):
-    """A LiteRT interpreter for the file, tensors allocated."""
+    """A LiteRT interpreter for the file, tensors allocated.
+
+    Raises:
+        ExportError: For a `tflm_packed` file, which only TFLM runs.
+    """
     from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
 
+    require_litert(model_bytes)
     it = Interpreter(model_content=model_bytes, experimental_preserve_all_tensors=False)
     it.allocate_tensors()
     return it
@@ -58,26 +81,175 @@ def run_litert(model_bytes: bytes, inputs: list[np.ndarray], raw: bool = False) 
     return [np.concatenate(r, axis=0) for r in results]
 
 
-def run_tflm(model_bytes: bytes, inputs: list[np.ndarray]) -> list[np.ndarray]:
+def run_tflm(
+    model_bytes: bytes, inputs: list[np.ndarray], dequantize: bool = False
+) -> list[np.ndarray]:
     """Runs the file with the TensorFlow Lite for Microcontrollers interpreter.
 
     Args:
-        model_bytes: The `.tflite` file (TFLM runs int8 files).
-        inputs: As for `run_litert`.
+        model_bytes: The `.tflite` file (TFLM runs int8 and tflm_packed files).
+        inputs: As for `run_litert`; quantized with TFLM's view of the inputs.
+        dequantize: Return float64 outputs (dequantized with the file's
+            parameters) instead of the raw int8 ones. Defaults to `False`.
 
     Returns:
-        One array `(N, ...)` per model output, as the file stores it (raw int8).
+        One array `(N, ...)` per model output.
+
+    Raises:
+        RuntimeError: When TFLM refuses the file (see `tflm_refusal`).
     """
+    it = tflm_interpreter(model_bytes)
+    xs = int8_inputs(it, inputs)
+    n_out = len(_subgraph(model_bytes).outputs)
+    results = [[] for _ in range(n_out)]
+    for i in range(len(xs[0])):
+        for k, x in enumerate(xs):
+            it.set_input(x[i : i + 1], k)
+        it.invoke()
+        for k in range(n_out):
+            results[k].append(np.array(it.get_output(k)))
+    out = [np.concatenate(r, axis=0) for r in results]
+    if dequantize:
+        for k in range(n_out):
+            q = it.get_output_details(k)["quantization_parameters"]
+            if len(q["scales"]):
+                out[k] = (out[k].astype(np.float64) - q["zero_points"][0]) * q["scales"][0]
+    return out
+
+
+def _subgraph(model_bytes: bytes):
+    from tflite_export import exact  # noqa: PLC0415
+
+    return exact.read(model_bytes).subgraphs[0]
+
+
+def tflm_refusal(model_bytes: bytes) -> str | None:
+    """Why TFLM would abort the process loading this file, or None.
+
+    TFLM prepares an int8 SOFTMAX with the multiplier
+    `beta x input scale x 2**26`, which it requires to exceed 1
+    (`QuantizeMultiplierGreaterThanOne`, a `TFLITE_CHECK` that aborts); a
+    model whose logits span less than about `255 x 2**-26` (4e-6), such as
+    an untrained network, cannot load.
+    """
+    from tflite_export import exact  # noqa: PLC0415
+    from tflite_export.schema import BuiltinOperator, TensorType  # noqa: PLC0415
+
+    model = exact.read(model_bytes)
+    sg = model.subgraphs[0]
+    for i, op in enumerate(sg.operators or []):
+        code = model.operatorCodes[op.opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        if builtin != BuiltinOperator.SOFTMAX:
+            continue
+        t = sg.tensors[int(op.inputs[0])]
+        if t.type not in (TensorType.INT8, TensorType.UINT8) or t.quantization is None:
+            continue
+        scale = float(np.asarray(t.quantization.scale).reshape(-1)[0])
+        opts = op.builtinOptions
+        beta = float(getattr(opts, "beta", 1.0) or 1.0)
+        if beta * scale * 2.0**26 <= 1.0:
+            return (
+                f"TFLM cannot run this file: SOFTMAX (operator {i}) has input scale {scale:.3g}, "
+                f"and TFLM's int8 softmax needs beta x scale x 2**26 > 1 (scale > "
+                f"{2.0**-26 / beta:.3g}); it aborts the process otherwise. The logits of the "
+                f"sample inputs span only {255 * scale:.3g}: train the model (or give inputs "
+                "that reach its real output range) before exporting for TFLM."
+            )
+    return None
+
+
+def tflm_interpreter(model_bytes: bytes, preserve_all_tensors: bool = False):
+    """A TFLM interpreter of the file (raises `RuntimeError` when TFLM refuses it)."""
     from tflite_micro.python.tflite_micro import runtime  # noqa: PLC0415
 
-    micro = runtime.Interpreter.from_bytes(model_bytes)
-    lite = interpreter(model_bytes)
-    ins, n_out = lite.get_input_details(), len(lite.get_output_details())
-    results = [[] for _ in range(n_out)]
+    reason = tflm_refusal(model_bytes)
+    if reason is not None:
+        raise RuntimeError(reason)
+    config = (
+        runtime.InterpreterConfig.kPreserveAllTensors
+        if preserve_all_tensors
+        else runtime.InterpreterConfig.kAllocationRecording
+    )
+    # The runtime's default arena (10x the file) leaves out the decoded weights.
+    sg = _subgraph(model_bytes)
+    decoded = sum(
+        int(np.prod(sg.tensors[int(o)].shape))
+        for op in sg.operators or []
+        if op.outputs is not None
+        for o in op.outputs
+        if sg.tensors[int(o)].buffer == 0
+    )
+    return runtime.Interpreter.from_bytes(
+        model_bytes, arena_size=10 * len(model_bytes) + 4 * decoded, intrepreter_config=config
+    )
+
+
+def tflm_outputs(it, inputs: list[np.ndarray]) -> np.ndarray:
+    """Raw outputs (first output tensor) of `it` for int8 samples, one at a time."""
+    outs = []
     for i in range(len(inputs[0])):
-        for k, (d, x) in enumerate(zip(ins, inputs)):
-            micro.set_input(quantize_input(d, x[i : i + 1]), k)
-        micro.invoke()
-        for k in range(n_out):
-            results[k].append(np.asarray(micro.get_output(k)))
-    return [np.concatenate(r, axis=0) for r in results]
+        for k, x in enumerate(inputs):
+            it.set_input(np.asarray(x[i : i + 1]), k)
+        it.invoke()
+        outs.append(np.array(it.get_output(0)))
+    return np.concatenate(outs, axis=0)
+
+
+def tflm_arena_bytes(it) -> int:
+    """Arena bytes TFLM allocated for `it` (run `invoke` first).
+
+    TFLM's recording allocator prints its totals to the C standard error;
+    they are read from there. An interpreter made with exactly that many
+    bytes loads and runs; one byte less does not.
+    """
+    fd = os.dup(2)
+    with tempfile.TemporaryFile() as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            it.print_allocations()
+        finally:
+            os.dup2(fd, 2)
+            os.close(fd)
+        f.seek(0)
+        text = f.read().decode(errors="replace")
+    for line in text.splitlines():
+        if "Arena allocation total" in line:
+            return int(line.split("total", 1)[1].split()[0])
+    raise RuntimeError(f"TFLM printed no arena total. Received: {text[:200]!r}")
+
+
+def int8_inputs(it, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Float samples quantized with the file's own input parameters."""
+    out = []
+    for k, x in enumerate(inputs):
+        d = it.get_input_details(k)
+        q = d["quantization_parameters"]
+        if (
+            np.dtype(d["dtype"]).kind in "iu"
+            and len(q["scales"])
+            and np.asarray(x).dtype.kind == "f"
+        ):
+            info = np.iinfo(d["dtype"])
+            x = np.round(np.asarray(x) / q["scales"][0] + q["zero_points"][0])
+            x = np.clip(x, info.min, info.max)
+        out.append(np.asarray(x).astype(d["dtype"]))
+    return out
+
+
+def random_tflm_inputs(model_bytes: bytes, n: int = 8, seed: int = 0) -> list[np.ndarray]:
+    """Random int8 (or float) inputs of the shapes the file takes, for TFLM."""
+    rng = np.random.default_rng(seed)
+    it = tflm_interpreter(model_bytes)
+    sg = _subgraph(model_bytes)
+    out = []
+    for k in range(len(sg.inputs)):
+        d = it.get_input_details(k)
+        shape = (n, *[int(s) for s in d["shape"][1:]])
+        dtype = np.dtype(d["dtype"])
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            out.append(rng.integers(info.min, int(info.max) + 1, size=shape).astype(dtype))
+        else:
+            out.append(rng.normal(size=shape).astype(dtype))
+    return out

@@ -85,9 +85,14 @@ class WeightCheck:
     #: An 8-bit weight ("int8" in the mapping): exact means the stored integers
     #: and steps are those it trained with.
     trained_int8: bool = False
+    index_bits: int | None = None  # tflm_packed: bits of each stored index
+    table: np.ndarray | None = None  # tflm_packed: int8 value table (first channel's)
+    tables: int = 0  # tflm_packed: 1 (one table for the tensor) or one per channel
 
     @property
     def stored_bits(self) -> int:
+        if self.index_bits is not None:
+            return self.index_bits
         return {"int4": 4, "int8": 8, "float32": 32, "float16": 16}.get(self.storage, 32)
 
 

@@ -29,6 +29,24 @@ def _as_np(values) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
+def all_finite(x: tf.Tensor) -> tf.Tensor:
+    """A scalar bool tensor: True when every entry of `x` is finite.
+
+    One reduction; the elementwise test runs only when the sum is not finite
+    (a NaN or inf entry, or an overflowing sum of huge finite ones).
+
+    Example:
+
+    >>> bool(all_finite(tf.constant([1.0, float("nan")])))
+    False
+    """
+    return tf.cond(
+        tf.math.is_finite(tf.reduce_sum(x)),
+        lambda: tf.constant(True),
+        lambda: tf.reduce_all(tf.math.is_finite(x)),
+    )
+
+
 def project(x: tf.Tensor, values, scale=None) -> tf.Tensor:
     """Nearest codebook value for every entry of `x`, never an N x K tensor.
 
@@ -47,6 +65,8 @@ def project(x: tf.Tensor, values, scale=None) -> tf.Tensor:
         A tensor of the shape and dtype of `x` holding only entries of `values`
         (times `scale`). An entry exactly halfway between two values takes the
         larger one.
+        When `x` holds a NaN or inf, every entry is NaN: a diverged weight
+        shows in the loss instead of silently becoming a codebook value.
 
     Example:
 
@@ -59,7 +79,7 @@ def project(x: tf.Tensor, values, scale=None) -> tf.Tensor:
     if v.size > WHERE_CHAIN_MAX_K:
         if scale is not None:
             return project(x / scale, v) * scale
-        return tf.gather(tf.constant(v, dtype), bucket(x, mids))
+        return _nan_unless_finite(x, tf.gather(tf.constant(v, dtype), bucket(x, mids)))
 
     def const(a):
         c = tf.constant(a, dtype)
@@ -68,7 +88,12 @@ def project(x: tf.Tensor, values, scale=None) -> tf.Tensor:
     out = tf.where(x >= const(mids[0]), const(v[1]), const(v[0]))
     for i in range(1, v.size - 1):
         out = tf.where(x >= const(mids[i]), const(v[i + 1]), out)
-    return out
+    return _nan_unless_finite(x, out)
+
+
+def _nan_unless_finite(x: tf.Tensor, out: tf.Tensor) -> tf.Tensor:
+    """`out`, or NaN everywhere when `x` holds a NaN or inf."""
+    return tf.where(all_finite(x), out, tf.constant(np.nan, out.dtype))
 
 
 def bucket(x: tf.Tensor, thresholds) -> tf.Tensor:
@@ -232,7 +257,7 @@ def stochastic_project(x: tf.Tensor, values, seed=None) -> tf.Tensor:
     hi = tf.gather(vt, lo_idx + 1)
     p_hi = (clipped - lo) / (hi - lo)
     u = tf.random.uniform(tf.shape(x), dtype=dtype, seed=seed)
-    return tf.where(u < p_hi, hi, lo)
+    return _nan_unless_finite(x, tf.where(u < p_hi, hi, lo))
 
 
 def reduce_axes(rank: int, channel_axes) -> list[int]:
@@ -245,9 +270,11 @@ def mean_abs_scale(w: tf.Tensor, channel_axes) -> tf.Tensor:
     """XNOR-Net's per-channel scale `mean|w|`, broadcastable against `w`.
 
     The scale is a constant for the gradient (as in Larq's
-    `magnitude_aware_sign`); zero channels get a scale of 1.
+    `magnitude_aware_sign`); zero channels get a scale of 1. A channel holding
+    NaN or inf gets a NaN or inf scale, so the layer's output (and the loss)
+    shows it instead of hiding it.
     """
     axes = reduce_axes(w.shape.rank, channel_axes)
     s = tf.reduce_mean(tf.abs(w), axis=axes, keepdims=True) if axes else tf.abs(w)
-    s = tf.where(s > 0, s, tf.ones_like(s))
+    s = tf.where(tf.equal(s, 0), tf.ones_like(s), s)
     return tf.stop_gradient(s)

@@ -1,11 +1,14 @@
-"""Step 2 of 2: saved QAT model -> full_int8 .tflite + C array -> TFLM run.
+"""Step 2 of 2: saved QAT model -> full_int8 and tflm_packed .tflite + C arrays -> TFLM run.
 
 Loads `qat.keras` (inside `td.quantize_scope()`), writes a verified,
 codebook-exact `full_int8` file and its C array (`model_data.cc` and
 `model_data.h`), then runs the file on the TensorFlow Lite for
 Microcontrollers interpreter (the `tflite-micro` package: the same kernels a
 microcontroller runs) over the whole test set, and finds the smallest tensor
-arena it runs in.
+arena it runs in. Next to it, `model_packed.tflite` (and
+`model_packed_data.cc`) stores the ternary weights as 2-bit indices
+(`format="tflm_packed"`, TFLM only); both files' sizes, arenas and TFLM
+latencies are printed.
 
     python examples/edge_deploy/deploy.py [--model out/edge/qat.keras]
         [--data out/edge/data.npz] [--out out/edge]
@@ -14,18 +17,19 @@ arena it runs in.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import subprocess
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import numpy as np  # noqa: E402
+import tflite_export
+from tflite_export.logs import library_logs
 
-import tflite_export  # noqa: E402
-import tfmot_discrete as td  # noqa: E402
-from tflite_export import exact  # noqa: E402
+# TensorFlow loads here: its start-up lines are kept out too, unless --verbose.
+with library_logs("--verbose" in sys.argv[1:]):
+    import tfmot_discrete as td
+    from tflite_export import exact, runners
 
 keras = td.keras
 
@@ -50,23 +54,22 @@ def runs_with_arena(path, size: int) -> bool:
     return proc.returncode == 0
 
 
-def smallest_arena(path, step: int = 16) -> int:
-    """The smallest `arena_size` (to `step` bytes) the TFLM interpreter runs the model with.
+def smallest_arena(path) -> int:
+    """The smallest `arena_size` the TFLM interpreter runs the model with.
 
-    The Python runtime has no arena-usage query, so this bisects, starting from
-    the runtime's default (10x the model size).
+    TFLM's recording allocator reports the bytes it allocated
+    (`tflite_export.runners.tflm_arena_bytes`); the model is then run once
+    with exactly that arena and once with 16 bytes less, each in a fresh
+    process, to confirm it is the smallest.
     """
-    hi = 10 * os.path.getsize(path)
-    while not runs_with_arena(path, hi):
-        hi *= 2
-    lo = 0
-    while hi - lo > step:
-        mid = (lo + hi) // 2
-        if runs_with_arena(path, mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    it = runners.tflm_interpreter(pathlib.Path(path).read_bytes())
+    d = it.get_input_details(0)
+    it.set_input(np.zeros(d["shape"], d["dtype"]), 0)
+    it.invoke()
+    arena = runners.tflm_arena_bytes(it)
+    if not runs_with_arena(path, arena) or runs_with_arena(path, arena - 16):
+        raise RuntimeError(f"TFLM's recorded arena of {arena} bytes is not the smallest")
+    return arena
 
 
 def op_names(data: bytes) -> list[str]:
@@ -75,11 +78,19 @@ def op_names(data: bytes) -> list[str]:
 
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     fb = exact.read(data)
-    return [names[max(o.builtinCode, o.deprecatedBuiltinCode)] for o in fb.operatorCodes]
+    return [
+        o.customCode.decode()
+        if o.customCode
+        else names[max(o.builtinCode, o.deprecatedBuiltinCode)]
+        for o in fb.operatorCodes
+    ]
 
 
 def resolver_call(op: str) -> str:
-    """`FULLY_CONNECTED` -> `AddFullyConnected()`, `CONV_2D` -> `AddConv2D()`."""
+    """`FULLY_CONNECTED` -> `AddFullyConnected()`, `CONV_2D` -> `AddConv2D()`;
+    the custom `TFLM_DECODE` of packed files -> `AddDecode()`."""
+    if op == "TFLM_DECODE":
+        return "AddDecode()"
     parts = [p if p[0].isdigit() else p.capitalize() for p in op.split("_")]
     return "Add" + "".join(parts) + "()"
 
@@ -109,7 +120,18 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="out/edge/qat.keras", help="the saved QAT model")
     parser.add_argument("--data", default="out/edge/data.npz", help="from train.py")
     parser.add_argument("--out", default="out/edge", help="output directory (default out/edge)")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Keras' per-epoch output, and what TensorFlow, the converters and the "
+        "interpreters log",
+    )
     args = parser.parse_args(argv)
+    with library_logs(args.verbose):
+        return _run(args)
+
+
+def _run(args) -> int:
     out = pathlib.Path(args.out)
     data = np.load(args.data)
 
@@ -133,8 +155,8 @@ def main(argv=None) -> int:
     print(f"TFLM test accuracy: {acc:.2%} on {n} test images")
     arena = smallest_arena(path)
     print(
-        f"TFLM arena: {arena:,} bytes (smallest arena_size the TFLM interpreter runs "
-        f"this model with, found by bisection to 16 bytes)"
+        f"TFLM arena: {arena:,} bytes (recorded by TFLM's allocator: the model runs with "
+        "exactly this arena_size, not with 16 bytes less)"
     )
     ops = op_names(model_bytes)
     print(f"operators: {', '.join(ops)}")
@@ -144,6 +166,36 @@ def main(argv=None) -> int:
         f"input: int8, shape {list(qat.input_shape[1:])}, "
         f"q = round(x / {scale:.6g}) + ({zero}) (scale, zero point)"
     )
+
+    # The same model with its ternary weights as 2-bit indices (TFLM only).
+    packed_path = out / "model_packed.tflite"
+    packed = tflite_export.export(
+        qat,
+        packed_path,
+        format="tflm_packed",
+        representative_data=data["x_calibration"],
+        c_array=out / "model_packed_data.cc",
+    )
+    print(packed)
+    if not (packed.ok and packed.exact):
+        return 1
+    packed_acc, _, _ = tflm_accuracy(packed_path.read_bytes(), data["x_test"], data["y_test"])
+    t = packed.tflm
+    print(f"TFLM test accuracy (packed): {packed_acc:.2%} on {n} test images")
+    print(
+        f"size: full_int8 {len(model_bytes):,} bytes, tflm_packed {packed.size_bytes:,} bytes "
+        f"(float file {packed.float_size_bytes:,})"
+    )
+    print(
+        f"TFLM arena (recorded): full_int8 {t.full_int8_arena_bytes:,} bytes, tflm_packed "
+        f"{t.arena_bytes:,} bytes (decoded weights live in the arena while their layer runs)"
+    )
+    print(
+        f"TFLM latency per inference (this host): full_int8 {1e6 * t.full_int8_latency_s:.0f} "
+        f"us, tflm_packed {1e6 * t.latency_s:.0f} us"
+    )
+    calls = ", ".join(resolver_call(op) for op in op_names(packed_path.read_bytes()))
+    print(f"op resolver (packed): {calls}")
     return 0
 
 
