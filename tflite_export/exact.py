@@ -63,36 +63,32 @@ class CodebookWeight:
 def codebook_weights(model) -> list[CodebookWeight]:
     """Every codebook-quantized weight of a QAT model (or DiscreteMultiplier),
     then every weight trained with 8-bit fake quantization."""
-    inner_layers = {}
+    classes = {}
     for layer in model.layers:
         inner = layer.layer if isinstance(layer, _qk.QuantizeWrapper) else layer
-        inner_layers[inner.name] = inner
+        classes[inner.name] = type(inner).__name__
+
+    def weight(label, **fields) -> CodebookWeight:
+        layer_name, name = label.rsplit("/", 1)
+        return CodebookWeight(
+            layer=layer_name, layer_class=classes[layer_name], weight=name, **fields
+        )
+
     out = []
     for label, latent, q, qvars in codebook_items(model):
         values = np.asarray(q(latent, False, weights=qvars), np.float64)
         scales = np.broadcast_to(
             np.asarray(q.quantized_scale(latent, qvars), np.float64), values.shape
         )
-        layer_name, weight = label.rsplit("/", 1)
+        codes = q.codebook.project_numpy(values / scales)
         out.append(
-            CodebookWeight(
-                layer=layer_name,
-                layer_class=type(inner_layers[layer_name]).__name__,
-                weight=weight,
-                codebook=q.codebook,
-                values=values,
-                codes=q.codebook.project_numpy(values / scales),
-                scales=np.array(scales),
-            )
+            weight(label, codebook=q.codebook, values=values, codes=codes, scales=np.array(scales))
         )
     for label, latent, q, qvars in int8_items(model):
         iv = int8.int8_values(q, latent, qvars)
-        layer_name, weight = label.rsplit("/", 1)
         out.append(
-            CodebookWeight(
-                layer=layer_name,
-                layer_class=type(inner_layers[layer_name]).__name__,
-                weight=weight,
+            weight(
+                label,
                 codebook=INT8_CODEBOOK,
                 values=iv.codes * iv.steps,
                 codes=iv.codes,

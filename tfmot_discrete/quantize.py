@@ -487,6 +487,17 @@ def _first_bad(value) -> tuple[int, tuple[int, ...], float] | None:
     return int(bad.sum()), first, float(a[first])
 
 
+def _raise_if_non_finite(layer: str, weight: str, value, what: str) -> None:
+    bad = _first_bad(value)
+    if bad is not None:
+        count, where, first = bad
+        raise ValueError(
+            f"Layer {layer!r}, weight {weight!r}: {count} {what} are NaN or inf (first {first} "
+            f"at index {where}); training diverged or the weights were corrupted. Received: a "
+            "model with non-finite weights"
+        )
+
+
 def check_finite(model) -> None:
     """Raises if a weight or a codebook scale of `model` is NaN or inf, or a
     codebook scale is zero or negative.
@@ -502,15 +513,7 @@ def check_finite(model) -> None:
         ValueError: Naming the layer, the weight and the first bad entry.
     """
     for label, latent, q, qvars in codebook_items(model):
-        bad = _first_bad(latent)
-        if bad is not None:
-            count, where, value = bad
-            raise ValueError(
-                f"Layer {label.split('/')[0]!r}, weight {label.split('/')[1]!r}: {count} "
-                f"latent value(s) are NaN or inf (first {value} at index {where}); training "
-                "diverged or the weights were corrupted. Received: a model with non-finite "
-                "weights"
-            )
+        _raise_if_non_finite(*label.split("/"), latent, "latent value(s)")
         if q.scale is None:
             continue
         scale = np.asarray(q.quantized_scale(latent, qvars), np.float64)
@@ -525,14 +528,7 @@ def check_finite(model) -> None:
             )
     for layer in model.layers:
         for w in layer.weights:
-            bad = _first_bad(w)
-            if bad is not None:
-                count, where, value = bad
-                raise ValueError(
-                    f"Layer {layer.name!r}, weight {weight_key(w)!r}: {count} value(s) are NaN "
-                    f"or inf (first {value} at index {where}). Received: a model with "
-                    "non-finite weights"
-                )
+            _raise_if_non_finite(layer.name, weight_key(w), w, "value(s)")
 
 
 def is_quantized(model) -> bool:
