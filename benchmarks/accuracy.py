@@ -18,7 +18,7 @@ import tensorflow as tf
 
 import tflite_export
 from benchmarks import common
-from tflite_export import exact, pipeline
+from tflite_export import exact, pipeline, runners
 from tfmot_discrete._keras import keras
 
 
@@ -87,31 +87,8 @@ def evaluate(model, data) -> float:
     return float(acc)
 
 
-def tflite_predict(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
-    """Logits of a `.tflite` file for a batch, run by LiteRT."""
-    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-
-    it = Interpreter(model_content=model_bytes)
-    inp = it.get_input_details()[0]
-    it.resize_tensor_input(inp["index"], list(x.shape))
-    it.allocate_tensors()
-    inp = it.get_input_details()[0]
-    xin = x.astype(np.float32)
-    if inp["dtype"] != np.float32:
-        scale, zero = inp["quantization"]
-        xin = np.clip(np.round(x / scale + zero), -128, 127).astype(inp["dtype"])
-    it.set_tensor(inp["index"], xin)
-    it.invoke()
-    out = it.get_output_details()[0]
-    y = it.get_tensor(out["index"]).astype(np.float32)
-    if out["dtype"] != np.float32:
-        scale, zero = out["quantization"]
-        y = (y - zero) * scale
-    return y
-
-
 def tflite_accuracy(model_bytes: bytes, data) -> float:
-    return float(np.mean(np.argmax(tflite_predict(model_bytes, data[2]), -1) == data[3]))
+    return float(np.mean(np.argmax(runners.run_litert(model_bytes, [data[2]])[0], -1) == data[3]))
 
 
 def deploy_format(variant: common.Variant) -> str:
@@ -135,10 +112,10 @@ def to_tflite(model, variant: common.Variant, data, fmt: str) -> bytes:
         return bytes(conv.convert())
     rep = data[0][:200]
     if fmt == "int8, unverified":
-        return pipeline.convert_bytes(model, "int8", representative_data=rep)[0]
+        return pipeline.convert_bytes(model, "int8", representative_data=rep).data
     if variant.kind != "ours":
         # Not a codebook model: `export` would hold int8 weights to the float outputs.
-        return pipeline.convert_bytes(model, fmt, representative_data=rep)[0]
+        return pipeline.convert_bytes(model, fmt, representative_data=rep).data
     with tempfile.TemporaryDirectory() as tmp:
         path = pathlib.Path(tmp) / "model.tflite"
         tflite_export.export(model, path, format=fmt, representative_data=rep)
@@ -200,7 +177,8 @@ def run(settings: common.Settings, log=print) -> dict:
     return out
 
 
-def _rows(records, task: str):
+def records_by_variant(records, task: str) -> dict:
+    """`{variant: [Record, ...]}` of one dataset, in the order they were trained."""
     by = {}
     for r in records:
         if r.task == task:
@@ -211,7 +189,7 @@ def _rows(records, task: str):
 def table(result: dict, task: str) -> str:
     """The accuracy table of one dataset (Markdown)."""
     variants = {v.name: v for v in common.accuracy_variants()}
-    by = _rows(result["records"], task)
+    by = records_by_variant(result["records"], task)
     base = common.mean_std([r.accuracy for r in by["float"]])[0] if "float" in by else math.nan
     rows = []
     for name, recs in by.items():
@@ -257,7 +235,7 @@ def targets(result: dict) -> list[tuple[str, str, str]]:
         ("mnist1d", 3.0, ("binary, mean_abs", "binary, learned")),
         ("digits", 0.5, ("ternary, mean_abs", "[1, -1, 0.5, -0.5]")),
     ):
-        by = _rows(result["records"], task)
+        by = records_by_variant(result["records"], task)
         base = _mean(by, "float")
         for name in names:
             acc = _mean(by, name)
@@ -280,7 +258,7 @@ def targets(result: dict) -> list[tuple[str, str, str]]:
         ("[1, -1, 0.5, -0.5]", 4),
     )
     for task in result["data"]:
-        by = _rows(result["records"], task)
+        by = records_by_variant(result["records"], task)
         for name, k in pairs:
             peer = f"TF-MOT clustering, {k} clusters"
             ours, theirs = _mean(by, name), _mean(by, peer)

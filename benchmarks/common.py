@@ -186,8 +186,8 @@ class Clock:
 
 
 def digits():
-    """scikit-learn's 8x8 digits, the fixed split of `tfmot_discrete.demo` (seed 0)."""
-    from tfmot_discrete.demo import load_digits_split  # noqa: PLC0415
+    """scikit-learn's 8x8 digits, the fixed split of `tfmot_discrete_demo.digits` (seed 0)."""
+    from tfmot_discrete_demo.digits import load_digits_split  # noqa: PLC0415
 
     return load_digits_split(0)
 

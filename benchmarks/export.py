@@ -43,7 +43,7 @@ def convert(model, variant: common.Variant, fmt: str, data):
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         return bytes(conv.convert()), 8.0
     if variant.kind != "ours":
-        out = pipeline.convert_bytes(model, fmt, representative_data=rep)[0]
+        out = pipeline.convert_bytes(model, fmt, representative_data=rep).data
         return out, float(FORMAT_BITS[fmt])
     with tempfile.TemporaryDirectory() as tmp:
         path = pathlib.Path(tmp) / "model.tflite"

@@ -27,7 +27,7 @@ def accuracy_vs_bits(result: dict, path: pathlib.Path) -> pathlib.Path:
     colors = plt.get_cmap("tab20").colors
     order = {name: i for i, name in enumerate(variants)}
     for ax, task in zip(axes[0], tasks):
-        by = accuracy._rows(result["records"], task)  # noqa: SLF001
+        by = accuracy.records_by_variant(result["records"], task)
         for name, recs in by.items():
             m, s = common.mean_std([100 * r.accuracy for r in recs])
             v = variants[name]

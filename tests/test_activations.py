@@ -7,7 +7,7 @@ import tensorflow_model_optimization as tfmot
 
 import tflite_export
 import tfmot_discrete as td
-from tflite_export import convert, verify
+from tflite_export import convert, runners
 from tfmot_discrete._keras import keras
 
 L = keras.layers
@@ -96,14 +96,14 @@ def test_full_int8_file_keeps_the_trained_activation_ranges(tmp_path):
     assert report.exact and report.ok
     assert any("learned in training" in n for n in report.notes)
     trained = qat.predict(x, verbose=0)
-    ours = verify.run_litert((tmp_path / "q.tflite").read_bytes(), [x])[0]
+    ours = runners.run_litert((tmp_path / "q.tflite").read_bytes(), [x])[0]
     # The same model calibrated afresh from the stripped float model agrees less
     # with what was trained.
     plain = td.strip_quantization(qat)
     recal = convert.full_int8_tflite(plain, zip(x[:128]))
-    theirs = verify.run_litert(recal, [x])[0]
+    theirs = runners.run_litert(recal, [x])[0]
     ours_err = np.abs(ours - trained).mean()
     theirs_err = np.abs(theirs - trained).mean()
     assert ours_err < theirs_err, (ours_err, theirs_err)
-    out_step = verify.interpreter(recal).get_output_details()[0]["quantization"][0]
+    out_step = runners.interpreter(recal).get_output_details()[0]["quantization"][0]
     assert ours_err < 2 * out_step

@@ -8,7 +8,8 @@ import pytest
 import tflite_export
 import tfmot_discrete as td
 from tflite_export import __main__ as cli
-from tflite_export import exact, micro, verify
+from tflite_export import exact, micro, runners, verify
+from tflite_export.schema import storage_name
 from tfmot_discrete._keras import keras
 
 L = keras.layers
@@ -50,9 +51,7 @@ def _trained(kind, q, epochs=2):
 
 def _stored_types(data):
     fb = exact.read(data)
-    return sorted(
-        {exact.tensor_type_name(fb.subgraphs[0].tensors[t]) for _, t in exact.weight_tensors(fb)}
-    )
+    return sorted({storage_name(fb.subgraphs[0].tensors[t]) for _, t in exact.weight_tensors(fb)})
 
 
 def _assert_exact_file(data, codebook_values, scaled):
@@ -117,14 +116,16 @@ def test_four_values_in_int4_use_a_chosen_step(tmp_path):
     qat, x = _trained("Dense", td.CodebookQuantizer(FOUR))
     path = tmp_path / "m.tflite"
     tflite_export.export(qat, path, format="int4")
-    it = verify.interpreter(path.read_bytes())
+    it = runners.interpreter(path.read_bytes())
     codes = set()
     for d in it.get_tensor_details():
         if d["dtype"] == np.int8 and d["quantization_parameters"]["scales"].size:
             codes |= set(np.unique(it.get_tensor(d["index"])).tolist())
     # codes ±6 and ±3 (step 1/6): 0.5 -> 3.5 with the standard step 1/7 is not integral.
-    assert codes <= {-6, -3, 3, 6} and {6, -6} <= codes | {6, -6}
-    assert codes & {3, -3}
+    # The file holds exactly the codes of the values the trained weights take.
+    trained = exact.codebook_weights(qat)[0].codes
+    assert codes == set(np.round(6 * np.unique(trained)).astype(int).tolist())
+    assert codes <= {-6, -3, 3, 6} and codes & {3, -3}
 
 
 def test_inexact_codebook_is_refused_then_allowed(tmp_path):
@@ -346,10 +347,10 @@ def _op_snapshot(data):
     """`OP(input types)` for every operator of the file, types as stored."""
     fb = exact.read(data)
     sg = fb.subgraphs[0]
-    ops = [d["op_name"] for d in verify.interpreter(data)._get_ops_details()]
+    ops = [d["op_name"] for d in runners.interpreter(data)._get_ops_details()]
     out = []
     for name, op in zip(ops, sg.operators):
-        types = [exact.tensor_type_name(sg.tensors[i]) for i in op.inputs if i >= 0]
+        types = [storage_name(sg.tensors[i]) for i in op.inputs if i >= 0]
         out.append(f"{name}({', '.join(types)})")
     return out
 
@@ -401,3 +402,14 @@ def test_exported_ops_and_dtypes_snapshot(tmp_path):
             "FULLY_CONNECTED(int8, int8)",
         ],
     }
+
+
+def test_conv3d_weights_are_found_under_their_operator(tmp_path):
+    # CONV_3D is operator 132 of the TFLite schema; its weights are exact in the file.
+    model = keras.Sequential([keras.Input((4, 4, 4, 2)), L.Conv3D(3, 2, name="c3")])
+    qat = td.quantize_model(model, td.binary(scale="mean_abs"))
+    report = tflite_export.export(qat, tmp_path / "c3.tflite", format="float")
+    assert [w.name for w in report.weights] == ["c3/kernel"]
+    assert report.exact and report.ok
+    checks = verify.check_codebook_file((tmp_path / "c3.tflite").read_bytes(), td.Codebook([-1, 1]))
+    assert [c.exact for c in checks] == [True]

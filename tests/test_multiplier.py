@@ -6,7 +6,7 @@ import tensorflow as tf
 
 import tfmot_discrete as td
 from tfmot_discrete._keras import keras
-from tfmot_discrete.demo import SignDense
+from tfmot_discrete_demo.digits import SignDense
 
 
 def _recovery(values, seed=0, epochs=10):

@@ -1,11 +1,12 @@
 import re
 
 import numpy as np
+import pytest
 
 import tfmot_discrete as td
-from tfmot_discrete import __main__ as cli
-from tfmot_discrete import demo
 from tfmot_discrete._keras import keras
+from tfmot_discrete_demo import __main__ as cli
+from tfmot_discrete_demo import digits as demo
 
 
 def test_every_public_name_resolves():
@@ -75,15 +76,18 @@ def test_demo_runs_and_prints_the_table(capsys, tmp_path):
     for label in demo.VARIANTS:
         assert label in out
     assert "Codebook summary" in out
-    # The seed answer's kernels never train: it cannot beat a quantized net by much.
-    assert all(0.0 <= r[0] <= 1.0 for r in results.values())
+    # The seed answer's kernels never train (only its biases do): after one epoch
+    # it stays far below every quantized net (measured: 13 % against 84-87 %).
+    sign = results["seed answer: tf.math.sign"][0]
+    quantized = [r[0] for label, r in results.items() if len(r) > 2]
+    assert len(quantized) == 3
+    assert sign < min(quantized) - 0.3
 
 
 def test_cli_rejects_bad_epochs(capsys):
-    try:
+    with pytest.raises(SystemExit) as e:
         cli.main(["demo", "--epochs", "0"])
-    except SystemExit as e:
-        assert e.code == 2
+    assert e.value.code == 2
     assert "Received: --epochs 0" in capsys.readouterr().err
 
 

@@ -8,7 +8,7 @@ import importlib
 
 _LAZY = {
     "FORMATS": "tflite_export.convert",
-    "ExportError": "tflite_export.convert",
+    "ExportError": "tflite_export.errors",
     "load_model": "tflite_export.convert",
     "Report": "tflite_export.pipeline",
     "export": "tflite_export.pipeline",

@@ -26,6 +26,10 @@ import warnings
 
 import numpy as np
 
+from tflite_export import inputs, runners
+from tflite_export.errors import ExportError
+from tflite_export.formats import FORMATS
+
 PROG = "tflite-export"
 
 
@@ -34,9 +38,6 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
-
-
-from tflite_export.formats import FORMATS  # noqa: E402
 
 
 def _add_verbose(p):
@@ -103,8 +104,6 @@ def _fail(message: str) -> int:
 
 
 def _load_npy(path):
-    from tflite_export.convert import ExportError  # noqa: PLC0415
-
     if path is None:
         return None
     if not os.path.isfile(path):
@@ -118,7 +117,6 @@ def _load_npy(path):
 def _main_export(argv) -> int:
     args = _export_parser().parse_args(argv)
     import tflite_export  # noqa: PLC0415
-    from tflite_export.convert import ExportError  # noqa: PLC0415
 
     try:
         rep = _load_npy(args.representative_data)
@@ -141,91 +139,95 @@ def _main_export(argv) -> int:
     return 0 if report.ok else 1
 
 
-def _random_file_inputs(data: bytes, n: int = 8) -> list:
-    """Random float inputs of the shapes the file takes (int inputs: small ints)."""
-    from tflite_export import verify  # noqa: PLC0415
+def _parse_codebook(text):
+    from tfmot_discrete.codebook import Codebook  # noqa: PLC0415
 
-    rng = np.random.default_rng(0)
-    out = []
-    for d in verify.interpreter(data).get_input_details():
-        shape = (n, *[int(s) for s in d["shape"][1:]])
-        if d["dtype"] in (np.int32, np.int64):
-            out.append(rng.integers(0, 2, size=shape).astype(d["dtype"]))
-        else:
-            out.append(rng.normal(size=shape).astype(np.float32))
-    return out
+    try:
+        return Codebook([float(v) for v in text.split(",") if v.strip()])
+    except ValueError as e:
+        raise ExportError(
+            f"--codebook must be comma-separated numbers, at least 2 distinct ({e}). "
+            f"Received: --codebook {text!r}"
+        ) from e
+
+
+def _weight_lines(path, data, codebook) -> tuple[list[str], bool]:
+    """The file's weight tensors against the codebook: report lines, all exact."""
+    from tflite_export import verify  # noqa: PLC0415
+    from tfmot_discrete import text  # noqa: PLC0415
+
+    try:
+        checks = verify.check_codebook_file(data, codebook)
+    except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
+        raise ExportError(f"{path!r} is not a readable .tflite file ({_one_line(e)})") from None
+    lines = [
+        f"{path}: {len(data):,} bytes, codebook {text.format_values(codebook.values, codebook.size)}"
+    ]
+    for c in checks:
+        status = "exact" if c.exact else f"NOT in codebook (max deviation {c.max_error:.3g})"
+        lines.append(f"  {c.name}: {c.storage}, {c.count:,} weights, {status}")
+    if not checks:
+        lines.append("  no weight tensors found")
+    return lines, bool(checks) and all(c.exact for c in checks)
+
+
+def _run_untrusted(path, data, xs) -> list[np.ndarray]:
+    """LiteRT's outputs for `xs` (None: 8 random inputs), run in a child process."""
+    try:
+        return runners.run_litert(data, xs, isolated=True)
+    except ExportError as e:
+        raise ExportError(f"{path!r} is not a usable .tflite file: {e}") from None
+
+
+def _random_run_line(outputs) -> tuple[str, bool]:
+    """No model to compare with: the outputs on random inputs must be finite."""
+    finite = all(np.all(np.isfinite(o)) for o in outputs)
+    return (
+        "  ran on 8 random inputs with LiteRT: "
+        + ("outputs finite" if finite else "NON-FINITE outputs")
+    ), finite
+
+
+def _model_line(path, data, model_path, rep) -> str:
+    """The file's outputs against the (stripped) Keras model's."""
+    from tflite_export import convert  # noqa: PLC0415
+    from tfmot_discrete.quantize import is_quantized, strip_quantization  # noqa: PLC0415
+
+    model = convert.load_model(model_path)
+    plain = strip_quantization(model) if is_quantized(model) else model
+    xs = inputs.representative(plain, rep) if rep is not None else inputs.random_inputs(plain)
+    ref = np.asarray(plain.predict(xs[0] if len(xs) == 1 else xs, verbose=0))
+    got = _run_untrusted(path, data, xs)[0]
+    if got.size != ref.size:
+        raise ExportError(
+            f"The file's output has {got.size} values for {len(ref)} inputs; the model "
+            f"{model_path!r} gives {ref.size}: they are not the same model."
+        )
+    got = got.reshape(ref.shape)
+    diff = float(np.abs(got - ref).max())
+    rng = float(ref.max() - ref.min()) or 1.0
+    return f"  outputs vs {model_path}: max abs diff {diff:.3g} ({diff / rng:.2e} of output range)"
 
 
 def _main_verify(argv) -> int:
     args = _verify_parser().parse_args(argv)
-    from tflite_export import convert, verify  # noqa: PLC0415
-    from tflite_export.convert import ExportError  # noqa: PLC0415
-    from tfmot_discrete.codebook import Codebook  # noqa: PLC0415
-
     try:
-        try:
-            values = [float(v) for v in args.codebook.split(",") if v.strip()]
-            codebook = Codebook(values)
-        except ValueError as e:
-            raise ExportError(
-                f"--codebook must be comma-separated numbers, at least 2 distinct ({e}). "
-                f"Received: --codebook {args.codebook!r}"
-            ) from e
+        codebook = _parse_codebook(args.codebook)
         path = pathlib.Path(args.file)
         if not path.is_file():
             raise ExportError(f"File not found. Received: {args.file!r}")
         data = path.read_bytes()
-        try:
-            checks = verify.check_codebook_file(data, codebook)
-        except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
-            raise ExportError(
-                f"{args.file!r} is not a readable .tflite file ({_one_line(e)})"
-            ) from None
+        # LiteRT first, in a child process: a file that crashes the interpreter
+        # ends that process, not this one, and is reported like any bad file.
+        probe = _run_untrusted(args.file, data, None)
+        lines, ok = _weight_lines(args.file, data, codebook)
         rep = _load_npy(args.representative_data)
-        shown = ", ".join(f"{v:g}" for v in codebook.values)
-        lines = [f"{args.file}: {len(data):,} bytes, codebook {{{shown}}}"]
-        for c in checks:
-            status = "exact" if c.exact else f"NOT in codebook (max deviation {c.max_error:.3g})"
-            lines.append(f"  {c.name}: {c.storage}, {c.count:,} weights, {status}")
-        ok = bool(checks) and all(c.exact for c in checks)
-        if not checks:
-            lines.append("  no weight tensors found")
-        if not args.model:
-            # No model to compare with: at least run the file, on random inputs.
-            try:
-                outputs = verify.run_litert(data, _random_file_inputs(data))
-            except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
-                raise ExportError(
-                    f"{args.file!r} does not run with LiteRT ({_one_line(e)})"
-                ) from None
-            finite = all(np.all(np.isfinite(o)) for o in outputs)
-            lines.append(
-                "  ran on 8 random inputs with LiteRT: "
-                + ("outputs finite" if finite else "NON-FINITE outputs")
-            )
-            ok = ok and finite
         if args.model:
-            from tflite_export.pipeline import _random_inputs, _representative  # noqa: PLC0415
-
-            model = convert.load_model(args.model)
-            from tfmot_discrete.quantize import is_quantized, strip_quantization  # noqa: PLC0415
-
-            plain = strip_quantization(model) if is_quantized(model) else model
-            inputs = _representative(plain, rep) if rep is not None else _random_inputs(plain)
-            ref = np.asarray(plain.predict(inputs[0] if len(inputs) == 1 else inputs, verbose=0))
-            try:
-                got = verify.run_litert(data, inputs)[0].reshape(ref.shape)
-            except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
-                raise ExportError(
-                    f"{args.file!r} does not run on {args.model!r}'s inputs with LiteRT "
-                    f"({_one_line(e)})"
-                ) from None
-            diff = float(np.abs(got - ref).max())
-            rng = float(ref.max() - ref.min()) or 1.0
-            lines.append(
-                f"  outputs vs {args.model}: max abs diff {diff:.3g} "
-                f"({diff / rng:.2e} of output range)"
-            )
+            lines.append(_model_line(args.file, data, args.model, rep))
+        else:
+            line, finite = _random_run_line(probe)
+            lines.append(line)
+            ok = ok and finite
         lines.append("OK" if ok else "FAILED")
         print("\n".join(lines))
         return 0 if ok else 1

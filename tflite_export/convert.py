@@ -15,17 +15,12 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 )
 
 import tfmot_discrete as td
+from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
 from tfmot_discrete._keras import keras
 from tfmot_discrete.layers import DiscreteMultiplier
+from tfmot_discrete.quantize import wrapper_weights
 from tfmot_discrete.quantizers import CodebookQuantizer
-
-#: Largest integer code of a symmetric weight tensor in each format.
-QMAX = {"int8": 127, "int4": 7, "full_int8": 127}
-
-
-class ExportError(ValueError):
-    """A model, file or argument that cannot be exported; the message says why."""
 
 
 def check_format(fmt) -> str:
@@ -76,10 +71,6 @@ def _quiet():
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         yield
-
-
-def input_specs(model):
-    return [(tuple(t.shape), t.dtype) for t in model.inputs]
 
 
 def float_tflite(plain) -> bytes:
@@ -154,20 +145,17 @@ def baked_qat_copy(qat):
     for layer in copy.layers:
         if isinstance(layer, tfmot.quantization.keras.QuantizeWrapper):
             baked = []
-            for weight, quantizer, qvars in layer._weight_vars:  # noqa: SLF001
+            for weight, quantizer, qvars in wrapper_weights(layer):
                 if isinstance(quantizer, CodebookQuantizer):
                     weight.assign(quantizer(weight, False, weights=qvars))
                     quantizer, qvars = _Identity(), {}
                 baked.append((weight, quantizer, qvars))
+            # TF-MOT keeps the list private; the wrapper reads it in `call`.
             layer._weight_vars = baked  # noqa: SLF001
         elif isinstance(layer, DiscreteMultiplier):
-            values = layer.quantized_kernel(False)
-            scale = layer.quantizer.quantized_scale(layer.kernel, layer._quantizer_vars)  # noqa: SLF001
-            layer.kernel.assign(values)
-            layer.quantizer = CodebookQuantizer(
-                np.asarray(layer.quantizer.values) * float(np.asarray(scale).reshape(-1)[0]),
-                per_channel_axis=[],
-            )
+            folded = layer.folded_quantizer()
+            layer.kernel.assign(layer.quantized_kernel(False))
+            layer.quantizer = folded
     return copy
 
 

@@ -14,25 +14,24 @@ import numpy as np
 import tensorflow_model_optimization as tfmot
 from tensorflow.lite.tools import flatbuffer_utils
 
+from tflite_export.schema import (
+    BIAS_INPUT,
+    QMAX,
+    WEIGHT_INPUT,
+    BuiltinOperator,
+    TensorType,
+)
 from tfmot_discrete.codebook import Codebook
 from tfmot_discrete.quantize import codebook_items
 
 _qk = tfmot.quantization.keras
 
-# TFLite builtin operator codes and the input index of their weight tensor.
-_WEIGHT_INPUT = {
-    9: 1,  # FULLY_CONNECTED
-    3: 1,  # CONV_2D
-    4: 1,  # DEPTHWISE_CONV_2D
-    67: 1,  # TRANSPOSE_CONV
-    113: 1,  # CONV_3D
-    36: 0,  # GATHER (params)
-    7: 1,  # EMBEDDING_LOOKUP
-    18: None,  # MUL: whichever input is constant
+_NUMPY_TYPES = {
+    TensorType.FLOAT32: np.float32,
+    TensorType.INT8: np.int8,
+    TensorType.INT32: np.int32,
+    TensorType.FLOAT16: np.float16,
 }
-_BIAS_INPUT = {9: 2, 3: 2, 4: 2, 67: 3, 113: 2}
-_DEQUANTIZE = 6
-_TENSOR_TYPES = {0: "float32", 9: "int8", 17: "int4", 2: "int32", 1: "float16"}
 
 
 @dataclasses.dataclass
@@ -122,8 +121,8 @@ def _buffer_array(model, tensor) -> np.ndarray | None:
     data = model.buffers[tensor.buffer].data
     if data is None or len(data) == 0:
         return None
-    dtype = {0: np.float32, 9: np.int8, 2: np.int32, 1: np.float16}.get(tensor.type)
-    if tensor.type == 17:
+    dtype = _NUMPY_TYPES.get(tensor.type)
+    if tensor.type == TensorType.INT4:
         raw = np.asarray(data, np.uint8)
         lo = (raw & 0x0F).astype(np.int8)
         hi = (raw >> 4).astype(np.int8)
@@ -136,22 +135,36 @@ def _buffer_array(model, tensor) -> np.ndarray | None:
     return np.frombuffer(bytes(bytearray(data)), dtype=dtype).reshape(tensor.shape)
 
 
+def dequantize_values(raw, scales, zero_points, axis: int) -> np.ndarray:
+    """`(raw - zero point) x scale` as float64: one scale for the tensor, or
+    one per index of `axis`.
+
+    Example:
+
+    >>> dequantize_values(np.array([[2, 4], [2, 4]]), [0.5, 0.25], [0, 0], 0).tolist()
+    [[1.0, 2.0], [0.5, 1.0]]
+    """
+    scales = np.asarray(scales, np.float64).reshape(-1)
+    zps = np.asarray(zero_points, np.float64).reshape(-1)
+    if scales.size == 1:
+        return (raw - zps[0]) * scales[0]
+    return (raw - channel_broadcast(zps, raw.ndim, axis)) * channel_broadcast(
+        scales, raw.ndim, axis
+    )
+
+
 def dequantize(model, tensor) -> np.ndarray | None:
+    """A constant tensor of the flatbuffer as float64 (None: no data)."""
     raw = _buffer_array(model, tensor)
     if raw is None:
         return None
-    if tensor.type in (0, 1):
+    if tensor.type in (TensorType.FLOAT32, TensorType.FLOAT16):
         return raw.astype(np.float64)
     q = tensor.quantization
     if q is None or q.scale is None or len(q.scale) == 0:
         return raw.astype(np.float64)
-    scale = np.asarray(q.scale, np.float64)
-    zp = np.asarray(q.zeroPoint if q.zeroPoint is not None else [0] * len(scale), np.float64)
-    if scale.size == 1:
-        return (raw - zp[0]) * scale[0]
-    shape = [1] * raw.ndim
-    shape[q.quantizedDimension] = -1
-    return (raw - zp.reshape(shape)) * scale.reshape(shape)
+    zp = q.zeroPoint if q.zeroPoint is not None else [0] * len(q.scale)
+    return dequantize_values(raw, q.scale, zp, q.quantizedDimension)
 
 
 def weight_tensors(model) -> list[tuple[int, int]]:
@@ -164,9 +177,9 @@ def weight_tensors(model) -> list[tuple[int, int]]:
     out = []
     for i, op in enumerate(sg.operators):
         code = model.operatorCodes[op.opcodeIndex].builtinCode
-        if code not in _WEIGHT_INPUT:
+        if code not in WEIGHT_INPUT:
             continue
-        idxs = [_WEIGHT_INPUT[code]] if _WEIGHT_INPUT[code] is not None else [0, 1]
+        idxs = [WEIGHT_INPUT[code]] if WEIGHT_INPUT[code] is not None else [0, 1]
         for k in idxs:
             t = int(op.inputs[k])
             if t < 0:
@@ -175,7 +188,7 @@ def weight_tensors(model) -> list[tuple[int, int]]:
             p = producers.get(t)
             if p is not None:
                 pop = sg.operators[p]
-                if model.operatorCodes[pop.opcodeIndex].builtinCode != _DEQUANTIZE:
+                if model.operatorCodes[pop.opcodeIndex].builtinCode != BuiltinOperator.DEQUANTIZE:
                     continue
                 t = int(pop.inputs[0])
             if _buffer_array(model, sg.tensors[t]) is not None:
@@ -224,7 +237,7 @@ def match_weights(model, cws: list[CodebookWeight], tolerance_of=None) -> tuple[
             tol = (
                 tolerance_of(tensor, got) if tolerance_of else 1e-5 * max(1e-30, np.abs(got).max())
             )
-            ref = exp * _expand(factors, exp.ndim, dim)
+            ref = exp * channel_broadcast(factors, exp.ndim, dim)
             if np.abs(got - ref).max() <= tol:
                 found = (op_i, t, factors, ref)
                 break
@@ -238,7 +251,15 @@ def match_weights(model, cws: list[CodebookWeight], tolerance_of=None) -> tuple[
     return matches, missing
 
 
-def _expand(v, ndim, dim):
+def channel_broadcast(v, ndim: int, dim: int | None) -> np.ndarray:
+    """Per-channel values `v` shaped to broadcast along `dim` of an `ndim`-D
+    array (`dim=None`: one value for the whole array).
+
+    Example:
+
+    >>> channel_broadcast([1.0, 2.0], 3, 1).shape
+    (1, 2, 1)
+    """
     if dim is None:
         return np.asarray(v).reshape(())
     shape = [1] * ndim
@@ -270,9 +291,9 @@ def _channel_factors(got, exp, dim):
 
 
 def smallest_exact_format(codebook: Codebook) -> str:
-    if codebook.integer_step(7) is not None:
+    if codebook.integer_step(QMAX[TensorType.INT4]) is not None:
         return "int4"
-    if codebook.integer_step(127) is not None:
+    if codebook.integer_step(QMAX[TensorType.INT8]) is not None:
         return "int8"
     return "float"
 
@@ -307,13 +328,13 @@ def write_exact(model, m: TensorMatch, g: float) -> None:
     sign = np.where(units < 0, -1.0, 1.0)
     mag = np.where(np.abs(units) > 0, np.abs(units), 1.0)
     steps = g * mag
-    codes = m.codes * _expand(sign, m.codes.ndim, m.channel_dim) / g
+    codes = m.codes * channel_broadcast(sign, m.codes.ndim, m.channel_dim) / g
     ints = np.round(codes)
     if np.abs(codes - ints).max() > 1e-6:
         raise AssertionError(f"{m.cw.label}: codes not integral on the chosen lattice")
     ints = ints.astype(np.int8)
     buf = _own_buffer(model, m.tensor)
-    if t.type == 17:
+    if t.type == TensorType.INT4:
         buf.data = _pack_int4(ints)
     else:
         buf.data = ints.reshape(-1).view(np.uint8).copy()
@@ -333,11 +354,15 @@ def _requantize_bias(model, m: TensorMatch, new_w_scales):
     sg = model.subgraphs[0]
     op = sg.operators[m.op_index]
     code = model.operatorCodes[op.opcodeIndex].builtinCode
-    k = _BIAS_INPUT.get(code)
+    k = BIAS_INPUT.get(code)
     if k is None or k >= len(op.inputs) or int(op.inputs[k]) < 0:
         return
     bias_t = sg.tensors[int(op.inputs[k])]
-    if bias_t.type != 2 or bias_t.quantization is None or bias_t.quantization.scale is None:
+    if (
+        bias_t.type != TensorType.INT32
+        or bias_t.quantization is None
+        or bias_t.quantization.scale is None
+    ):
         return
     in_t = sg.tensors[int(op.inputs[0])]
     in_scale = float(np.asarray(in_t.quantization.scale).reshape(-1)[0])
@@ -359,10 +384,6 @@ def read(model_bytes: bytes):
 
 def write(model) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def tensor_type_name(tensor) -> str:
-    return _TENSOR_TYPES.get(tensor.type, f"type{tensor.type}")
 
 
 def locate(model, matches: list[TensorMatch], tolerance_of) -> tuple[list, list]:

@@ -6,6 +6,8 @@ import os
 import pathlib
 import re
 
+from tflite_export import files
+
 
 def _ident(stem: str) -> str:
     name = re.sub(r"\W", "_", stem)
@@ -47,14 +49,12 @@ def write_c_array(data: bytes, path) -> str:
     The array is named after the file stem (`model_data.cc` -> `model_data`),
     16-byte aligned, with `<name>_len` holding its length.
     """
-    from tflite_export.pipeline import _atomic_write  # noqa: PLC0415
-
     cc = pathlib.Path(os.fspath(path))
     name = _ident(cc.stem)
     h = cc.with_suffix(".h")
     guard = f"{name.upper()}_H_"
-    _atomic_write(h, c_header(name, guard).encode())
-    _atomic_write(cc, c_source(data, name, h.name).encode())
+    files.atomic_write(h, c_header(name, guard).encode())
+    files.atomic_write(cc, c_source(data, name, h.name).encode())
     return str(cc)
 
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import pathlib
-import tempfile
 
 import numpy as np
 
 import tfmot_discrete as td
-from tflite_export import convert, exact, verify
-from tflite_export.convert import ExportError
+from tflite_export import convert, exact, files, inputs, micro, runners, verify
+from tflite_export.errors import ExportError
+from tflite_export.schema import QMAX, storage_name
+from tfmot_discrete import text
 from tfmot_discrete.quantize import check_finite, is_quantized
 
 #: Weight-only files must agree with the Keras model within this share of the
@@ -67,24 +67,17 @@ class Report:
     def __str__(self) -> str:
         rows = [("weight", "codebook", "bits", "stored", "weights", "exact / max error")]
         for w in self.weights:
-            cb = (
-                "{"
-                + ", ".join(f"{v:g}" for v in w.codebook[:6])
-                + (", ...}" if len(w.codebook) > 6 else "}")
-            )
             rows.append(
                 (
                     w.name,
-                    cb,
+                    text.format_values(w.codebook),
                     str(w.bits),
                     w.storage,
                     f"{w.count:,}",
                     "exact" if w.exact else f"max error {w.max_error:.3g}",
                 )
             )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = [f"{self.path}  ({self.format})"]
-        lines += ["  ".join(c.ljust(wd) for c, wd in zip(r, widths)).rstrip() for r in rows]
+        lines = [f"{self.path}  ({self.format})", *text.table_lines(rows)]
         n = sum(w.count for w in self.weights)
         if n:
             stored = sum(w.count * w.stored_bits for w in self.weights) / n
@@ -116,85 +109,6 @@ class Report:
         return "\n".join(lines)
 
 
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _representative(model, data, what="representative_data") -> list[np.ndarray]:
-    """Validates and materializes sample inputs as one array per model input."""
-    specs = convert.input_specs(model)
-    if data is None:
-        return None
-    if not isinstance(data, (np.ndarray, list, tuple)) and hasattr(data, "__iter__"):
-        # A generator of samples, each an array or a list (one per input),
-        # with or without a leading batch dimension of 1.
-        samples = []
-        for i, s in enumerate(data):
-            if i >= 1000:
-                break
-            parts = list(s) if isinstance(s, (list, tuple)) else [s]
-            fixed = []
-            for part, (shape, _) in zip(parts, specs):
-                a = np.asarray(part)
-                fixed.append(a[0] if a.ndim == len(shape) and a.shape[0] == 1 else a)
-            samples.append(fixed)
-        if not samples:
-            raise ExportError(f"`{what}` yielded no samples.")
-        arrays = [np.stack([s[k] for s in samples]) for k in range(len(samples[0]))]
-    elif isinstance(data, (list, tuple)) and len(specs) > 1:
-        arrays = [np.asarray(a) for a in data]
-    else:
-        arrays = [np.asarray(data)]
-    if len(arrays) != len(specs):
-        raise ExportError(f"`{what}` has {len(arrays)} input arrays; the model takes {len(specs)}.")
-    for a, (shape, _dtype) in zip(arrays, specs):
-        want = tuple(shape[1:])
-        if a.dtype.kind not in "biuf":
-            raise ExportError(
-                f"`{what}` must be numeric; received dtype {a.dtype}. Accepted: float or int "
-                f"arrays of shape (N, {', '.join(str(d) for d in want)})."
-            )
-        if a.ndim != len(shape) or tuple(a.shape[1:]) != want or a.shape[0] == 0:
-            raise ExportError(
-                f"`{what}` has shape {tuple(a.shape)}; the model takes inputs of shape "
-                f"(N, {', '.join(str(d) for d in want)}) with N >= 1."
-            )
-        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-            raise ExportError(f"`{what}` holds NaN or inf values.")
-    return [
-        a.astype(np.dtype(dtype.name if hasattr(dtype, "name") else dtype))
-        for a, (_, dtype) in zip(arrays, specs)
-    ]
-
-
-def _random_inputs(model, n=32, seed=0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for layer_shape, dtype in convert.input_specs(model):
-        shape = (n, *layer_shape[1:])
-        if dtype.is_integer:
-            high = 2
-            for layer in model.layers:
-                if hasattr(layer, "input_dim"):
-                    high = layer.input_dim
-                    break
-            out.append(rng.integers(0, high, size=shape).astype(dtype.as_numpy_dtype))
-        else:
-            out.append(rng.normal(size=shape).astype(np.float32))
-    return out
-
-
 def _prepare(model, safe_mode):
     if isinstance(model, (str, os.PathLike)):
         model = convert.load_model(model, safe_mode=safe_mode)
@@ -210,144 +124,157 @@ def _prepare(model, safe_mode):
     return plain, cws, qat
 
 
+@dataclasses.dataclass
+class Conversion:
+    """What `convert_bytes` made, before anything is written."""
+
+    data: bytes  # the file, codebook weights on their exact lattice
+    float_bytes: bytes  # the float file of the same model (size reference)
+    matches: list[exact.TensorMatch]  # where each codebook weight is stored
+    reference: object  # the Keras model the file's outputs are held to
+    inputs: list[np.ndarray]  # sample inputs for the output check
+    notes: list[str]
+
+
+def _converted(fmt, plain, qat, rep, from_qat) -> tuple[bytes, bytes]:
+    """`(file in the format, float file)`, straight from the converters."""
+    float_bytes = convert.float_tflite(plain)
+    if fmt == "float":
+        return float_bytes, float_bytes
+    if from_qat:
+        # Trained with simulated int8 activations: keep the learned ranges.
+        return convert.full_int8_from_qat(qat), float_bytes
+    if fmt == "full_int8":
+        return convert.full_int8_tflite(plain, zip(*rep)), float_bytes
+    bits = 8 if fmt == "int8" else 4
+    return convert.weight_only_tflite(float_bytes, bits), float_bytes
+
+
+def _tolerance_of(tensor, got) -> float:
+    """How far a stored tensor may be from its expected value to be the one:
+    half a step for integer tensors, float rounding for float ones."""
+    q = tensor.quantization
+    if tensor.type in QMAX and q is not None and q.scale is not None and len(q.scale):
+        return 0.51 * float(np.max(q.scale))
+    return 1e-5 * max(1e-30, float(np.abs(got).max()))
+
+
+def _find_codebook_weights(fb, out, float_bytes, cws) -> list[exact.TensorMatch]:
+    """Each codebook weight's tensor: matched in the float file, then located in `fb`."""
+    matches, missing = exact.match_weights(exact.read(float_bytes), cws)
+    if not missing and out is not float_bytes:
+        matches, missing = exact.locate(fb, matches, _tolerance_of)
+    if missing:
+        raise ExportError(
+            f"Could not find the codebook weights {missing} in the converted file; the "
+            "converter rewrote them beyond a per-channel factor."
+        )
+    return matches
+
+
+def _write_lattices(fb, matches, allow_inexact, notes) -> None:
+    """Rewrites each integer codebook tensor of `fb` on its exact lattice (in place)."""
+    for m in matches:
+        tensor = fb.subgraphs[0].tensors[m.tensor]
+        if tensor.type not in QMAX:
+            continue
+        qmax = QMAX[tensor.type]
+        g = m.cw.codebook.integer_step(qmax)
+        if g is not None:
+            exact.write_exact(fb, m, g)
+            continue
+        storage = storage_name(tensor)
+        if not allow_inexact:
+            raise ExportError(
+                f"Layer {m.cw.layer!r} ({m.cw.weight}): codebook "
+                f"{[float(v) for v in m.cw.codebook.values]} has no exact {storage} "
+                f"lattice (no step makes every value an integer within ±{qmax}); "
+                f"smallest exact format: {exact.smallest_exact_format(m.cw.codebook)}. "
+                "Pass allow_inexact=True (--allow-inexact) to write it anyway."
+            )
+        notes.append(f"{m.cw.label}: no exact {storage} lattice; written inexact")
+
+
 def convert_bytes(
     model, format="int8", representative_data=None, allow_inexact=False, safe_mode=True
-):
-    """Converts without writing: `(bytes, float bytes, matches, reference
-    model for the output check, sample inputs, notes)`."""
+) -> Conversion:
+    """Converts without writing or checking outputs; see `export` for the arguments.
+
+    Returns:
+        A `Conversion`.
+    """
     fmt = convert.check_format(format)
     plain, cws, qat = _prepare(model, safe_mode)
-    rep = _representative(plain, representative_data)
+    rep = inputs.representative(plain, representative_data)
     from_qat = fmt == "full_int8" and qat is not None and convert.has_activation_quantizers(qat)
     if fmt == "full_int8" and rep is None and not from_qat:
         raise ExportError(
             "format='full_int8' needs `representative_data` (an array of sample inputs, or "
             "a generator of them) to calibrate activation ranges."
         )
-    float_bytes = convert.float_tflite(plain)
-    if fmt == "float":
-        out = float_bytes
-    elif from_qat:
-        # Trained with simulated int8 activations: keep the learned ranges.
-        out = convert.full_int8_from_qat(qat)
-    elif fmt == "full_int8":
-        out = convert.full_int8_tflite(plain, zip(*rep))
-    else:
-        out = convert.weight_only_tflite(float_bytes, 8 if fmt == "int8" else 4)
-    notes = []
-    matches = []
+    out, float_bytes = _converted(fmt, plain, qat, rep, from_qat)
+    notes, matches = [], []
     if cws:
         fb = exact.read(out)
-
-        def tolerance_of(tensor, got):
-            q = tensor.quantization
-            if tensor.type in (9, 17) and q is not None and q.scale is not None and len(q.scale):
-                return 0.51 * float(np.max(q.scale))
-            return 1e-5 * max(1e-30, float(np.abs(got).max()))
-
-        matches, missing = exact.match_weights(exact.read(float_bytes), cws)
-        if not missing and out is not float_bytes:
-            matches, missing = exact.locate(fb, matches, tolerance_of)
-        if missing:
-            raise ExportError(
-                f"Could not find the codebook weights {missing} in the converted file; the "
-                "converter rewrote them beyond a per-channel factor."
-            )
-        for m in matches:
-            tensor = fb.subgraphs[0].tensors[m.tensor]
-            if tensor.type not in (9, 17):
-                continue
-            qmax = 7 if tensor.type == 17 else 127
-            g = m.cw.codebook.integer_step(qmax)
-            if g is None:
-                storage = exact.tensor_type_name(tensor)
-                if not allow_inexact:
-                    raise ExportError(
-                        f"Layer {m.cw.layer!r} ({m.cw.weight}): codebook "
-                        f"{[float(v) for v in m.cw.codebook.values]} has no exact {storage} "
-                        f"lattice (no step makes every value an integer within ±{qmax}); "
-                        f"smallest exact format: {exact.smallest_exact_format(m.cw.codebook)}. "
-                        "Pass allow_inexact=True (--allow-inexact) to write it anyway."
-                    )
-                notes.append(f"{m.cw.label}: no exact {storage} lattice; written inexact")
-                continue
-            exact.write_exact(fb, m, g)
+        matches = _find_codebook_weights(fb, out, float_bytes, cws)
+        _write_lattices(fb, matches, allow_inexact, notes)
         out = exact.write(fb)
-    sample_inputs = rep if rep is not None else _random_inputs(plain)
     if from_qat:
         notes.append("activation ranges: learned in training (activations='int8'), not calibrated")
     # Outputs are checked against what was trained: the QAT model itself when it
     # simulates int8 activations, else the stripped float model.
-    reference = qat if from_qat else plain
-    return out, float_bytes, matches, reference, sample_inputs, notes
-
-
-def check_weights(model_bytes: bytes, matches) -> list[verify.WeightCheck]:
-    """Reads the file back with LiteRT; each codebook weight vs its trained value."""
-    fb = exact.read(model_bytes)
-    values = verify.litert_weights(verify.interpreter(model_bytes), [m.tensor for m in matches])
-    out = []
-    for m in matches:
-        tensor = fb.subgraphs[0].tensors[m.tensor]
-        v = values.get(m.tensor)
-        if v is None:
-            v = exact.dequantize(fb, tensor)
-        v = v.reshape(m.reference.shape)
-        err = float(np.abs(v - m.reference).max())
-        units = exact._expand(np.where(m.units == 0, 1.0, m.units), v.ndim, m.channel_dim)  # noqa: SLF001
-        codes = v / units
-        dev = float(np.abs(codes - m.codes).max()) / max(1.0, m.cw.codebook.max_abs)
-        out.append(
-            verify.WeightCheck(
-                name=m.cw.label,
-                codebook=m.cw.codebook.values,
-                bits=m.cw.codebook.bits,
-                storage=exact.tensor_type_name(tensor),
-                count=int(v.size),
-                exact=dev <= 1e-5,
-                max_error=err,
-            )
-        )
-    return out
-
-
-def _integer_weights_without_codebook(model_bytes: bytes, matches) -> int:
-    """How many int4/int8 weight tensors of the file hold no codebook weight."""
-    fb = exact.read(model_bytes)
-    ours = {m.tensor for m in matches}
-    return sum(
-        1
-        for _, t in exact.weight_tensors(fb)
-        if t not in ours and fb.subgraphs[0].tensors[t].type in (9, 17)
+    return Conversion(
+        data=out,
+        float_bytes=float_bytes,
+        matches=matches,
+        reference=qat if from_qat else plain,
+        inputs=rep if rep is not None else inputs.random_inputs(plain),
+        notes=notes,
     )
 
 
-def run_tflm(model_bytes: bytes, inputs: list[np.ndarray]):
-    """Outputs of the TFLM interpreter, raw int8, one sample at a time."""
-    from tflite_micro.python.tflite_micro import runtime  # noqa: PLC0415
-
-    it = runtime.Interpreter.from_bytes(model_bytes)
-    lite = verify.interpreter(model_bytes)
-    ins = lite.get_input_details()
-    outs = []
-    for i in range(len(inputs[0])):
-        for k, (d, x) in enumerate(zip(ins, inputs)):
-            it.set_input(verify.quantize_input(d, x[i : i + 1]), k)
-        it.invoke()
-        outs.append(np.asarray(it.get_output(0)))
-    return np.concatenate(outs, axis=0)
+@dataclasses.dataclass
+class _OutputCheck:
+    max_abs_diff: float
+    mean_abs_diff: float
+    output_range: float
+    tolerance: float | None
 
 
-def run_litert_raw(model_bytes: bytes, inputs: list[np.ndarray]):
-    lite = verify.interpreter(model_bytes)
-    ins, out_d = lite.get_input_details(), lite.get_output_details()[0]
-    outs = []
-    for i in range(len(inputs[0])):
-        for d, x in zip(ins, inputs):
-            lite.set_tensor(d["index"], verify.quantize_input(d, x[i : i + 1]))
-        lite.invoke()
-        outs.append(lite.get_tensor(out_d["index"]).copy())
-    return np.concatenate(outs, axis=0)
+def _check_outputs(conv: Conversion, fmt, weights, allow_inexact) -> _OutputCheck:
+    """LiteRT's outputs against the Keras model's, and the tolerance they are held to."""
+    xs = conv.inputs
+    keras_out = np.asarray(
+        conv.reference.predict(xs if len(xs) > 1 else xs[0], verbose=0), np.float64
+    )
+    lite_out = runners.run_litert(conv.data, xs)[0].reshape(keras_out.shape)
+    out_range = float(keras_out.max() - keras_out.min()) or 1.0
+    tolerance = WEIGHT_ONLY_RTOL * out_range if fmt != "full_int8" else None
+    if any(not w.exact for w in weights) and allow_inexact:
+        # The weights differ from the trained ones on purpose: report only.
+        tolerance = None
+        conv.notes.append(f"outputs not held to {WEIGHT_ONLY_RTOL:g} of the range: inexact weights")
+    uncovered = verify.integer_weights_without_codebook(conv.data, conv.matches)
+    if uncovered and tolerance is not None:
+        # Float weights the tool rounded to its own integer grid: their error
+        # is the format's, not ours to hold to the codebook tolerance.
+        tolerance = None
+        conv.notes.append(
+            f"outputs reported only: {uncovered} weight tensor(s) without a codebook were "
+            f"rounded to {fmt} by the converter"
+        )
+    diff = np.abs(lite_out - keras_out)
+    return _OutputCheck(float(diff.max()), float(diff.mean()), out_range, tolerance)
+
+
+def _tflm_check(data: bytes, xs) -> tuple[int, float, int]:
+    """TFLM against LiteRT on the same int8 inputs: `(max LSB difference, share
+    of outputs that differ, requantizing layers)`."""
+    tflm = runners.run_tflm(data, xs)[0].astype(np.int32)
+    lite = runners.run_litert(data, xs, raw=True)[0].astype(np.int32)
+    d = np.abs(tflm - lite)
+    layers = max(1, len(exact.weight_tensors(exact.read(data))))
+    return int(d.max()), float((d > 0).mean()), layers
 
 
 def export(
@@ -387,60 +314,32 @@ def export(
     target = pathlib.Path(os.fspath(path))
     if target.is_dir():
         raise ExportError(f"`path` is a directory. Received: path={str(target)!r}")
-    data, float_bytes, matches, plain, inputs, notes = convert_bytes(
-        model, format, representative_data, allow_inexact, safe_mode
-    )
-    weights = check_weights(data, matches)
-    keras_out = np.asarray(
-        plain.predict(inputs if len(inputs) > 1 else inputs[0], verbose=0), np.float64
-    )
-    lite_out = verify.run_litert(data, inputs)[0].reshape(keras_out.shape)
-    diff = float(np.abs(lite_out - keras_out).max())
-    out_range = float(keras_out.max() - keras_out.min()) or 1.0
-    inexact = [w.name for w in weights if not w.exact]
-    tolerance = WEIGHT_ONLY_RTOL * out_range if format != "full_int8" else None
-    if inexact and allow_inexact:
-        # The weights differ from the trained ones on purpose: report only.
-        tolerance = None
-        notes.append(f"outputs not held to {WEIGHT_ONLY_RTOL:g} of the range: inexact weights")
-    uncovered = _integer_weights_without_codebook(data, matches)
-    if uncovered and tolerance is not None:
-        # Float weights the tool rounded to its own integer grid: their error
-        # is the format's, not ours to hold to the codebook tolerance.
-        tolerance = None
-        notes.append(
-            f"outputs reported only: {uncovered} weight tensor(s) without a codebook were "
-            f"rounded to {format} by the converter"
-        )
+    conv = convert_bytes(model, format, representative_data, allow_inexact, safe_mode)
+    weights = verify.check_weights(conv.data, conv.matches)
+    outputs = _check_outputs(conv, format, weights, allow_inexact)
     tflm_lsb = tflm_share = None
     tflm_layers = 1
     if format == "full_int8":
-        d = np.abs(
-            run_tflm(data, inputs).astype(np.int32) - run_litert_raw(data, inputs).astype(np.int32)
-        )
-        tflm_lsb, tflm_share = int(d.max()), float((d > 0).mean())
-        tflm_layers = max(1, len(exact.weight_tensors(exact.read(data))))
+        tflm_lsb, tflm_share, tflm_layers = _tflm_check(conv.data, conv.inputs)
     report = Report(
         path=str(target),
         format=format,
-        size_bytes=len(data),
-        float_size_bytes=len(float_bytes),
+        size_bytes=len(conv.data),
+        float_size_bytes=len(conv.float_bytes),
         weights=weights,
-        max_abs_diff=diff,
-        mean_abs_diff=float(np.abs(lite_out - keras_out).mean()),
-        output_range=out_range,
-        tolerance=tolerance,
-        samples=len(inputs[0]),
+        max_abs_diff=outputs.max_abs_diff,
+        mean_abs_diff=outputs.mean_abs_diff,
+        output_range=outputs.output_range,
+        tolerance=outputs.tolerance,
+        samples=len(conv.inputs[0]),
         tflm_max_lsb=tflm_lsb,
         tflm_share_differing=tflm_share,
         tflm_layers=tflm_layers,
-        notes=notes,
+        notes=conv.notes,
     )
     if not report.ok or (not report.exact and not allow_inexact):
         raise ExportError(f"Verification failed; nothing written.\n{report}")
-    _atomic_write(target, data)
+    files.atomic_write(target, conv.data)
     if c_array is not None:
-        from tflite_export import micro  # noqa: PLC0415
-
-        report.c_array = micro.write_c_array(data, c_array)
+        report.c_array = micro.write_c_array(conv.data, c_array)
     return report

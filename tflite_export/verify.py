@@ -1,5 +1,5 @@
-"""Read a `.tflite` file back with LiteRT, check its weights against a
-codebook and its outputs against the Keras model."""
+"""Read a `.tflite` file back with LiteRT and check its weights against a
+codebook (any file) or against the trained weights (an export)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,14 @@ import dataclasses
 
 import numpy as np
 
-from tflite_export import exact
+from tflite_export import exact, runners
+from tflite_export.schema import (
+    INTEGER_TYPES,
+    OUTPUT_CHANNEL_DIM,
+    BuiltinOperator,
+    storage_name,
+)
 from tfmot_discrete.codebook import Codebook
-
-
-def interpreter(model_bytes: bytes):
-    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-
-    it = Interpreter(model_content=model_bytes, experimental_preserve_all_tensors=False)
-    it.allocate_tensors()
-    return it
 
 
 def litert_weights(it, indices) -> dict[int, np.ndarray]:
@@ -38,13 +36,9 @@ def litert_weights(it, indices) -> dict[int, np.ndarray]:
         if scales.size == 0 or raw.dtype.kind == "f":
             out[d["index"]] = raw.astype(np.float64)
             continue
-        zps = np.asarray(qp["zero_points"], np.float64)
-        if scales.size == 1:
-            out[d["index"]] = (raw - zps[0]) * scales[0]
-        else:
-            shape = [1] * raw.ndim
-            shape[qp["quantized_dimension"]] = -1
-            out[d["index"]] = (raw - zps.reshape(shape)) * scales.reshape(shape)
+        out[d["index"]] = exact.dequantize_values(
+            raw, scales, qp["zero_points"], qp["quantized_dimension"]
+        )
     return out
 
 
@@ -98,14 +92,14 @@ def check_codebook_file(model_bytes: bytes, codebook: Codebook) -> list[WeightCh
     """Every weight tensor (FC, conv, depthwise, transpose conv, embedding) of
     the file must be `codebook x one factor per output channel`."""
     fb = exact.read(model_bytes)
-    it = interpreter(model_bytes)
+    it = runners.interpreter(model_bytes)
     found = exact.weight_tensors(fb)
     values = litert_weights(it, [t for _, t in found])
     sg = fb.subgraphs[0]
     out = []
     for op_i, t in found:
         code = fb.operatorCodes[sg.operators[op_i].opcodeIndex].builtinCode
-        if code == 18:  # MUL constants are not weights of a quantizable layer
+        if code == BuiltinOperator.MUL:  # MUL constants are not weights of a quantizable layer
             continue
         tensor = sg.tensors[t]
         v = values.get(t)
@@ -118,7 +112,7 @@ def check_codebook_file(model_bytes: bytes, codebook: Codebook) -> list[WeightCh
                 name=tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name),
                 codebook=codebook.values,
                 bits=codebook.bits,
-                storage=exact.tensor_type_name(tensor),
+                storage=storage_name(tensor),
                 count=int(v.size),
                 exact=all(u is not None for u in units),
                 max_error=float(worst),
@@ -131,38 +125,51 @@ def _channel_dim(code, tensor):
     q = tensor.quantization
     if q is not None and q.scale is not None and len(q.scale) > 1:
         return int(q.quantizedDimension)
-    return {4: 3, 113: 4}.get(code, 0)
+    return OUTPUT_CHANNEL_DIM.get(code, 0)
 
 
-def run_litert(model_bytes: bytes, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    """Runs the file on a batch (one sample at a time); float in, float out
-    (int8 inputs and outputs are quantized and dequantized with the file's own
-    parameters)."""
-    it = interpreter(model_bytes)
-    ins = it.get_input_details()
-    outs = it.get_output_details()
-    n = len(inputs[0])
-    results = [[] for _ in outs]
-    for i in range(n):
-        for d, x in zip(ins, inputs):
-            it.set_tensor(d["index"], quantize_input(d, x[i : i + 1]))
-        it.invoke()
-        for k, d in enumerate(outs):
-            results[k].append(dequantize_output(d, it.get_tensor(d["index"])))
-    return [np.concatenate(r, axis=0) for r in results]
+def check_weights(model_bytes: bytes, matches) -> list[WeightCheck]:
+    """Reads the file back with LiteRT; each codebook weight vs its trained value.
+
+    Args:
+        model_bytes: The `.tflite` file.
+        matches: `exact.TensorMatch`es: where each codebook weight is stored.
+
+    Returns:
+        One `WeightCheck` per match.
+    """
+    fb = exact.read(model_bytes)
+    values = litert_weights(runners.interpreter(model_bytes), [m.tensor for m in matches])
+    out = []
+    for m in matches:
+        tensor = fb.subgraphs[0].tensors[m.tensor]
+        v = values.get(m.tensor)
+        if v is None:
+            v = exact.dequantize(fb, tensor)
+        v = v.reshape(m.reference.shape)
+        err = float(np.abs(v - m.reference).max())
+        units = exact.channel_broadcast(np.where(m.units == 0, 1.0, m.units), v.ndim, m.channel_dim)
+        dev = float(np.abs(v / units - m.codes).max()) / max(1.0, m.cw.codebook.max_abs)
+        out.append(
+            WeightCheck(
+                name=m.cw.label,
+                codebook=m.cw.codebook.values,
+                bits=m.cw.codebook.bits,
+                storage=storage_name(tensor),
+                count=int(v.size),
+                exact=dev <= 1e-5,
+                max_error=err,
+            )
+        )
+    return out
 
 
-def quantize_input(detail, x):
-    dtype = detail["dtype"]
-    if dtype == np.int8 or dtype == np.uint8:
-        scale, zp = detail["quantization"]
-        info = np.iinfo(dtype)
-        return np.clip(np.round(x / scale + zp), info.min, info.max).astype(dtype)
-    return np.asarray(x).astype(dtype)
-
-
-def dequantize_output(detail, y):
-    if detail["dtype"] in (np.int8, np.uint8):
-        scale, zp = detail["quantization"]
-        return (y.astype(np.float64) - zp) * scale
-    return y.astype(np.float64)
+def integer_weights_without_codebook(model_bytes: bytes, matches) -> int:
+    """How many int4/int8 weight tensors of the file hold no codebook weight."""
+    fb = exact.read(model_bytes)
+    ours = {m.tensor for m in matches}
+    return sum(
+        1
+        for _, t in exact.weight_tensors(fb)
+        if t not in ours and fb.subgraphs[0].tensors[t].type in INTEGER_TYPES
+    )

@@ -7,7 +7,12 @@ from tfmot_discrete.configs import DiscreteQuantizeConfig
 from tfmot_discrete.layers import DiscreteMultiplier
 from tfmot_discrete.monitor import CodebookMonitor
 from tfmot_discrete.plotting import plot_weights
-from tfmot_discrete.quantize import quantize_model, quantize_scope, strip_quantization
+from tfmot_discrete.quantize import (
+    initialize_learned_scales,
+    quantize_model,
+    quantize_scope,
+    strip_quantization,
+)
 from tfmot_discrete.quantizers import CodebookQuantizer, binary, power_of_two, ternary
 from tfmot_discrete.scheme import DiscreteQuantizeRegistry, DiscreteQuantizeScheme
 from tfmot_discrete.summary import summary
@@ -23,6 +28,7 @@ __all__ = [
     "DiscreteQuantizeRegistry",
     "DiscreteQuantizeScheme",
     "binary",
+    "initialize_learned_scales",
     "keras",
     "plot_weights",
     "power_of_two",

@@ -1,43 +1,17 @@
-"""Command line: `tfmot-discrete demo` (also `python -m tfmot_discrete demo`)."""
+"""`python -m tfmot_discrete` points to the demo's own entry points."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="tfmot-discrete",
-        description="Train Keras weights to a codebook through TF-MOT.",
+    print(
+        "The demo lives in its own package: run `tfmot-discrete demo` "
+        "(or `python -m tfmot_discrete_demo demo`).",
+        file=sys.stderr,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser(
-        "demo",
-        help="train a digits MLP in float, sign, binary, "
-        "ternary and [1,-1,0.5,-0.5] and print the accuracy table",
-    )
-    demo.add_argument("--epochs", type=int, default=30, help="epochs per variant (default 30)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.add_argument("--quiet", action="store_true", help="no Keras progress bars")
-    demo.add_argument(
-        "--out",
-        default="demo_out",
-        help="where the exported .tflite files go (default demo_out); '' to skip the export",
-    )
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        if args.epochs < 1:
-            parser.error(f"--epochs must be at least 1. Received: --epochs {args.epochs}")
-        from tfmot_discrete import demo as demo_mod  # noqa: PLC0415
-
-        demo_mod.run(
-            epochs=args.epochs,
-            seed=args.seed,
-            verbose=0 if args.quiet else 1,
-            out_dir=args.out or None,
-        )
-    return 0
+    return 2
 
 
 if __name__ == "__main__":

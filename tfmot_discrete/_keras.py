@@ -139,44 +139,9 @@ def from_keras3(model3):
         )
     new_layers = {}
     if is_seq:
-        x3 = model3.inputs[0]
-        inp = keras.Input(batch_shape=tuple(x3.shape), dtype=x3.dtype, name=x3.name or None)
-        for layer3 in model3.layers:
-            new_layers[layer3.name] = (layer3, _tf_keras_layer(layer3))
-        model = keras.Sequential(
-            [inp] + [new_layers[l3.name][1] for l3 in model3.layers], name=model3.name
-        )
+        model = _rebuild_sequential(model3, new_layers)
     else:
-        config = model3.get_config()
-        tensors = {}
-        for entry in config["layers"]:
-            name = entry["name"] if "name" in entry else entry["config"]["name"]
-            layer3 = model3.get_layer(name)
-            if type(layer3).__name__ == "InputLayer":
-                c = entry["config"]
-                t = keras.Input(
-                    batch_shape=tuple(c["batch_shape"]), dtype=c.get("dtype"), name=name
-                )
-                tensors[(name, 0, 0)] = t
-                continue
-            layer = _tf_keras_layer(layer3)
-            new_layers[name] = (layer3, layer)
-            for node_index, node in enumerate(entry["inbound_nodes"]):
-                args = _map_tensors(node.get("args", []), tensors)
-                kwargs = _map_tensors(node.get("kwargs", {}), tensors)
-                out = layer(*args, **kwargs)
-                flat = out if isinstance(out, list | tuple) else [out]
-                for i, t in enumerate(flat):
-                    tensors[(name, node_index, i)] = t
-
-        def _ref(spec):
-            return tensors[(spec[0], spec[1], spec[2])]
-
-        ins = config["input_layers"]
-        outs = config["output_layers"]
-        ins = [_ref(s) for s in ins] if isinstance(ins[0], list) else _ref(ins)
-        outs = [_ref(s) for s in outs] if isinstance(outs[0], list) else _ref(outs)
-        model = keras.Model(ins, outs, name=model3.name)
+        model = _rebuild_functional(model3, new_layers)
     for layer3, layer in new_layers.values():
         weights = layer3.get_weights()
         if len(weights) != len(layer.weights):
@@ -186,6 +151,50 @@ def from_keras3(model3):
             )
         layer.set_weights(weights)
     return model
+
+
+def _rebuild_sequential(model3, new_layers):
+    """The tf_keras twin of a Keras 3 Sequential model; fills `new_layers`."""
+    x3 = model3.inputs[0]
+    inp = keras.Input(batch_shape=tuple(x3.shape), dtype=x3.dtype, name=x3.name or None)
+    for layer3 in model3.layers:
+        new_layers[layer3.name] = (layer3, _tf_keras_layer(layer3))
+    return keras.Sequential(
+        [inp] + [new_layers[l3.name][1] for l3 in model3.layers], name=model3.name
+    )
+
+
+def _rebuild_functional(model3, new_layers):
+    """The tf_keras twin of a Keras 3 Functional model, replaying its graph
+    from the config node by node; fills `new_layers`."""
+    config = model3.get_config()
+    tensors = {}
+    for entry in config["layers"]:
+        name = entry["name"] if "name" in entry else entry["config"]["name"]
+        layer3 = model3.get_layer(name)
+        if type(layer3).__name__ == "InputLayer":
+            c = entry["config"]
+            t = keras.Input(batch_shape=tuple(c["batch_shape"]), dtype=c.get("dtype"), name=name)
+            tensors[(name, 0, 0)] = t
+            continue
+        layer = _tf_keras_layer(layer3)
+        new_layers[name] = (layer3, layer)
+        for node_index, node in enumerate(entry["inbound_nodes"]):
+            args = _map_tensors(node.get("args", []), tensors)
+            kwargs = _map_tensors(node.get("kwargs", {}), tensors)
+            out = layer(*args, **kwargs)
+            flat = out if isinstance(out, list | tuple) else [out]
+            for i, t in enumerate(flat):
+                tensors[(name, node_index, i)] = t
+
+    def _ref(spec):
+        return tensors[(spec[0], spec[1], spec[2])]
+
+    ins = config["input_layers"]
+    outs = config["output_layers"]
+    ins = [_ref(s) for s in ins] if isinstance(ins[0], list) else _ref(ins)
+    outs = [_ref(s) for s in outs] if isinstance(outs[0], list) else _ref(outs)
+    return keras.Model(ins, outs, name=model3.name)
 
 
 def _map_tensors(obj, tensors):

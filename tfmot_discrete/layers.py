@@ -3,6 +3,7 @@ entries only take codebook values."""
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from tfmot_discrete import quantizers as quantizers_mod
@@ -56,6 +57,22 @@ class DiscreteMultiplier(keras.layers.Layer):
         )
         self._quantizer_vars = self.quantizer.build((int(dim),), "kernel", self)
         super().build(input_shape)
+
+    @property
+    def quantizer_vars(self) -> dict:
+        """The variables the quantizer built (a learned scale), by name."""
+        return self._quantizer_vars
+
+    def folded_quantizer(self):
+        """A scale-free `CodebookQuantizer` whose values are the codebook times the
+        vector's current scale: what the projected vector holds, as a codebook."""
+        q = self.quantizer
+        if q.scale is None:
+            return q
+        scale = np.asarray(q.quantized_scale(self.kernel, self._quantizer_vars)).reshape(-1)[0]
+        return quantizers_mod.CodebookQuantizer(
+            np.asarray(q.values) * float(scale), gradient=q.gradient, per_channel_axis=[]
+        )
 
     def quantized_kernel(self, training=False):
         """The vector as it multiplies the data: codebook values (times scale)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfmot_discrete import summary as summary_mod
+from tfmot_discrete import summary
 from tfmot_discrete._keras import keras
 from tfmot_discrete.quantize import codebook_items
 from tfmot_discrete.quantizers import CodebookQuantizer
@@ -67,7 +67,7 @@ class CodebookMonitor(keras.callbacks.Callback):
 
     def _snapshot(self) -> dict[str, tuple[CodebookQuantizer, np.ndarray]]:
         return {
-            label: (q, summary_mod._codes(q, latent, qvars))  # noqa: SLF001
+            label: (q, summary.codebook_indices(q, latent, qvars))
             for label, latent, q, qvars in codebook_items(self.model)
         }
 
@@ -86,8 +86,7 @@ class CodebookMonitor(keras.callbacks.Callback):
                 out[f"{label}/flip_rate"] = float(np.mean(before != codes))
             self._previous[label] = codes
             if q.codebook.size <= self.max_shares:
-                usage = np.bincount(codes.reshape(-1), minlength=q.codebook.size)
-                usage = usage / max(1, codes.size)
+                usage = summary.value_shares(codes, q.codebook.size)
                 for v, share in zip(q.codebook.values, usage):
                     out[f"{label}/share_{_fmt_value(v)}"] = float(share)
         return out

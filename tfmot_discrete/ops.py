@@ -106,22 +106,41 @@ def project_ste(x: tf.Tensor, values, gradient: str = "clipped_ste") -> tf.Tenso
     if gradient not in GRADIENTS:
         raise ValueError(f"`gradient` must be one of {GRADIENTS}. Received: gradient={gradient!r}")
     v = _as_np(values)
+    return straight_through(lambda t: project(t, v), x, v, gradient)
+
+
+def straight_through(forward, x: tf.Tensor, values, gradient: str, gate=None) -> tf.Tensor:
+    """`forward(x)`, differentiated with the straight-through estimator.
+
+    The gradient with respect to `x` is the incoming gradient, passed
+    everywhere (`"ste"`) or only where `values[0] <= gate <= values[-1]`
+    (`"clipped_ste"`); `gate` defaults to `x` itself.
+
+    Args:
+        forward: A function of one tensor (the projection, however scaled).
+        x: Its input.
+        values: Sorted, distinct codebook values.
+        gradient: `"clipped_ste"` or `"ste"`.
+        gate: The tensor the clipped gradient is gated on (no gradient flows
+            to it). Defaults to `x`.
+
+    Returns:
+        `forward(x)`.
+    """
+    v = _as_np(values)
 
     @tf.custom_gradient
-    def _fwd(t):
+    def _fwd(t, g):
         def grad(dy):
             if gradient == "ste":
-                return dy
-            return _clipped_gradient(dy, t, v[0], v[-1])
+                return dy, tf.zeros_like(g)
+            low, high = tf.constant(v[0], g.dtype), tf.constant(v[-1], g.dtype)
+            inside = tf.logical_and(g >= low, g <= high)
+            return tf.where(inside, dy, tf.zeros_like(dy)), tf.zeros_like(g)
 
-        return project(t, v), grad
+        return forward(t), grad
 
-    return _fwd(x)
-
-
-def _clipped_gradient(dy, x, low, high):
-    inside = tf.logical_and(x >= tf.constant(low, x.dtype), x <= tf.constant(high, x.dtype))
-    return tf.where(inside, dy, tf.zeros_like(dy))
+    return _fwd(x, x if gate is None else gate)
 
 
 def stochastic_project(x: tf.Tensor, values, seed=None) -> tf.Tensor:

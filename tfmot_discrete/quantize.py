@@ -15,6 +15,7 @@ from tfmot_discrete import _keras, configs, scheme
 from tfmot_discrete import quantizers as quantizers_mod
 from tfmot_discrete._keras import keras
 from tfmot_discrete.layers import DiscreteMultiplier
+from tfmot_discrete.quantizers import weight_key
 
 _qk = tfmot.quantization.keras
 _QuantizeAnnotate = _qk.quantize_annotate_layer(keras.layers.Dense(1)).__class__
@@ -40,6 +41,23 @@ class _FixedQuantizeLayer(QuantizeLayer):
 _FixedQuantizeLayer.__name__ = _FixedQuantizeLayer.__qualname__ = "QuantizeLayer"
 
 
+#: This package's serializable classes: registering a new one means adding it here.
+SERIALIZABLE = (
+    quantizers_mod.CodebookQuantizer,
+    configs.DiscreteQuantizeConfig,
+    DiscreteMultiplier,
+)
+
+
+def _types_dict() -> dict:
+    """`{name: class}` of `SERIALIZABLE`, under the plain and the registered name."""
+    out = {}
+    for cls in SERIALIZABLE:
+        out[cls.__name__] = cls
+        out[f"tfmot_discrete>{cls.__name__}"] = cls
+    return out
+
+
 @contextlib.contextmanager
 def quantize_scope(*args):
     """A custom-object scope holding TF-MOT's and this package's objects.
@@ -52,15 +70,7 @@ def quantize_scope(*args):
     Args:
         *args: Dicts of further `{name: object}` to add, as in TF-MOT.
     """
-    ours = {
-        "CodebookQuantizer": quantizers_mod.CodebookQuantizer,
-        "DiscreteQuantizeConfig": configs.DiscreteQuantizeConfig,
-        "DiscreteMultiplier": DiscreteMultiplier,
-        "tfmot_discrete>CodebookQuantizer": quantizers_mod.CodebookQuantizer,
-        "tfmot_discrete>DiscreteQuantizeConfig": configs.DiscreteQuantizeConfig,
-        "tfmot_discrete>DiscreteMultiplier": DiscreteMultiplier,
-    }
-    with _qk.quantize_scope(ours, *args):
+    with _qk.quantize_scope(_types_dict(), *args):
         # Entered last, so it wins over TF-MOT's entry of the same name.
         with keras.utils.custom_object_scope({"QuantizeLayer": _FixedQuantizeLayer}):
             yield
@@ -102,10 +112,10 @@ _FLOAT_LAYERS = (
 def _plan(model, spec):
     """`{layer name: QuantizeConfig}` for the layers to annotate."""
     plan = {}
-    explicit = isinstance(spec, list)
+    explicit = spec.from_mapping
     names = [layer.name for layer in model.layers]
     if explicit:
-        for rx, pattern, _ in spec:
+        for rx, pattern, _ in spec.rules:
             if not any(rx.fullmatch(n) for n in names):
                 raise ValueError(
                     f"Quantizer mapping key {pattern!r} matches no layer of model "
@@ -114,7 +124,7 @@ def _plan(model, spec):
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        found, value = scheme.lookup(spec, layer.name)
+        found, value = spec.lookup(layer.name)
         if not found or value is None:
             continue
         if isinstance(layer, keras.Model):
@@ -166,7 +176,7 @@ _FUSABLE = (
 )
 
 
-def activation_quantizer():
+def _activation_quantizer():
     """TF-MOT's 8-bit activation quantizer, as its default scheme uses it."""
     return _qk.quantizers.MovingAverageQuantizer(
         num_bits=8, per_axis=False, symmetric=False, narrow_range=False
@@ -198,9 +208,9 @@ def _add_activation_quantizers(model, plan):
             continue  # it is not wrapped; its consumer quantizes its output
         cfg = plan.get(layer.name)
         if cfg is None:
-            plan[layer.name] = configs.DiscreteQuantizeConfig({}, activation_quantizer())
+            plan[layer.name] = configs.DiscreteQuantizeConfig({}, _activation_quantizer())
         elif isinstance(cfg, configs.DiscreteQuantizeConfig):
-            cfg.activation_quantizer = activation_quantizer()
+            cfg.activation_quantizer = _activation_quantizer()
 
 
 def quantize_model(model, quantizer, activations=None):
@@ -264,11 +274,11 @@ def quantize_model(model, quantizer, activations=None):
         plan_scheme = scheme.DiscreteQuantizeScheme(
             quantizer, quantize_inputs=activations == "int8"
         )
-        plan_scheme.get_quantize_registry()._config_for_unlisted = False  # noqa: SLF001
+        plan_scheme.get_quantize_registry().config_for_unlisted = False
         qat = _qk.quantize_apply(annotated, scheme=plan_scheme)
     for layer in qat.layers:
         if isinstance(layer, _qk.QuantizeWrapper):
-            fix_weight_order(layer)
+            _fix_weight_order(layer)
     initialize_learned_scales(qat)
     return qat
 
@@ -280,16 +290,17 @@ def initialize_learned_scales(model) -> None:
     training under a `tf.distribute` strategy, whose replicas cannot do it
     lazily inside the train step.
     """
-    for layer in model.layers:
-        if isinstance(layer, _qk.QuantizeWrapper):
-            for weight, q, qvars in getattr(layer, "_weight_vars", []):
-                if isinstance(q, quantizers_mod.CodebookQuantizer):
-                    q.initialize_scale(weight, qvars)
-        elif isinstance(layer, DiscreteMultiplier) and layer.built:
-            layer.quantizer.initialize_scale(layer.kernel, layer._quantizer_vars)  # noqa: SLF001
+    for _, latent, q, qvars in codebook_items(model):
+        q.initialize_scale(latent, qvars)
 
 
-def fix_weight_order(wrapper):
+def wrapper_weights(wrapper) -> list:
+    """`(weight, quantizer, quantizer variables)` of each weight a TF-MOT
+    `QuantizeWrapperV2` quantizes (TF-MOT keeps them in a private list)."""
+    return list(getattr(wrapper, "_weight_vars", []))
+
+
+def _fix_weight_order(wrapper):
     """Puts a `QuantizeWrapperV2`'s weights in the order a fresh build gives.
 
     After `quantize_apply`, the wrapper lists the inner layer's weights once
@@ -297,7 +308,7 @@ def fix_weight_order(wrapper):
     not, so saved weights would load into the wrong variables.
     """
     fresh = []
-    for weight, _, qvars in getattr(wrapper, "_weight_vars", []):
+    for weight, _, qvars in wrapper_weights(wrapper):
         fresh.extend(v for v in (qvars or {}).values() if v.trainable)
         fresh.append(weight)
     tw = wrapper._trainable_weights  # noqa: SLF001
@@ -307,34 +318,22 @@ def fix_weight_order(wrapper):
         del tw[: len(tw) - len(fresh)]
 
 
-def _weight_key(variable) -> str:
-    return variable.name.split(":")[0].split("/")[-1]
-
-
 def _wrapper_values(wrapper) -> dict[str, np.ndarray]:
     """`{weight name: value}` of a wrapper's inner layer, quantized ones projected.
 
     The inner layer's own weight list misses the weights the wrapper replaced
     with tensors, so look in both places, by name.
     """
-    out = {_weight_key(w): w.numpy() for w in wrapper.layer.weights}
-    for weight, quantizer, qvars in getattr(wrapper, "_weight_vars", []):
-        out[_weight_key(weight)] = np.asarray(quantizer(weight, False, weights=qvars))
+    out = {weight_key(w): w.numpy() for w in wrapper.layer.weights}
+    for weight, quantizer, qvars in wrapper_weights(wrapper):
+        out[weight_key(weight)] = np.asarray(quantizer(weight, False, weights=qvars))
     return out
 
 
 def _baked_multiplier(layer: DiscreteMultiplier):
-    q = layer.quantizer
     values = np.asarray(layer.quantized_kernel(False))
-    if q.scale is None:
-        new_q = q
-    else:
-        s = float(np.asarray(q.quantized_scale(layer.kernel, layer._quantizer_vars)).reshape(-1)[0])  # noqa: SLF001
-        new_q = quantizers_mod.CodebookQuantizer(
-            np.asarray(q.values) * s, gradient=q.gradient, per_channel_axis=[]
-        )
     cfg = layer.get_config()
-    cfg["values"] = new_q
+    cfg["values"] = layer.folded_quantizer()
     return DiscreteMultiplier.from_config(cfg), [values]
 
 
@@ -381,7 +380,7 @@ def strip_quantization(model):
         if not layer.weights or values is None:
             continue
         if isinstance(values, dict):
-            values = [values[_weight_key(w)] for w in layer.weights]
+            values = [values[weight_key(w)] for w in layer.weights]
         layer.set_weights(values)
     if dropped:
         plain = _without_layers(plain, set(dropped))
@@ -477,7 +476,7 @@ def check_finite(model) -> None:
             if bad is not None:
                 count, where, value = bad
                 raise ValueError(
-                    f"Layer {layer.name!r}, weight {_weight_key(w)!r}: {count} value(s) are NaN "
+                    f"Layer {layer.name!r}, weight {weight_key(w)!r}: {count} value(s) are NaN "
                     f"or inf (first {value} at index {where}). Received: a model with "
                     "non-finite weights"
                 )
@@ -509,15 +508,14 @@ def codebook_items(model) -> list[tuple[str, object, quantizers_mod.CodebookQuan
             name = layer.layer.name
             items = [
                 (w, q, v)
-                for w, q, v in getattr(layer, "_weight_vars", [])
+                for w, q, v in wrapper_weights(layer)
                 if isinstance(q, quantizers_mod.CodebookQuantizer)
             ]
         elif isinstance(layer, DiscreteMultiplier) and layer.built:
             name = layer.name
-            items = [(layer.kernel, layer.quantizer, layer._quantizer_vars)]  # noqa: SLF001
+            items = [(layer.kernel, layer.quantizer, layer.quantizer_vars)]
         else:
             continue
         for latent, q, qvars in items:
-            weight = latent.name.split(":")[0].split("/")[-1]
-            out.append((f"{name}/{weight}", latent, q, qvars))
+            out.append((f"{name}/{weight_key(latent)}", latent, q, qvars))
     return out

@@ -258,42 +258,28 @@ def _read(x):
     return tf.convert_to_tensor(x)
 
 
+def weight_key(variable) -> str:
+    """A weight's own name, without scopes or the `:0` suffix: `"dense/kernel:0"` -> `"kernel"`."""
+    return variable.name.split(":")[0].split("/")[-1]
+
+
 def _find_weight(layer, name):
     inner = getattr(layer, "layer", layer)
     for v in inner.weights:
-        if v.name.split(":")[0].split("/")[-1] == name:
+        if weight_key(v) == name:
             return v
     return None
 
 
 def _scaled_ste(w, s, values, gradient):
     """`s * project(w / s)`; gradient gated on the latent weight `w` itself."""
-
-    @tf.custom_gradient
-    def _fwd(t):
-        def grad(dy):
-            if gradient == "ste":
-                return dy
-            return ops._clipped_gradient(dy, t, values[0], values[-1])  # noqa: SLF001
-
-        return ops.project(t / s, values) * s, grad
-
-    return _fwd(w)
+    return ops.straight_through(lambda t: ops.project(t / s, values) * s, w, values, gradient)
 
 
 def _stochastic_ste(u, values, gradient, gate_on=None):
-    gate = u if gate_on is None else gate_on
-
-    @tf.custom_gradient
-    def _fwd(t, g):
-        def grad(dy):
-            if gradient == "ste":
-                return dy, tf.zeros_like(g)
-            return ops._clipped_gradient(dy, g, values[0], values[-1]), tf.zeros_like(g)  # noqa: SLF001
-
-        return ops.stochastic_project(t, values), grad
-
-    return _fwd(u, gate)
+    return ops.straight_through(
+        lambda t: ops.stochastic_project(t, values), u, values, gradient, gate=gate_on
+    )
 
 
 def _init_learned_scale(w, weights, channel_axes, values):
@@ -319,7 +305,7 @@ def _init_learned_scale(w, weights, channel_axes, values):
             init_flag > 0,
             [
                 "A learned codebook scale was not initialized before distributed training: "
-                "call tfmot_discrete.quantize.initialize_learned_scales(model) (quantize_model "
+                "call tfmot_discrete.initialize_learned_scales(model) (quantize_model "
                 "does) before fit."
             ],
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import tensorflow_model_optimization as tfmot
@@ -12,9 +13,28 @@ from tfmot_discrete import quantizers as quantizers_mod
 _qk = tfmot.quantization.keras
 
 
-def resolve_quantizer_spec(spec):
-    """Validates `quantizer_or_mapping`; returns a quantizer or a list of
-    `(compiled regex, pattern, quantizer-or-config-or-None)`."""
+@dataclasses.dataclass(frozen=True)
+class QuantizerRules:
+    """The quantizer argument in its one form: regex rules on layer names.
+
+    A single quantizer is the rule `.*`. `from_mapping` tells that the user
+    wrote the rules: then every key must match a layer, and a layer it
+    matches must be one we can quantize.
+    """
+
+    rules: tuple  # of (compiled regex, pattern, quantizer | QuantizeConfig | None)
+    from_mapping: bool
+
+    def lookup(self, layer_name):
+        """What the rules say for `layer_name`: (found, quantizer-or-config-or-None)."""
+        for rx, _, value in self.rules:
+            if rx.fullmatch(layer_name):
+                return True, value
+        return False, None
+
+
+def resolve_quantizer_spec(spec) -> QuantizerRules:
+    """Validates the `quantizer` argument (a quantizer or a mapping) into rules."""
     if isinstance(spec, dict) and "values" not in spec and "class_name" not in spec:
         entries = []
         for pattern, value in spec.items():
@@ -33,7 +53,7 @@ def resolve_quantizer_spec(spec):
             if not isinstance(value, configs.DiscreteQuantizeConfig | _qk.QuantizeConfig):
                 value = quantizers_mod.get(value)
             entries.append((rx, pattern, value))
-        return entries
+        return QuantizerRules(tuple(entries), from_mapping=True)
     if isinstance(spec, _qk.QuantizeConfig):
         raise ValueError(
             "A QuantizeConfig applies to one layer: pass it in a mapping, e.g. "
@@ -45,17 +65,7 @@ def resolve_quantizer_spec(spec):
             "`quantizer` must be a CodebookQuantizer, a list of values, a preset name "
             "or a mapping {layer-name regex: quantizer}. Received: quantizer=None"
         )
-    return q
-
-
-def lookup(spec, layer_name):
-    """What `spec` says for `layer_name`: (found, quantizer-or-config-or-None)."""
-    if not isinstance(spec, list):
-        return True, spec
-    for rx, _, value in spec:
-        if rx.fullmatch(layer_name):
-            return True, value
-    return False, None
+    return QuantizerRules(((re.compile(".*"), ".*", q),), from_mapping=False)
 
 
 class DiscreteQuantizeRegistry(_qk.QuantizeRegistry):
@@ -70,24 +80,25 @@ class DiscreteQuantizeRegistry(_qk.QuantizeRegistry):
     """
 
     def __init__(self, quantizer, activation_quantizer=None):
-        self._spec = resolve_quantizer_spec(quantizer)
+        self._rules = resolve_quantizer_spec(quantizer)
         self._activation_quantizer = activation_quantizer
-        # quantize_model annotates every layer it quantizes itself; it turns
-        # this off so that unannotated neighbours are not wrapped.
-        self._config_for_unlisted = True
+        #: A config (that quantizes nothing) for layers no rule names.
+        #: `quantize_model` annotates every layer it quantizes itself and turns
+        #: this off, so that unannotated neighbours are not wrapped.
+        self.config_for_unlisted = True
 
     def supports(self, layer):
         return True
 
     def get_quantize_config(self, layer):
-        found, value = lookup(self._spec, layer.name)
+        found, value = self._rules.lookup(layer.name)
         if isinstance(value, _qk.QuantizeConfig):
             return value
         if found and value is not None:
             cfg = configs.config_for_layer(layer, value, self._activation_quantizer)
             if cfg is not None:
                 return cfg
-        if not self._config_for_unlisted:
+        if not self.config_for_unlisted:
             return None
         return configs.DiscreteQuantizeConfig({}, self._activation_quantizer)
 

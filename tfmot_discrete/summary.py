@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from tfmot_discrete import text
+from tfmot_discrete.quantize import check_finite, codebook_items
 from tfmot_discrete.quantizers import CodebookQuantizer
 
 
@@ -30,23 +32,31 @@ class WeightReport:
         return self.count * 4
 
 
-def _codes(quantizer: CodebookQuantizer, latent, qvars) -> np.ndarray:
+def codebook_indices(quantizer: CodebookQuantizer, latent, qvars) -> np.ndarray:
     """Index of the codebook value each weight projects to."""
     q = np.asarray(quantizer(latent, False, weights=qvars), dtype=np.float64)
     s = np.asarray(quantizer.quantized_scale(latent, qvars), dtype=np.float64)
     return quantizer.codebook.index_numpy(q / s)
 
 
+def value_shares(indices: np.ndarray, size: int) -> np.ndarray:
+    """Share of the weights at each of the `size` codebook values.
+
+    Example:
+
+    >>> value_shares(np.array([0, 2, 2, 2]), 3).tolist()
+    [0.25, 0.0, 0.75]
+    """
+    return np.bincount(indices.reshape(-1), minlength=size) / max(1, indices.size)
+
+
 def weight_reports(model) -> list[WeightReport]:
     """One `WeightReport` per codebook-quantized weight of `model`."""
-    from tfmot_discrete.quantize import check_finite, codebook_items  # noqa: PLC0415
-
     check_finite(model)
     out = []
     for label, latent, q, qvars in codebook_items(model):
-        codes = _codes(q, latent, qvars)
-        k = q.codebook.size
-        usage = np.bincount(codes.reshape(-1), minlength=k) / max(1, codes.size)
+        codes = codebook_indices(q, latent, qvars)
+        usage = value_shares(codes, q.codebook.size)
         layer, weight = label.rsplit("/", 1)
         out.append(
             WeightReport(
@@ -60,11 +70,6 @@ def weight_reports(model) -> list[WeightReport]:
             )
         )
     return out
-
-
-def _fmt_values(values) -> str:
-    vals = ", ".join(f"{v:g}" for v in values[:6])
-    return "{" + vals + (", ..." if len(values) > 6 else "") + "}"
 
 
 def _fmt_bytes(n: int) -> str:
@@ -106,7 +111,7 @@ def summary(model, print_fn=print) -> str:
         rows.append(
             [
                 f"{r.layer}/{r.weight}",
-                _fmt_values(r.codebook),
+                text.format_values(r.codebook),
                 r.scale,
                 f"{r.count:,}",
                 str(r.bits),
@@ -129,17 +134,11 @@ def summary(model, print_fn=print) -> str:
         _fmt_bytes(flt),
         ratio,
     ]
-    widths = [max(len(str(row[i])) for row in [header, *rows, total]) for i in range(len(header))]
-
-    def line(cells):
-        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-
-    sep = "-" * len(line(header))
-    text = "\n".join(
-        [f'Codebook summary of "{model.name}"', sep, line(header), sep]
-        + [line(r) for r in rows]
-        + [sep, line(total)]
+    lines = text.table_lines([header, *rows, total])
+    sep = "-" * len(lines[0])
+    table = "\n".join(
+        [f'Codebook summary of "{model.name}"', sep, lines[0], sep, *lines[1:-1], sep, lines[-1]]
     )
     if print_fn is not None:
-        print_fn(text)
-    return text
+        print_fn(table)
+    return table

@@ -7,11 +7,15 @@ through `quantize_model`. Prints an accuracy table and `summary`.
 
 from __future__ import annotations
 
+import pathlib
 import time
 
 import tensorflow as tf
 
+import tflite_export
 import tfmot_discrete as td
+from tflite_export import runners
+from tfmot_discrete import text
 from tfmot_discrete._keras import keras
 
 
@@ -96,11 +100,6 @@ def train_and_evaluate(model, data, epochs: int, seed: int, verbose: int = 1, lr
 
 def export_table(qat, data, out_dir, print_fn=print) -> list:
     """Exports `qat` in every format, each file verified; prints one row per format."""
-    import pathlib  # noqa: PLC0415
-
-    import tflite_export  # noqa: PLC0415
-    from tflite_export import verify  # noqa: PLC0415
-
     out_dir = pathlib.Path(out_dir)
     xtr, _, xte, yte = data
     rows = [("format", "file", "bytes", "vs float", "weights", "outputs vs Keras", "test acc")]
@@ -108,7 +107,7 @@ def export_table(qat, data, out_dir, print_fn=print) -> list:
     for fmt in tflite_export.FORMATS:
         path = out_dir / f"digits_{fmt}.tflite"
         report = tflite_export.export(qat, path, format=fmt, representative_data=xtr[:256])
-        logits = verify.run_litert(path.read_bytes(), [xte])[0]
+        logits = runners.run_litert(path.read_bytes(), [xte])[0]
         acc = float((logits.argmax(1) == yte).mean())
         reports.append((report, acc))
         rel = report.max_abs_diff / report.output_range
@@ -123,9 +122,7 @@ def export_table(qat, data, out_dir, print_fn=print) -> list:
                 f"{100 * acc:.2f} %",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    print_fn("\n".join([lines[0], "-" * len(lines[0]), *lines[1:]]))
+    print_fn(text.table(rows))
     return reports
 
 
@@ -160,14 +157,12 @@ def run(epochs: int = 30, seed: int = 0, verbose: int = 1, print_fn=print, out_d
                 f"{r[1]:.1f} s",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     n = len(data[3])
     print_fn(
         f"\nDigits MLP (64-256-256-10, ReLU), {epochs} epochs, seed {seed}, "
         f"{len(data[1])} train / {n} test images"
     )
-    print_fn("\n".join([lines[0], "-" * len(lines[0]), *lines[1:]]))
+    print_fn(text.table(rows))
     if last_qat is not None:
         print_fn("")
         td.summary(last_qat, print_fn=print_fn)

@@ -1,0 +1,95 @@
+"""The packages' layering: imports run one way, tfmot_discrete_demo -> tflite_export ->
+tfmot_discrete, and the core needs none of the export's or the demo's packages."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Each package, and the packages it must never import.
+LAYERS = {
+    "tfmot_discrete": {"tflite_export", "tfmot_discrete_demo", "sklearn", "tflite_micro"},
+    "tflite_export": {"tfmot_discrete_demo", "sklearn"},
+}
+
+
+def _imported_packages(path: pathlib.Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_no_module_imports_a_package_above_it(package):
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(_imported_packages(path) & LAYERS[package])
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+BLOCKER = """
+import importlib.abc
+import sys
+
+BLOCKED = {"tflite_export", "sklearn", "tflite_micro"}
+
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked")
+        return None
+
+
+sys.meta_path.insert(0, Blocker())
+import numpy as np
+import tfmot_discrete as td
+
+try:
+    import tflite_export  # noqa: F401
+except ImportError:
+    pass
+else:
+    raise SystemExit("the blocker let tflite_export through")
+model = td.keras.Sequential([td.keras.Input((4,)), td.keras.layers.Dense(3, name="d")])
+qat = td.quantize_model(model, td.CodebookQuantizer([1, -1, 0.5, -0.5]))
+plain = td.strip_quantization(qat)
+values = set(np.unique(plain.get_layer("d").kernel.numpy()).tolist())
+assert values <= {-1.0, -0.5, 0.5, 1.0}, values
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+print("loaded:", loaded)
+"""
+
+
+def test_core_imports_and_quantizes_without_export_demo_packages():
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCKER],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "loaded: []" in result.stdout
+
+
+def test_python_m_tfmot_discrete_points_to_the_demo():
+    result = subprocess.run(
+        [sys.executable, "-m", "tfmot_discrete", "demo"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "tfmot-discrete demo" in result.stderr
