@@ -162,5 +162,55 @@ def test_verify_survives_mutated_truncated_and_random_files(format_files, tmp_pa
             lines = r["err"].strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith("tflite-export: error:"), r
             assert r["file"] in lines[0]
+    crashes = sum("crashed (SIG" in r["err"] for r in results)
     print("fuzz outcomes (kind, exit status): count", sorted(counts.items()))
+    print(f"{len(results)} files, {crashes} crashed the interpreter's child process")
     assert sum(n for (kind, rc), n in counts.items() if rc == 2) >= len(cases) // 2
+
+
+# --- interpreters that end the process ----------------------------------------
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_full_int8_gives_a_clear_error_not_a_dead_process(tmp_path):
+    """TFLM's int8 softmax aborts the process when its input step is tiny, as
+    for an untrained MobileNetV2 (alpha 0.35, 32 x 32), whose logits span 2e-6."""
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10
+    )
+    qat = td.quantize_model(model, td.ternary())
+    rep = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
+    target = tmp_path / "mobilenet.tflite"
+    with pytest.raises(tflite_export.ExportError) as e:
+        tflite_export.export(qat, target, format="full_int8", representative_data=rep)
+    message = str(e.value)
+    assert "TFLM check of the full_int8 file failed; nothing written" in message
+    assert "SOFTMAX input" in message and "2^-26" in message
+    assert not target.exists()
+
+
+def test_an_interpreter_crash_is_an_error_and_the_next_file_still_runs(format_files):
+    from tflite_export import runners  # noqa: PLC0415
+
+    good = format_files["full_int8"].read_bytes()
+    x = [np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype(np.float32)]
+    before = runners.run_tflm(good, x)[0]
+    # A field of the file overwritten: TFLM has no flatbuffer verifier and
+    # dies on such files (the child does, with a signal).
+    bad = None
+    crashed = 0
+    for p in range(64, len(good) - 4, 4):
+        probe = bytearray(good)
+        probe[p : p + 4] = (0x7FFFFFFF).to_bytes(4, "little")
+        try:
+            runners.run_tflm(bytes(probe), x)
+        except tflite_export.ExportError as err:
+            if "crashed (SIG" in str(err):
+                crashed += 1
+                bad = probe
+                break
+    assert crashed == 1, "no field overwrite crashed TFLM"
+    with pytest.raises(tflite_export.ExportError, match=r"The TFLM interpreter crashed \(SIG"):
+        runners.run_tflm(bytes(bad), x)
+    np.testing.assert_array_equal(runners.run_tflm(good, x)[0], before)

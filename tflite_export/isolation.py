@@ -106,7 +106,9 @@ def run_in_child(
     Args:
         kind: `"litert"` or `"tflm"`.
         model_bytes: The `.tflite` file.
-        inputs: One float array `(N, ...)` per model input.
+        inputs: One float array `(N, ...)` per model input; for `"litert"`,
+            `None` runs 8 random inputs and reads every tensor (a probe of a
+            file from elsewhere).
         raw: For `"litert"`: outputs as stored (int8 stays int8). Defaults to
             `False`.
         timeout: Seconds before the child is killed. Defaults to `TIMEOUT`.
@@ -123,7 +125,7 @@ def run_in_child(
     name = {"litert": "LiteRT", "tflm": "TFLM"}[kind]
     with tempfile.TemporaryDirectory(prefix="tflite_export_") as tmp:
         request, result = os.path.join(tmp, "request.npz"), os.path.join(tmp, "result.npz")
-        arrays = {f"x{i}": np.asarray(x) for i, x in enumerate(inputs)}
+        arrays = {f"x{i}": np.asarray(x) for i, x in enumerate(inputs or [])}
         np.savez(
             request,
             model=np.frombuffer(model_bytes, np.uint8),
@@ -154,10 +156,12 @@ def _handle(request: str, result: str) -> str:
     with np.load(request, allow_pickle=False) as f:
         model = f["model"].tobytes()
         kind, raw = str(f["kind"]), bool(f["raw"])
-        inputs = [f[f"x{i}"] for i in range(len(f.files) - 3)]
+        inputs = [f[f"x{i}"] for i in range(len(f.files) - 3)] if "x0" in f.files else None
     try:
         if kind == "tflm":
             outputs = runners.run_tflm_here(model, inputs)
+        elif inputs is None:
+            outputs = _probe_litert(model)
         else:
             outputs = runners.run_litert(model, inputs, raw=raw)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which raises
@@ -165,6 +169,21 @@ def _handle(request: str, result: str) -> str:
         return f"{type(e).__name__}: {lines[0] if lines else 'no message'}"
     np.savez(result, **{f"y{i}": y for i, y in enumerate(outputs)})
     return "ok"
+
+
+def _probe_litert(model: bytes) -> list[np.ndarray]:
+    """Everything a check does with a file from elsewhere: run it on random
+    inputs, then read every tensor."""
+    from tflite_export import inputs, runners  # noqa: PLC0415
+
+    outputs = runners.run_litert(model, inputs.random_file_inputs(model))
+    it = runners.interpreter(model)
+    for d in it.get_tensor_details():
+        try:
+            it.get_tensor(d["index"])
+        except ValueError:
+            pass
+    return outputs
 
 
 def _serve() -> int:
