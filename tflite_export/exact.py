@@ -87,6 +87,13 @@ def codebook_weights(model) -> list[CodebookWeight]:
 CHUNK = 1 << 20
 
 
+def max_abs(a: np.ndarray) -> float:
+    """`max |a|` without a temporary copy of `a` (0 for an empty array)."""
+    if a.size == 0:
+        return 0.0
+    return float(max(abs(float(a.max())), abs(float(a.min()))))
+
+
 def row_chunks(a: np.ndarray, axis: int = 0):
     """Slices along `axis` covering `a`, each about `CHUNK` entries."""
     if a.ndim == 0 or a.size == 0:
@@ -272,10 +279,10 @@ def match_weights(model, cws: list[CodebookWeight], tolerance_of=None) -> tuple[
             factors = _channel_factors(got, exp, dim)
             if factors is None:
                 continue
-            tol = (
-                tolerance_of(tensor, got) if tolerance_of else 1e-5 * max(1e-30, np.abs(got).max())
+            tol = tolerance_of(tensor, got) if tolerance_of else 1e-5 * max(1e-30, max_abs(got))
+            ref = np.multiply(
+                exp, channel_broadcast(factors, exp.ndim, dim).astype(np.float32), dtype=np.float32
             )
-            ref = (exp * channel_broadcast(factors, exp.ndim, dim)).astype(np.float32)
             if _max_abs_diff(got, ref, dim) <= tol:
                 found = (op_i, t, factors, ref)
                 break

@@ -156,7 +156,7 @@ def _tolerance_of(tensor, got) -> float:
     q = tensor.quantization
     if tensor.type in QMAX and q is not None and q.scale is not None and len(q.scale):
         return 0.51 * float(np.max(q.scale))
-    return 1e-5 * max(1e-30, float(np.abs(got).max()))
+    return 1e-5 * max(1e-30, exact.max_abs(got))
 
 
 def _find_codebook_weights(fb, out, float_bytes, cws) -> list[exact.TensorMatch]:
