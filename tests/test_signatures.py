@@ -6,11 +6,13 @@ import pytest
 import tensorflow_model_optimization as tfmot
 
 import tfmot_discrete as td
+from tfmot_discrete import int8
 
 _qk = tfmot.quantization.keras
 
 PAIRS = [
     (td.CodebookQuantizer, _qk.quantizers.Quantizer, ["build", "__call__", "get_config"]),
+    (int8.Int8WeightQuantizer, _qk.quantizers.Quantizer, ["build", "__call__", "get_config"]),
     (
         td.DiscreteQuantizeConfig,
         _qk.QuantizeConfig,
@@ -45,6 +47,7 @@ def test_get_config_returns_exactly_the_init_arguments():
     for cls, obj in [
         (td.CodebookQuantizer, td.CodebookQuantizer([1, -1, 0.5], scale="learned")),
         (td.DiscreteQuantizeConfig, td.DiscreteQuantizeConfig({"kernel": td.binary()})),
+        (int8.Int8WeightQuantizer, int8.Int8WeightQuantizer(per_axis=False)),
     ]:
         params = set(inspect.signature(cls.__init__).parameters) - {"self"}
         assert set(obj.get_config()) == params

@@ -18,6 +18,7 @@ import tfmot_discrete as td
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
 from tfmot_discrete._keras import keras
+from tfmot_discrete.int8 import Int8WeightQuantizer
 from tfmot_discrete.layers import DiscreteMultiplier
 from tfmot_discrete.quantize import wrapper_weights
 from tfmot_discrete.quantizers import CodebookQuantizer
@@ -137,8 +138,9 @@ def has_activation_quantizers(model) -> bool:
 
 
 def baked_qat_copy(qat):
-    """A copy of a QAT model whose weights hold their projected values and whose
-    activation fake-quant (with the ranges learned in training) is kept."""
+    """A copy of a QAT model whose weights hold their projected (or 8-bit
+    fake-quantized) values and whose activation fake-quant (with the ranges
+    learned in training) is kept."""
     with td.quantize_scope():
         copy = keras.models.clone_model(qat)
     copy.set_weights(qat.get_weights())
@@ -146,7 +148,10 @@ def baked_qat_copy(qat):
         if isinstance(layer, tfmot.quantization.keras.QuantizeWrapper):
             baked = []
             for weight, quantizer, qvars in wrapper_weights(layer):
-                if isinstance(quantizer, CodebookQuantizer):
+                # 8-bit weights too: the converter cannot keep a per-channel fake
+                # quant through the transpose of a Dense kernel, and the export
+                # writes the trained integers back anyway.
+                if isinstance(quantizer, CodebookQuantizer | Int8WeightQuantizer):
                     weight.assign(quantizer(weight, False, weights=qvars))
                     quantizer, qvars = _Identity(), {}
                 baked.append((weight, quantizer, qvars))

@@ -21,8 +21,9 @@ from tflite_export.schema import (
     BuiltinOperator,
     TensorType,
 )
+from tfmot_discrete import int8
 from tfmot_discrete.codebook import Codebook
-from tfmot_discrete.quantize import codebook_items
+from tfmot_discrete.quantize import codebook_items, int8_items
 
 _qk = tfmot.quantization.keras
 
@@ -32,6 +33,11 @@ _NUMPY_TYPES = {
     TensorType.INT32: np.int32,
     TensorType.FLOAT16: np.float16,
 }
+
+
+#: The integers an 8-bit weight trains to, as a codebook: stored exactly as
+#: int8 with the trained step, in every format (int4 files included).
+INT8_CODEBOOK = Codebook(np.arange(-int8.INT8_QMAX, int8.INT8_QMAX + 1))
 
 
 @dataclasses.dataclass
@@ -45,6 +51,9 @@ class CodebookWeight:
     values: np.ndarray  # codebook value x channel scale
     codes: np.ndarray  # codebook value of each entry
     scales: np.ndarray  # channel scale of each entry (broadcast to values.shape)
+    #: Trained with 8-bit fake quantization ("int8" in the mapping): the codebook
+    #: is the integers of [-127, 127], the scales the trained steps.
+    trained_int8: bool = False
 
     @property
     def label(self) -> str:
@@ -52,7 +61,8 @@ class CodebookWeight:
 
 
 def codebook_weights(model) -> list[CodebookWeight]:
-    """Every codebook-quantized weight of a QAT model (or DiscreteMultiplier)."""
+    """Every codebook-quantized weight of a QAT model (or DiscreteMultiplier),
+    then every weight trained with 8-bit fake quantization."""
     inner_layers = {}
     for layer in model.layers:
         inner = layer.layer if isinstance(layer, _qk.QuantizeWrapper) else layer
@@ -77,6 +87,21 @@ def codebook_weights(model) -> list[CodebookWeight]:
                 values=values,
                 codes=codes,
                 scales=scales,
+            )
+        )
+    for label, latent, q, qvars in int8_items(model):
+        iv = int8.int8_values(q, latent, qvars)
+        layer_name, weight = label.rsplit("/", 1)
+        out.append(
+            CodebookWeight(
+                layer=layer_name,
+                layer_class=type(inner_layers[layer_name]).__name__,
+                weight=weight,
+                codebook=INT8_CODEBOOK,
+                values=iv.codes * iv.steps,
+                codes=iv.codes,
+                scales=iv.steps,
+                trained_int8=True,
             )
         )
     return out
@@ -388,6 +413,8 @@ def write_exact(model, m: TensorMatch, g: float) -> None:
             raise AssertionError(f"{m.cw.label}: codes not integral on the chosen lattice")
         ints[rows] = rounded
     buf = _own_buffer(model, m.tensor)
+    if m.cw.trained_int8 and t.type == TensorType.INT4:
+        t.type = TensorType.INT8  # an 8-bit weight stays int8 inside an int4 file
     if t.type == TensorType.INT4:
         buf.data = _pack_int4(ints)
     else:

@@ -11,7 +11,7 @@ import numpy as np
 import tfmot_discrete as td
 from tflite_export import convert, exact, files, inputs, micro, runners, verify
 from tflite_export.errors import ExportError
-from tflite_export.schema import QMAX, storage_name
+from tflite_export.schema import QMAX, TensorType, storage_name
 from tfmot_discrete import text
 from tfmot_discrete.quantize import check_finite, is_quantized
 
@@ -70,7 +70,7 @@ class Report:
             rows.append(
                 (
                     w.name,
-                    text.format_values(w.codebook),
+                    "int8 (trained)" if w.trained_int8 else text.format_values(w.codebook),
                     str(w.bits),
                     w.storage,
                     f"{w.count:,}",
@@ -178,7 +178,8 @@ def _write_lattices(fb, matches, allow_inexact, notes) -> None:
         tensor = fb.subgraphs[0].tensors[m.tensor]
         if tensor.type not in QMAX:
             continue
-        qmax = QMAX[tensor.type]
+        # A weight trained at 8 bits stays int8 in an int4 file (write_exact).
+        qmax = QMAX[TensorType.INT8] if m.cw.trained_int8 else QMAX[tensor.type]
         g = m.cw.codebook.integer_step(qmax)
         if g is not None:
             exact.write_exact(fb, m, g)

@@ -82,6 +82,9 @@ class WeightCheck:
     count: int
     exact: bool
     max_error: float  # max |decoded - trained value|
+    #: An 8-bit weight ("int8" in the mapping): exact means the stored integers
+    #: and steps are those it trained with.
+    trained_int8: bool = False
 
     @property
     def stored_bits(self) -> int:
@@ -164,6 +167,7 @@ def check_weights(model_bytes: bytes, matches) -> list[WeightCheck]:
                 count=int(v.size),
                 exact=dev <= 1e-5,
                 max_error=err,
+                trained_int8=m.cw.trained_int8,
             )
         )
         del v

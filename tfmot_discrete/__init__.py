@@ -2,8 +2,10 @@
 
 from tfmot_discrete import quantizers
 from tfmot_discrete._keras import keras
+from tfmot_discrete.batchnorm import RecalibrateBatchNorm, recalibrate_batchnorm
 from tfmot_discrete.codebook import Codebook
 from tfmot_discrete.configs import DiscreteQuantizeConfig
+from tfmot_discrete.distill import Distiller
 from tfmot_discrete.layers import DiscreteMultiplier
 from tfmot_discrete.monitor import CodebookMonitor
 from tfmot_discrete.plotting import plot_weights
@@ -15,6 +17,7 @@ from tfmot_discrete.quantize import (
 )
 from tfmot_discrete.quantizers import CodebookQuantizer, binary, power_of_two, ternary
 from tfmot_discrete.scheme import DiscreteQuantizeRegistry, DiscreteQuantizeScheme
+from tfmot_discrete.sensitivity import sensitivity
 from tfmot_discrete.summary import summary
 
 __version__ = "0.1.0"
@@ -27,6 +30,8 @@ __all__ = [
     "DiscreteQuantizeConfig",
     "DiscreteQuantizeRegistry",
     "DiscreteQuantizeScheme",
+    "Distiller",
+    "RecalibrateBatchNorm",
     "binary",
     "initialize_learned_scales",
     "keras",
@@ -35,6 +40,8 @@ __all__ = [
     "quantize_model",
     "quantize_scope",
     "quantizers",
+    "recalibrate_batchnorm",
+    "sensitivity",
     "strip_quantization",
     "summary",
     "ternary",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow_model_optimization as tfmot
 
+from tfmot_discrete import int8
 from tfmot_discrete import quantizers as quantizers_mod
 from tfmot_discrete._keras import keras, register
 
@@ -131,11 +132,19 @@ class DiscreteQuantizeConfig(_QuantizeConfig):
 
 
 def config_for_layer(layer, quantizer, activation_quantizer=None):
-    """The `DiscreteQuantizeConfig` for a known layer type, or None."""
+    """The `DiscreteQuantizeConfig` for a known layer type, or None.
+
+    `quantizer` is a `CodebookQuantizer`, or `"int8"` for TF-MOT's 8-bit
+    weight fake quantization (`int8.Int8WeightQuantizer`).
+    """
     weights = quantizable_weights(layer)
     if weights is None:
         return None
+    if isinstance(quantizer, str) and quantizer == int8.INT8:
+        per_weight = {attr: int8.quantizer_for(axes) for attr, axes in weights.items()}
+    else:
+        per_weight = {attr: quantizer.with_channel_axes(axes) for attr, axes in weights.items()}
     return DiscreteQuantizeConfig(
-        {attr: quantizer.with_channel_axes(axes) for attr, axes in weights.items()},
+        per_weight,
         activation_quantizer=activation_quantizer,
     )

@@ -11,7 +11,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
     QuantizeLayer,
 )
 
-from tfmot_discrete import _keras, configs, scheme
+from tfmot_discrete import _keras, configs, int8, rescale, scheme
 from tfmot_discrete import quantizers as quantizers_mod
 from tfmot_discrete._keras import keras
 from tfmot_discrete.layers import DiscreteMultiplier
@@ -46,6 +46,7 @@ SERIALIZABLE = (
     quantizers_mod.CodebookQuantizer,
     configs.DiscreteQuantizeConfig,
     DiscreteMultiplier,
+    int8.Int8WeightQuantizer,
 )
 
 
@@ -224,14 +225,31 @@ def quantize_model(model, quantizer, activations=None):
             model (rebuilt in tf_keras with the same weights).
         quantizer: A `CodebookQuantizer` (or a list of values, or a preset
             name) for every supported layer, or a mapping
-            `{layer-name regex: quantizer | DiscreteQuantizeConfig | None}`;
-            regexes are matched against the whole name, first match wins.
+            `{layer-name regex: quantizer | "int8" | DiscreteQuantizeConfig |
+            None}`; regexes are matched against the whole name, first match
+            wins. `"int8"` trains the layer's weights with TF-MOT's 8-bit
+            fake quantization (symmetric, per output channel, narrow range;
+            `td.int8.Int8WeightQuantizer`), e.g. for the first and last
+            layers; `None` leaves the layer float.
         activations: `None` (activations stay float) or `"int8"`: also
             simulate 8-bit activations with TF-MOT's quantizers (an input
             `QuantizeLayer`, and a moving-average fake-quant on every output
             that a full-int8 TFLite model quantizes, after BatchNorm/ReLU
             fusion), so a `full_int8` export agrees with what was trained.
             Defaults to `None`.
+
+    With `scale=None` the codebook values are used exactly as given, and a
+    trained layer's weights (|w| ~ 0.05) would all project to the values
+    nearest zero. When a BatchNormalization directly follows a Dense, Conv or
+    DepthwiseConv layer quantized that way, and the weights are at least
+    `rescale.RESCALE_MIN_FACTOR` times smaller than the codebook, each output
+    channel's latent weights and bias are multiplied by
+    `mean|codebook| / mean|w_c|` and the BatchNormalization's moving
+    statistics adjusted to match, so the model computes the same function
+    and its weights spread over the whole codebook (`rescale` module). The
+    model passed in is not changed. Without a normalization after the layer
+    the weights are kept as they are: use `scale="mean_abs"` (or
+    `"learned"`) for such layers when starting from a trained model.
 
     Returns:
         A new tf_keras model whose quantized layers are `QuantizeWrapperV2`s.
@@ -254,6 +272,9 @@ def quantize_model(model, quantizer, activations=None):
         )
     model = _check_model(model)
     spec = scheme.resolve_quantizer_spec(quantizer)
+    if rescale.plan(model, spec):
+        model = _copy(model)
+        rescale.rescale_for_codebook(model, spec)
     plan = _plan(model, spec)
     if activations == "int8":
         _add_activation_quantizers(model, plan)
@@ -280,7 +301,16 @@ def quantize_model(model, quantizer, activations=None):
         if isinstance(layer, _qk.QuantizeWrapper):
             _fix_weight_order(layer)
     initialize_learned_scales(qat)
+    initialize_int8_ranges(qat)
     return qat
+
+
+def _copy(model):
+    """A clone of `model` with its weights, so that the caller's stays as it was."""
+    with quantize_scope():
+        clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 def initialize_learned_scales(model) -> None:
@@ -298,6 +328,29 @@ def wrapper_weights(wrapper) -> list:
     """`(weight, quantizer, quantizer variables)` of each weight a TF-MOT
     `QuantizeWrapperV2` quantizes (TF-MOT keeps them in a private list)."""
     return list(getattr(wrapper, "_weight_vars", []))
+
+
+def int8_items(model) -> list[tuple[str, object, int8.Int8WeightQuantizer, dict]]:
+    """`(label, latent variable, quantizer, quantizer variables)` per weight
+    trained at 8 bits (`"int8"` in the quantizer mapping), layer by layer."""
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, _qk.QuantizeWrapper):
+            for latent, q, qvars in wrapper_weights(layer):
+                if isinstance(q, int8.Int8WeightQuantizer):
+                    out.append((f"{layer.layer.name}/{weight_key(latent)}", latent, q, qvars))
+    return out
+
+
+def initialize_int8_ranges(model) -> None:
+    """Sets every 8-bit weight's range from its current values, now.
+
+    `quantize_model` calls it, so that a model fresh from `quantize_model`
+    already computes with its weights rounded to 8 bits (TF-MOT starts the
+    range at ±6 and sets it at the first training step).
+    """
+    for _, latent, q, qvars in int8_items(model):
+        q(tf.convert_to_tensor(latent), True, weights=qvars)
 
 
 def _fix_weight_order(wrapper):

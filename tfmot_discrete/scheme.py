@@ -7,7 +7,7 @@ import re
 
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete import configs
+from tfmot_discrete import configs, int8
 from tfmot_discrete import quantizers as quantizers_mod
 
 _qk = tfmot.quantization.keras
@@ -50,7 +50,9 @@ def resolve_quantizer_spec(spec) -> QuantizerRules:
                     f"Key {pattern!r} of the quantizer mapping is not a valid regular "
                     f"expression ({e})."
                 ) from e
-            if not isinstance(value, configs.DiscreteQuantizeConfig | _qk.QuantizeConfig):
+            if not _is_int8(value) and not isinstance(
+                value, configs.DiscreteQuantizeConfig | _qk.QuantizeConfig
+            ):
                 value = quantizers_mod.get(value)
             entries.append((rx, pattern, value))
         return QuantizerRules(tuple(entries), from_mapping=True)
@@ -59,13 +61,17 @@ def resolve_quantizer_spec(spec) -> QuantizerRules:
             "A QuantizeConfig applies to one layer: pass it in a mapping, e.g. "
             f"{{'my_layer': config}}. Received: {spec!r}"
         )
-    q = quantizers_mod.get(spec)
+    q = spec if _is_int8(spec) else quantizers_mod.get(spec)
     if q is None:
         raise ValueError(
             "`quantizer` must be a CodebookQuantizer, a list of values, a preset name "
             "or a mapping {layer-name regex: quantizer}. Received: quantizer=None"
         )
     return QuantizerRules(((re.compile(".*"), ".*", q),), from_mapping=False)
+
+
+def _is_int8(value) -> bool:
+    return isinstance(value, str) and value == int8.INT8
 
 
 class DiscreteQuantizeRegistry(_qk.QuantizeRegistry):

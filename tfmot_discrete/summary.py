@@ -6,8 +6,8 @@ import dataclasses
 
 import numpy as np
 
-from tfmot_discrete import text
-from tfmot_discrete.quantize import check_finite, codebook_items
+from tfmot_discrete import int8, text
+from tfmot_discrete.quantize import check_finite, codebook_items, int8_items
 from tfmot_discrete.quantizers import CodebookQuantizer
 
 
@@ -22,6 +22,9 @@ class WeightReport:
     count: int
     bits: int
     usage: np.ndarray  # share of weights at each codebook value
+    #: Trained with 8-bit fake quantization ("int8" in the mapping); `codebook`
+    #: is then the integers of [-127, 127].
+    trained_int8: bool = False
 
     @property
     def bytes_packed(self) -> int:
@@ -69,6 +72,21 @@ def weight_reports(model) -> list[WeightReport]:
                 usage=usage,
             )
         )
+    for label, latent, q, qvars in int8_items(model):
+        iv = int8.int8_values(q, latent, qvars)
+        layer, weight = label.rsplit("/", 1)
+        out.append(
+            WeightReport(
+                layer=layer,
+                weight=weight,
+                codebook=np.arange(-int8.INT8_QMAX, int8.INT8_QMAX + 1, dtype=np.float64),
+                scale="per-channel" if q.per_axis else "per-tensor",
+                count=int(iv.codes.size),
+                bits=8,
+                usage=np.zeros(0),
+                trained_int8=True,
+            )
+        )
     return out
 
 
@@ -82,6 +100,9 @@ def _fmt_bytes(n: int) -> str:
 
 def summary(model, print_fn=print) -> str:
     """Prints (and returns) a table of the model's codebook-quantized weights.
+
+    Weights trained at 8 bits (`"int8"` in the quantizer mapping) are listed
+    too, after the codebook weights, as `int8` at 8 bits per weight.
 
     Columns: layer/weight, codebook, scale mode, number of weights, bits per
     weight (`ceil(log2 K)`), memory at that width against float32, and the
@@ -111,13 +132,16 @@ def summary(model, print_fn=print) -> str:
         rows.append(
             [
                 f"{r.layer}/{r.weight}",
-                text.format_values(r.codebook),
+                "int8" if r.trained_int8 else text.format_values(r.codebook),
                 r.scale,
                 f"{r.count:,}",
                 str(r.bits),
                 _fmt_bytes(r.bytes_packed),
                 _fmt_bytes(r.bytes_float),
-                " ".join(f"{u:.0%}" for u in r.usage[:8]) + (" ..." if r.usage.size > 8 else ""),
+                "-"
+                if r.trained_int8
+                else " ".join(f"{u:.0%}" for u in r.usage[:8])
+                + (" ..." if r.usage.size > 8 else ""),
             ]
         )
     n = sum(r.count for r in reports)

@@ -1,0 +1,231 @@
+"""`sensitivity`: how much each layer loses when only it is quantized."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from tfmot_discrete import _keras, batchnorm, configs, scheme
+from tfmot_discrete._keras import keras
+from tfmot_discrete.quantize import quantize_model, strip_quantization
+
+METRICS = ("accuracy", "loss")
+
+
+@dataclasses.dataclass
+class LayerSensitivity:
+    """The metric with one layer quantized, against the float model."""
+
+    layer: str
+    layer_class: str
+    weights: int  # number of weights quantized
+    metric: str
+    baseline: float  # the float model's value
+    quantized: float  # the value with only this layer quantized
+
+    @property
+    def change(self) -> float:
+        """`quantized - baseline`: negative is worse for accuracy, positive for a loss."""
+        return self.quantized - self.baseline
+
+
+def _labelled_batches(model, data, batch_size):
+    """`(list of input batches, labels as one array)` from `(x, y)` or a dataset
+    of `(x, y)` (read once, so a reshuffling dataset keeps inputs and labels
+    together)."""
+    if isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        if not isinstance(spec, tuple) or len(spec) < 2:
+            raise ValueError(
+                f"A dataset `data` must yield (x, y) tuples. Received: a dataset of {spec!r}"
+            )
+        if tf.nest.flatten(spec[0])[0].shape.rank == len(model.inputs[0].shape) - 1:
+            data = data.batch(batch_size)
+        xs, ys = [], []
+        for element in data:
+            xs += batchnorm.input_batches(model, (element[0],), batch_size=1 << 30)
+            ys.append(np.asarray(element[1]))
+    elif isinstance(data, tuple) and len(data) in (2, 3):
+        xs = batchnorm.input_batches(model, (data[0],), batch_size=batch_size)
+        ys = [np.asarray(data[1])]
+    else:
+        raise ValueError(
+            "`data` must be a tuple (x, y) of arrays or a tf.data.Dataset of (x, y). "
+            f"Received: data of type {type(data).__name__}"
+        )
+    y = np.concatenate(ys)
+    n = sum(len(b[0] if isinstance(b, list) else b) for b in xs)
+    if len(y) != n:
+        raise ValueError(
+            f"`data` holds {n} inputs but {len(y)} labels. Received: data with "
+            f"{n} inputs and {len(y)} labels"
+        )
+    return xs, y
+
+
+def _predict(model, xs):
+    return np.concatenate([np.asarray(model(b, training=False)) for b in xs])
+
+
+def _metric_fn(model, metric):
+    if callable(metric):
+        name = getattr(metric, "name", None) or getattr(metric, "__name__", "metric")
+        return name, lambda y, p: float(np.mean(np.asarray(metric(y, p))))
+    if metric == "accuracy":
+        return "accuracy", _accuracy
+    if metric == "loss":
+        loss = getattr(model, "loss", None)
+        if loss is None:
+            raise ValueError(
+                "metric='loss' uses the model's compiled loss, and the model is not compiled: "
+                "compile it, or pass a loss as the metric, e.g. "
+                "metric=keras.losses.SparseCategoricalCrossentropy(from_logits=True). "
+                "Received: metric='loss'"
+            )
+        fn = keras.losses.get(loss)
+        return "loss", lambda y, p: float(np.mean(np.asarray(fn(y, p))))
+    raise ValueError(
+        f"`metric` must be one of {list(METRICS)} or a callable (y_true, y_pred) -> value. "
+        f"Received: metric={metric!r}"
+    )
+
+
+def _accuracy(y, p):
+    p = np.asarray(p)
+    if p.ndim < 2 or p.shape[-1] < 2:
+        raise ValueError(
+            "metric='accuracy' needs class scores of shape (N, classes >= 2); pass a callable "
+            f"metric for other outputs. Received: outputs of shape {p.shape}"
+        )
+    y = np.asarray(y)
+    labels = y.argmax(-1) if y.ndim == p.ndim and y.shape[-1] == p.shape[-1] else y.reshape(-1)
+    return float(np.mean(p.argmax(-1).reshape(-1) == labels.reshape(-1)))
+
+
+def _quantizable(model):
+    return [
+        layer
+        for layer in model.layers
+        if configs.quantizable_weights(layer) is not None and layer.trainable_weights
+    ]
+
+
+def sensitivity(
+    model,
+    quantizer,
+    data,
+    metric="accuracy",
+    recalibration_data=None,
+    batch_size=batchnorm.DEFAULT_BATCH_SIZE,
+    print_fn=print,
+) -> list[LayerSensitivity]:
+    """Per layer, the metric when only that layer is quantized.
+
+    For each layer `quantize_model` can quantize, takes
+    `strip_quantization(quantize_model(model, {layer: quantizer}))` (the
+    post-training projection of that layer alone, with the `scale=None`
+    rescaling `quantize_model` does), optionally re-estimates its
+    BatchNormalization statistics, and evaluates it on `data`. The layers
+    that lose most are those to keep at 8 bits (`"int8"` in the mapping) or
+    float (`None`).
+
+    Args:
+        model: A trained float tf_keras model (or a Keras 3 one).
+        quantizer: What each layer is quantized with: a `CodebookQuantizer`
+            (or anything `quantize_model` takes for one layer, `"int8"` too).
+        data: A tuple `(x, y)` of arrays or a `tf.data.Dataset` of `(x, y)`.
+        metric: `"accuracy"` (top-1, labels as class indices or one-hot),
+            `"loss"` (the model's compiled loss) or a callable
+            `(y_true, y_pred) -> value` such as a Keras loss. Defaults to
+            `"accuracy"`.
+        recalibration_data: Inputs to re-estimate BatchNormalization
+            statistics with after each projection (as `recalibrate_batchnorm`
+            takes them), or `None` for none. Defaults to `None`.
+        batch_size: Batch size for arrays. Defaults to 32.
+        print_fn: Called with the table; `None` prints nothing. Defaults to
+            `print`.
+
+    Returns:
+        One `LayerSensitivity` per quantizable layer, in layer order.
+
+    Raises:
+        ValueError: For bad data, an unknown metric, or a model without a
+            quantizable layer.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import tfmot_discrete as td
+    >>> L = td.keras.layers
+    >>> model = td.keras.Sequential([td.keras.Input((4,)), L.Dense(8, name="a"), L.Dense(3, name="b")])
+    >>> x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    >>> rows = td.sensitivity(model, td.ternary(), (x, np.zeros(16)), print_fn=None)
+    >>> [(r.layer, r.metric) for r in rows]
+    [('a', 'accuracy'), ('b', 'accuracy')]
+    """
+    if _keras.is_keras3_object(model):
+        model = _keras.from_keras3(model)
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            "`model` must be a tf_keras model. Received: model of type "
+            f"{type(model).__module__}.{type(model).__name__}"
+        )
+    if isinstance(quantizer, dict) or quantizer is None:
+        raise ValueError(
+            "`quantizer` must be one quantizer (a CodebookQuantizer, a preset name, a list "
+            f'of values or "int8"), not a mapping. Received: quantizer={quantizer!r}'
+        )
+    scheme.resolve_quantizer_spec(quantizer)  # raises for anything else
+    name, fn = _metric_fn(model, metric)
+    xs, y = _labelled_batches(model, data, batch_size)
+    layers = _quantizable(model)
+    if not layers:
+        raise ValueError(f"Model {model.name!r} has no layer that quantize_model can quantize.")
+    baseline = fn(y, _predict(model, xs))
+    rows = []
+    for layer in layers:
+        plain = strip_quantization(quantize_model(model, {re.escape(layer.name): quantizer}))
+        if recalibration_data is not None:
+            batchnorm.recalibrate_batchnorm(plain, recalibration_data, batch_size=batch_size)
+        rows.append(
+            LayerSensitivity(
+                layer=layer.name,
+                layer_class=type(layer).__name__,
+                weights=int(
+                    sum(
+                        np.prod(getattr(layer, a).shape) for a in configs.quantizable_weights(layer)
+                    )
+                ),
+                metric=name,
+                baseline=baseline,
+                quantized=fn(y, _predict(plain, xs)),
+            )
+        )
+    if print_fn is not None:
+        print_fn(format_table(model.name, quantizer, rows, len(y)))
+    return rows
+
+
+def format_table(model_name, quantizer, rows, samples) -> str:
+    """The table `sensitivity` prints."""
+    metric = rows[0].metric if rows else "metric"
+    header = ["layer", "class", "weights", metric, "change"]
+    body = [
+        [r.layer, r.layer_class, f"{r.weights:,}", f"{r.quantized:.4f}", f"{r.change:+.4f}"]
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    sep = "-" * len(line(header))
+    base = f"{rows[0].baseline:.4f}" if rows else "-"
+    title = (
+        f'Sensitivity of "{model_name}" to {quantizer!r}, one layer at a time '
+        f"({metric} on {samples} samples; float model {base})"
+    )
+    return "\n".join([title, sep, line(header), sep] + [line(r) for r in body] + [sep])
