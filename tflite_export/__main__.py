@@ -176,7 +176,7 @@ def _run_untrusted(path, data, xs) -> list[np.ndarray]:
     try:
         return runners.run_litert(data, xs, isolated=True)
     except ExportError as e:
-        raise ExportError(f"{path!r} is not a usable .tflite file: {e}") from None
+        raise ExportError(f"{path!r} is not a readable .tflite file: {e}") from None
 
 
 def _random_run_line(outputs) -> tuple[str, bool]:
