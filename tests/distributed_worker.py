@@ -5,7 +5,9 @@
 MODE is `initial` (save the untrained weights only), `single`, `mirrored` (two logical CPU devices), `xla` (`single`
 with the default compile, then `mirrored` with `jit_compile=True`), `multiworker` (reads
 TF_CONFIG) or `resumable` (BackupAndRestore; `--kill-at-batch N` kills the
-process with SIGKILL in the middle of epoch 2 the first time). Each run trains
+process with SIGKILL in the middle of epoch 2 the first time). `multiworker
+--backup` uses BackupAndRestore too; with `--kill-at-batch N --kill-task I`
+only worker I kills itself. Each run trains
 the same QAT model with learned scales on the same global batches and writes
 its final weights (`weights.npz`) and an int8 `.tflite` export.
 """
@@ -44,6 +46,8 @@ def main():
     )
     p.add_argument("out")
     p.add_argument("--kill-at-batch", type=int, default=-1)
+    p.add_argument("--kill-task", type=int, default=0)
+    p.add_argument("--backup", action="store_true")
     args = p.parse_args()
 
     import tensorflow as tf
@@ -84,16 +88,20 @@ def main():
     x, y = data(np)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
     callbacks = []
-    if args.mode == "resumable":
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
+    if args.mode == "resumable" or args.backup:
         # Backups at epoch ends: a run killed mid-epoch redoes that epoch. (With
         # save_freq=N batches, tf_keras resumes mid-epoch but does not reproduce
         # the uninterrupted run, for a plain float model just as for ours.)
         callbacks.append(
             keras.callbacks.BackupAndRestore(os.path.join(args.out, "backup"), save_freq="epoch")
         )
-        callbacks.append(keras.callbacks.ModelCheckpoint(os.path.join(args.out, "ckpt.keras")))
+        if args.mode == "resumable":
+            ckpt = os.path.join(args.out, "ckpt.keras")
+            callbacks.append(keras.callbacks.ModelCheckpoint(ckpt))
         marker = os.path.join(args.out, "killed")
-        if args.kill_at_batch >= 0 and not os.path.exists(marker):
+        mine = task == args.kill_task
+        if args.kill_at_batch >= 0 and mine and not os.path.exists(marker):
 
             class _Kill(keras.callbacks.Callback):
                 def on_epoch_begin(self, epoch, logs=None):
@@ -109,7 +117,6 @@ def main():
 
     weights = {f"{i:03d}_{w.name}": w.numpy() for i, w in enumerate(qat.weights)}
     os.makedirs(args.out, exist_ok=True)
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
     np.savez(os.path.join(args.out, f"weights_{task}.npz"), **weights)
     report = tflite_export.export(qat, os.path.join(args.out, f"model_{task}.tflite"), "int8")
     print("exported", report.size_bytes, "exact" if report.exact else "inexact", flush=True)

@@ -3,9 +3,11 @@
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -107,6 +109,67 @@ def test_multiworker_two_processes_match_single_device(single, tmp_path):
     _assert_same_weights(w0, _weights(single / "weights_0.npz"), atol=1e-5)
     f0 = (tmp_path / "model_0.tflite").read_bytes()
     assert f0 == (tmp_path / "model_1.tflite").read_bytes()
+
+
+def _start_workers(out, *args):
+    """Two MultiWorkerMirroredStrategy workers on 127.0.0.1, each in its own
+    process group (so a test can kill everything it started)."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    procs = []
+    for i in range(2):
+        cfg = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(WORKER), "multiworker", str(out), "--backup", *args],
+                env=_env(TF_CONFIG=cfg),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+        )
+    return procs
+
+
+def _kill_all(procs):
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        p.wait()
+        for stream in (p.stdout, p.stderr):
+            if stream:
+                stream.close()
+
+
+def test_multiworker_survives_a_killed_worker(single, tmp_path):
+    # Worker 1 SIGKILLs itself in the middle of epoch 2 (batch 5 of 8); the
+    # surviving worker is then stuck in a collective and is killed too, and
+    # both start again: BackupAndRestore resumes from the end of epoch 1.
+    procs = _start_workers(tmp_path, "--kill-at-batch", "5", "--kill-task", "1")
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while procs[1].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert procs[1].returncode == -signal.SIGKILL, procs[1].stderr.read()[-3000:]
+        assert (tmp_path / "killed").exists()
+        assert not (tmp_path / "weights_0.npz").exists()
+    finally:
+        _kill_all(procs)
+    procs = _start_workers(tmp_path, "--kill-at-batch", "5", "--kill-task", "1")
+    try:
+        outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+        for p, (_, err) in zip(procs, outs):
+            assert p.returncode == 0, err[-3000:]
+    finally:
+        _kill_all(procs)
+    w0, w1 = _weights(tmp_path / "weights_0.npz"), _weights(tmp_path / "weights_1.npz")
+    _assert_same_weights(w0, w1, atol=0)
+    # The same tolerance as the uninterrupted two-worker run against one device.
+    _assert_same_weights(w0, _weights(single / "weights_0.npz"), atol=1e-5)
+    assert all(out.split()[-1] == "exact" for out, _ in outs)
 
 
 def test_killed_training_resumes_to_the_same_weights(single, tmp_path):

@@ -2,8 +2,12 @@
 
     tflite-export MODEL -o OUT --format {float,int8,int4,full_int8,tflm_packed}
         [--representative-data FILE.npy] [--c-array FILE.cc] [--allow-inexact] [--unsafe]
+        [--verbose]
     tflite-export verify FILE.tflite --codebook 1,-1,0.5,-0.5 [--model MODEL]
-        [--representative-data FILE.npy]
+        [--representative-data FILE.npy] [--verbose]
+
+TensorFlow's, the converters' and the interpreters' own log lines are shown
+only with `--verbose`.
 
 Exit status: 0 when everything checked out, 1 when verification failed,
 2 for bad input (nothing is written then).
@@ -12,13 +16,17 @@ Exit status: 0 when everything checked out, 1 when verification failed,
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import pathlib
 import sys
+import tempfile
+import warnings
 
 import numpy as np
 
-from tflite_export import inputs, runners
+from tflite_export import inputs, micro, runners
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
 
@@ -30,6 +38,15 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def _add_verbose(p):
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show what TensorFlow, the converters and the interpreters log",
+    )
 
 
 def _export_parser():
@@ -57,6 +74,7 @@ def _export_parser():
         action="store_true",
         help="turn Keras safe mode off (trust code, e.g. Lambda layers, in the file)",
     )
+    _add_verbose(p)
     return p
 
 
@@ -71,7 +89,14 @@ def _verify_parser():
     p.add_argument("--codebook", required=True, help="comma-separated values, e.g. 1,-1,0.5,-0.5")
     p.add_argument("--model", help="the Keras model to compare outputs with")
     p.add_argument("--representative-data", metavar="FILE.npy", help="inputs for the comparison")
+    _add_verbose(p)
     return p
+
+
+def _one_line(error: BaseException) -> str:
+    """`Type: first line of the message` (interpreters raise many-line errors)."""
+    lines = [x.strip() for x in str(error).splitlines() if x.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
 
 
 def _fail(message: str) -> int:
@@ -134,8 +159,8 @@ def _weight_lines(path, data, codebook) -> tuple[list[str], bool]:
 
     try:
         checks = verify.check_codebook_file(data, codebook)
-    except Exception as e:  # noqa: BLE001
-        raise ExportError(f"{path!r} is not a readable .tflite file ({e})") from e
+    except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
+        raise ExportError(f"{path!r} is not a readable .tflite file ({_one_line(e)})") from None
     lines = [
         f"{path}: {len(data):,} bytes, codebook {text.format_values(codebook.values, codebook.size)}"
     ]
@@ -147,9 +172,16 @@ def _weight_lines(path, data, codebook) -> tuple[list[str], bool]:
     return lines, bool(checks) and all(c.exact for c in checks)
 
 
-def _random_run_line(data) -> tuple[str, bool]:
-    """No model to compare with: at least run the file, on random inputs."""
-    outputs = runners.run_litert(data, inputs.random_file_inputs(data))
+def _run_untrusted(path, data, xs) -> list[np.ndarray]:
+    """LiteRT's outputs for `xs` (None: 8 random inputs), run in a child process."""
+    try:
+        return runners.run_litert(data, xs, isolated=True)
+    except ExportError as e:
+        raise ExportError(f"{path!r} is not a readable .tflite file: {e}") from None
+
+
+def _random_run_line(outputs) -> tuple[str, bool]:
+    """No model to compare with: the outputs on random inputs must be finite."""
     finite = all(np.all(np.isfinite(o)) for o in outputs)
     return (
         "  ran on 8 random inputs with LiteRT: "
@@ -157,7 +189,7 @@ def _random_run_line(data) -> tuple[str, bool]:
     ), finite
 
 
-def _model_line(data, model_path, rep) -> str:
+def _model_line(path, data, model_path, rep) -> str:
     """The file's outputs against the (stripped) Keras model's."""
     from tflite_export import convert  # noqa: PLC0415
     from tfmot_discrete.quantize import is_quantized, strip_quantization  # noqa: PLC0415
@@ -166,7 +198,13 @@ def _model_line(data, model_path, rep) -> str:
     plain = strip_quantization(model) if is_quantized(model) else model
     xs = inputs.representative(plain, rep) if rep is not None else inputs.random_inputs(plain)
     ref = np.asarray(plain.predict(xs[0] if len(xs) == 1 else xs, verbose=0))
-    got = runners.run_litert(data, xs)[0].reshape(ref.shape)
+    got = _run_untrusted(path, data, xs)[0]
+    if got.size != ref.size:
+        raise ExportError(
+            f"The file's output has {got.size} values for {len(ref)} inputs; the model "
+            f"{model_path!r} gives {ref.size}: they are not the same model."
+        )
+    got = got.reshape(ref.shape)
     diff = float(np.abs(got - ref).max())
     rng = float(ref.max() - ref.min()) or 1.0
     return f"  outputs vs {model_path}: max abs diff {diff:.3g} ({diff / rng:.2e} of output range)"
@@ -182,14 +220,17 @@ def _main_verify(argv) -> int:
         data = path.read_bytes()
         from tflite_export import packed  # noqa: PLC0415
 
-        if packed.is_packed(data):
+        if packed.is_packed(data):  # LiteRT cannot run DECODE: TFLM, in the child
             return _verify_packed(args, data, codebook)
+        # LiteRT first, in a child process: a file that crashes the interpreter
+        # ends that process, not this one, and is reported like any bad file.
+        probe = _run_untrusted(args.file, data, None)
         lines, ok = _weight_lines(args.file, data, codebook)
         rep = _load_npy(args.representative_data)
         if args.model:
-            lines.append(_model_line(data, args.model, rep))
+            lines.append(_model_line(args.file, data, args.model, rep))
         else:
-            line, finite = _random_run_line(data)
+            line, finite = _random_run_line(probe)
             lines.append(line)
             ok = ok and finite
         lines.append("OK" if ok else "FAILED")
@@ -206,8 +247,8 @@ def _verify_packed(args, data: bytes, codebook) -> int:
 
     try:
         checks = packed.check_codebook_file(data, codebook)
-    except packed.PackedFileError as e:
-        raise ExportError(f"{args.file!r} is a damaged tflm_packed file: {e}") from e
+    except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
+        raise ExportError(f"{args.file!r} is a damaged tflm_packed file: {_one_line(e)}") from None
     shown = text.format_values(codebook.values, codebook.size)
     lines = [f"{args.file}: {len(data):,} bytes, tflm_packed, codebook {shown}"]
     for c in checks:
@@ -220,20 +261,34 @@ def _verify_packed(args, data: bytes, codebook) -> int:
         )
     ok = bool(checks) and all(c.exact for c in checks)
     try:
-        if args.model:
-            lines.append(_tflm_model_line(data, args.model, _load_npy(args.representative_data)))
-        else:
-            runners.run_tflm(data, runners.random_tflm_inputs(data))
-            lines.append("  ran on 8 random inputs with TFLM")
-    except RuntimeError as e:
-        lines.append(f"  TFLM cannot run it: {str(e).splitlines()[0]}")
+        reasons = micro.tflm_abort_reasons(runners.read_tflm_model(data))
+    except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
+        raise ExportError(f"{args.file!r} is a damaged tflm_packed file: {_one_line(e)}") from None
+    if reasons:  # known to abort TFLM: said, not tried
+        lines.append(f"  TFLM cannot run it: {reasons[0]}")
         ok = False
+    elif args.model:
+        lines.append(
+            _tflm_model_line(args.file, data, args.model, _load_npy(args.representative_data))
+        )
+    else:
+        _run_untrusted_tflm(args.file, data, None)
+        lines.append("  ran on 8 random inputs with TFLM")
     lines.append("OK" if ok else "FAILED")
     print("\n".join(lines))
     return 0 if ok else 1
 
 
-def _tflm_model_line(data, model_path, rep) -> str:
+def _run_untrusted_tflm(path, data, xs, dequantize=False) -> list[np.ndarray]:
+    """TFLM's outputs for `xs` (None: 8 random inputs); TFLM always runs in
+    the child process, so a crash is reported like any bad file."""
+    try:
+        return runners.run_tflm(data, xs, dequantize=dequantize)
+    except ExportError as e:
+        raise ExportError(f"{path!r} is not a readable .tflite file: {e}") from None
+
+
+def _tflm_model_line(path, data, model_path, rep) -> str:
     """A packed file's TFLM outputs against the (stripped) Keras model's."""
     from tflite_export import convert  # noqa: PLC0415
     from tfmot_discrete.quantize import is_quantized, strip_quantization  # noqa: PLC0415
@@ -242,7 +297,13 @@ def _tflm_model_line(data, model_path, rep) -> str:
     plain = strip_quantization(model) if is_quantized(model) else model
     xs = inputs.representative(plain, rep) if rep is not None else inputs.random_inputs(plain)
     ref = np.asarray(plain.predict(xs[0] if len(xs) == 1 else xs, verbose=0))
-    got = runners.run_tflm(data, xs, dequantize=True)[0].reshape(ref.shape)
+    got = _run_untrusted_tflm(path, data, xs, dequantize=True)[0]
+    if got.size != ref.size:
+        raise ExportError(
+            f"The file's output has {got.size} values for {len(ref)} inputs; the model "
+            f"{model_path!r} gives {ref.size}: they are not the same model."
+        )
+    got = got.reshape(ref.shape)
     diff = float(np.abs(got - ref).max())
     rng = float(ref.max() - ref.min()) or 1.0
     return (
@@ -251,18 +312,57 @@ def _tflm_model_line(data, model_path, rep) -> str:
     )
 
 
+@contextlib.contextmanager
+def _library_logs(verbose: bool):
+    """Hides what TensorFlow, the converters and the interpreters log, unless
+    `verbose`: their C++ code writes to file descriptor 2 directly (start-up
+    lines, XNNPACK notices), their Python code through `logging` and
+    `warnings`. This command's own messages still reach stderr."""
+    if verbose:
+        yield
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        ours = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        ours = False  # stderr is captured in Python (tests): fd 2 is not ours to print to
+    sys.stderr.flush()
+    saved = os.dup(2)
+    stream = open(saved, "w", closefd=False) if ours else sys.stderr  # noqa: SIM115
+    previous, level = sys.stderr, logging.root.manager.disable
+    with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        os.dup2(sink.fileno(), 2)
+        sys.stderr = stream
+        try:
+            yield
+        finally:
+            stream.flush()
+            sys.stderr = previous
+            os.dup2(saved, 2)
+            os.close(saved)
+            logging.disable(level)
+
+
+def _verbose_flag(argv) -> tuple[list, bool]:
+    rest = [a for a in argv if a not in ("-v", "--verbose")]
+    return rest, len(rest) != len(argv)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if argv and argv[0] == "verify":
-        # `--codebook -1,0,1`: a value starting with "-" would read as an option.
-        rest = argv[1:]
-        for i, a in enumerate(rest[:-1]):
-            if a == "--codebook" and rest[i + 1][:1] == "-":
-                rest[i : i + 2] = [f"--codebook={rest[i + 1]}"]
-                break
-        return _main_verify(rest)
-    return _main_export(argv)
+    argv, verbose = _verbose_flag(argv)
+    with _library_logs(verbose):
+        if argv and argv[0] == "verify":
+            # `--codebook -1,0,1`: a value starting with "-" would read as an option.
+            rest = argv[1:]
+            for i, a in enumerate(rest[:-1]):
+                if a == "--codebook" and rest[i + 1][:1] == "-":
+                    rest[i : i + 2] = [f"--codebook={rest[i + 1]}"]
+                    break
+            return _main_verify(rest)
+        return _main_export(argv)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,24 @@ def _as_np(values) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
+def all_finite(x: tf.Tensor) -> tf.Tensor:
+    """A scalar bool tensor: True when every entry of `x` is finite.
+
+    One reduction; the elementwise test runs only when the sum is not finite
+    (a NaN or inf entry, or an overflowing sum of huge finite ones).
+
+    Example:
+
+    >>> bool(all_finite(tf.constant([1.0, float("nan")])))
+    False
+    """
+    return tf.cond(
+        tf.math.is_finite(tf.reduce_sum(x)),
+        lambda: tf.constant(True),
+        lambda: tf.reduce_all(tf.math.is_finite(x)),
+    )
+
+
 def project(x: tf.Tensor, values, scale=None) -> tf.Tensor:
     """Nearest codebook value for every entry of `x`, never an N x K tensor.
 
@@ -46,7 +64,8 @@ def project(x: tf.Tensor, values, scale=None) -> tf.Tensor:
     Returns:
         A tensor of the shape and dtype of `x` holding only entries of `values`
         (times `scale`). An entry exactly halfway between two values takes the
-        larger one.
+        larger one. When `x` holds a NaN or inf, every entry is NaN: a diverged
+        weight shows in the loss instead of silently becoming a codebook value.
 
     Example:
 
@@ -56,18 +75,27 @@ def project(x: tf.Tensor, values, scale=None) -> tf.Tensor:
     v = _as_np(values)
     mids = midpoints(v)
     dtype = x.dtype
+    # The codebook values (never the midpoints) become NaN when `x` holds a
+    # NaN or inf: a select on K numbers, not on N.
+    ok = all_finite(x)
+    nan = tf.constant(np.nan, dtype)
     if v.size > WHERE_CHAIN_MAX_K:
-        if scale is not None:
-            return project(x / scale, v) * scale
-        return tf.gather(tf.constant(v, dtype), bucket(x, mids))
+        table = tf.where(ok, tf.constant(v, dtype), nan)
+        if scale is None:
+            return tf.gather(table, bucket(x, mids))
+        return tf.gather(table, bucket(x / scale, mids)) * scale
 
     def const(a):
         c = tf.constant(a, dtype)
         return c if scale is None else c * scale
 
-    out = tf.where(x >= const(mids[0]), const(v[1]), const(v[0]))
+    def value(a):
+        c = tf.where(ok, tf.constant(a, dtype), nan)
+        return c if scale is None else c * scale
+
+    out = tf.where(x >= const(mids[0]), value(v[1]), value(v[0]))
     for i in range(1, v.size - 1):
-        out = tf.where(x >= const(mids[i]), const(v[i + 1]), out)
+        out = tf.where(x >= const(mids[i]), value(v[i + 1]), out)
     return out
 
 
@@ -222,10 +250,11 @@ def stochastic_project(x: tf.Tensor, values, seed=None) -> tf.Tensor:
     Each entry lying between neighbours `c_i <= x < c_{i+1}` becomes `c_{i+1}`
     with probability `(x - c_i) / (c_{i+1} - c_i)` and `c_i` otherwise, so the
     result equals `x` in expectation (entries outside the range are clipped).
+    When `x` holds a NaN or inf, every entry is NaN (as in `project`).
     """
     v = _as_np(values)
     dtype = x.dtype
-    vt = tf.constant(v, dtype)
+    vt = tf.where(all_finite(x), tf.constant(v, dtype), tf.constant(np.nan, dtype))
     clipped = tf.clip_by_value(x, v[0], v[-1])
     lo_idx = bucket(clipped, v[1:-1])  # the interval [c_i, c_{i+1}) holding x
     lo = tf.gather(vt, lo_idx)
@@ -245,9 +274,11 @@ def mean_abs_scale(w: tf.Tensor, channel_axes) -> tf.Tensor:
     """XNOR-Net's per-channel scale `mean|w|`, broadcastable against `w`.
 
     The scale is a constant for the gradient (as in Larq's
-    `magnitude_aware_sign`); zero channels get a scale of 1.
+    `magnitude_aware_sign`); zero channels get a scale of 1. A channel holding
+    NaN or inf gets a NaN or inf scale, so the layer's output (and the loss)
+    shows it instead of hiding it.
     """
     axes = reduce_axes(w.shape.rank, channel_axes)
     s = tf.reduce_mean(tf.abs(w), axis=axes, keepdims=True) if axes else tf.abs(w)
-    s = tf.where(s > 0, s, tf.ones_like(s))
+    s = tf.where(tf.equal(s, 0), tf.ones_like(s), s)
     return tf.stop_gradient(s)

@@ -402,8 +402,13 @@ def strip_quantization(model):
 
     Returns:
         A new tf_keras model.
+
+    Raises:
+        ValueError: For a weight or codebook scale that is NaN or inf, or a
+            codebook scale that is zero or negative (see `check_finite`).
     """
     model = _check_model(model)
+    check_finite(model)
     new_weights = {}
     dropped = []
 
@@ -469,6 +474,65 @@ def _without_layers(model, names):
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return new
+
+
+def _first_bad(value) -> tuple[int, tuple[int, ...], float] | None:
+    """`(count, index of the first, its value)` of the non-finite entries, or None."""
+    t = tf.convert_to_tensor(value)
+    if not t.dtype.is_floating or bool(tf.reduce_all(tf.math.is_finite(t))):
+        return None
+    a = np.asarray(t)
+    bad = ~np.isfinite(a)
+    first = tuple(int(i) for i in np.argwhere(bad)[0]) if a.ndim else ()
+    return int(bad.sum()), first, float(a[first])
+
+
+def check_finite(model) -> None:
+    """Raises if a weight or a codebook scale of `model` is NaN or inf, or a
+    codebook scale is zero or negative.
+
+    `strip_quantization`, `summary` and the TFLite export call it, so a model
+    whose training diverged is refused instead of being written with channels
+    silently turned into one codebook value.
+
+    Args:
+        model: Any tf_keras model (QAT or plain).
+
+    Raises:
+        ValueError: Naming the layer, the weight and the first bad entry.
+    """
+    for label, latent, q, qvars in codebook_items(model):
+        bad = _first_bad(latent)
+        if bad is not None:
+            count, where, value = bad
+            raise ValueError(
+                f"Layer {label.split('/')[0]!r}, weight {label.split('/')[1]!r}: {count} "
+                f"latent value(s) are NaN or inf (first {value} at index {where}); training "
+                "diverged or the weights were corrupted. Received: a model with non-finite "
+                "weights"
+            )
+        if q.scale is None:
+            continue
+        scale = np.asarray(q.quantized_scale(latent, qvars), np.float64)
+        wrong = ~np.isfinite(scale) | (scale <= 0)
+        if np.any(wrong):
+            where = tuple(int(i) for i in np.argwhere(wrong)[0])
+            raise ValueError(
+                f"Layer {label.split('/')[0]!r}, weight {label.split('/')[1]!r}: the "
+                f"{q.scale} codebook scale of {int(wrong.sum())} channel(s) is zero, negative "
+                f"or non-finite (first {float(scale[where])} at index {where}); a scale must be "
+                "a finite positive number. Received: a model with a bad codebook scale"
+            )
+    for layer in model.layers:
+        for w in layer.weights:
+            bad = _first_bad(w)
+            if bad is not None:
+                count, where, value = bad
+                raise ValueError(
+                    f"Layer {layer.name!r}, weight {weight_key(w)!r}: {count} value(s) are NaN "
+                    f"or inf (first {value} at index {where}). Received: a model with "
+                    "non-finite weights"
+                )
 
 
 def is_quantized(model) -> bool:

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from tfmot_discrete import int8, text
-from tfmot_discrete.quantize import codebook_items, int8_items
+from tfmot_discrete.quantize import check_finite, codebook_items, int8_items
 from tfmot_discrete.quantizers import CodebookQuantizer
 
 
@@ -55,6 +55,7 @@ def value_shares(indices: np.ndarray, size: int) -> np.ndarray:
 
 def weight_reports(model) -> list[WeightReport]:
     """One `WeightReport` per codebook-quantized weight of `model`."""
+    check_finite(model)
     out = []
     for label, latent, q, qvars in codebook_items(model):
         codes = codebook_indices(q, latent, qvars)
