@@ -75,12 +75,7 @@ def learning_rate(peak: float, steps: int, recipe: Recipe):
     """The learning rate (schedule) of `recipe` over `steps` steps."""
     if recipe.schedule == "constant":
         return peak
-    warm = int(recipe.warmup * steps)
-    if warm:
-        return keras.optimizers.schedules.CosineDecay(
-            peak * 0.01, max(1, steps - warm), warmup_target=peak, warmup_steps=warm
-        )
-    return keras.optimizers.schedules.CosineDecay(peak, steps)
+    return td.finetune_schedule(peak, steps, warmup=recipe.warmup)
 
 
 # --- progressive quantization ------------------------------------------------------------

@@ -13,17 +13,19 @@ accuracy with the LiteRT interpreter.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
-import numpy as np  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+import tflite_export
+from tflite_export.logs import library_logs
 
-import tflite_export  # noqa: E402
-import tfmot_discrete as td  # noqa: E402
+# TensorFlow loads here: its start-up lines are kept out too, unless --verbose.
+with library_logs("--verbose" in sys.argv[1:]):
+    import tfmot_discrete as td
 
 keras = td.keras
 
@@ -47,13 +49,13 @@ def existing_mlp() -> keras.Model:
     )
 
 
-def compile_and_fit(model, x, y, epochs, callbacks=()):
+def compile_and_fit(model, x, y, epochs, callbacks=(), verbose=0):
     model.compile(
         keras.optimizers.Adam(3e-3),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    model.fit(x, y, epochs=epochs, batch_size=64, verbose=0, callbacks=list(callbacks))
+    model.fit(x, y, epochs=epochs, batch_size=64, verbose=verbose, callbacks=list(callbacks))
 
 
 def litert_accuracy(path, x, y) -> float:
@@ -75,18 +77,30 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=15, help="epochs per phase (default 15)")
     parser.add_argument("--out", default="out/binary_digits", help="output directory")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Keras' per-epoch output, and what TensorFlow, the converters and the "
+        "interpreters log",
+    )
     args = parser.parse_args(argv)
+    with library_logs(args.verbose):
+        return _run(args)
+
+
+def _run(args) -> int:
     out = pathlib.Path(args.out)
     xtr, xte, ytr, yte = digits()
     keras.utils.set_random_seed(0)
 
     model = existing_mlp()
-    compile_and_fit(model, xtr, ytr, args.epochs)
+    compile_and_fit(model, xtr, ytr, args.epochs, verbose=2 * args.verbose)
     float_acc = model.evaluate(xte, yte, verbose=0)[1]
     print(f"float MLP: test accuracy {float_acc:.2%}")
 
     qat = td.quantize_model(model, td.binary(scale="mean_abs"))  # starts from the float weights
-    compile_and_fit(qat, xtr, ytr, args.epochs, callbacks=[td.CodebookMonitor()])
+    monitor = td.CodebookMonitor(verbose=int(args.verbose))  # value shares and flip rates
+    compile_and_fit(qat, xtr, ytr, args.epochs, callbacks=[monitor], verbose=2 * args.verbose)
     qat_acc = qat.evaluate(xte, yte, verbose=0)[1]
     print(f"binary MLP: test accuracy {qat_acc:.2%}")
     td.summary(qat)

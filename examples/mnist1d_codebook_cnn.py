@@ -15,16 +15,18 @@ next to it (`td.plot_weights`, needs matplotlib).
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+from mnist1d.data import make_dataset
 
-import numpy as np  # noqa: E402
-from mnist1d.data import make_dataset  # noqa: E402
+import tflite_export
+from tflite_export.logs import library_logs
 
-import tflite_export  # noqa: E402
-import tfmot_discrete as td  # noqa: E402
+# TensorFlow loads here: its start-up lines are kept out too, unless --verbose.
+with library_logs("--verbose" in sys.argv[1:]):
+    import tfmot_discrete as td
 
 keras = td.keras
 L = keras.layers
@@ -75,7 +77,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
     parser.add_argument("--out", default="out/mnist1d", help="output directory")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Keras' per-epoch output, and what TensorFlow, the converters and the "
+        "interpreters log",
+    )
     args = parser.parse_args(argv)
+    with library_logs(args.verbose):
+        return _run(args)
+
+
+def _run(args) -> int:
     out = pathlib.Path(args.out)
     xtr, ytr, xte, yte = mnist1d()
     print(f"MNIST-1D: {len(ytr)} training and {len(yte)} test signals of length {xtr.shape[1]}")
@@ -93,8 +106,8 @@ def main(argv=None) -> int:
         ytr,
         epochs=args.epochs,
         batch_size=64,
-        verbose=0,
-        callbacks=[td.CodebookMonitor()],
+        verbose=2 * args.verbose,
+        callbacks=[td.CodebookMonitor(verbose=int(args.verbose))],
     )
     print(f"QAT model: test accuracy {qat.evaluate(xte, yte, verbose=0)[1]:.2%}")
     td.summary(qat)

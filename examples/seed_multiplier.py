@@ -13,20 +13,22 @@ is exactly those values, and checked.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import numpy as np  # noqa: E402
+import tflite_export
+from tflite_export.logs import library_logs
 
-import tflite_export  # noqa: E402
-import tfmot_discrete as td  # noqa: E402
+# TensorFlow loads here: its start-up lines are kept out too, unless --verbose.
+with library_logs("--verbose" in sys.argv[1:]):
+    import tfmot_discrete as td
 
 keras = td.keras  # tf_keras (Keras 2): what TF-MOT and this package use
 
 
-def learn(values, dim: int, epochs: int, seed: int = 0):
+def learn(values, dim: int, epochs: int, seed: int = 0, verbose: int = 0):
     """Learns a hidden vector drawn from `values`; returns (model, layer, hidden, x)."""
     rng = np.random.default_rng(seed)
     hidden = rng.choice(np.asarray(values, "float32"), size=dim)
@@ -38,7 +40,7 @@ def learn(values, dim: int, epochs: int, seed: int = 0):
     multiplier = td.DiscreteMultiplier(values, name="multiplier")
     model = keras.Model(inputs, multiplier(inputs))
     model.compile(keras.optimizers.Adam(0.05), "mse")
-    model.fit(x, y, epochs=epochs, batch_size=128, verbose=0)
+    model.fit(x, y, epochs=epochs, batch_size=128, verbose=verbose)
     return model, multiplier, hidden, x
 
 
@@ -64,11 +66,24 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
     parser.add_argument("--dim", type=int, default=32, help="vector length (default 32)")
     parser.add_argument("--out", default="out/seed", help="output directory (default out/seed)")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Keras' per-epoch output, and what TensorFlow, the converters and the "
+        "interpreters log",
+    )
     args = parser.parse_args(argv)
+    with library_logs(args.verbose):
+        return _run(args)
+
+
+def _run(args) -> int:
     out = pathlib.Path(args.out)
 
     for values in ([1, -1], [1, -1, 0.5, -0.5]):
-        model, multiplier, hidden, x = learn(values, args.dim, args.epochs)
+        model, multiplier, hidden, x = learn(
+            values, args.dim, args.epochs, verbose=2 * args.verbose
+        )
         learned = multiplier.quantized_kernel().numpy()
         print()
         show(values, learned, hidden)

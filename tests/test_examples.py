@@ -47,7 +47,9 @@ def test_seed_multiplier(tmp_path):
 
 
 def test_binary_digits_mlp(tmp_path):
-    out = _run("binary_digits_mlp.py", "--epochs", 1, "--out", tmp_path, cwd=tmp_path)
+    out = _run("binary_digits_mlp.py", "--epochs", 1, "--out", tmp_path, "--verbose", cwd=tmp_path)
+    # --verbose: Keras' line per epoch, for the float and the binary model.
+    assert len(re.findall(r"^\d+/\d+ - \d+s - loss: ", out, re.M)) == 2
     assert re.search(r"float MLP: test accuracy \d+\.\d\d%", out)
     assert re.search(r"binary MLP: test accuracy \d+\.\d\d%", out)
     assert re.search(r"codebook epoch 1: dense_0/kernel flips \d+\.\d%", out)
@@ -57,6 +59,25 @@ def test_binary_digits_mlp(tmp_path):
     assert re.search(r"LiteRT test accuracy \d+\.\d\d%", out)
 
 
+def test_examples_print_only_their_own_lines(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "seed_multiplier.py"), "--epochs", "1", "--out", "o"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stderr == ""
+    assert not re.search(
+        r"XNNPACK|fully_quantize|Warning|WARNING|^[IWEF]\d{4} |Epoch \d|arithmetic ops",
+        proc.stdout,
+        re.M,
+    ), proc.stdout
+
+
 def test_mnist1d_codebook_cnn(tmp_path):
     out = _run("mnist1d_codebook_cnn.py", "--epochs", 1, "--out", tmp_path, cwd=tmp_path)
     assert "MNIST-1D: 4000 training and 1000 test signals of length 40" in out
@@ -64,6 +85,22 @@ def test_mnist1d_codebook_cnn(tmp_path):
     assert re.search(r"TFLM vs LiteRT on the same int8 inputs: max difference \d LSB", out)
     assert (tmp_path / "weights.png").read_bytes()[:4] == b"\x89PNG"
     _verified(out, tmp_path / "mnist1d_cnn.tflite", "full_int8")
+
+
+def test_from_trained_model(tmp_path):
+    out = _run("from_trained_model.py", "--epochs", 1, "--out", tmp_path, cwd=tmp_path)
+    float_acc = re.search(r"float model: test accuracy (\d+\.\d\d)%", out)
+    qat_acc = re.search(r"ternary model: test accuracy (\d+\.\d\d)%", out)
+    assert float_acc and qat_acc
+    gap = float(qat_acc.group(1)) - float(float_acc.group(1))
+    assert f"float {float_acc.group(1)}% -> ternary {qat_acc.group(1)}%: {gap:+.2f} points" in out
+    assert 'Sensitivity of "mnist1d_cnn"' in out
+    assert len(re.findall(r"^conv_[012] +Conv1D .* [-+]\d\.\d{4}$", out, flags=re.M)) == 3
+    assert len(re.findall(r"\{-1, 0, 1\}\s+2\s+int4\s+[\d,]+\s+exact", out)) == 2
+    assert len(re.findall(r"int8 \(trained\)\s+8\s+int8\s+[\d,]+\s+exact", out)) == 2
+    _verified(out, tmp_path / "from_trained.tflite", "int4")
+    file_acc = re.search(r"LiteRT test accuracy (\d+\.\d\d)%, Keras (\d+\.\d\d)%: the same", out)
+    assert file_acc and file_acc.group(1) == file_acc.group(2) == qat_acc.group(1)
 
 
 def test_edge_deploy(tmp_path):

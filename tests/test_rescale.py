@@ -117,3 +117,20 @@ def test_weights_already_on_the_codebook_and_scaled_quantizers_are_left_alone():
         _latent(qat, "dw"), model.get_layer("dw").depthwise_kernel.numpy()
     )
     np.testing.assert_array_equal(_latent(qat, "dense"), model.get_layer("dense").kernel.numpy())
+
+
+def test_a_model_quantized_before_is_rescaled_all_the_same():
+    # quantize_model builds other models on the float model's layers, which keep
+    # those models' nodes: the BatchNormalization after a layer is still found.
+    model = _trained_like()
+    spec = scheme.resolve_quantizer_spec(FOUR)
+    first = [layer.name for layer, _, _ in rescale.plan(model, spec)]
+    td.quantize_model(model, td.binary(scale="mean_abs"))
+    assert [layer.name for layer, _, _ in rescale.plan(model, spec)] == first
+    assert first == ["conv", "dw", "dense"]
+    usage = {
+        r.layer: r.usage
+        for r in weight_reports(td.quantize_model(model, FOUR))
+        if r.layer == "dense"
+    }
+    assert np.all(usage["dense"] > 0.1), usage

@@ -1,8 +1,12 @@
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+import tflite_export
 import tfmot_discrete as td
 from tfmot_discrete._keras import keras
 from tfmot_discrete_demo import __main__ as cli
@@ -64,24 +68,93 @@ def test_summary_table():
     ]
 
 
-def test_demo_runs_and_prints_the_table(capsys, tmp_path):
-    results = demo.run(epochs=1, verbose=0, out_dir=tmp_path)
-    out = capsys.readouterr().out
-    for fmt in ("float", "int8", "int4", "full_int8"):
-        assert (tmp_path / f"digits_{fmt}.tflite").exists()
-        assert re.search(
-            rf"^{fmt}\s+\S+digits_{fmt}\.tflite\s+[\d,]+\s+[\d.]+x smaller\s+exact", out, flags=re.M
-        ), out
-    assert set(results) == set(demo.VARIANTS)
-    for label in demo.VARIANTS:
-        assert label in out
-    assert "Codebook summary" in out
-    # The seed answer's kernels never train (only its biases do): after one epoch
-    # it stays far below every quantized net (measured: 13 % against 84-87 %).
-    sign = results["seed answer: tf.math.sign"][0]
-    quantized = [r[0] for label, r in results.items() if len(r) > 2]
-    assert len(quantized) == 3
-    assert sign < min(quantized) - 0.3
+#: Lines TensorFlow, the converter, LiteRT or TFLM write on their own.
+LIBRARY_LINES = re.compile(
+    r"INFO: Created TensorFlow Lite XNNPACK delegate|fully_quantize:|UserWarning|WARNING:absl"
+    r"|DeprecationWarning|^[IWEF]\d{4} |oneDNN custom operations|Estimated count of arithmetic"
+    r"|absl::InitializeLog|cuda|tensorflow/|Epoch \d+/",
+    re.M,
+)
+
+
+def _demo(*args, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run(
+        [sys.executable, "-m", "tfmot_discrete_demo", "demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
+
+
+def _our_line(line: str) -> bool:
+    """Every line the demo prints belongs to one of its tables or notes."""
+    starts = (
+        *demo.VARIANTS,
+        "Digits MLP (",
+        "Float: Adam",
+        "variant ",
+        "Codebook summary of",
+        "layer/weight ",
+        "dense_0/kernel ",
+        "dense_1/kernel ",
+        "logits/kernel ",
+        "total ",
+        "[1, -1, 0.5, -0.5] model exported",
+        "format ",
+        *(f"{fmt} " for fmt in tflite_export.FORMATS),
+    )
+    return not line.strip() or set(line) == {"-"} or line.lstrip().startswith(starts)
+
+
+def test_demo_prints_only_its_own_lines(tmp_path):
+    res = _demo("--epochs", "2", "--out", "out", tmp_path=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.stderr == ""
+    assert not LIBRARY_LINES.search(res.stdout), res.stdout
+    lines = res.stdout.splitlines()
+    assert [x for x in lines if not _our_line(x)] == []
+    # Training: one line per variant, nothing else.
+    first = next(i for i, x in enumerate(lines) if x.startswith("Digits MLP ("))
+    training = lines[first + 1 : lines.index("", first)]
+    assert [x.split("  ")[1].strip() for x in training] == list(demo.VARIANTS)
+    # Every value of every codebook in use.
+    rows = [x for x in lines if x.startswith(("dense_0/kernel", "dense_1/kernel", "logits/"))]
+    assert len(rows) == 3
+    for row in rows:
+        usage = [float(u.rstrip("%")) for u in re.split(r"\s{2,}", row)[-1].split()]
+        assert len(usage) == 4 and min(usage) >= 5, row
+    # The float rows are the references; the others say their cost.
+    assert re.search(r"^float\s.*\sreference\s", res.stdout, flags=re.M)
+    assert re.search(
+        r"^float\s+\S+digits_float\.tflite\s+[\d,]+\s+reference\s+exact", res.stdout, re.M
+    )
+    for fmt in tflite_export.FORMATS:
+        assert (tmp_path / "out" / f"digits_{fmt}.tflite").is_file()
+        if fmt != "float":
+            assert re.search(
+                rf"^{fmt}\s+\S+digits_{fmt}\.tflite\s+[\d,]+\s+[\d.]+x smaller\s+exact\s.*"
+                r"\s[+-]\d+\.\d\d points$",
+                res.stdout,
+                flags=re.M,
+            ), res.stdout
+    # The seed answer's kernels never train (only its biases and BatchNorm do): it
+    # stays far below every quantized net.
+    acc = {
+        label: float(re.search(rf"^{re.escape(label)}\s.*?([\d.]+) %", res.stdout, re.M)[1])
+        for label in demo.VARIANTS
+    }
+    assert acc["seed answer: tf.math.sign"] < min(acc[k] for k in list(demo.VARIANTS)[2:]) - 10
+
+
+def test_demo_verbose_brings_back_keras_and_library_output(tmp_path):
+    res = _demo("--epochs", "1", "--out", "", "--verbose", tmp_path=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # Keras' per-epoch line ("23/23 - 1s - loss: ..."), once per model.
+    assert len(re.findall(r"^\d+/\d+ - \d+s - loss: ", res.stdout, re.M)) >= len(demo.VARIANTS)
+    assert re.search(r"^[IWEF]\d{4} ", res.stderr, re.M), res.stderr[:2000]
 
 
 def test_cli_rejects_bad_epochs(capsys):

@@ -16,19 +16,16 @@ Exit status: 0 when everything checked out, 1 when verification failed,
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import os
 import pathlib
 import sys
-import tempfile
-import warnings
 
 import numpy as np
 
 from tflite_export import inputs, micro, runners
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
+from tflite_export.logs import library_logs
 
 PROG = "tflite-export"
 
@@ -312,39 +309,6 @@ def _tflm_model_line(path, data, model_path, rep) -> str:
     )
 
 
-@contextlib.contextmanager
-def _library_logs(verbose: bool):
-    """Hides what TensorFlow, the converters and the interpreters log, unless
-    `verbose`: their C++ code writes to file descriptor 2 directly (start-up
-    lines, XNNPACK notices), their Python code through `logging` and
-    `warnings`. This command's own messages still reach stderr."""
-    if verbose:
-        yield
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        ours = sys.stderr.fileno() == 2
-    except (AttributeError, OSError, ValueError):
-        ours = False  # stderr is captured in Python (tests): fd 2 is not ours to print to
-    sys.stderr.flush()
-    saved = os.dup(2)
-    stream = open(saved, "w", closefd=False) if ours else sys.stderr  # noqa: SIM115
-    previous, level = sys.stderr, logging.root.manager.disable
-    with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        os.dup2(sink.fileno(), 2)
-        sys.stderr = stream
-        try:
-            yield
-        finally:
-            stream.flush()
-            sys.stderr = previous
-            os.dup2(saved, 2)
-            os.close(saved)
-            logging.disable(level)
-
-
 def _verbose_flag(argv) -> tuple[list, bool]:
     rest = [a for a in argv if a not in ("-v", "--verbose")]
     return rest, len(rest) != len(argv)
@@ -353,7 +317,7 @@ def _verbose_flag(argv) -> tuple[list, bool]:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, verbose = _verbose_flag(argv)
-    with _library_logs(verbose):
+    with library_logs(verbose):
         if argv and argv[0] == "verify":
             # `--codebook -1,0,1`: a value starting with "-" would read as an option.
             rest = argv[1:]

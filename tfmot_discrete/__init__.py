@@ -16,6 +16,7 @@ from tfmot_discrete.quantize import (
     strip_quantization,
 )
 from tfmot_discrete.quantizers import CodebookQuantizer, binary, power_of_two, ternary
+from tfmot_discrete.schedule import finetune_schedule
 from tfmot_discrete.scheme import DiscreteQuantizeRegistry, DiscreteQuantizeScheme
 from tfmot_discrete.sensitivity import sensitivity
 from tfmot_discrete.summary import summary
@@ -33,6 +34,7 @@ __all__ = [
     "Distiller",
     "RecalibrateBatchNorm",
     "binary",
+    "finetune_schedule",
     "initialize_learned_scales",
     "keras",
     "plot_weights",

@@ -57,16 +57,26 @@ def channel_factors(kernel: np.ndarray, codebook_values, per_channel_shape) -> n
     return factors.reshape(per_channel_shape) if n else factors
 
 
-def _normalization_after(layer):
-    """The BatchNormalization that is `layer`'s only consumer, normalizing its
-    output channels, or None."""
-    if len(layer._inbound_nodes) != 1 or len(layer._outbound_nodes) != 1:  # noqa: SLF001
+def _model_nodes(model) -> set:
+    """Ids of the nodes of `model`'s own graph. A layer also keeps the nodes of
+    every other model built on it (a `quantize_model` copy, for one)."""
+    nodes = getattr(model, "_nodes_by_depth", None) or {}  # noqa: SLF001
+    return {id(n) for depth in nodes.values() for n in depth}
+
+
+def _normalization_after(layer, own_nodes):
+    """The BatchNormalization that is `layer`'s only consumer in the model whose
+    nodes are `own_nodes`, normalizing its output channels, or None."""
+    inbound = [n for n in layer._inbound_nodes if id(n) in own_nodes]  # noqa: SLF001
+    outbound = [n for n in layer._outbound_nodes if id(n) in own_nodes]  # noqa: SLF001
+    if len(inbound) != 1 or len(outbound) != 1:
         return None
     act = getattr(layer, "activation", None)
     if act is not None and getattr(act, "__name__", "linear") != "linear":
         return None
-    bn = layer._outbound_nodes[0].outbound_layer  # noqa: SLF001
-    if not isinstance(bn, keras.layers.BatchNormalization) or len(bn._inbound_nodes) != 1:  # noqa: SLF001
+    bn = outbound[0].outbound_layer
+    bn_inbound = [n for n in bn._inbound_nodes if id(n) in own_nodes]  # noqa: SLF001
+    if not isinstance(bn, keras.layers.BatchNormalization) or len(bn_inbound) != 1:
         return None
     rank = len(layer.output_shape)
     if [a % rank for a in bn.axis] != [rank - 1]:
@@ -91,6 +101,7 @@ def plan(model, spec) -> list[tuple[object, object, CodebookQuantizer]]:
         spec: The `scheme.QuantizerRules` of the quantizer argument.
     """
     out = []
+    own_nodes = _model_nodes(model)
     for layer in model.layers:
         found, q = spec.lookup(layer.name)
         if not found or not isinstance(q, CodebookQuantizer) or q.scale is not None:
@@ -98,7 +109,7 @@ def plan(model, spec) -> list[tuple[object, object, CodebookQuantizer]]:
         attr = _kernel_attr(layer)
         if attr is None:
             continue
-        bn = _normalization_after(layer)
+        bn = _normalization_after(layer, own_nodes)
         if bn is None:
             continue
         kernel = getattr(layer, attr).numpy()

@@ -17,9 +17,20 @@ def main(argv=None) -> int:
         help="train a digits MLP in float, sign, binary, "
         "ternary and [1,-1,0.5,-0.5] and print the accuracy table",
     )
-    demo.add_argument("--epochs", type=int, default=30, help="epochs per variant (default 30)")
+    demo.add_argument(
+        "--epochs",
+        type=int,
+        default=30,
+        help="epochs of the float model; codebook variants fine-tune half as many (default 30)",
+    )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.add_argument("--quiet", action="store_true", help="no Keras progress bars")
+    demo.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="Keras' per-epoch output, and what TensorFlow, the converters and the "
+        "interpreters log",
+    )
     demo.add_argument(
         "--out",
         default="demo_out",
@@ -29,14 +40,18 @@ def main(argv=None) -> int:
     if args.command == "demo":
         if args.epochs < 1:
             parser.error(f"--epochs must be at least 1. Received: --epochs {args.epochs}")
-        from tfmot_discrete_demo import digits  # noqa: PLC0415
+        from tflite_export.logs import library_logs  # noqa: PLC0415
 
-        digits.run(
-            epochs=args.epochs,
-            seed=args.seed,
-            verbose=0 if args.quiet else 1,
-            out_dir=args.out or None,
-        )
+        # Entered before TensorFlow loads, so that its start-up lines are kept out too.
+        with library_logs(args.verbose):
+            from tfmot_discrete_demo import digits  # noqa: PLC0415
+
+            digits.run(
+                epochs=args.epochs,
+                seed=args.seed,
+                verbose=2 if args.verbose else 0,
+                out_dir=args.out or None,
+            )
     return 0
 
 

@@ -17,18 +17,19 @@ latencies are printed.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import subprocess
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import numpy as np  # noqa: E402
+import tflite_export
+from tflite_export.logs import library_logs
 
-import tflite_export  # noqa: E402
-import tfmot_discrete as td  # noqa: E402
-from tflite_export import exact, runners  # noqa: E402
+# TensorFlow loads here: its start-up lines are kept out too, unless --verbose.
+with library_logs("--verbose" in sys.argv[1:]):
+    import tfmot_discrete as td
+    from tflite_export import exact, runners
 
 keras = td.keras
 
@@ -119,7 +120,18 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="out/edge/qat.keras", help="the saved QAT model")
     parser.add_argument("--data", default="out/edge/data.npz", help="from train.py")
     parser.add_argument("--out", default="out/edge", help="output directory (default out/edge)")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Keras' per-epoch output, and what TensorFlow, the converters and the "
+        "interpreters log",
+    )
     args = parser.parse_args(argv)
+    with library_logs(args.verbose):
+        return _run(args)
+
+
+def _run(args) -> int:
     out = pathlib.Path(args.out)
     data = np.load(args.data)
 

@@ -12,16 +12,18 @@ inside `td.quantize_scope()`) and `data.npz` (calibration and test images).
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
-import numpy as np  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+from tflite_export.logs import library_logs
 
-import tfmot_discrete as td  # noqa: E402
+# TensorFlow loads here: its start-up lines are kept out too, unless --verbose.
+with library_logs("--verbose" in sys.argv[1:]):
+    import tfmot_discrete as td
 
 keras = td.keras
 L = keras.layers
@@ -43,7 +45,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
     parser.add_argument("--out", default="out/edge", help="output directory (default out/edge)")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Keras' per-epoch output, and what TensorFlow, the converters and the "
+        "interpreters log",
+    )
     args = parser.parse_args(argv)
+    with library_logs(args.verbose):
+        return _run(args)
+
+
+def _run(args) -> int:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -60,7 +73,9 @@ def main(argv=None) -> int:
         metrics=["accuracy"],
     )
     monitor = td.CodebookMonitor(verbose=0)  # shares and flip rates go into the history
-    history = qat.fit(xtr, ytr, epochs=args.epochs, batch_size=32, verbose=0, callbacks=[monitor])
+    history = qat.fit(
+        xtr, ytr, epochs=args.epochs, batch_size=32, verbose=2 * args.verbose, callbacks=[monitor]
+    )
     last = {k: v[-1] for k, v in history.history.items()}
     print(
         f"trained {args.epochs} epochs: loss {last['loss']:.3f}, "

@@ -1,0 +1,92 @@
+"""What TensorFlow, the converters and the interpreters log, kept out of sight.
+
+Their C++ code writes to file descriptors 1 and 2 directly (TensorFlow's
+start-up lines, the MLIR converter's `fully_quantize: ...` and absl `W0000`
+lines, LiteRT's XNNPACK notice); their Python code goes through `logging`
+(absl included) and `warnings`. `library_logs` sends all of it to a sink,
+while `print` and `sys.stderr` keep writing where they wrote before. This
+module imports nothing heavy, so a script can enter it before TensorFlow
+loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import warnings
+
+#: Packages whose own warnings are shown as one-line notes.
+OWN_PACKAGES = ("tfmot_discrete", "tflite_export")
+
+
+def _own_stream(stream, fd: int):
+    """A stream writing to a duplicate of `fd` when `stream` writes to `fd`
+    itself; `stream` otherwise (captured in Python, as under pytest)."""
+    try:
+        ours = stream.fileno() == fd
+    except (AttributeError, OSError, ValueError):
+        ours = False
+    stream.flush()
+    saved = os.dup(fd)
+    if not ours:
+        return saved, stream
+    return saved, open(saved, "w", closefd=False, buffering=1)  # noqa: SIM115
+
+
+@contextlib.contextmanager
+def library_logs(verbose: bool = False, note=None):
+    """Hides the libraries' own log lines unless `verbose`.
+
+    Inside the block, file descriptors 1 and 2 point at a sink, Python
+    `logging` below ERROR is off, and warnings are recorded instead of shown;
+    `print` (to `sys.stdout`) and writes to `sys.stderr` still reach the
+    terminal. Warnings raised by this project's own packages come out at the
+    end as one line each, `note: ...`. `TF_CPP_MIN_LOG_LEVEL` is set to 2 when
+    unset, which quiets TensorFlow's C++ logging if it has not loaded yet.
+
+    Args:
+        verbose: show everything, change nothing. Defaults to `False`.
+        note: called with each note line. Defaults to printing to `sys.stderr`.
+
+    Example:
+
+    >>> import os
+    >>> with library_logs():
+    ...     _ = os.write(1, b"a C++ line\\n")
+    ...     print("ours")
+    ours
+    """
+    if verbose:
+        yield
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    saved_out, out = _own_stream(sys.stdout, 1)
+    saved_err, err = _own_stream(sys.stderr, 2)
+    previous = sys.stdout, sys.stderr, logging.root.manager.disable
+    with tempfile.TemporaryFile() as sink, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logging.disable(logging.WARNING)
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        sys.stdout, sys.stderr = out, err
+        try:
+            yield
+        finally:
+            out.flush()
+            err.flush()
+            sys.stdout, sys.stderr = previous[:2]
+            os.dup2(saved_out, 1)
+            os.dup2(saved_err, 2)
+            os.close(saved_out)
+            os.close(saved_err)
+            logging.disable(previous[2])
+    shown = set()
+    for w in caught:
+        if w.filename and any(f"{os.sep}{p}{os.sep}" in w.filename for p in OWN_PACKAGES):
+            line = f"note: {str(w.message).strip().splitlines()[0]}"
+            if line not in shown:
+                shown.add(line)
+                (note or (lambda s: print(s, file=sys.stderr)))(line)
