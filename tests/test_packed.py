@@ -100,8 +100,13 @@ def test_every_layer_and_codebook_packed_at_ceil_log2_k_bits(files):
         k = len(m.cw.codebook.values)
         assert p.bits == math.ceil(math.log2(k)), m.cw.label
         # Lossless against the full_int8 file, and codebook x channel scale.
-        stored = exact.dequantize(fb, fb.subgraphs[0].tensors[m.tensor])
-        np.testing.assert_array_equal(p.dequantized(), stored.reshape(p.values.shape))
+        tensor = fb.subgraphs[0].tensors[m.tensor]
+        ints = exact.stored_values(fb, tensor).reshape(p.values.shape)
+        np.testing.assert_array_equal(p.values, ints)
+        stored = exact.dequantize(fb, tensor)  # float32, as the export reads it
+        np.testing.assert_array_equal(
+            p.dequantized().astype(np.float32), stored.reshape(p.values.shape)
+        )
         step = float(np.max(p.scales))
         err = np.abs(p.dequantized() - m.reference.reshape(p.values.shape)).max()
         assert err <= 0.51 * step, (m.cw.label, err, step)
@@ -301,9 +306,12 @@ def test_tflm_refusal_of_tiny_softmax_scale():
         model.layers[0].set_weights([np.full((4, 3), w, "float32"), np.zeros(3, "float32")])
         model.layers[0].kernel[:, 0].assign(tf.fill([4], -w))
         files.append(convert.full_int8_tflite(model, zip([*x[:, None]])))
-    assert runners.tflm_refusal(files[0]) is None
+    assert micro.tflm_abort_reasons(runners.read_tflm_model(files[0])) == []
     runners.tflm_outputs(runners.tflm_interpreter(files[0]), [np.zeros((1, 4), np.int8)])
-    reason = runners.tflm_refusal(files[1])
-    assert reason is not None and "beta x scale x 2**26 > 1" in reason
+    (reason,) = micro.tflm_abort_reasons(runners.read_tflm_model(files[1]))
+    assert "step x beta > 2^-26" in reason
     with pytest.raises(RuntimeError, match="SOFTMAX"):
         runners.tflm_interpreter(files[1])
+    # The same check, before the child process runs TFLM.
+    with pytest.raises(tflite_export.ExportError, match="SOFTMAX input"):
+        runners.run_tflm(files[1], [x[:1]])

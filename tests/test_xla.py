@@ -265,15 +265,24 @@ def test_projection_under_xla_equals_the_default_and_the_reference(k):
             m,
             np.nextafter(m, np.float32(-np.inf)),
             np.nextafter(m, np.float32(np.inf)),
-            [0.0],
+            [-3e38, 3e38, 0.0],
         ]
     ).astype(np.float32)
     x = x[(x == 0) | ~(np.abs(x) < np.finfo(np.float32).tiny)]  # TF flushes subnormals to 0
     expected = v.astype(np.float32)[np.searchsorted(m, x, side="right")]
+    # +-inf: each form's interval index is exact (0 and K - 1) ...
+    ends = tf.constant([-np.inf, np.inf, 0.0], tf.float32)
+    ends_expected = np.searchsorted(m, ends.numpy(), side="right")
     for jit in (False, True):
-        f = tf.function(lambda t: ops.project(t, v), jit_compile=jit)
-        np.testing.assert_array_equal(f(tf.constant(x)).numpy(), expected)
-        assert np.all(np.isnan(f(tf.constant(np.append(x, np.inf))).numpy()))  # diverged
+        got = tf.function(lambda t: ops.project(t, v), jit_compile=jit)(tf.constant(x))
+        np.testing.assert_array_equal(got.numpy(), expected)
+        idx = tf.function(lambda t: ops.bucket(t, m), jit_compile=jit)(ends)
+        np.testing.assert_array_equal(idx.numpy(), ends_expected)
+        # ... and a tensor holding one inf or NaN projects to all NaN.
+        for bad in (np.inf, -np.inf, np.nan):
+            poisoned = tf.constant(np.append(x, bad).astype(np.float32))
+            out = tf.function(lambda t: ops.project(t, v), jit_compile=jit)(poisoned)
+            assert np.isnan(out.numpy()).all(), (jit, bad)
 
 
 def test_mirrored_two_cpus_with_xla_is_a_tensorflow_limitation(tmp_path):

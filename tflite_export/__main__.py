@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from tflite_export import inputs, runners
+from tflite_export import inputs, micro, runners
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
 from tflite_export.logs import library_logs
@@ -169,12 +169,16 @@ def _weight_lines(path, data, codebook) -> tuple[list[str], bool]:
     return lines, bool(checks) and all(c.exact for c in checks)
 
 
-def _random_run_line(path, data) -> tuple[str, bool]:
-    """No model to compare with: at least run the file, on random inputs."""
+def _run_untrusted(path, data, xs) -> list[np.ndarray]:
+    """LiteRT's outputs for `xs` (None: 8 random inputs), run in a child process."""
     try:
-        outputs = runners.run_litert(data, inputs.random_file_inputs(data))
-    except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
-        raise ExportError(f"{path!r} does not run with LiteRT ({_one_line(e)})") from None
+        return runners.run_litert(data, xs, isolated=True)
+    except ExportError as e:
+        raise ExportError(f"{path!r} is not a readable .tflite file: {e}") from None
+
+
+def _random_run_line(outputs) -> tuple[str, bool]:
+    """No model to compare with: the outputs on random inputs must be finite."""
     finite = all(np.all(np.isfinite(o)) for o in outputs)
     return (
         "  ran on 8 random inputs with LiteRT: "
@@ -191,12 +195,13 @@ def _model_line(path, data, model_path, rep) -> str:
     plain = strip_quantization(model) if is_quantized(model) else model
     xs = inputs.representative(plain, rep) if rep is not None else inputs.random_inputs(plain)
     ref = np.asarray(plain.predict(xs[0] if len(xs) == 1 else xs, verbose=0))
-    try:
-        got = runners.run_litert(data, xs)[0].reshape(ref.shape)
-    except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
+    got = _run_untrusted(path, data, xs)[0]
+    if got.size != ref.size:
         raise ExportError(
-            f"{path!r} does not run on {model_path!r}'s inputs with LiteRT ({_one_line(e)})"
-        ) from None
+            f"The file's output has {got.size} values for {len(ref)} inputs; the model "
+            f"{model_path!r} gives {ref.size}: they are not the same model."
+        )
+    got = got.reshape(ref.shape)
     diff = float(np.abs(got - ref).max())
     rng = float(ref.max() - ref.min()) or 1.0
     return f"  outputs vs {model_path}: max abs diff {diff:.3g} ({diff / rng:.2e} of output range)"
@@ -212,14 +217,17 @@ def _main_verify(argv) -> int:
         data = path.read_bytes()
         from tflite_export import packed  # noqa: PLC0415
 
-        if packed.is_packed(data):
+        if packed.is_packed(data):  # LiteRT cannot run DECODE: TFLM, in the child
             return _verify_packed(args, data, codebook)
+        # LiteRT first, in a child process: a file that crashes the interpreter
+        # ends that process, not this one, and is reported like any bad file.
+        probe = _run_untrusted(args.file, data, None)
         lines, ok = _weight_lines(args.file, data, codebook)
         rep = _load_npy(args.representative_data)
         if args.model:
             lines.append(_model_line(args.file, data, args.model, rep))
         else:
-            line, finite = _random_run_line(args.file, data)
+            line, finite = _random_run_line(probe)
             lines.append(line)
             ok = ok and finite
         lines.append("OK" if ok else "FAILED")
@@ -236,8 +244,8 @@ def _verify_packed(args, data: bytes, codebook) -> int:
 
     try:
         checks = packed.check_codebook_file(data, codebook)
-    except packed.PackedFileError as e:
-        raise ExportError(f"{args.file!r} is a damaged tflm_packed file: {e}") from e
+    except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
+        raise ExportError(f"{args.file!r} is a damaged tflm_packed file: {_one_line(e)}") from None
     shown = text.format_values(codebook.values, codebook.size)
     lines = [f"{args.file}: {len(data):,} bytes, tflm_packed, codebook {shown}"]
     for c in checks:
@@ -250,20 +258,34 @@ def _verify_packed(args, data: bytes, codebook) -> int:
         )
     ok = bool(checks) and all(c.exact for c in checks)
     try:
-        if args.model:
-            lines.append(_tflm_model_line(data, args.model, _load_npy(args.representative_data)))
-        else:
-            runners.run_tflm(data, runners.random_tflm_inputs(data))
-            lines.append("  ran on 8 random inputs with TFLM")
-    except RuntimeError as e:
-        lines.append(f"  TFLM cannot run it: {str(e).splitlines()[0]}")
+        reasons = micro.tflm_abort_reasons(runners.read_tflm_model(data))
+    except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
+        raise ExportError(f"{args.file!r} is a damaged tflm_packed file: {_one_line(e)}") from None
+    if reasons:  # known to abort TFLM: said, not tried
+        lines.append(f"  TFLM cannot run it: {reasons[0]}")
         ok = False
+    elif args.model:
+        lines.append(
+            _tflm_model_line(args.file, data, args.model, _load_npy(args.representative_data))
+        )
+    else:
+        _run_untrusted_tflm(args.file, data, None)
+        lines.append("  ran on 8 random inputs with TFLM")
     lines.append("OK" if ok else "FAILED")
     print("\n".join(lines))
     return 0 if ok else 1
 
 
-def _tflm_model_line(data, model_path, rep) -> str:
+def _run_untrusted_tflm(path, data, xs, dequantize=False) -> list[np.ndarray]:
+    """TFLM's outputs for `xs` (None: 8 random inputs); TFLM always runs in
+    the child process, so a crash is reported like any bad file."""
+    try:
+        return runners.run_tflm(data, xs, dequantize=dequantize)
+    except ExportError as e:
+        raise ExportError(f"{path!r} is not a readable .tflite file: {e}") from None
+
+
+def _tflm_model_line(path, data, model_path, rep) -> str:
     """A packed file's TFLM outputs against the (stripped) Keras model's."""
     from tflite_export import convert  # noqa: PLC0415
     from tfmot_discrete.quantize import is_quantized, strip_quantization  # noqa: PLC0415
@@ -272,7 +294,13 @@ def _tflm_model_line(data, model_path, rep) -> str:
     plain = strip_quantization(model) if is_quantized(model) else model
     xs = inputs.representative(plain, rep) if rep is not None else inputs.random_inputs(plain)
     ref = np.asarray(plain.predict(xs[0] if len(xs) == 1 else xs, verbose=0))
-    got = runners.run_tflm(data, xs, dequantize=True)[0].reshape(ref.shape)
+    got = _run_untrusted_tflm(path, data, xs, dequantize=True)[0]
+    if got.size != ref.size:
+        raise ExportError(
+            f"The file's output has {got.size} values for {len(ref)} inputs; the model "
+            f"{model_path!r} gives {ref.size}: they are not the same model."
+        )
+    got = got.reshape(ref.shape)
     diff = float(np.abs(got - ref).max())
     rng = float(ref.max() - ref.min()) or 1.0
     return (

@@ -76,14 +76,15 @@ def codebook_weights(model) -> list[CodebookWeight]:
 
     out = []
     for label, latent, q, qvars in codebook_items(model):
-        values = np.asarray(q(latent, False, weights=qvars), np.float64)
-        scales = np.broadcast_to(
-            np.asarray(q.quantized_scale(latent, qvars), np.float64), values.shape
-        )
-        codes = q.codebook.project_numpy(values / scales)
-        out.append(
-            weight(label, codebook=q.codebook, values=values, codes=codes, scales=np.array(scales))
-        )
+        # float32 as trained; the scales stay a broadcast view of one number per
+        # channel: a large model's weights are held once more, not six times.
+        values = np.asarray(q(latent, False, weights=qvars), np.float32)
+        scales = np.broadcast_to(np.asarray(q.quantized_scale(latent, qvars)), values.shape)
+        codes = np.empty_like(values)
+        table = q.codebook.values.astype(np.float32)
+        for rows in row_chunks(values):
+            codes[rows] = table[q.codebook.index_numpy(values[rows] / scales[rows])]
+        out.append(weight(label, codebook=q.codebook, values=values, codes=codes, scales=scales))
     for label, latent, q, qvars in int8_items(model):
         iv = int8.int8_values(q, latent, qvars)
         out.append(
@@ -97,6 +98,31 @@ def codebook_weights(model) -> list[CodebookWeight]:
             )
         )
     return out
+
+
+#: Large arrays are compared and converted this many entries at a time, so a
+#: step's temporary memory does not grow with the model.
+CHUNK = 1 << 20
+
+
+def max_abs(a: np.ndarray) -> float:
+    """`max |a|` without a temporary copy of `a` (0 for an empty array)."""
+    if a.size == 0:
+        return 0.0
+    return float(max(abs(float(a.max())), abs(float(a.min()))))
+
+
+def row_chunks(a: np.ndarray, axis: int = 0):
+    """Slices along `axis` covering `a`, each about `CHUNK` entries."""
+    if a.ndim == 0 or a.size == 0:
+        yield ...
+        return
+    n = a.shape[axis]
+    step = max(1, CHUNK // max(1, a.size // n))
+    for i in range(0, n, step):
+        index = [slice(None)] * a.ndim
+        index[axis] = slice(i, i + step)
+        yield tuple(index)
 
 
 def tflite_layout(cls: str, weight: str, a: np.ndarray) -> tuple[np.ndarray, int | None]:
@@ -155,11 +181,12 @@ def _buffer_array(model, tensor) -> np.ndarray | None:
         return vals.reshape(tensor.shape)
     if dtype is None:
         return None
-    return np.frombuffer(bytes(bytearray(data)), dtype=dtype).reshape(tensor.shape)
+    # A view of the buffer, not a copy.
+    return np.ascontiguousarray(data, np.uint8).view(dtype).reshape(tensor.shape)
 
 
-def dequantize_values(raw, scales, zero_points, axis: int) -> np.ndarray:
-    """`(raw - zero point) x scale` as float64: one scale for the tensor, or
+def dequantize_values(raw, scales, zero_points, axis: int, dtype=np.float64) -> np.ndarray:
+    """`(raw - zero point) x scale` as `dtype`: one scale for the tensor, or
     one per index of `axis`.
 
     Example:
@@ -167,8 +194,8 @@ def dequantize_values(raw, scales, zero_points, axis: int) -> np.ndarray:
     >>> dequantize_values(np.array([[2, 4], [2, 4]]), [0.5, 0.25], [0, 0], 0).tolist()
     [[1.0, 2.0], [0.5, 1.0]]
     """
-    scales = np.asarray(scales, np.float64).reshape(-1)
-    zps = np.asarray(zero_points, np.float64).reshape(-1)
+    scales = np.asarray(scales, dtype).reshape(-1)
+    zps = np.asarray(zero_points, dtype).reshape(-1)
     if scales.size == 1:
         return (raw - zps[0]) * scales[0]
     return (raw - channel_broadcast(zps, raw.ndim, axis)) * channel_broadcast(
@@ -177,17 +204,20 @@ def dequantize_values(raw, scales, zero_points, axis: int) -> np.ndarray:
 
 
 def dequantize(model, tensor) -> np.ndarray | None:
-    """A constant tensor of the flatbuffer as float64 (None: no data)."""
+    """A constant tensor of the flatbuffer as float32 (None: no data); a
+    float32 tensor is a read-only view of its buffer, not a copy."""
     raw = _buffer_array(model, tensor)
     if raw is None:
         return None
-    if tensor.type in (TensorType.FLOAT32, TensorType.FLOAT16):
-        return raw.astype(np.float64)
+    if tensor.type == TensorType.FLOAT32:
+        out = raw.view()
+        out.flags.writeable = False
+        return out
     q = tensor.quantization
-    if q is None or q.scale is None or len(q.scale) == 0:
-        return raw.astype(np.float64)
+    if tensor.type == TensorType.FLOAT16 or q is None or q.scale is None or len(q.scale) == 0:
+        return raw.astype(np.float32)
     zp = q.zeroPoint if q.zeroPoint is not None else [0] * len(q.scale)
-    return dequantize_values(raw, q.scale, zp, q.quantizedDimension)
+    return dequantize_values(raw, q.scale, zp, q.quantizedDimension, np.float32)
 
 
 def weight_tensors(model) -> list[tuple[int, int]]:
@@ -219,16 +249,25 @@ def weight_tensors(model) -> list[tuple[int, int]]:
     return out
 
 
-def _candidates(model) -> list[tuple[int, int, object, np.ndarray]]:
-    """`(op index, tensor index, tensor, dequantized value)` of every weight input,
-    each tensor dequantized once."""
+def _candidates(model) -> list[tuple[int, int, object, int]]:
+    """`(op index, tensor index, tensor, number of entries)` of every weight
+    input; `dequantize` reads one when its size fits (never all at once)."""
     sg = model.subgraphs[0]
     out = []
     for op_i, t in weight_tensors(model):
-        value = dequantize(model, sg.tensors[t])
-        if value is not None:
-            out.append((op_i, t, sg.tensors[t], value))
+        tensor = sg.tensors[t]
+        size = int(np.prod(tensor.shape)) if tensor.shape is not None else 0
+        out.append((op_i, t, tensor, size))
     return out
+
+
+def _max_abs_diff(got: np.ndarray, ref: np.ndarray, dim) -> float:
+    """`max |got - ref|`, a chunk of channels at a time."""
+    worst = 0.0
+    axis = 0 if dim is None else dim
+    for rows in row_chunks(ref, axis):
+        worst = max(worst, float(np.abs(got[rows] - ref[rows]).max(initial=0.0)))
+    return worst
 
 
 def match_weights(model, cws: list[CodebookWeight], tolerance_of=None) -> tuple[list, list]:
@@ -250,20 +289,24 @@ def match_weights(model, cws: list[CodebookWeight], tolerance_of=None) -> tuple[
         codes, _ = tflite_layout(cw.layer_class, cw.weight, cw.codes)
         scales, _ = tflite_layout(cw.layer_class, cw.weight, cw.scales)
         found = None
-        for op_i, t, tensor, got in candidates:
-            if t in used or got.size != exp.size:
+        for op_i, t, tensor, size in candidates:
+            if t in used or size != exp.size:
+                continue
+            got = dequantize(model, tensor)
+            if got is None:
                 continue
             got = got.reshape(exp.shape)
             factors = _channel_factors(got, exp, dim)
             if factors is None:
                 continue
-            tol = (
-                tolerance_of(tensor, got) if tolerance_of else 1e-5 * max(1e-30, np.abs(got).max())
+            tol = tolerance_of(tensor, got) if tolerance_of else 1e-5 * max(1e-30, max_abs(got))
+            ref = np.multiply(
+                exp, channel_broadcast(factors, exp.ndim, dim).astype(np.float32), dtype=np.float32
             )
-            ref = exp * channel_broadcast(factors, exp.ndim, dim)
-            if np.abs(got - ref).max() <= tol:
+            if _max_abs_diff(got, ref, dim) <= tol:
                 found = (op_i, t, factors, ref)
                 break
+            del got, ref
         if found is None:
             missing.append(cw.label)
             continue
@@ -303,10 +346,15 @@ def _channel_factors(got, exp, dim):
     if dim is None:
         g, e = got.reshape(1, -1), exp.reshape(1, -1)
     else:
-        g = np.moveaxis(got, dim, 0).reshape(got.shape[dim], -1)
-        e = np.moveaxis(exp, dim, 0).reshape(exp.shape[dim], -1)
-    den = (e * e).sum(axis=1)
-    num = (g * e).sum(axis=1)
+        g, e = np.moveaxis(got, dim, 0), np.moveaxis(exp, dim, 0)
+    den = np.zeros(g.shape[0])
+    num = np.zeros(g.shape[0])
+    for rows in row_chunks(e):
+        r = rows[0]
+        n = len(den[r])
+        ge, ee = g[r].reshape(n, -1), e[r].reshape(n, -1)
+        den[r] = np.einsum("ij,ij->i", ee, ee, dtype=np.float64)
+        num[r] = np.einsum("ij,ij->i", ge, ee, dtype=np.float64)
     f = np.where(den > 0, num / np.where(den > 0, den, 1), 1.0)
     if np.any(~np.isfinite(f)):
         return None
@@ -351,18 +399,22 @@ def write_exact(model, m: TensorMatch, g: float) -> None:
     sign = np.where(units < 0, -1.0, 1.0)
     mag = np.where(np.abs(units) > 0, np.abs(units), 1.0)
     steps = g * mag
-    codes = m.codes * channel_broadcast(sign, m.codes.ndim, m.channel_dim) / g
-    ints = np.round(codes)
-    if np.abs(codes - ints).max() > 1e-6:
-        raise AssertionError(f"{m.cw.label}: codes not integral on the chosen lattice")
-    ints = ints.astype(np.int8)
+    signs = channel_broadcast(sign, m.codes.ndim, m.channel_dim)
+    ints = np.empty(m.codes.shape, np.int8)
+    for rows in row_chunks(m.codes, 0 if m.channel_dim is None else m.channel_dim):
+        codes = m.codes[rows] * (signs if signs.ndim == 0 else signs[rows]) / g
+        rounded = np.round(codes)
+        # Codes are float32 codebook values: 127 x float32 rounding < 1e-4.
+        if np.abs(codes - rounded).max(initial=0.0) > 1e-4:
+            raise AssertionError(f"{m.cw.label}: codes not integral on the chosen lattice")
+        ints[rows] = rounded
     buf = _own_buffer(model, m.tensor)
     if m.cw.trained_int8 and t.type == TensorType.INT4:
         t.type = TensorType.INT8  # an 8-bit weight stays int8 inside an int4 file
     if t.type == TensorType.INT4:
         buf.data = _pack_int4(ints)
     else:
-        buf.data = ints.reshape(-1).view(np.uint8).copy()
+        buf.data = ints.reshape(-1).view(np.uint8)
     q = t.quantization
     if m.channel_dim is None:
         steps = steps[:1] if steps.size else np.array([g])
@@ -419,14 +471,17 @@ def locate(model, matches: list[TensorMatch], tolerance_of) -> tuple[list, list]
     used, found, missing = set(), [], []
     for m in matches:
         hit = None
-        for op_i, t, tensor, got in candidates:
-            if t in used or got.size != m.reference.size:
+        for op_i, t, tensor, size in candidates:
+            if t in used or size != m.reference.size:
                 continue
-            if np.abs(got.reshape(m.reference.shape) - m.reference).max() <= tolerance_of(
-                tensor, got
-            ):
+            got = dequantize(model, tensor)
+            if got is None:
+                continue
+            got = got.reshape(m.reference.shape)
+            if _max_abs_diff(got, m.reference, m.channel_dim) <= tolerance_of(tensor, got):
                 hit = (op_i, t)
                 break
+            del got
         if hit is None:
             missing.append(m.cw.label)
             continue

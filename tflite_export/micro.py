@@ -6,7 +6,16 @@ import os
 import pathlib
 import re
 
+from tflite_micro.tensorflow.lite.micro.python.schema_py_generated import (
+    BuiltinOperator,
+    TensorType,
+)
+
 from tflite_export import files
+
+#: TFLM's int8 SOFTMAX needs `beta x input step > 2^-26`: below that its
+#: Prepare (`QuantizeMultiplierGreaterThanOne`) aborts the process.
+SOFTMAX_MIN_SCALED_STEP = 2.0**-26
 
 
 def _ident(stem: str) -> str:
@@ -62,3 +71,39 @@ def parse_c_array(text: str) -> bytes:
     """The bytes of the array in a C source written by `write_c_array`."""
     body = text[text.index("{") + 1 : text.index("};")]
     return bytes(int(tok, 16) for tok in re.findall(r"0x[0-9a-fA-F]{2}", body))
+
+
+def tflm_abort_reasons(model) -> list[str]:
+    """What in a flatbuffer (as `exact.read` or TFLM's schema reads it) makes
+    TFLM's interpreter abort while loading it, each as a sentence; empty when
+    nothing known does. The one check of it: `export` and every TFLM run
+    (`runners.tflm_interpreter`) ask it.
+
+    Known: an int8 SOFTMAX whose input step times beta is at most 2^-26, as
+    in a `full_int8` file calibrated on values that hardly move its logits
+    (an untrained MobileNetV2 at 32 x 32 has logits spanning 2e-6).
+    """
+    sg = model.subgraphs[0]
+    out = []
+    for op in sg.operators or []:
+        code = model.operatorCodes[op.opcodeIndex]
+        if max(code.builtinCode, code.deprecatedBuiltinCode) != BuiltinOperator.SOFTMAX:
+            continue
+        t = sg.tensors[int(op.inputs[0])]
+        q = t.quantization
+        if t.type not in (TensorType.INT8, TensorType.UINT8):
+            continue
+        if q is None or q.scale is None or not len(q.scale):
+            continue
+        beta = float(getattr(op.builtinOptions, "beta", 1.0) or 1.0)
+        step = float(q.scale[0])
+        if beta * step <= SOFTMAX_MIN_SCALED_STEP:
+            name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+            out.append(
+                f"the SOFTMAX input {name!r} has an int8 step of {step:.3g} (beta {beta:g}); "
+                f"TFLM's int8 softmax needs step x beta > 2^-26 = {SOFTMAX_MIN_SCALED_STEP:.3g} "
+                f"and aborts otherwise. Its values span only {255 * step:.3g} on the "
+                "representative data: train the model, or calibrate with inputs that move "
+                "its outputs"
+            )
+    return out

@@ -37,7 +37,6 @@ import dataclasses
 import io
 import os
 import tempfile
-import time
 import warnings
 
 import numpy as np
@@ -477,7 +476,7 @@ class TflmComparison:
 
 
 def compare_on_tflm(
-    packed_bytes: bytes, full_int8: bytes, inputs: list[np.ndarray], rounds: int = 7
+    packed_bytes: bytes, full_int8: bytes, inputs: list[np.ndarray]
 ) -> TflmComparison:
     """Runs both files on TFLM: outputs on every sample, arena, latency.
 
@@ -485,29 +484,21 @@ def compare_on_tflm(
         packed_bytes: The packed file.
         full_int8: The `full_int8` file it was packed from.
         inputs: Float sample inputs, one array per model input.
-        rounds: Interleaved timing rounds (median). Defaults to 7.
     """
-    from tflite_export import runners  # noqa: PLC0415
+    from tflite_export import isolation  # noqa: PLC0415
 
-    ref_it, it = runners.tflm_interpreter(full_int8), runners.tflm_interpreter(packed_bytes)
-    xs = runners.int8_inputs(ref_it, inputs)
-    want, got = runners.tflm_outputs(ref_it, xs), runners.tflm_outputs(it, xs)
-    diff = np.abs(got.astype(np.int64) - want.astype(np.int64))
-    times = {"full": [], "packed": []}
-    block = 3
-    for _ in range(rounds):
-        for key, interp in (("full", ref_it), ("packed", it)):
-            t0 = time.perf_counter()
-            for _ in range(block):
-                interp.invoke()
-            times[key].append((time.perf_counter() - t0) / block)
+    # TFLM runs in the child process that every TFLM run uses (it can abort).
+    (row,) = isolation.run_in_child(
+        "tflm_compare", packed_bytes, inputs, reference=full_int8, raw=True
+    )
+    samples, max_lsb, arena, full_arena, latency, full_latency = row.tolist()
     return TflmComparison(
-        samples=len(xs[0]),
-        max_lsb=int(diff.max(initial=0)),
-        arena_bytes=runners.tflm_arena_bytes(it),
-        full_int8_arena_bytes=runners.tflm_arena_bytes(ref_it),
-        latency_s=float(np.median(times["packed"])),
-        full_int8_latency_s=float(np.median(times["full"])),
+        samples=int(samples),
+        max_lsb=int(max_lsb),
+        arena_bytes=int(arena),
+        full_int8_arena_bytes=int(full_arena),
+        latency_s=float(latency),
+        full_int8_latency_s=float(full_latency),
     )
 
 

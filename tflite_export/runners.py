@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 
 import numpy as np
 
@@ -55,19 +56,31 @@ def dequantize_output(detail, y):
     return y.astype(np.float64)
 
 
-def run_litert(model_bytes: bytes, inputs: list[np.ndarray], raw: bool = False) -> list[np.ndarray]:
+def run_litert(
+    model_bytes: bytes, inputs: list[np.ndarray] | None, raw: bool = False, isolated: bool = False
+) -> list[np.ndarray]:
     """Runs the file with LiteRT on a batch, one sample at a time.
 
     Args:
         model_bytes: The `.tflite` file.
         inputs: One float array `(N, ...)` per model input; int8 inputs are
-            quantized with the file's own parameters.
+            quantized with the file's own parameters. `None` (only with
+            `isolated`): 8 random inputs of the file's shapes.
         raw: Return the outputs as the file stores them (int8 stays int8)
             instead of as float64. Defaults to `False`.
+        isolated: Run in a child process (`tflite_export.isolation`): for files
+            from elsewhere, which can crash the interpreter. Defaults to `False`.
 
     Returns:
         One array `(N, ...)` per model output.
+
+    Raises:
+        ExportError: With `isolated`, when the interpreter crashed, failed or hung.
     """
+    if isolated:
+        from tflite_export import isolation  # noqa: PLC0415
+
+        return isolation.run_in_child("litert", model_bytes, inputs, raw=raw)
     it = interpreter(model_bytes)
     ins, outs = it.get_input_details(), it.get_output_details()
     results = [[] for _ in outs]
@@ -82,13 +95,16 @@ def run_litert(model_bytes: bytes, inputs: list[np.ndarray], raw: bool = False) 
 
 
 def run_tflm(
-    model_bytes: bytes, inputs: list[np.ndarray], dequantize: bool = False
+    model_bytes: bytes, inputs: list[np.ndarray] | None, dequantize: bool = False
 ) -> list[np.ndarray]:
-    """Runs the file with the TensorFlow Lite for Microcontrollers interpreter.
+    """Runs the file with the TensorFlow Lite for Microcontrollers interpreter,
+    in a child process (`tflite_export.isolation`): TFLM aborts the process
+    on some models.
 
     Args:
         model_bytes: The `.tflite` file (TFLM runs int8 and tflm_packed files).
         inputs: As for `run_litert`; quantized with TFLM's view of the inputs.
+            `None`: 8 random inputs of the file's shapes (`random_tflm_inputs`).
         dequantize: Return float64 outputs (dequantized with the file's
             parameters) instead of the raw int8 ones. Defaults to `False`.
 
@@ -96,11 +112,28 @@ def run_tflm(
         One array `(N, ...)` per model output.
 
     Raises:
-        RuntimeError: When TFLM refuses the file (see `tflm_refusal`).
+        ExportError: When TFLM refuses the file (`micro.tflm_abort_reasons`),
+            or the interpreter crashed, failed or hung (the signal or its
+            message is named).
+    """
+    from tflite_export import isolation  # noqa: PLC0415
+
+    return isolation.run_in_child("tflm", model_bytes, inputs, raw=not dequantize)
+
+
+def run_tflm_here(
+    model_bytes: bytes, inputs: list[np.ndarray] | None, dequantize: bool = False
+) -> list[np.ndarray]:
+    """`run_tflm` in this process (the child side of it).
+
+    Raises:
+        RuntimeError: When TFLM refuses the file (see `tflm_interpreter`).
     """
     it = tflm_interpreter(model_bytes)
+    if inputs is None:
+        inputs = random_tflm_inputs(model_bytes, interp=it)
     xs = int8_inputs(it, inputs)
-    n_out = len(_subgraph(model_bytes).outputs)
+    n_out = len(read_tflm_model(model_bytes).subgraphs[0].outputs)
     results = [[] for _ in range(n_out)]
     for i in range(len(xs[0])):
         for k, x in enumerate(xs):
@@ -117,62 +150,45 @@ def run_tflm(
     return out
 
 
-def _subgraph(model_bytes: bytes):
-    from tflite_export import exact  # noqa: PLC0415
+def read_tflm_model(model_bytes: bytes):
+    """The flatbuffer as objects, read with TFLM's schema (no TensorFlow import: the
+    child process runs this)."""
+    from tflite_micro.tensorflow.lite.micro.python import (  # noqa: PLC0415
+        schema_py_generated,
+    )
 
-    return exact.read(model_bytes).subgraphs[0]
-
-
-def tflm_refusal(model_bytes: bytes) -> str | None:
-    """Why TFLM would abort the process loading this file, or None.
-
-    TFLM prepares an int8 SOFTMAX with the multiplier
-    `beta x input scale x 2**26`, which it requires to exceed 1
-    (`QuantizeMultiplierGreaterThanOne`, a `TFLITE_CHECK` that aborts); a
-    model whose logits span less than about `255 x 2**-26` (4e-6), such as
-    an untrained network, cannot load.
-    """
-    from tflite_export import exact  # noqa: PLC0415
-    from tflite_export.schema import BuiltinOperator, TensorType  # noqa: PLC0415
-
-    model = exact.read(model_bytes)
-    sg = model.subgraphs[0]
-    for i, op in enumerate(sg.operators or []):
-        code = model.operatorCodes[op.opcodeIndex]
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-        if builtin != BuiltinOperator.SOFTMAX:
-            continue
-        t = sg.tensors[int(op.inputs[0])]
-        if t.type not in (TensorType.INT8, TensorType.UINT8) or t.quantization is None:
-            continue
-        scale = float(np.asarray(t.quantization.scale).reshape(-1)[0])
-        opts = op.builtinOptions
-        beta = float(getattr(opts, "beta", 1.0) or 1.0)
-        if beta * scale * 2.0**26 <= 1.0:
-            return (
-                f"TFLM cannot run this file: SOFTMAX (operator {i}) has input scale {scale:.3g}, "
-                f"and TFLM's int8 softmax needs beta x scale x 2**26 > 1 (scale > "
-                f"{2.0**-26 / beta:.3g}); it aborts the process otherwise. The logits of the "
-                f"sample inputs span only {255 * scale:.3g}: train the model (or give inputs "
-                "that reach its real output range) before exporting for TFLM."
-            )
-    return None
+    if len(model_bytes) < 8 or bytes(model_bytes[4:8]) != b"TFL3":
+        raise RuntimeError(
+            f"Not a .tflite flatbuffer (no TFL3 identifier). Received: {len(model_bytes)} bytes"
+        )
+    return schema_py_generated.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
 
 
 def tflm_interpreter(model_bytes: bytes, preserve_all_tensors: bool = False):
-    """A TFLM interpreter of the file (raises `RuntimeError` when TFLM refuses it)."""
+    """A TFLM interpreter of the file, in this process.
+
+    Its arena holds the decoded weights of a tflm_packed file, and its
+    resolver has TFLM's `DECODE`. Known causes of an abort
+    (`micro.tflm_abort_reasons`) are refused before TFLM sees the file.
+
+    Raises:
+        RuntimeError: When TFLM refuses the file.
+    """
     from tflite_micro.python.tflite_micro import runtime  # noqa: PLC0415
 
-    reason = tflm_refusal(model_bytes)
-    if reason is not None:
-        raise RuntimeError(reason)
+    from tflite_export import micro  # noqa: PLC0415
+
+    model = read_tflm_model(model_bytes)
+    reasons = micro.tflm_abort_reasons(model)
+    if reasons:
+        raise RuntimeError(f"TFLM cannot load the file: {'; '.join(reasons)}.")
     config = (
         runtime.InterpreterConfig.kPreserveAllTensors
         if preserve_all_tensors
         else runtime.InterpreterConfig.kAllocationRecording
     )
     # The runtime's default arena (10x the file) leaves out the decoded weights.
-    sg = _subgraph(model_bytes)
+    sg = model.subgraphs[0]
     decoded = sum(
         int(np.prod(sg.tensors[int(o)].shape))
         for op in sg.operators or []
@@ -237,13 +253,22 @@ def int8_inputs(it, inputs: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def random_tflm_inputs(model_bytes: bytes, n: int = 8, seed: int = 0) -> list[np.ndarray]:
-    """Random int8 (or float) inputs of the shapes the file takes, for TFLM."""
+def random_tflm_inputs(
+    model_bytes: bytes, n: int = 8, seed: int = 0, interp=None
+) -> list[np.ndarray]:
+    """Random int8 (or float) inputs of the shapes the file takes, for TFLM.
+
+    Args:
+        model_bytes: The `.tflite` file.
+        n: Samples. Defaults to 8.
+        seed: Random seed. Defaults to 0.
+        interp: A TFLM interpreter of the file (`tflm_interpreter`); made here
+            when `None` (in this process). Defaults to `None`.
+    """
     rng = np.random.default_rng(seed)
-    it = tflm_interpreter(model_bytes)
-    sg = _subgraph(model_bytes)
+    it = interp if interp is not None else tflm_interpreter(model_bytes)
     out = []
-    for k in range(len(sg.inputs)):
+    for k in range(len(read_tflm_model(model_bytes).subgraphs[0].inputs)):
         d = it.get_input_details(k)
         shape = (n, *[int(s) for s in d["shape"][1:]])
         dtype = np.dtype(d["dtype"])
@@ -253,3 +278,34 @@ def random_tflm_inputs(model_bytes: bytes, n: int = 8, seed: int = 0) -> list[np
         else:
             out.append(rng.normal(size=shape).astype(dtype))
     return out
+
+
+def tflm_compare_here(
+    packed_bytes: bytes, full_int8: bytes, inputs: list[np.ndarray], rounds: int = 7
+) -> np.ndarray:
+    """Both files on TFLM in this process (the child side of
+    `packed.compare_on_tflm`): `[samples, max LSB difference, packed arena,
+    full_int8 arena, packed latency, full_int8 latency]` (median seconds)."""
+    ref_it, it = tflm_interpreter(full_int8), tflm_interpreter(packed_bytes)
+    xs = int8_inputs(ref_it, inputs)
+    want, got = tflm_outputs(ref_it, xs), tflm_outputs(it, xs)
+    diff = np.abs(got.astype(np.int64) - want.astype(np.int64))
+    times = {"full": [], "packed": []}
+    block = 3
+    for _ in range(rounds):
+        for key, interp in (("full", ref_it), ("packed", it)):
+            t0 = time.perf_counter()
+            for _ in range(block):
+                interp.invoke()
+            times[key].append((time.perf_counter() - t0) / block)
+    return np.array(
+        [
+            len(xs[0]),
+            diff.max(initial=0),
+            tflm_arena_bytes(it),
+            tflm_arena_bytes(ref_it),
+            np.median(times["packed"]),
+            np.median(times["full"]),
+        ],
+        np.float64,
+    )

@@ -17,9 +17,9 @@ from tflite_export.schema import (
 from tfmot_discrete.codebook import Codebook
 
 
-def litert_weights(it, indices) -> dict[int, np.ndarray]:
-    """`{tensor index: dequantized float64 value}` of the given constant tensors,
-    as LiteRT reads them (int4 comes back unpacked)."""
+def litert_weights(it, indices, dtype=np.float64) -> dict[int, np.ndarray]:
+    """`{tensor index: dequantized value}` (as `dtype`) of the given constant
+    tensors, as LiteRT reads them (int4 comes back unpacked)."""
     out = {}
     wanted = set(indices)
     for d in it.get_tensor_details():
@@ -34,10 +34,10 @@ def litert_weights(it, indices) -> dict[int, np.ndarray]:
         qp = d["quantization_parameters"]
         scales = np.asarray(qp["scales"], np.float64)
         if scales.size == 0 or raw.dtype.kind == "f":
-            out[d["index"]] = raw.astype(np.float64)
+            out[d["index"]] = raw.astype(dtype, copy=False)
             continue
         out[d["index"]] = exact.dequantize_values(
-            raw, scales, qp["zero_points"], qp["quantized_dimension"]
+            raw, scales, qp["zero_points"], qp["quantized_dimension"], dtype
         )
     return out
 
@@ -147,17 +147,22 @@ def check_weights(model_bytes: bytes, matches) -> list[WeightCheck]:
         One `WeightCheck` per match.
     """
     fb = exact.read(model_bytes)
-    values = litert_weights(runners.interpreter(model_bytes), [m.tensor for m in matches])
+    it = runners.interpreter(model_bytes)
     out = []
     for m in matches:
+        # One tensor at a time, compared a chunk of channels at a time.
         tensor = fb.subgraphs[0].tensors[m.tensor]
-        v = values.get(m.tensor)
+        v = litert_weights(it, [m.tensor], np.float32).get(m.tensor)
         if v is None:
             v = exact.dequantize(fb, tensor)
         v = v.reshape(m.reference.shape)
-        err = float(np.abs(v - m.reference).max())
         units = exact.channel_broadcast(np.where(m.units == 0, 1.0, m.units), v.ndim, m.channel_dim)
-        dev = float(np.abs(v / units - m.codes).max()) / max(1.0, m.cw.codebook.max_abs)
+        err = dev = 0.0
+        for rows in exact.row_chunks(v, 0 if m.channel_dim is None else m.channel_dim):
+            u = units if units.ndim == 0 else units[rows]
+            err = max(err, float(np.abs(v[rows] - m.reference[rows]).max(initial=0.0)))
+            dev = max(dev, float(np.abs(v[rows] / u - m.codes[rows]).max(initial=0.0)))
+        dev /= max(1.0, m.cw.codebook.max_abs)
         out.append(
             WeightCheck(
                 name=m.cw.label,
@@ -170,6 +175,7 @@ def check_weights(model_bytes: bytes, matches) -> list[WeightCheck]:
                 trained_int8=m.cw.trained_int8,
             )
         )
+        del v
     return out
 
 

@@ -64,9 +64,8 @@ def project(x: tf.Tensor, values, scale=None) -> tf.Tensor:
     Returns:
         A tensor of the shape and dtype of `x` holding only entries of `values`
         (times `scale`). An entry exactly halfway between two values takes the
-        larger one.
-        When `x` holds a NaN or inf, every entry is NaN: a diverged weight
-        shows in the loss instead of silently becoming a codebook value.
+        larger one. When `x` holds a NaN or inf, every entry is NaN: a diverged
+        weight shows in the loss instead of silently becoming a codebook value.
 
     Example:
 
@@ -76,24 +75,28 @@ def project(x: tf.Tensor, values, scale=None) -> tf.Tensor:
     v = _as_np(values)
     mids = midpoints(v)
     dtype = x.dtype
+    # The codebook values (never the midpoints) become NaN when `x` holds a
+    # NaN or inf: a select on K numbers, not on N.
+    ok = all_finite(x)
+    nan = tf.constant(np.nan, dtype)
     if v.size > WHERE_CHAIN_MAX_K:
-        if scale is not None:
-            return project(x / scale, v) * scale
-        return _nan_unless_finite(x, tf.gather(tf.constant(v, dtype), bucket(x, mids)))
+        table = tf.where(ok, tf.constant(v, dtype), nan)
+        if scale is None:
+            return tf.gather(table, bucket(x, mids))
+        return tf.gather(table, bucket(x / scale, mids)) * scale
 
     def const(a):
         c = tf.constant(a, dtype)
         return c if scale is None else c * scale
 
-    out = tf.where(x >= const(mids[0]), const(v[1]), const(v[0]))
+    def value(a):
+        c = tf.where(ok, tf.constant(a, dtype), nan)
+        return c if scale is None else c * scale
+
+    out = tf.where(x >= const(mids[0]), value(v[1]), value(v[0]))
     for i in range(1, v.size - 1):
-        out = tf.where(x >= const(mids[i]), const(v[i + 1]), out)
-    return _nan_unless_finite(x, out)
-
-
-def _nan_unless_finite(x: tf.Tensor, out: tf.Tensor) -> tf.Tensor:
-    """`out`, or NaN everywhere when `x` holds a NaN or inf."""
-    return tf.where(all_finite(x), out, tf.constant(np.nan, out.dtype))
+        out = tf.where(x >= const(mids[i]), value(v[i + 1]), out)
+    return out
 
 
 def bucket(x: tf.Tensor, thresholds) -> tf.Tensor:
@@ -247,17 +250,18 @@ def stochastic_project(x: tf.Tensor, values, seed=None) -> tf.Tensor:
     Each entry lying between neighbours `c_i <= x < c_{i+1}` becomes `c_{i+1}`
     with probability `(x - c_i) / (c_{i+1} - c_i)` and `c_i` otherwise, so the
     result equals `x` in expectation (entries outside the range are clipped).
+    When `x` holds a NaN or inf, every entry is NaN (as in `project`).
     """
     v = _as_np(values)
     dtype = x.dtype
-    vt = tf.constant(v, dtype)
+    vt = tf.where(all_finite(x), tf.constant(v, dtype), tf.constant(np.nan, dtype))
     clipped = tf.clip_by_value(x, v[0], v[-1])
     lo_idx = bucket(clipped, v[1:-1])  # the interval [c_i, c_{i+1}) holding x
     lo = tf.gather(vt, lo_idx)
     hi = tf.gather(vt, lo_idx + 1)
     p_hi = (clipped - lo) / (hi - lo)
     u = tf.random.uniform(tf.shape(x), dtype=dtype, seed=seed)
-    return _nan_unless_finite(x, tf.where(u < p_hi, hi, lo))
+    return tf.where(u < p_hi, hi, lo)
 
 
 def reduce_axes(rank: int, channel_axes) -> list[int]:
