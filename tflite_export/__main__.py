@@ -186,8 +186,9 @@ def _random_run_line(outputs) -> tuple[str, bool]:
     ), finite
 
 
-def _model_line(path, data, model_path, rep) -> str:
-    """The file's outputs against the (stripped) Keras model's."""
+def _model_line(path, data, model_path, rep, on_tflm: bool = False) -> str:
+    """The file's outputs (LiteRT's, or TFLM's for a packed file) against the
+    (stripped) Keras model's."""
     from tflite_export import convert  # noqa: PLC0415
     from tfmot_discrete.quantize import is_quantized, strip_quantization  # noqa: PLC0415
 
@@ -195,7 +196,10 @@ def _model_line(path, data, model_path, rep) -> str:
     plain = strip_quantization(model) if is_quantized(model) else model
     xs = inputs.representative(plain, rep) if rep is not None else inputs.random_inputs(plain)
     ref = np.asarray(plain.predict(xs[0] if len(xs) == 1 else xs, verbose=0))
-    got = _run_untrusted(path, data, xs)[0]
+    if on_tflm:
+        got = _run_untrusted_tflm(path, data, xs, dequantize=True)[0]
+    else:
+        got = _run_untrusted(path, data, xs)[0]
     if got.size != ref.size:
         raise ExportError(
             f"The file's output has {got.size} values for {len(ref)} inputs; the model "
@@ -204,7 +208,10 @@ def _model_line(path, data, model_path, rep) -> str:
     got = got.reshape(ref.shape)
     diff = float(np.abs(got - ref).max())
     rng = float(ref.max() - ref.min()) or 1.0
-    return f"  outputs vs {model_path}: max abs diff {diff:.3g} ({diff / rng:.2e} of output range)"
+    return (
+        f"  {'TFLM outputs' if on_tflm else 'outputs'} vs {model_path}: max abs diff "
+        f"{diff:.3g} ({diff / rng:.2e} of output range)"
+    )
 
 
 def _main_verify(argv) -> int:
@@ -266,7 +273,9 @@ def _verify_packed(args, data: bytes, codebook) -> int:
         ok = False
     elif args.model:
         lines.append(
-            _tflm_model_line(args.file, data, args.model, _load_npy(args.representative_data))
+            _model_line(
+                args.file, data, args.model, _load_npy(args.representative_data), on_tflm=True
+            )
         )
     else:
         _run_untrusted_tflm(args.file, data, None)
@@ -283,30 +292,6 @@ def _run_untrusted_tflm(path, data, xs, dequantize=False) -> list[np.ndarray]:
         return runners.run_tflm(data, xs, dequantize=dequantize)
     except ExportError as e:
         raise ExportError(f"{path!r} is not a readable .tflite file: {e}") from None
-
-
-def _tflm_model_line(path, data, model_path, rep) -> str:
-    """A packed file's TFLM outputs against the (stripped) Keras model's."""
-    from tflite_export import convert  # noqa: PLC0415
-    from tfmot_discrete.quantize import is_quantized, strip_quantization  # noqa: PLC0415
-
-    model = convert.load_model(model_path)
-    plain = strip_quantization(model) if is_quantized(model) else model
-    xs = inputs.representative(plain, rep) if rep is not None else inputs.random_inputs(plain)
-    ref = np.asarray(plain.predict(xs[0] if len(xs) == 1 else xs, verbose=0))
-    got = _run_untrusted_tflm(path, data, xs, dequantize=True)[0]
-    if got.size != ref.size:
-        raise ExportError(
-            f"The file's output has {got.size} values for {len(ref)} inputs; the model "
-            f"{model_path!r} gives {ref.size}: they are not the same model."
-        )
-    got = got.reshape(ref.shape)
-    diff = float(np.abs(got - ref).max())
-    rng = float(ref.max() - ref.min()) or 1.0
-    return (
-        f"  TFLM outputs vs {model_path}: max abs diff {diff:.3g} ({diff / rng:.2e} of "
-        "output range)"
-    )
 
 
 def _verbose_flag(argv) -> tuple[list, bool]:
