@@ -261,7 +261,7 @@ def quantize_model(model, quantizer, activations=None):
     Example:
 
     >>> import tfmot_discrete as td
-    >>> model = td.keras.Sequential([td.keras.Input((8,)), td.keras.layers.Dense(4)])
+    >>> model = td.keras.Sequential([td.keras.Input((8,)), td.keras.layers.Dense(4, name="dense")])
     >>> qat = td.quantize_model(model, td.ternary())
     >>> qat.layers[0].name
     'quant_dense'
