@@ -34,7 +34,7 @@ import pathlib
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-from mnist1d.data import make_dataset  # noqa: E402
+from _data import mnist1d  # noqa: E402
 
 import tflite_export  # noqa: E402
 import tfmot_discrete as td  # noqa: E402
@@ -44,17 +44,6 @@ L = keras.layers
 
 #: The float training's peak learning rate and batch size; fine-tuning reuses both.
 PEAK_LR, BATCH = 1e-2, 100
-
-
-def mnist1d():
-    """MNIST-1D with the package's default arguments, as (N, 40, 1) float32."""
-    d = make_dataset()
-    return (
-        d["x"][..., None].astype("float32"),
-        d["y"].astype("int32"),
-        d["x_test"][..., None].astype("float32"),
-        d["y_test"].astype("int32"),
-    )
 
 
 def cnn() -> keras.Model:

@@ -19,7 +19,7 @@ import pathlib
 import sys
 
 import numpy as np
-from mnist1d.data import make_dataset
+from _data import mnist1d
 
 import tflite_export
 from tflite_export.logs import library_logs
@@ -30,17 +30,6 @@ with library_logs("--verbose" in sys.argv[1:]):
 
 keras = td.keras
 L = keras.layers
-
-
-def mnist1d():
-    """MNIST-1D with the package's default arguments, as (N, 40, 1) float32."""
-    d = make_dataset()
-    return (
-        d["x"][..., None].astype("float32"),
-        d["y"].astype("int32"),
-        d["x_test"][..., None].astype("float32"),
-        d["y_test"].astype("int32"),
-    )
 
 
 def cnn() -> keras.Model:

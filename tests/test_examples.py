@@ -138,7 +138,9 @@ def test_edge_deploy(tmp_path):
     assert (tmp_path / "model_packed_data.cc").is_file()
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))
+@pytest.mark.parametrize(
+    "script", sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
+)
 def test_examples_take_a_budget_and_an_output_directory(script):
     text = (EXAMPLES / script).read_text()
     assert "--out" in text and ("--epochs" in text or "--steps" in text)
