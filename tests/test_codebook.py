@@ -105,6 +105,63 @@ def test_tf_projection_matches_numpy(k):
     np.testing.assert_array_equal(got, cb.project_numpy(x))
 
 
+EVEN_CODEBOOKS = {
+    "linspace_256": np.linspace(-1, 1, 256),
+    "linspace_16": np.linspace(-1, 1, 16),
+    "int4_lattice": np.arange(-8, 8) / 8,
+    "offset_9": np.linspace(-3, 5, 9),
+    "positive_33": np.linspace(0.1, 0.7, 33),
+}
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["default", "jit"])
+@pytest.mark.parametrize("name", sorted(EVEN_CODEBOOKS))
+def test_evenly_spaced_projection_is_arithmetic_and_exact(name, jit):
+    """Evenly spaced codebooks of more than 8 values are projected without a
+    gather, and give the values and ties of the sorted search, also for the
+    float32 numbers on either side of every midpoint."""
+    v = EVEN_CODEBOOKS[name]
+    cb = Codebook(v)
+    mids = cb.midpoints.astype(np.float32)
+    rng = np.random.default_rng(0)
+    x = np.concatenate(
+        [
+            rng.uniform(-1.5, 1.5, 5000) * np.abs(v).max(),
+            mids,
+            np.nextafter(mids, np.float32(-np.inf)),
+            np.nextafter(mids, np.float32(np.inf)),
+            v,
+            [-1e30, 1e30],
+        ]
+    ).astype(np.float32)
+    x = x[np.abs(x) >= np.finfo(np.float32).tiny]  # TF flushes subnormals to zero
+    scale = np.float32(0.37)
+    fn = tf.function(lambda t, s: ops.project(t, v, s), jit_compile=jit)
+    fn_unscaled = tf.function(lambda t: ops.project(t, v), jit_compile=jit)
+    want = v.astype(np.float32)[np.searchsorted(mids, x, side="right")]
+    np.testing.assert_array_equal(fn_unscaled(tf.constant(x)).numpy(), want)
+    xs = (x / scale).astype(np.float32)
+    want_scaled = v.astype(np.float32)[np.searchsorted(mids, xs, side="right")] * scale
+    np.testing.assert_array_equal(fn(tf.constant(x), tf.constant(scale)).numpy(), want_scaled)
+    graph = (
+        tf.function(lambda t: ops.project(t, v))
+        .get_concrete_function(tf.TensorSpec([None], tf.float32))
+        .graph
+    )
+    kinds = {op.type for op in graph.get_operations()}
+    assert not kinds & {"GatherV2", "ResourceGather", "LowerBound", "UpperBound"}, kinds
+    bad = ops.project(tf.constant([0.5, np.nan], tf.float32), v).numpy()
+    assert np.isnan(bad).all()
+
+
+def test_unevenly_spaced_projection_matches_the_sorted_search():
+    v = np.sinh(np.linspace(-3.0, 3.0, 32)) / np.sinh(3.0)
+    x = np.random.default_rng(1).uniform(-1.5, 1.5, 2000).astype(np.float32)
+    got = ops.project(tf.constant(x), v).numpy()
+    mids = Codebook(v).midpoints.astype(np.float32)
+    np.testing.assert_array_equal(got, v.astype(np.float32)[np.searchsorted(mids, x, "right")])
+
+
 @pytest.mark.parametrize("k", [4, 256])
 def test_projection_never_builds_an_n_by_k_tensor(k):
     n = 1 << 20

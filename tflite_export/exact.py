@@ -48,9 +48,8 @@ class CodebookWeight:
     layer_class: str
     weight: str
     codebook: Codebook
-    values: np.ndarray  # codebook value x channel scale
     codes: np.ndarray  # codebook value of each entry
-    scales: np.ndarray  # channel scale of each entry (broadcast to values.shape)
+    scales: np.ndarray  # channel scale of each entry (a broadcast view, codes' shape)
     #: Trained with 8-bit fake quantization ("int8" in the mapping): the codebook
     #: is the integers of [-127, 127], the scales the trained steps.
     trained_int8: bool = False
@@ -58,6 +57,12 @@ class CodebookWeight:
     @property
     def label(self) -> str:
         return f"{self.layer}/{self.weight}"
+
+    @property
+    def values(self) -> np.ndarray:
+        """Codebook value x channel scale, float32: the trained weight (computed
+        on each call, so that a large model's weights are not held twice)."""
+        return np.multiply(self.codes, self.scales, dtype=np.float32)
 
 
 def codebook_weights(model) -> list[CodebookWeight]:
@@ -77,21 +82,22 @@ def codebook_weights(model) -> list[CodebookWeight]:
     out = []
     for label, latent, q, qvars in codebook_items(model):
         # float32 as trained; the scales stay a broadcast view of one number per
-        # channel: a large model's weights are held once more, not six times.
+        # channel: a large model's weights are held once more (the codes), not six
+        # times.
         values = np.asarray(q(latent, False, weights=qvars), np.float32)
         scales = np.broadcast_to(np.asarray(q.quantized_scale(latent, qvars)), values.shape)
         codes = np.empty_like(values)
         table = q.codebook.values.astype(np.float32)
         for rows in row_chunks(values):
             codes[rows] = table[q.codebook.index_numpy(values[rows] / scales[rows])]
-        out.append(weight(label, codebook=q.codebook, values=values, codes=codes, scales=scales))
+        del values
+        out.append(weight(label, codebook=q.codebook, codes=codes, scales=scales))
     for label, latent, q, qvars in int8_items(model):
         iv = int8.int8_values(q, latent, qvars)
         out.append(
             weight(
                 label,
                 codebook=INT8_CODEBOOK,
-                values=iv.codes * iv.steps,
                 codes=iv.codes,
                 scales=iv.steps,
                 trained_int8=True,
@@ -456,7 +462,10 @@ def _requantize_bias(model, m: TensorMatch, new_w_scales):
 
 
 def read(model_bytes: bytes):
-    return flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    """The flatbuffer's object tree; its buffers are read-only views of
+    `model_bytes`, not copies (a change replaces a buffer's data, never writes
+    into it)."""
+    return flatbuffer_utils.read_model_from_bytearray(memoryview(model_bytes))
 
 
 def write(model) -> bytes:

@@ -13,7 +13,7 @@ from tflite_export import convert, exact, files, inputs, micro, packed, runners,
 from tflite_export.errors import ExportError
 from tflite_export.schema import QMAX, TensorType, storage_name
 from tfmot_discrete import text
-from tfmot_discrete.quantize import check_finite, is_quantized
+from tfmot_discrete.quantize import check_finite, codebook_items, is_quantized
 
 #: Weight-only files must agree with the Keras model within this share of the
 #: output range.
@@ -142,8 +142,7 @@ def _prepare(model, safe_mode):
     except ValueError as e:
         raise ExportError(f"The model cannot be exported: {e}") from None
     plain = td.strip_quantization(model) if qat is not None else model
-    cws = exact.codebook_weights(qat) if qat is not None else []
-    return plain, cws, qat
+    return plain, qat
 
 
 @dataclasses.dataclass
@@ -151,7 +150,7 @@ class Conversion:
     """What `convert_bytes` made, before anything is written."""
 
     data: bytes  # the file, codebook weights on their exact lattice
-    float_bytes: bytes  # the float file of the same model (size reference)
+    float_size: int  # bytes of the float file of the same model (size reference)
     matches: list[exact.TensorMatch]  # where each codebook weight is stored
     reference: object  # the Keras model the file's outputs are held to
     inputs: list[np.ndarray]  # sample inputs for the output check
@@ -218,23 +217,24 @@ def _write_lattices(fb, matches, allow_inexact, notes) -> None:
         notes.append(f"{m.cw.label}: no exact {storage} lattice; written inexact")
 
 
-def _check_packable(cws) -> None:
+def _check_packable(qat) -> None:
     """`tflm_packed` needs codebook weights of at most 128 values."""
-    cws = [cw for cw in cws if not cw.trained_int8]
-    if not cws:
+    items = codebook_items(qat) if qat is not None else []
+    if not items:
         raise ExportError(
             "format='tflm_packed' stores codebook weights as indices, and this model has none "
             "(a plain float model, or no layer quantized to a codebook). Smallest format that "
             "fits: full_int8 for TFLM (int4 weight-only for LiteRT). Received: "
             "format='tflm_packed'"
         )
-    for cw in cws:
-        k = cw.codebook.size
+    for label, _, q, _ in items:
+        k = q.codebook.size
         if k > packed.MAX_VALUES:
-            fits = "full_int8" if cw.codebook.integer_step(127) is not None else "float"
+            fits = "full_int8" if q.codebook.integer_step(127) is not None else "float"
+            layer, weight = label.rsplit("/", 1)
             raise ExportError(
-                f"Layer {cw.layer!r} ({cw.weight}): a codebook of {k} values needs "
-                f"{cw.codebook.bits}-bit indices; tflm_packed stores at most "
+                f"Layer {layer!r} ({weight}): a codebook of {k} values needs "
+                f"{q.codebook.bits}-bit indices; tflm_packed stores at most "
                 f"{packed.MAX_BITS}-bit indices (K <= {packed.MAX_VALUES}). Smallest format "
                 f"that fits: {fits}. Received: format='tflm_packed', K={k}"
             )
@@ -250,10 +250,10 @@ def convert_bytes(
         packed from.
     """
     fmt = convert.check_format(format)
-    plain, cws, qat = _prepare(model, safe_mode)
+    plain, qat = _prepare(model, safe_mode)
     requested = fmt
     if fmt == "tflm_packed":
-        _check_packable(cws)
+        _check_packable(qat)
         fmt = "full_int8"  # packed by `export` once checked
     rep = inputs.representative(plain, representative_data)
     from_qat = fmt == "full_int8" and qat is not None and convert.has_activation_quantizers(qat)
@@ -263,19 +263,24 @@ def convert_bytes(
             "a generator of them) to calibrate activation ranges."
         )
     out, float_bytes = _converted(fmt, plain, qat, rep, from_qat)
+    float_size = len(float_bytes)
+    # Read from the QAT model only now: the converter's peak does not hold them.
+    cws = exact.codebook_weights(qat) if qat is not None else []
     notes, matches = [], []
     if cws:
         fb = exact.read(out)
         matches = _find_codebook_weights(fb, out, float_bytes, cws)
+        del float_bytes, cws  # not held through patching and verifying
         _write_lattices(fb, matches, allow_inexact, notes)
         out = exact.write(fb)
+        del fb
     if from_qat:
         notes.append("activation ranges: learned in training (activations='int8'), not calibrated")
     # Outputs are checked against what was trained: the QAT model itself when it
     # simulates int8 activations, else the stripped float model.
     return Conversion(
         data=out,
-        float_bytes=float_bytes,
+        float_size=float_size,
         matches=matches,
         reference=qat if from_qat else plain,
         inputs=rep if rep is not None else inputs.random_inputs(plain),
@@ -414,7 +419,7 @@ def export(
         path=str(target),
         format=format,
         size_bytes=len(conv.data),
-        float_size_bytes=len(conv.float_bytes),
+        float_size_bytes=conv.float_size,
         weights=weights,
         max_abs_diff=outputs.max_abs_diff,
         mean_abs_diff=outputs.mean_abs_diff,

@@ -51,8 +51,9 @@ def project(x: tf.Tensor, values, scale=None) -> tf.Tensor:
     """Nearest codebook value for every entry of `x`, never an N x K tensor.
 
     Up to `WHERE_CHAIN_MAX_K` values, a chain of `K - 1` selects on the
-    midpoints; above, the index of each entry's interval (`bucket`) and one
-    gather. With a `scale`, `scale * project(x / scale)` is computed as
+    midpoints; above, for an evenly spaced codebook, elementwise arithmetic
+    (`_Grid`, whose cost does not grow with K); otherwise the index of each
+    entry's interval (`bucket`) and one gather. With a `scale`, `scale * project(x / scale)` is computed as
     `x >= scale * m_i`, so the N-sized divide and multiply are not needed.
 
     Args:
@@ -80,6 +81,9 @@ def project(x: tf.Tensor, values, scale=None) -> tf.Tensor:
     ok = all_finite(x)
     nan = tf.constant(np.nan, dtype)
     if v.size > WHERE_CHAIN_MAX_K:
+        grid = _Grid.of(v, dtype)
+        if grid is not None:
+            return grid.project(x, ok, scale)
         table = tf.where(ok, tf.constant(v, dtype), nan)
         if scale is None:
             return tf.gather(table, bucket(x, mids))
@@ -97,6 +101,58 @@ def project(x: tf.Tensor, values, scale=None) -> tf.Tensor:
     for i in range(1, v.size - 1):
         out = tf.where(x >= const(mids[i]), value(v[i + 1]), out)
     return out
+
+
+class _Grid:
+    """An evenly spaced codebook projected by arithmetic alone: no gather.
+
+    Index and value come from `c_0 + i * step` computed in float64 and rounded
+    once to `x`'s dtype. `of` accepts a codebook only when that rounding gives
+    exactly its values and midpoints (with a margin, so a fused multiply-add
+    cannot change a result), so `project` returns what the select chain or
+    the sorted search would: the same values, the same ties. Every step is
+    elementwise, so XLA fuses the whole projection into one loop.
+    """
+
+    def __init__(self, c0: float, step: float, k: int):
+        self.c0, self.step, self.k = c0, step, k
+
+    @classmethod
+    def of(cls, v: np.ndarray, dtype) -> _Grid | None:
+        k = v.size
+        if k < 2 or not np.all(np.isfinite(v)) or dtype not in (tf.float32, tf.float16):
+            return None
+        np_dtype = dtype.as_numpy_dtype
+        step = (v[-1] - v[0]) / (k - 1)
+        if not step > 0:
+            return None
+        grid = cls(float(v[0]), float(step), k)
+        i = np.arange(k, dtype=np.float64)
+        exact_values = _rounds_to(grid.c0 + i * grid.step, v.astype(np_dtype))
+        exact_mids = _rounds_to(grid.c0 + (i[:-1] + 0.5) * grid.step, midpoints(v).astype(np_dtype))
+        return grid if exact_values and exact_mids else None
+
+    def _at(self, i, offset, dtype):
+        return tf.cast(tf.constant(self.c0, tf.float64) + (i + offset) * self.step, dtype)
+
+    def project(self, x, ok, scale):
+        dtype = x.dtype
+        y = x if scale is None else x / scale
+        u = (tf.cast(y, tf.float64) - self.c0) * (1.0 / self.step)
+        i = tf.clip_by_value(tf.floor(u + 0.5), 0.0, self.k - 1.0)  # off by at most one
+        i = tf.where(y < self._at(i, -0.5, dtype), i - 1.0, i)  # below the lower midpoint
+        i = tf.where(y >= self._at(i, 0.5, dtype), i + 1.0, i)  # at or above the upper one
+        i = tf.clip_by_value(i, 0.0, self.k - 1.0)
+        # NaN for every entry when `x` holds a NaN or inf (one scalar select).
+        c0 = tf.where(ok, tf.constant(self.c0, tf.float64), tf.constant(np.nan, tf.float64))
+        out = tf.cast(c0 + i * self.step, dtype)
+        return out if scale is None else out * scale
+
+
+def _rounds_to(exact: np.ndarray, want: np.ndarray) -> bool:
+    """`exact` (float64) rounds to `want` in its dtype, also when off by 4 float64 ulps."""
+    slack = 4 * np.spacing(np.abs(exact))
+    return all(np.array_equal((exact + d).astype(want.dtype), want) for d in (-slack, 0.0, slack))
 
 
 def bucket(x: tf.Tensor, thresholds) -> tf.Tensor:

@@ -377,9 +377,13 @@ def _wrapper_values(wrapper) -> dict[str, np.ndarray]:
     The inner layer's own weight list misses the weights the wrapper replaced
     with tensors, so look in both places, by name.
     """
-    out = {weight_key(w): w.numpy() for w in wrapper.layer.weights}
-    for weight, quantizer, qvars in wrapper_weights(wrapper):
-        out[weight_key(weight)] = np.asarray(quantizer(weight, False, weights=qvars))
+    out = {
+        weight_key(weight): np.asarray(quantizer(weight, False, weights=qvars))
+        for weight, quantizer, qvars in wrapper_weights(wrapper)
+    }
+    for w in wrapper.layer.weights:  # the latent weights are not copied
+        if weight_key(w) not in out:
+            out[weight_key(w)] = w.numpy()
     return out
 
 
@@ -409,29 +413,32 @@ def strip_quantization(model):
     """
     model = _check_model(model)
     check_finite(model)
+    # Each layer's new weights are computed when they are set, one layer at a
+    # time: a large model's weights are not held twice more.
     new_weights = {}
     dropped = []
 
     def _strip(layer):
         if isinstance(layer, _qk.QuantizeWrapper):
             inner = layer.layer
-            new_weights[inner.name] = _wrapper_values(layer)
+            new_weights[inner.name] = lambda: _wrapper_values(layer)
             return inner.__class__.from_config(inner.get_config())
         if isinstance(layer, DiscreteMultiplier):
             new_layer, vals = _baked_multiplier(layer)
-            new_weights[layer.name] = {"kernel": vals[0]}
+            new_weights[layer.name] = lambda: {"kernel": vals[0]}
             return new_layer
         if isinstance(layer, QuantizeLayer):
             dropped.append(layer.name)
-        new_weights[layer.name] = layer.get_weights()
+        new_weights[layer.name] = layer.get_weights
         return layer.__class__.from_config(layer.get_config())
 
     with quantize_scope():
         plain = keras.models.clone_model(model, clone_function=_strip)
     for layer in plain.layers:
-        values = new_weights.get(layer.name)
-        if not layer.weights or values is None:
+        values_of = new_weights.pop(layer.name, None)
+        if not layer.weights or values_of is None:
             continue
+        values = values_of()
         if isinstance(values, dict):
             values = [values[weight_key(w)] for w in layer.weights]
         layer.set_weights(values)
