@@ -40,6 +40,8 @@ class Settings:
             (`benchmarks.export.PACKED_MODELS`).
         packed_epochs: Training passes of the size-target MLPs (a third of
             them, at least one, for MobileNetV2).
+        projection_rows: `(method, compile mode)` rows of the projection
+            benchmark (None: all of `benchmarks.speed.PROJECTION_ROWS`).
     """
 
     name: str
@@ -64,17 +66,14 @@ class Settings:
         "ternary MobileNetV2 alpha 0.35 (weights=None), 32x32x3",
     )
     packed_epochs: int = 6
+    projection_rows: tuple[tuple[str, str], ...] | None = None
 
 
 _SMALL_SET = (
     "float",
-    "seed answer: tf.math.sign",
-    "binary, scale=None",
     "binary, mean_abs",
-    "ternary, mean_abs",
     "[1, -1, 0.5, -0.5]",
     "TF-MOT clustering, 2 clusters",
-    "TF-MOT 8-bit QAT",
 )
 
 #: The full run's accuracy rows (the others cost time and add little: the seed answers,
@@ -161,6 +160,7 @@ SETTINGS = {
         export_variants=("float", "binary, mean_abs"),
         packed_models=("binary (mean_abs) MLP 64-512-512-10",),
         packed_epochs=1,
+        projection_rows=(("ours", "default"), ("ours", "jit")),
     ),
 }
 

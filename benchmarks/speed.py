@@ -338,12 +338,17 @@ PROJECTION_ROWS = (
 def run_projection(settings: common.Settings, log=print) -> dict:
     """`{(method, mode, K): {"seconds", "peak_bytes"}}` at N = 1M weights."""
     out = {}
-    for method, mode in PROJECTION_ROWS:
+    for method, mode in settings.projection_rows or PROJECTION_ROWS:
         for k in settings.projection_ks:
             r = projection_one(k, settings.projection_repeats, method, mode=mode)
             out[(method, mode, k)] = r
             log(f"  projection {method} ({mode}) K={k}: {1e3 * r['seconds']:.1f} ms")
     return out
+
+
+def _rows(result: dict) -> list[tuple[str, str]]:
+    """The `(method, mode)` rows measured, in `PROJECTION_ROWS` order."""
+    return [row for row in PROJECTION_ROWS if (*row, min(k for *_, k in result)) in result]
 
 
 def projection_table(result: dict) -> str:
@@ -354,7 +359,7 @@ def projection_table(result: dict) -> str:
         "uneven": "`ops.project_ste`, unevenly spaced codebook",
         "argmin": "reference: argmin over an N x K distance tensor",
     }
-    for method, mode in PROJECTION_ROWS:
+    for method, mode in _rows(result):
         base = result[(method, mode, ks[0])]["seconds"]
         for k in ks:
             r = result[(method, mode, k)]
@@ -384,7 +389,7 @@ def projection_targets(result: dict) -> list[tuple[str, str, str]]:
     if len(ks) < 2 or ks[-1] <= 16:
         return []
     out = []
-    for method, mode in PROJECTION_ROWS:
+    for method, mode in _rows(result):
         if method == "argmin":
             continue
         r0, rk = result[(method, mode, ks[0])], result[(method, mode, ks[-1])]

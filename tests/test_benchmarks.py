@@ -94,7 +94,8 @@ def test_smoke_run_writes_tables_and_plots(smoke):
 
     proj = "projection (forward + backward, N = 1M)"
     _, rows = _check_table(by_first[proj][0], proj)
-    assert len(rows) == len(speed.PROJECTION_ROWS) * len(settings.projection_ks)
+    measured = settings.projection_rows or speed.PROJECTION_ROWS
+    assert len(rows) == len(measured) * len(settings.projection_ks)
     assert {r[1] for r in rows} == {"False", "True"}
     assert all(_numeric(c) for r in rows for c in r[2:])
 

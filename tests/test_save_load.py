@@ -25,8 +25,17 @@ def _by_name(layer):
     return {w.name.split(":")[0].split("/")[-1]: w.numpy() for w in layer.weights}
 
 
-@pytest.mark.parametrize("fmt", [".keras", ".h5", "savedmodel"])
-@pytest.mark.parametrize("qname", ["binary_mean_abs", "four_values_learned", "ternary_none"])
+#: The learned scale (extra variables) in every format; the other quantizers in one each.
+ROUND_TRIPS = [
+    ("four_values_learned", ".keras"),
+    ("four_values_learned", ".h5"),
+    ("four_values_learned", "savedmodel"),
+    ("binary_mean_abs", ".h5"),
+    ("ternary_none", ".keras"),
+]
+
+
+@pytest.mark.parametrize(("qname", "fmt"), ROUND_TRIPS)
 def test_save_load_round_trip_and_resume(tmp_path, fmt, qname):
     from conftest import QUANTIZERS
 
