@@ -33,8 +33,17 @@ with library_logs("--verbose" in sys.argv[1:]):
 
 keras = td.keras
 
-# Runs the model once in a fresh process with a given arena size: a too-small
-# arena can crash the TFLM Python runtime, so each try is its own process.
+# TFLM aborts the process on some files, and a too-small arena can crash it:
+# every TFLM interpreter of this script runs in a child process.
+_ARENA_RECORD = """
+import sys, numpy as np
+from tflite_export import runners
+it = runners.tflm_interpreter(open(sys.argv[1], "rb").read())
+d = it.get_input_details(0)
+it.set_input(np.zeros(d["shape"], d["dtype"]), 0)
+it.invoke()
+print(runners.tflm_arena_bytes(it))
+"""
 _ARENA_TRIAL = """
 import sys, numpy as np
 from tflite_micro.python.tflite_micro import runtime
@@ -45,13 +54,17 @@ it.invoke()
 """
 
 
-def runs_with_arena(path, size: int) -> bool:
-    proc = subprocess.run(
-        [sys.executable, "-c", _ARENA_TRIAL, str(path), str(size)],
+def _child(script: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
         capture_output=True,
+        text=True,
         timeout=120,
     )
-    return proc.returncode == 0
+
+
+def runs_with_arena(path, size: int) -> bool:
+    return _child(_ARENA_TRIAL, path, size).returncode == 0
 
 
 def smallest_arena(path) -> int:
@@ -62,11 +75,10 @@ def smallest_arena(path) -> int:
     with exactly that arena and once with 16 bytes less, each in a fresh
     process, to confirm it is the smallest.
     """
-    it = runners.tflm_interpreter(pathlib.Path(path).read_bytes())
-    d = it.get_input_details(0)
-    it.set_input(np.zeros(d["shape"], d["dtype"]), 0)
-    it.invoke()
-    arena = runners.tflm_arena_bytes(it)
+    proc = _child(_ARENA_RECORD, path)
+    if proc.returncode != 0:
+        raise RuntimeError(f"TFLM could not run {path}: {proc.stderr.strip()[-500:]}")
+    arena = int(proc.stdout.split()[-1])
     if not runs_with_arena(path, arena) or runs_with_arena(path, arena - 16):
         raise RuntimeError(f"TFLM's recorded arena of {arena} bytes is not the smallest")
     return arena
@@ -96,22 +108,17 @@ def resolver_call(op: str) -> str:
 
 
 def tflm_accuracy(data: bytes, x, y) -> tuple[float, float, int]:
-    """Top-1 accuracy of the file on TFLM, with int8 inputs quantized as the file says.
+    """Top-1 accuracy of the file on TFLM (in a child process), with int8 inputs
+    quantized as the file says.
 
     Returns (accuracy, input scale, input zero point).
     """
-    from tflite_micro.python.tflite_micro import runtime  # noqa: PLC0415
-
-    it = runtime.Interpreter.from_bytes(data)
-    d = it.get_input_details(0)
-    scale = float(d["quantization_parameters"]["scales"][0])
-    zero = int(d["quantization_parameters"]["zero_points"][0])
-    hits = 0
-    for xi, yi in zip(x, y):
-        q = np.clip(np.round(xi / scale + zero), -128, 127).astype(np.int8)
-        it.set_input(q[None], 0)
-        it.invoke()
-        hits += int(np.argmax(it.get_output(0)) == yi)
+    fb = runners.read_tflm_model(data)
+    sg = fb.subgraphs[0]
+    q = sg.tensors[sg.inputs[0]].quantization
+    scale, zero = float(q.scale[0]), int(q.zeroPoint[0])
+    logits = runners.run_tflm(data, [np.asarray(x, np.float32)])[0]
+    hits = int(np.sum(np.argmax(logits.reshape(len(y), -1), axis=1) == np.asarray(y)))
     return hits / len(y), scale, zero
 
 
