@@ -4,9 +4,9 @@ Step ratios: every variant of one architecture is built in the same process
 (a fresh one per architecture, with one TensorFlow thread), twice: its train
 step compiled as a `tf.function` (the default `model.compile`) and with
 `jit_compile=True` (XLA). Every step is warmed up, then all run in turn, a
-small block of steps each, for many rounds; the ratio is the median step time
-of a variant over the median step time of the float model compiled the same
-way.
+small block of steps each, for many rounds; the ratio is the median over
+rounds of a variant's step time over the float model's (compiled the same way)
+in the same round.
 
 Projection alone: `ops.project_ste` forward and backward on N = 1M weights for
 several codebook sizes K, each K in a fresh subprocess whose peak resident
@@ -99,8 +99,12 @@ def time_steps(kind: str, width: int, variants, rounds: int, block: int, log=pri
     """Median seconds per train step of each variant and compile mode, measured interleaved.
 
     Returns:
-        `{"default": {variant: seconds}, "jit": {variant: seconds or None}}`; None
-        where XLA cannot compile the variant's step (the reason is logged).
+        `{"default": {variant: seconds}, "jit": {variant: seconds or None},
+        "ratio": {mode: {variant: ratio or None}}}`: median step seconds, and
+        the median over rounds of the variant's step time over the float
+        model's in the same round and mode (neighbours in time, so a slower
+        stretch of the machine cancels out); None where XLA cannot compile the
+        variant's step (the reason is logged).
     """
     rng = np.random.default_rng(0)
     n = BATCH[kind]
@@ -131,10 +135,13 @@ def time_steps(kind: str, width: int, variants, rounds: int, block: int, log=pri
             loss.numpy()
             times[key].append((time.process_time() - t0) / block)
     out = {mode: {} for mode in COMPILES}
+    out["ratio"] = {mode: {} for mode in COMPILES}
     for mode in COMPILES:
+        base = np.asarray(times[(mode, "float")])
         for v in variants:
             t = times.get((mode, v.name))
             out[mode][v.name] = float(np.median(t)) if t else None
+            out["ratio"][mode][v.name] = float(np.median(np.asarray(t) / base)) if t else None
     log(
         f"  {kind} width {width}: float step {1e3 * out['default']['float']:.2f} ms, "
         f"with XLA {1e3 * out['jit']['float']:.2f} ms"
@@ -204,8 +211,7 @@ def run_steps(settings: common.Settings, log=print, jobs: int = 1) -> dict:
 
 
 def _ratio(result, model, mode, name) -> float | None:
-    t = result[model][mode].get(name)
-    return None if t is None else t / result[model][mode]["float"]
+    return result[model]["ratio"][mode].get(name)
 
 
 def steps_table(result: dict) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import io
 import os
 import pathlib
@@ -22,6 +24,23 @@ from tfmot_discrete.int8 import Int8WeightQuantizer
 from tfmot_discrete.layers import DiscreteMultiplier
 from tfmot_discrete.quantize import wrapper_weights
 from tfmot_discrete.quantizers import CodebookQuantizer
+
+
+def return_freed_memory() -> None:
+    """Gives the memory the converter freed back to the operating system.
+
+    The converters free most of what they allocate, but glibc keeps freed
+    heap pages of every thread's arena in the process; without this, the
+    export's later steps stack on top of the converter's leftovers. Does
+    nothing where the C library has no `malloc_trim`.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is not None:
+        trim(0)
 
 
 def check_format(fmt) -> str:

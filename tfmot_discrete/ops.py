@@ -47,7 +47,7 @@ def all_finite(x: tf.Tensor) -> tf.Tensor:
     )
 
 
-def project(x: tf.Tensor, values, scale=None) -> tf.Tensor:
+def project(x: tf.Tensor, values, scale=None, finite=None) -> tf.Tensor:
     """Nearest codebook value for every entry of `x`, never an N x K tensor.
 
     Up to `WHERE_CHAIN_MAX_K` values, a chain of `K - 1` selects on the
@@ -61,6 +61,11 @@ def project(x: tf.Tensor, values, scale=None) -> tf.Tensor:
         values: Sorted, distinct codebook values (a 1-D array-like).
         scale: Optional positive tensor broadcastable against `x` (one number
             per channel). Defaults to `None` (a scale of 1).
+        finite: Optional scalar bool tensor: whether every entry of `x` is
+            finite, when the caller knows it already (a `mean_abs_scale` of
+            `x` is finite exactly when `x` is, unless a channel's mean
+            overflows float32, which then counts as non-finite). Defaults to
+            `None`: `all_finite(x)`, one more reduction over `x`.
 
     Returns:
         A tensor of the shape and dtype of `x` holding only entries of `values`
@@ -78,7 +83,7 @@ def project(x: tf.Tensor, values, scale=None) -> tf.Tensor:
     dtype = x.dtype
     # The codebook values (never the midpoints) become NaN when `x` holds a
     # NaN or inf: a select on K numbers, not on N.
-    ok = all_finite(x)
+    ok = all_finite(x) if finite is None else finite
     nan = tf.constant(np.nan, dtype)
     if v.size > WHERE_CHAIN_MAX_K:
         grid = _Grid.of(v, dtype)

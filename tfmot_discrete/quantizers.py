@@ -272,8 +272,15 @@ def _find_weight(layer, name):
 
 
 def _scaled_ste(w, s, values, gradient):
-    """`s * project(w / s)`; gradient gated on the latent weight `w` itself."""
-    return ops.straight_through(lambda t: ops.project(t, values, scale=s), w, values, gradient)
+    """`s * project(w / s)`; gradient gated on the latent weight `w` itself.
+
+    `s` is the `mean_abs` scale of `w`: it is finite exactly when `w` is, so the
+    projection's NaN check reads one number per channel instead of `w` again.
+    """
+    finite = ops.all_finite(s)
+    return ops.straight_through(
+        lambda t: ops.project(t, values, scale=s, finite=finite), w, values, gradient
+    )
 
 
 def _stochastic_ste(u, values, gradient, gate_on=None):
