@@ -291,24 +291,28 @@ def match_weights(model, cws: list[CodebookWeight], tolerance_of=None) -> tuple[
     used = set()
     matches, missing = [], []
     for cw in cws:
-        exp, dim = tflite_layout(cw.layer_class, cw.weight, cw.values)
-        codes, _ = tflite_layout(cw.layer_class, cw.weight, cw.codes)
+        codes, dim = tflite_layout(cw.layer_class, cw.weight, cw.codes)
         scales, _ = tflite_layout(cw.layer_class, cw.weight, cw.scales)
         found = None
+        exp = None  # the expected values (float32, a fresh array of their own)
         for op_i, t, tensor, size in candidates:
-            if t in used or size != exp.size:
+            if t in used or size != codes.size:
                 continue
             got = dequantize(model, tensor)
             if got is None:
                 continue
+            if exp is None:
+                exp, _ = tflite_layout(cw.layer_class, cw.weight, cw.values)
             got = got.reshape(exp.shape)
             factors = _channel_factors(got, exp, dim)
             if factors is None:
                 continue
             tol = tolerance_of(tensor, got) if tolerance_of else 1e-5 * max(1e-30, max_abs(got))
+            # The reference is written over `exp` (not a second copy of the weight).
             ref = np.multiply(
-                exp, channel_broadcast(factors, exp.ndim, dim).astype(np.float32), dtype=np.float32
+                exp, channel_broadcast(factors, exp.ndim, dim).astype(np.float32), out=exp
             )
+            exp = None
             if _max_abs_diff(got, ref, dim) <= tol:
                 found = (op_i, t, factors, ref)
                 break
