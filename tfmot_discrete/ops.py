@@ -53,8 +53,9 @@ def project(x: tf.Tensor, values, scale=None, finite=None) -> tf.Tensor:
     Up to `WHERE_CHAIN_MAX_K` values, a chain of `K - 1` selects on the
     midpoints; above, for an evenly spaced codebook, elementwise arithmetic
     (`_Grid`, whose cost does not grow with K); otherwise the index of each
-    entry's interval (`bucket`) and one gather. With a `scale`, `scale * project(x / scale)` is computed as
-    `x >= scale * m_i`, so the N-sized divide and multiply are not needed.
+    entry's interval (`bucket`) and one gather. With a `scale`, the select
+    chain computes `scale * project(x / scale)` as `x >= scale * m_i`, so the
+    N-sized divide and multiply are not needed.
 
     Args:
         x: A float tensor of any shape.
