@@ -33,3 +33,20 @@ def _seed():
     td.keras.utils.set_random_seed(1234)
     yield
     td.keras.backend.clear_session()
+
+
+#: The longest test files (a minute or more each on 2 cores) run first, so that
+#: the two pytest-xdist workers (one file each at a time) finish together.
+SLOW_FILES = (
+    "test_benchmarks.py",
+    "test_cli_robustness.py",
+    "test_distributed.py",
+    "test_examples.py",
+    "test_export.py",
+    "test_summary_demo_api.py",
+    "test_xla.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in SLOW_FILES)  # stable: order kept
