@@ -21,6 +21,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import tflite_export
+from tflite_export import runners
 from tflite_export.logs import library_logs
 
 # TensorFlow loads here: its start-up lines are kept out too, unless --verbose.
@@ -59,18 +60,9 @@ def compile_and_fit(model, x, y, epochs, callbacks=(), verbose=0):
 
 
 def litert_accuracy(path, x, y) -> float:
-    """Top-1 accuracy of a `.tflite` file, run sample by sample with LiteRT."""
-    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-
-    it = Interpreter(model_path=str(path))
-    it.allocate_tensors()
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    hits = 0
-    for xi, yi in zip(x, y):
-        it.set_tensor(inp["index"], xi[None])
-        it.invoke()
-        hits += int(np.argmax(it.get_tensor(out["index"])) == yi)
-    return hits / len(y)
+    """Top-1 accuracy of a `.tflite` file, run by LiteRT one sample at a time."""
+    logits = runners.run_litert(pathlib.Path(path).read_bytes(), [x])[0]
+    return float(np.mean(np.argmax(logits, -1) == y))
 
 
 def main(argv=None) -> int:

@@ -38,6 +38,7 @@ from _data import mnist1d  # noqa: E402
 
 import tflite_export  # noqa: E402
 import tfmot_discrete as td  # noqa: E402
+from tflite_export import runners  # noqa: E402
 
 keras = td.keras
 L = keras.layers
@@ -82,18 +83,9 @@ def accuracy(model, x, y) -> float:
 
 
 def litert_accuracy(path, x, y) -> float:
-    """Top-1 accuracy of a `.tflite` file with float input and output, run by LiteRT."""
-    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-
-    it = Interpreter(model_path=str(path))
-    it.allocate_tensors()
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    hits = 0
-    for xi, yi in zip(x, y):
-        it.set_tensor(inp["index"], xi[None])
-        it.invoke()
-        hits += int(np.argmax(it.get_tensor(out["index"])) == yi)
-    return hits / len(y)
+    """Top-1 accuracy of a `.tflite` file, run by LiteRT one sample at a time."""
+    logits = runners.run_litert(pathlib.Path(path).read_bytes(), [x])[0]
+    return float(np.mean(np.argmax(logits, -1) == y))
 
 
 def main(argv=None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import io
 import os
 import pathlib
@@ -26,8 +27,9 @@ from tfmot_discrete.quantize import wrapper_weights
 from tfmot_discrete.quantizers import CodebookQuantizer
 
 
-def return_freed_memory() -> None:
-    """Gives the memory the converter freed back to the operating system.
+def _returns_freed_memory(fn):
+    """Decorates a converter: once it has run, the memory it freed goes back
+    to the operating system.
 
     The converters free most of what they allocate, but glibc keeps freed
     heap pages of every thread's arena in the process; without this, the
@@ -39,8 +41,16 @@ def return_freed_memory() -> None:
         trim = ctypes.CDLL(name).malloc_trim if name else None
     except (OSError, AttributeError):
         trim = None
-    if trim is not None:
-        trim(0)
+
+    @functools.wraps(fn)
+    def converted(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if trim is not None:
+                trim(0)
+
+    return converted
 
 
 def check_format(fmt) -> str:
@@ -93,6 +103,7 @@ def _quiet():
         yield
 
 
+@_returns_freed_memory
 def float_tflite(plain) -> bytes:
     """float32 weights and activations."""
     conv = tf.lite.TFLiteConverter.from_keras_model(plain)
@@ -100,6 +111,7 @@ def float_tflite(plain) -> bytes:
         return bytes(conv.convert())
 
 
+@_returns_freed_memory
 def full_int8_tflite(plain, representative) -> bytes:
     """int8 weights and activations, int8 input and output (for microcontrollers)."""
 
@@ -117,6 +129,7 @@ def full_int8_tflite(plain, representative) -> bytes:
         return bytes(conv.convert())
 
 
+@_returns_freed_memory
 def weight_only_tflite(float_bytes: bytes, bits: int) -> bytes:
     """Weight-only per-channel int8 or int4 through ai-edge-quantizer.
 
@@ -183,6 +196,7 @@ def baked_qat_copy(qat):
     return copy
 
 
+@_returns_freed_memory
 def full_int8_from_qat(qat) -> bytes:
     """full_int8 with the activation ranges the QAT model learned (no calibration)."""
     conv = tf.lite.TFLiteConverter.from_keras_model(baked_qat_copy(qat))

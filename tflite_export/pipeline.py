@@ -159,15 +159,7 @@ class Conversion:
 
 def _converted(fmt, plain, qat, rep, from_qat) -> tuple[bytes, bytes]:
     """`(file in the format, float file)`, straight from the converters."""
-    try:
-        return _converted_files(fmt, plain, qat, rep, from_qat)
-    finally:
-        convert.return_freed_memory()
-
-
-def _converted_files(fmt, plain, qat, rep, from_qat) -> tuple[bytes, bytes]:
     float_bytes = convert.float_tflite(plain)
-    convert.return_freed_memory()
     if fmt == "float":
         return float_bytes, float_bytes
     if from_qat:

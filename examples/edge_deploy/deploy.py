@@ -138,6 +138,27 @@ def main(argv=None) -> int:
         return _run(args)
 
 
+def export_and_score(qat, path: pathlib.Path, fmt: str, data):
+    """Writes a verified `fmt` file and its C array (`<stem>_data.cc`), prints
+    the report, and scores the file on TFLM over the test set.
+
+    Returns:
+        `(report, TFLM accuracy, input scale, input zero point)`, or None when
+        the file failed verification.
+    """
+    report = tflite_export.export(
+        qat,
+        path,
+        format=fmt,
+        representative_data=data["x_calibration"],
+        c_array=path.with_name(f"{path.stem}_data.cc"),
+    )
+    print(report)
+    if not (report.ok and report.exact):
+        return None
+    return report, *tflm_accuracy(path.read_bytes(), data["x_test"], data["y_test"])
+
+
 def _run(args) -> int:
     out = pathlib.Path(args.out)
     data = np.load(args.data)
@@ -145,19 +166,11 @@ def _run(args) -> int:
     with td.quantize_scope():  # our quantizers and TF-MOT's wrappers
         qat = keras.models.load_model(args.model)
     path = out / "model.tflite"
-    report = tflite_export.export(
-        qat,
-        path,
-        format="full_int8",
-        representative_data=data["x_calibration"],
-        c_array=out / "model_data.cc",
-    )
-    print(report)
-    if not (report.ok and report.exact):
+    scored = export_and_score(qat, path, "full_int8", data)
+    if scored is None:
         return 1
-
+    _, acc, scale, zero = scored
     model_bytes = path.read_bytes()
-    acc, scale, zero = tflm_accuracy(model_bytes, data["x_test"], data["y_test"])
     n = len(data["y_test"])
     print(f"TFLM test accuracy: {acc:.2%} on {n} test images")
     arena = smallest_arena(path)
@@ -176,17 +189,10 @@ def _run(args) -> int:
 
     # The same model with its ternary weights as 2-bit indices (TFLM only).
     packed_path = out / "model_packed.tflite"
-    packed = tflite_export.export(
-        qat,
-        packed_path,
-        format="tflm_packed",
-        representative_data=data["x_calibration"],
-        c_array=out / "model_packed_data.cc",
-    )
-    print(packed)
-    if not (packed.ok and packed.exact):
+    scored = export_and_score(qat, packed_path, "tflm_packed", data)
+    if scored is None:
         return 1
-    packed_acc, _, _ = tflm_accuracy(packed_path.read_bytes(), data["x_test"], data["y_test"])
+    packed, packed_acc, _, _ = scored
     t = packed.tflm
     print(f"TFLM test accuracy (packed): {packed_acc:.2%} on {n} test images")
     print(
