@@ -77,6 +77,15 @@ def _normalization_after(layer, own_nodes):
     return bn
 
 
+def normalized_layers(model) -> set[str]:
+    """Names of the layers of `model` whose only consumer is a BatchNormalization
+    of their output channels (the layers `plan` may rescale)."""
+    own_nodes = compat.model_nodes(model)
+    return {
+        layer.name for layer in model.layers if _normalization_after(layer, own_nodes) is not None
+    }
+
+
 def _kernel_attr(layer):
     weights = configs.quantizable_weights(layer) or {}
     if list(weights.values()) == [[-1]]:
