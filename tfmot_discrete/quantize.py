@@ -4,19 +4,25 @@ they take on a model (weight order, initial learned scales and 8-bit ranges)."""
 from __future__ import annotations
 
 import contextlib
-import warnings
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete import _keras, compat, configs, int8, rescale, scheme, text
+from tfmot_discrete import _keras, compat, configs, int8, rescale, scheme
 from tfmot_discrete import quantizers as quantizers_mod
 from tfmot_discrete._keras import keras
 from tfmot_discrete.compat import QuantizeLayer
 from tfmot_discrete.layers import DiscreteMultiplier
 from tfmot_discrete.quantizers import weight_key
-from tfmot_discrete.weights import check_finite, codebook_items, int8_items, wrapper_weights
+from tfmot_discrete.weights import (
+    check_finite,
+    codebook_items,
+    int8_items,
+    warn_frozen_layers,
+    warn_partial_codebooks,
+    wrapper_weights,
+)
 
 _qk = tfmot.quantization.keras
 _QuantizeAnnotate = _qk.quantize_annotate_layer(keras.layers.Dense(1)).__class__
@@ -40,11 +46,6 @@ class _FixedQuantizeLayer(QuantizeLayer):
 
 # Keras names saved state after the class name: keep TF-MOT's.
 _FixedQuantizeLayer.__name__ = _FixedQuantizeLayer.__qualname__ = "QuantizeLayer"
-
-
-class QuantizationWarning(UserWarning):
-    """What `quantize_model` warns about: weights that will not train, or that
-    start on only some of their codebook's values."""
 
 
 #: This package's serializable classes: registering a new one means adding it here.
@@ -265,7 +266,7 @@ def quantize_model(model, quantizer, activations=None):
             matches no layer, or a mapped layer we cannot quantize.
 
     Warns:
-        QuantizationWarning: Once per layer set to `trainable=False` (or in a
+        weights.QuantizationWarning: Once per layer set to `trainable=False` (or in a
             model set so), saying which of its weights train, and once per
             `scale=None` weight that projects to only some of its codebook's
             values, in a layer no BatchNormalization follows.
@@ -314,62 +315,9 @@ def quantize_model(model, quantizer, activations=None):
             _fix_weight_order(layer)
     initialize_learned_scales(qat)
     initialize_int8_ranges(qat)
-    _warn_frozen(model, qat)
-    _warn_partial_codebooks(model, qat)
+    warn_frozen_layers(model, qat)
+    warn_partial_codebooks(model, qat)
     return qat
-
-
-def _warn_frozen(model, qat) -> None:
-    """One warning per layer of `model` set to `trainable=False`, saying what
-    of it trains in `qat` (TF-MOT trains the weights it quantizes all the same)."""
-    trainable = {id(compat.storage_variable(v)) for v in qat.trainable_weights}
-    quantized = {}
-    for item in codebook_items(qat) + int8_items(qat):
-        trains = id(compat.storage_variable(item.latent)) in trainable
-        quantized.setdefault(item.layer, ([], []))[0 if trains else 1].append(item.weight)
-    for layer in model.layers:
-        if layer.trainable or not layer.weights:
-            continue
-        training, frozen = quantized.get(layer.name, ([], []))
-        if training:
-            what = (
-                f"its quantized weights ({', '.join(training)}) train all the same (TF-MOT "
-                "trains every weight it quantizes), its other weights stay frozen"
-            )
-        elif frozen:
-            what = f"its quantized weights ({', '.join(frozen)}) and its other weights stay frozen"
-        else:
-            what = "its weights stay frozen"
-        warnings.warn(
-            f"Layer {layer.name!r} is set to trainable=False: {what}. Set `trainable = True` "
-            "on it before `quantize_model` to fine-tune all of it.",
-            QuantizationWarning,
-            stacklevel=3,
-        )
-
-
-def _warn_partial_codebooks(model, qat) -> None:
-    """One warning per `scale=None` weight that starts on only some codebook
-    values, in a layer whose output no BatchNormalization normalizes."""
-    normalized = rescale.normalized_layers(model)
-    for item in codebook_items(qat):
-        q = item.quantizer
-        if q.scale is not None or item.layer in normalized:
-            continue
-        latent = np.asarray(item.latent.numpy(), np.float64)
-        used = np.count_nonzero(np.bincount(q.codebook.index_numpy(latent).reshape(-1)))
-        if used >= q.codebook.size:
-            continue
-        warnings.warn(
-            f"Layer {item.layer!r}, weight {item.weight!r}: with scale=None its weights "
-            f"(mean |w| {np.mean(np.abs(latent)):.3g}) project to only {used} of the "
-            f"{q.codebook.size} codebook values {text.format_values(q.codebook.values)}, and no "
-            'BatchNormalization follows the layer to rescale them. Use scale="mean_abs" (or '
-            f'"learned") for it, e.g. {{{item.layer!r}: td.CodebookQuantizer(values, '
-            "scale='mean_abs')}, or a codebook on the scale of the weights.",
-            QuantizationWarning,
-            stacklevel=3,
-        )
 
 
 def _copy(model):

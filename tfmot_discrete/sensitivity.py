@@ -12,7 +12,8 @@ import tensorflow as tf
 from tfmot_discrete import _keras, batchnorm, configs, scheme
 from tfmot_discrete import data as data_mod
 from tfmot_discrete._keras import keras
-from tfmot_discrete.quantize import QuantizationWarning, quantize_model, strip_quantization
+from tfmot_discrete.quantize import quantize_model, strip_quantization
+from tfmot_discrete.weights import QuantizationWarning
 
 METRICS = ("accuracy", "loss")
 
