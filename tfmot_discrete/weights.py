@@ -21,6 +21,10 @@ from tfmot_discrete.quantizers import CodebookQuantizer, weight_key
 _QuantizeWrapper = tfmot.quantization.keras.QuantizeWrapper
 
 
+#: Weights are counted this many at a time.
+_CHUNK = 1 << 20
+
+
 class QuantizationWarning(UserWarning):
     """What `quantize_model` warns about: weights that will not train, or that
     start on only some of their codebook's values."""
@@ -205,8 +209,13 @@ def warn_partial_codebooks(model, qat) -> None:
         q = item.quantizer
         if q.scale is not None or item.layer in normalized:
             continue
-        latent = np.asarray(item.latent.numpy(), np.float64)
-        used = np.count_nonzero(np.bincount(q.codebook.index_numpy(latent).reshape(-1)))
+        latent = item.latent.numpy().reshape(-1)
+        counts = np.zeros(q.codebook.size, np.int64)
+        for start in range(0, latent.size, _CHUNK):  # a large layer is not copied whole
+            counts += np.bincount(
+                q.codebook.index_numpy(latent[start : start + _CHUNK]), minlength=q.codebook.size
+            )
+        used = int(np.count_nonzero(counts))
         if used >= q.codebook.size:
             continue
         warnings.warn(
