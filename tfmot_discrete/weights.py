@@ -203,11 +203,15 @@ def warn_frozen_layers(model, qat) -> None:
 def warn_partial_codebooks(model, qat) -> None:
     """One `QuantizationWarning` per `scale=None` weight of `qat` that starts on
     only some codebook values, in a layer of `model` (the float model it was
-    made from) whose output no BatchNormalization normalizes."""
-    normalized = rescale.normalized_layers(model)
+    made from) whose output no BatchNormalization normalizes. A
+    `DiscreteMultiplier` carries its own codebook, chosen with its layer: it
+    is left out."""
+    skip = rescale.normalized_layers(model) | {
+        layer.name for layer in qat.layers if isinstance(layer, DiscreteMultiplier)
+    }
     for item in codebook_items(qat):
         q = item.quantizer
-        if q.scale is not None or item.layer in normalized:
+        if q.scale is not None or item.layer in skip:
             continue
         latent = item.latent.numpy().reshape(-1)
         counts = np.zeros(q.codebook.size, np.int64)
