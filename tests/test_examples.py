@@ -147,16 +147,20 @@ def test_examples_take_a_budget_and_an_output_directory(script):
     assert "--out" in text and ("--epochs" in text or "--steps" in text)
 
 
-def test_readme_command_lines_run(tmp_path, monkeypatch, capsys):
-    """The `tflite-export` lines of README.md run on what the Python block before them saved."""
+#: The page that shows the `tflite-export` command lines.
+COMMAND_LINE_PAGE = EXAMPLES.parent / "docs" / "formats.md"
+
+
+def test_documented_command_lines_run(tmp_path, monkeypatch, capsys):
+    """The `tflite-export` lines of docs/formats.md run on what the Python block before them saved."""
     from tflite_export import __main__ as cli
 
-    readme = (EXAMPLES.parent / "README.md").read_text()
-    blocks = re.findall(r"```(python|bash)\n(.*?)```", readme, flags=re.S)
+    page = COMMAND_LINE_PAGE.read_text()
+    blocks = re.findall(r"```(python|bash)\n(.*?)```", page, flags=re.S)
     index = next(i for i, (kind, text) in enumerate(blocks) if text.startswith("tflite-export"))
     assert blocks[index - 1][0] == "python"
     monkeypatch.chdir(tmp_path)
-    exec(compile(blocks[index - 1][1], "README.md", "exec"), {"__name__": "readme"})
+    exec(compile(blocks[index - 1][1], COMMAND_LINE_PAGE.name, "exec"), {"__name__": "readme"})
     capsys.readouterr()
     for line in blocks[index][1].strip().splitlines():
         argv = shlex.split(line)
