@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from tflite_export import __main__ as cli
+
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -168,8 +170,6 @@ COMMAND_LINE_PAGE = EXAMPLES.parent / "docs" / "formats.md"
 
 def test_documented_command_lines_run(tmp_path, monkeypatch, capsys):
     """The `tflite-export` lines of docs/formats.md run on what the Python block before them saved."""
-    from tflite_export import __main__ as cli
-
     page = COMMAND_LINE_PAGE.read_text()
     blocks = re.findall(r"```(python|bash)\n(.*?)```", page, flags=re.S)
     index = next(i for i, (kind, text) in enumerate(blocks) if text.startswith("tflite-export"))

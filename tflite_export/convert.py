@@ -20,11 +20,11 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 import tfmot_discrete as td
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras
 from tfmot_discrete.int8 import Int8WeightQuantizer
 from tfmot_discrete.layers import DiscreteMultiplier
-from tfmot_discrete.quantize import wrapper_weights
 from tfmot_discrete.quantizers import CodebookQuantizer
+from tfmot_discrete.weights import wrapper_weights
 
 
 def _returns_freed_memory(fn):

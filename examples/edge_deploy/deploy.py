@@ -25,7 +25,7 @@ import numpy as np
 import tflite_export
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # examples/, for _cli
-import _cli  # noqa: E402
+import _cli
 
 with _cli.quiet_imports():  # TensorFlow loads here
     import tfmot_discrete as td

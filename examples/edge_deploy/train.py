@@ -19,7 +19,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # examples/, for _cli
-import _cli  # noqa: E402
+import _cli
 
 with _cli.quiet_imports():  # TensorFlow loads here
     import tfmot_discrete as td
