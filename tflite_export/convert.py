@@ -11,12 +11,11 @@ import io
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (
-    QuantizeLayer,
-)
+from ai_edge_quantizer import qtyping, quantizer, recipe_manager
 
 import tfmot_discrete as td
 from tflite_export import files
+from tflite_export.compat import QuantizeLayer
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
 from tfmot_discrete._keras import keras
@@ -74,7 +73,7 @@ def load_model(path, safe_mode: bool = True):
     try:
         with td.quantize_scope():
             return keras.models.load_model(str(p), compile=False, **kwargs)
-    except Exception as e:  # noqa: BLE001 - any loader failure is reported the same way
+    except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "safe_mode" in str(e) or "Lambda" in str(e):
             msg += " (the file holds code such as a Lambda layer; pass --unsafe to trust it)"
@@ -83,7 +82,11 @@ def load_model(path, safe_mode: bool = True):
 
 @contextlib.contextmanager
 def _quiet():
-    """The converter prints to stdout/stderr through several layers; keep it short."""
+    """Keeps the converter's Python `print`s (to `sys.stdout`) out of sight.
+
+    Its C++ code writes to file descriptors 1 and 2 directly, which this does
+    not catch; `logs.library_logs` (around every `export`) does.
+    """
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         yield
@@ -122,8 +125,6 @@ def weight_only_tflite(float_bytes: bytes, bits: int) -> bytes:
     Its int4 policy leaves DEPTHWISE_CONV_2D and TRANSPOSE_CONV in float32;
     those get int8 weights instead, the narrowest it can store for them.
     """
-    from ai_edge_quantizer import qtyping, quantizer, recipe_manager  # noqa: PLC0415
-
     op = qtyping.TFLOperationName
     rm = recipe_manager.RecipeManager()
     rm.add_weight_only_config(regex=".*", operation_name=op.ALL_SUPPORTED, num_bits=bits)

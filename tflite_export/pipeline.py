@@ -69,7 +69,7 @@ def _failing(what: str, todo: str):
         yield
     except ExportError:
         raise
-    except Exception as e:  # noqa: BLE001 - converters, quantizer, interpreters raise anything
+    except Exception as e:
         raise ExportError(f"{what} failed ({_one_line(e)}). {todo}") from e
 
 
@@ -227,7 +227,7 @@ def convert_bytes(
             "a generator of them) to calibrate activation ranges."
         )
     steps.stage(f"converting ({fmt})")
-    with _failing(f"Converting the model to a {fmt} TFLite file", _CONVERTER_TODO):
+    with _failing(f"Converting the model to TFLite ({fmt})", _CONVERTER_TODO):
         out, float_bytes = _converted(fmt, plain, qat, rep, from_qat)
     float_size = len(float_bytes)
     steps.stage("finding the codebook weights")
@@ -423,7 +423,8 @@ def export(
             finally:
                 steps.close()
     except ExportError as e:
-        if not verbose:
+        # The libraries' output explains a failure of theirs, not a failed check.
+        if not verbose and not isinstance(e, VerificationError):
             e.log = captured.text
         raise
 
