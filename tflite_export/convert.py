@@ -14,15 +14,14 @@ import tensorflow_model_optimization as tfmot
 from ai_edge_quantizer import qtyping, quantizer, recipe_manager
 
 import tfmot_discrete as td
-from tflite_export import files
-from tflite_export.compat import QuantizeLayer
+from tflite_export import compat, files
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras
 from tfmot_discrete.int8 import Int8WeightQuantizer
 from tfmot_discrete.layers import DiscreteMultiplier
-from tfmot_discrete.quantize import wrapper_weights
 from tfmot_discrete.quantizers import CodebookQuantizer
+from tfmot_discrete.weights import wrapper_weights
 
 
 def _returns_freed_memory(fn):
@@ -153,7 +152,7 @@ class _Identity(tfmot.quantization.keras.quantizers.Quantizer):
 
 def has_activation_quantizers(model) -> bool:
     """True for a QAT model from `quantize_model(..., activations="int8")`."""
-    return any(isinstance(layer, QuantizeLayer) for layer in model.layers)
+    return any(isinstance(layer, compat.QuantizeLayer) for layer in model.layers)
 
 
 def baked_qat_copy(qat):
@@ -166,16 +165,15 @@ def baked_qat_copy(qat):
     for layer in copy.layers:
         if isinstance(layer, tfmot.quantization.keras.QuantizeWrapper):
             baked = []
-            for weight, quantizer, qvars in wrapper_weights(layer):
+            for weight, wq, qvars in wrapper_weights(layer):
                 # 8-bit weights too: the converter cannot keep a per-channel fake
                 # quant through the transpose of a Dense kernel, and the export
                 # writes the trained integers back anyway.
-                if isinstance(quantizer, CodebookQuantizer | Int8WeightQuantizer):
-                    weight.assign(quantizer(weight, False, weights=qvars))
-                    quantizer, qvars = _Identity(), {}
-                baked.append((weight, quantizer, qvars))
-            # TF-MOT keeps the list private; the wrapper reads it in `call`.
-            layer._weight_vars = baked  # noqa: SLF001
+                if isinstance(wq, CodebookQuantizer | Int8WeightQuantizer):
+                    weight.assign(wq(weight, False, weights=qvars))
+                    wq, qvars = _Identity(), {}
+                baked.append((weight, wq, qvars))
+            compat.set_weight_vars(layer, baked)
         elif isinstance(layer, DiscreteMultiplier):
             folded = layer.folded_quantizer()
             layer.kernel.assign(layer.quantized_kernel(False))

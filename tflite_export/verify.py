@@ -22,7 +22,7 @@ from tflite_export.schema import (
 )
 from tfmot_discrete import text
 from tfmot_discrete.codebook import Codebook
-from tfmot_discrete.quantize import is_quantized
+from tfmot_discrete.weights import is_quantized
 
 
 def litert_weights(it, indices, dtype=np.float64) -> dict[int, np.ndarray]:
