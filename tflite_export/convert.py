@@ -18,6 +18,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 )
 
 import tfmot_discrete as td
+from tflite_export import keras3
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
 from tfmot_discrete._keras import keras
@@ -86,6 +87,8 @@ def load_model(path, safe_mode: bool = True):
         )
     kwargs = {"safe_mode": safe_mode} if p.suffix == ".keras" else {}
     try:
+        if p.suffix == ".keras" and keras3.saved_with_keras3(p):
+            return keras3.load(p, safe_mode=safe_mode)
         with td.quantize_scope():
             return keras.models.load_model(str(p), compile=False, **kwargs)
     except Exception as e:  # noqa: BLE001 - any loader failure is reported the same way

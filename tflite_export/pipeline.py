@@ -9,7 +9,7 @@ import pathlib
 import numpy as np
 
 import tfmot_discrete as td
-from tflite_export import convert, exact, files, inputs, micro, packed, runners, verify
+from tflite_export import convert, exact, files, inputs, keras3, micro, packed, runners, verify
 from tflite_export.errors import ExportError
 from tflite_export.schema import QMAX, TensorType, storage_name
 from tfmot_discrete import text
@@ -136,6 +136,7 @@ def _prepare(model, safe_mode):
         model = convert.load_model(model, safe_mode=safe_mode)
     if isinstance(model, bytes):
         raise ExportError("`model` must be a Keras model or a path; received bytes.")
+    model = keras3.as_tf_keras(model)  # a Keras 3 model: its tf_keras twin
     qat = model if is_quantized(model) else None
     try:
         check_finite(model)
