@@ -39,7 +39,7 @@ def _latent(model):
         values[layer.name] = layer.get_weights()
         return layer.__class__.from_config(layer.get_config())
 
-    plain = keras.models.clone_model(model, clone_function=_unwrap)
+    plain = k3_quantize.clone(model, _unwrap)
     for layer in plain.layers:
         if values.get(layer.name):
             layer.set_weights(values[layer.name])

@@ -192,11 +192,13 @@ def fake_quant_int8(x, r):
     lo, hi = -r, r
     span = _const(_QMAX - _QMIN, dtype)
     step = (hi - lo) / span
-    inv_step = span / (hi - lo)
+    inv_step = _const(1.0, dtype) / step
     zero_from_min = _const(_QMIN, dtype) - lo / step
     zero = ops.floor(ops.clip(zero_from_min, _QMIN, _QMAX) + _const(0.5, dtype))
     nudged_lo = (_const(_QMIN, dtype) - zero) * step
     nudged_hi = (_const(_QMAX, dtype) - zero) * step
     clamped = ops.minimum(ops.maximum(x, nudged_lo), nudged_hi)
-    out = ops.floor((clamped - nudged_lo) * inv_step + _const(0.5, dtype)) * step + nudged_lo
+    # The integer code, then (code - zero point) x step, as TensorFlow's kernel.
+    code = ops.floor((clamped - nudged_lo) * inv_step + _const(0.5, dtype))
+    out = (code - (zero - _const(_QMIN, dtype))) * step
     return ops.where(ok, out, ops.zeros_like(out)), nudged_lo, nudged_hi

@@ -93,6 +93,22 @@ def _fresh(layer):
     return layer.__class__.from_config(layer.get_config())
 
 
+def clone(model, clone_function):
+    """`keras.models.clone_model(model, clone_function=...)`, keeping the names
+    of a Functional model's inputs (a plain clone renames them)."""
+    if isinstance(model, keras.Sequential):
+        return keras.models.clone_model(model, clone_function=clone_function)
+    refs = model.get_config()["input_layers"]
+    names = [r[0] for r in refs] if isinstance(refs[0], list | tuple) else [refs[0]]
+    inputs = [
+        keras.Input(batch_shape=tuple(t.shape), dtype=t.dtype, name=name)
+        for t, name in zip(model.inputs, names)
+    ]
+    return keras.models.clone_model(
+        model, input_tensors=inputs if len(inputs) > 1 else inputs[0], clone_function=clone_function
+    )
+
+
 def quantize_model(model, quantizer, activations=None):
     """`td.quantize_model` for a Keras 3 model: a Keras 3 model back.
 
@@ -116,7 +132,7 @@ def quantize_model(model, quantizer, activations=None):
             return QuantizeWrapper(_fresh(layer), plan[layer.name])
         return _fresh(layer)
 
-    qat = keras.models.clone_model(model, clone_function=_clone)
+    qat = clone(model, _clone)
     for layer in qat.layers:
         inner = layer.layer if isinstance(layer, QuantizeWrapper) else layer
         if isinstance(inner, keras.layers.InputLayer):
@@ -199,7 +215,7 @@ def strip_quantization(model):
         new_weights[layer.name] = layer.get_weights()
         return _fresh(layer)
 
-    plain = keras.models.clone_model(model, clone_function=_strip)
+    plain = clone(model, _strip)
     for layer in plain.layers:
         values = new_weights.get(layer.name)
         if values and layer.weights:
