@@ -59,17 +59,17 @@ def state_for(q, w_np, log_scale=None):
 def grad(fn, x_np, g_np):
     """d sum(fn(x) * g) / dx on this backend."""
     if BACKEND == "tensorflow":
-        import tensorflow as tf
+        import tensorflow as tf  # noqa: PLC0415  (only this backend is installed for sure)
 
         x = tf.Variable(x_np)
         with tf.GradientTape() as tape:
             y = tf.reduce_sum(fn(x) * g_np)
         return tape.gradient(y, x).numpy()
     if BACKEND == "jax":
-        import jax
+        import jax  # noqa: PLC0415
 
         return np.asarray(jax.grad(lambda x: ops.sum(fn(x) * g_np))(ops.convert_to_tensor(x_np)))
-    import torch
+    import torch  # noqa: PLC0415
 
     x = torch.tensor(x_np, requires_grad=True)
     (fn(x) * torch.tensor(g_np)).sum().backward()
@@ -299,7 +299,7 @@ if __name__ == "__main__":
             assert f"{layer}/" in table, (layer, table)
         PASSED.append("summary")
     if "--export" in sys.argv:
-        import tflite_export
+        import tflite_export  # noqa: PLC0415  (only with --export)
 
         # One input (the export's sample inputs do not follow a two-input
         # model's order yet), trained here, on this backend.

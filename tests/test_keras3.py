@@ -16,8 +16,7 @@ from keras3_cases import parity_cases
 
 import tflite_export
 import tfmot_discrete as td
-from tfmot_discrete import int8
-from tfmot_discrete._keras import keras
+from tfmot_discrete import int8, keras
 
 WORKER = pathlib.Path(__file__).with_name("keras3_worker.py")
 #: The flags of each backend's worker: the full layer table on TensorFlow and

@@ -21,11 +21,11 @@ import tfmot_discrete as td
 from tflite_export import keras3
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras
 from tfmot_discrete.int8 import Int8WeightQuantizer
 from tfmot_discrete.layers import DiscreteMultiplier
-from tfmot_discrete.quantize import wrapper_weights
 from tfmot_discrete.quantizers import CodebookQuantizer
+from tfmot_discrete.weights import wrapper_weights
 
 
 def _returns_freed_memory(fn):

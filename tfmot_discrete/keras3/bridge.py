@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from tfmot_discrete import _keras, configs, int8
+from tfmot_discrete import _keras, configs, weights
 from tfmot_discrete import quantize as tfk_quantize
 from tfmot_discrete.keras3 import quantize as k3_quantize
 from tfmot_discrete.keras3._k3 import keras, ops
@@ -113,9 +113,8 @@ def _assign_vars(k3_vars, tf_vars):
 def _copy_state(model3, qat):
     """Learned scales and 8-bit ranges of the Keras 3 model into its twin."""
     k3_items = {(layer, weight): state for layer, weight, _, state in k3_quantize.items(model3)}
-    for label, _, _, qvars in tfk_quantize.codebook_items(qat) + tfk_quantize.int8_items(qat):
-        layer, weight = label.rsplit("/", 1)
-        state = k3_items.get((layer, weight)) or k3_items.get((layer, "kernel"))
-        if state is None or (isinstance(state.quantizer, int8.Int8WeightQuantizer) and not qvars):
+    for item in weights.codebook_items(qat) + weights.int8_items(qat):
+        state = k3_items.get((item.layer, item.weight)) or k3_items.get((item.layer, "kernel"))
+        if state is None:
             continue
-        _assign_vars(state.variables, qvars)
+        _assign_vars(state.variables, item.qvars)
