@@ -18,14 +18,14 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402  (the backend is read from KERAS_BACKEND here)
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from keras3_cases import TABLE, latent, parity_cases  # noqa: E402
+from keras3_cases import TABLE, latent, parity_cases
 
-import tfmot_discrete as td  # noqa: E402
-from tfmot_discrete.keras3 import quantizers as k3q  # noqa: E402
+import tfmot_discrete as td
+from tfmot_discrete.keras3 import quantizers as k3q
 
 ops = keras.ops
 BACKEND = keras.backend.backend()
@@ -299,7 +299,7 @@ if __name__ == "__main__":
             assert f"{layer}/" in table, (layer, table)
         PASSED.append("summary")
     if "--export" in sys.argv:
-        import tflite_export  # noqa: PLC0415  (only with --export)
+        import tflite_export  # only with --export
 
         # One input (the export's sample inputs do not follow a two-input
         # model's order yet), trained here, on this backend.

@@ -43,7 +43,7 @@ def workers(tmp_path_factory):
         out = tmp_path_factory.mktemp(backend)
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
         env["PYTHONPATH"] = os.pathsep.join([str(WORKER.parent.parent), env.get("PYTHONPATH", "")])
-        err = open(out / "stderr.txt", "w")  # noqa: SIM115  (closed below)
+        err = open(out / "stderr.txt", "w")
         proc = subprocess.Popen(
             [sys.executable, str(WORKER), str(out), *flags],
             env=env,

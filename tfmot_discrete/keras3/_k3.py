@@ -8,7 +8,7 @@ computes with `keras.ops`, so that it runs on every backend.
 
 from __future__ import annotations
 
-import keras  # noqa: F401  (re-exported)
+import keras
 
 register = keras.saving.register_keras_serializable
 ops = keras.ops

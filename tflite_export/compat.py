@@ -1,0 +1,43 @@
+"""Every private API of another package that `tflite_export` uses, in one place.
+
+Each entry says what it reaches and why no public way exists; a pinned
+version upgrade then touches this file only.
+"""
+
+from __future__ import annotations
+
+__all__ = ["QuantizeLayer", "drop_name", "drop_quantization", "set_weight_vars"]
+
+# TF-MOT exports no `QuantizeLayer` (the input fake-quant layer that
+# `quantize_apply` inserts, which marks a QAT model with int8 activations);
+# the core's compat module holds its private import path, written once.
+from tfmot_discrete.compat import QuantizeLayer
+
+
+def drop_quantization(tensor) -> None:
+    """Removes a `model_editor` tensor's quantization parameters.
+
+    TFLM's `model_editor.Tensor` writes its schema object `_fb` back as it
+    was read, and offers no setter that clears the object's quantization.
+    """
+    tensor.quantization = None
+    tensor._fb.quantization = None  # noqa: SLF001 - see the docstring
+
+
+def drop_name(tensor) -> None:
+    """Removes a `model_editor` tensor's name (TFLM reads none).
+
+    `model_editor.Tensor` has no name setter; its schema object `_fb` holds it.
+    """
+    tensor._fb.name = None  # noqa: SLF001 - see the docstring
+
+
+def set_weight_vars(wrapper, items) -> None:
+    """Replaces the `(weight, quantizer, quantizer variables)` list that a TF-MOT
+    `QuantizeWrapperV2` applies in `call`.
+
+    TF-MOT keeps the list in the private `_weight_vars` and offers no setter;
+    the export swaps a weight's quantizer for an identity once the weight
+    holds its projected values (`convert.baked_qat_copy`).
+    """
+    wrapper._weight_vars = list(items)  # noqa: SLF001 - see the docstring
