@@ -7,6 +7,7 @@ TF-MOT and the TFLite export). The layers are Keras 3 serializables
 saved model loads with `keras.saving.load_model` once this module is imported.
 """
 
+from tfmot_discrete.keras3.batchnorm import recalibrate_batchnorm
 from tfmot_discrete.keras3.bridge import to_tf_keras
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.quantize import is_quantized, quantize_model, strip_quantization
@@ -18,6 +19,7 @@ __all__ = [
     "QuantizeWrapper",
     "is_quantized",
     "quantize_model",
+    "recalibrate_batchnorm",
     "strip_quantization",
     "to_tf_keras",
 ]
