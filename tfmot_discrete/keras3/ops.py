@@ -6,13 +6,9 @@ entry makes every entry NaN, the clipped straight-through estimator passes the
 gradient only where `c_0 <= w <= c_{K-1}`. A parity test holds the two paths
 to the same bits.
 
-The straight-through estimators need no backend's custom-gradient hook:
-
-    out = stop_gradient(project(x)) + where(inside, x - stop_gradient(x), 0)
-
-is `project(x)` exactly in the forward pass (`x - x` is `+0`), and its
-gradient with respect to `x` is the incoming one inside the window and zero
-outside it.
+The straight-through estimators use `keras.ops.custom_gradient` (a custom
+gradient on every backend): the forward pass computes the projection and
+nothing else, the backward pass one select.
 """
 
 from __future__ import annotations
@@ -123,24 +119,45 @@ def straight_through(forward, x, low, high, gradient, gate=None):
         high: Upper end of the window.
         gradient: `"clipped_ste"` (gradient only where `low <= gate <= high`)
             or `"ste"` (everywhere).
-        gate: The tensor the window is tested on. Defaults to `x`.
+        gate: The tensor the window is tested on (no gradient flows to it).
+            Defaults to `x`.
 
     Returns:
         `forward(x)`, bit for bit.
     """
     if gradient not in GRADIENTS:
         raise ValueError(f"`gradient` must be one of {GRADIENTS}. Received: gradient={gradient!r}")
-    out = ops.stop_gradient(forward(ops.stop_gradient(x)))
-    delta = x - ops.stop_gradient(x)
-    if gradient == "clipped_ste":
-        g = ops.stop_gradient(x if gate is None else gate)
+
+    def _gated(dy, g):
+        if gradient == "ste":
+            return dy
         dtype = _np_dtype(g)
-        if low == -high:
+        if low == -high:  # one comparison instead of two
             inside = ops.abs(g) <= _const(high, dtype)
         else:
             inside = ops.logical_and(g >= _const(low, dtype), g <= _const(high, dtype))
-        delta = ops.where(inside, delta, ops.zeros_like(delta))
-    return out + delta
+        return ops.where(inside, dy, ops.zeros_like(dy))
+
+    if gate is None:
+
+        @ops.custom_gradient
+        def _fwd(t):
+            def grad(*args, upstream=None):
+                return _gated(args[0] if upstream is None else upstream, t)
+
+            return forward(t), grad
+
+        return _fwd(x)
+
+    @ops.custom_gradient
+    def _fwd_gated(t, g):
+        def grad(*args, upstream=None):
+            dy = args[0] if upstream is None else upstream
+            return _gated(dy, g), ops.zeros_like(g)
+
+        return forward(t), grad
+
+    return _fwd_gated(x, ops.stop_gradient(gate))
 
 
 def mean_abs_scale(w, channel_axes):
