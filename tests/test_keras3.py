@@ -166,10 +166,14 @@ def test_to_tf_keras_of_a_qat_model_is_the_same_qat_model():
             np.testing.assert_array_equal(w3, w2, err_msg=name)
 
 
-def test_keras3_float_model_exports_and_unbridgeable_one_is_an_export_error(tmp_path):
+def test_keras3_float_model_and_qat_file_export_and_unbridgeable_is_an_export_error(tmp_path):
     m3 = keras3.Sequential([keras3.Input((5,)), keras3.layers.Dense(3, name="a")])
     report = tflite_export.export(m3, tmp_path / "f.tflite", format="float")
     assert report.ok and report.max_abs_diff < 1e-5
+    # A Keras 3 QAT model saved as .keras: the file alone is enough.
+    td.quantize_model(m3, td.ternary()).save(tmp_path / "qat.keras")
+    report = tflite_export.export(tmp_path / "qat.keras", tmp_path / "q.tflite", format="int8")
+    assert report.ok and report.exact and [w.name for w in report.weights] == ["a/kernel"]
 
     class Scale(keras3.layers.Layer):
         def build(self, input_shape):
