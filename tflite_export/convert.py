@@ -14,7 +14,7 @@ import tensorflow_model_optimization as tfmot
 from ai_edge_quantizer import qtyping, quantizer, recipe_manager
 
 import tfmot_discrete as td
-from tflite_export import compat, files
+from tflite_export import compat, files, keras3
 from tflite_export.compat import QuantizeLayer
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
@@ -71,6 +71,8 @@ def load_model(path, safe_mode: bool = True):
     p = files.check_model_path(path)
     kwargs = {"safe_mode": safe_mode} if p.suffix == ".keras" else {}
     try:
+        if p.suffix == ".keras" and keras3.saved_with_keras3(p):
+            return keras3.load(p, safe_mode=safe_mode)
         with td.quantize_scope():
             return keras.models.load_model(str(p), compile=False, **kwargs)
     except Exception as e:

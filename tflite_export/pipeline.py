@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 import tfmot_discrete as td
-from tflite_export import convert, exact, files, inputs, micro, packed, runners, verify
+from tflite_export import convert, exact, files, inputs, keras3, micro, packed, runners, verify
 from tflite_export.errors import ExportError, VerificationError
 from tflite_export.formats import TARGETS
 from tflite_export.logs import library_logs
@@ -33,6 +33,7 @@ def _prepare(model, safe_mode):
         model = convert.load_model(model, safe_mode=safe_mode)
     if isinstance(model, bytes):
         raise ExportError("`model` must be a Keras model or a path; received bytes.")
+    model = keras3.as_tf_keras(model)  # a Keras 3 model: its tf_keras twin
     qat = model if is_quantized(model) else None
     try:
         check_finite(model)

@@ -2,6 +2,7 @@
 
 from tfmot_discrete import quantizers
 from tfmot_discrete._keras import keras
+from tfmot_discrete.api import quantize_model, strip_quantization, summary, to_tf_keras
 from tfmot_discrete.batchnorm import RecalibrateBatchNorm, recalibrate_batchnorm
 from tfmot_discrete.codebook import Codebook
 from tfmot_discrete.configs import DiscreteQuantizeConfig
@@ -9,17 +10,11 @@ from tfmot_discrete.distill import Distiller
 from tfmot_discrete.layers import DiscreteMultiplier
 from tfmot_discrete.monitor import CodebookMonitor
 from tfmot_discrete.plotting import plot_weights
-from tfmot_discrete.quantize import (
-    initialize_learned_scales,
-    quantize_model,
-    quantize_scope,
-    strip_quantization,
-)
+from tfmot_discrete.quantize import initialize_learned_scales, quantize_scope
 from tfmot_discrete.quantizers import CodebookQuantizer, binary, power_of_two, ternary
 from tfmot_discrete.schedule import finetune_schedule
 from tfmot_discrete.scheme import DiscreteQuantizeRegistry, DiscreteQuantizeScheme
 from tfmot_discrete.sensitivity import sensitivity
-from tfmot_discrete.summary import summary
 
 __version__ = "0.1.0"
 
@@ -47,4 +42,5 @@ __all__ = [
     "strip_quantization",
     "summary",
     "ternary",
+    "to_tf_keras",
 ]

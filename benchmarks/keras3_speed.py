@@ -1,0 +1,146 @@
+"""Keras 3 training cost: train-step time over the float model's, per backend.
+
+    python -m benchmarks.keras3_speed [--rounds 12] [--backends tensorflow,jax,torch]
+
+One process per backend (`KERAS_BACKEND` set before Keras is imported, one
+CPU thread). In it, the float 64-1024-1024-10 MLP (batch 256) and each
+codebook variant are compiled the same way: XLA on TensorFlow
+(`jit_compile=True`) and JAX (`jit`), eager on PyTorch. Every model is warmed
+up, then all run in turn, a block of `train_on_batch` steps each, for many
+rounds; a variant's ratio is the median over rounds of its block time over the
+float model's block time in the same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+VARIANTS = {
+    "binary, scale=None": ("binary", None),
+    "binary, mean_abs": ("binary", "mean_abs"),
+    "ternary, mean_abs": ("ternary", "mean_abs"),
+    "[1, -1, 0.5, -0.5]": ("four", None),
+    "[1, -1, 0.5, -0.5], mean_abs": ("four", "mean_abs"),
+}
+BATCH = 256
+STEPS = 5
+
+
+def _one_thread_env(backend: str) -> dict:
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    env["OMP_NUM_THREADS"] = "1"
+    env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    return env
+
+
+def _child(rounds: int) -> dict:
+    import keras  # noqa: PLC0415  (after KERAS_BACKEND is set)
+    import numpy as np  # noqa: PLC0415
+
+    import tfmot_discrete as td  # noqa: PLC0415
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf  # noqa: PLC0415
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    if backend == "torch":
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(1)
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(BATCH, 64)).astype("float32")
+    y = rng.integers(0, 10, size=BATCH).astype("int32")
+
+    def mlp():
+        return keras.Sequential(
+            [
+                keras.Input((64,)),
+                keras.layers.Dense(1024, activation="relu", name="d0"),
+                keras.layers.Dense(1024, activation="relu", name="d1"),
+                keras.layers.Dense(10, name="logits"),
+            ]
+        )
+
+    presets = {
+        "binary": td.binary,
+        "ternary": td.ternary,
+        "four": lambda scale: td.CodebookQuantizer([1, -1, 0.5, -0.5], scale=scale),
+    }
+    models = {"float": mlp()}
+    for name, (preset, scale) in VARIANTS.items():
+        models[name] = td.quantize_model(mlp(), presets[preset](scale=scale))
+    for model in models.values():
+        model.compile(
+            keras.optimizers.Adam(1e-3),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=backend != "torch",
+        )
+        for _ in range(3):
+            model.train_on_batch(x, y)
+    ratios = {name: [] for name in VARIANTS}
+    for _ in range(rounds):
+        times = {}
+        for name, model in models.items():
+            start = time.perf_counter()
+            for _ in range(STEPS):
+                model.train_on_batch(x, y)
+            times[name] = time.perf_counter() - start
+        for name in VARIANTS:
+            ratios[name].append(times[name] / times["float"])
+    return {
+        "backend": backend,
+        "ratios": {name: float(np.median(r)) for name, r in ratios.items()},
+        "spread": {name: [float(min(r)), float(max(r))] for name, r in ratios.items()},
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--backends", default="tensorflow,jax,torch")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(_child(args.rounds)))
+        return 0
+    rows = []
+    for backend in args.backends.split(","):
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.keras3_speed",
+                "--child",
+                "--rounds",
+                str(args.rounds),
+            ],
+            env=_one_thread_env(backend),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if res.returncode != 0:
+            print(f"{backend}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
+            return 1
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    print("| variant | " + " | ".join(r["backend"] for r in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    for name in VARIANTS:
+        cells = [
+            f"{r['ratios'][name]:.2f} ({r['spread'][name][0]:.2f}-{r['spread'][name][1]:.2f})"
+            for r in rows
+        ]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

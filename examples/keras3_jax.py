@@ -1,0 +1,106 @@
+"""Keras 3 on JAX: a trained float CNN fine-tuned to ternary weights, exported to a verified int4 file.
+
+The recipe of `from_trained_model.py` in plain Keras 3, trained with JAX
+(`KERAS_BACKEND=jax`, set below unless already set) on MNIST-1D:
+
+1. train the float Conv1D CNN (Adam, cosine decay);
+2. `td.quantize_model` with the first convolution and the logits at `"int8"`
+   and every other layer ternary: a Keras 3 model comes back;
+3. fine-tune it with Keras 3's own optimizer and schedule (Adam at the float
+   peak learning rate, 10 % warmup, cosine decay to 0), jit-compiled by JAX;
+   `td.keras3.recalibrate_batchnorm` re-estimates the BatchNorm statistics;
+4. export to `int4` (`tflite_export` takes the Keras 3 model as it is) and
+   check that LiteRT scores the file as Keras scores the model.
+
+    python examples/keras3_jax.py [--epochs 20] [--out out/keras3_jax]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import pathlib
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import keras
+import numpy as np
+from _data import mnist1d
+
+import tflite_export
+import tfmot_discrete as td
+from tflite_export import runners
+
+BATCH = 128
+PEAK_LR = 3e-3
+
+
+def cnn():
+    L = keras.layers
+    inp = keras.Input((40, 1))
+    x = inp
+    for i in range(3):
+        x = L.Conv1D(25, 5, padding="same", use_bias=False, name=f"conv_{i}")(x)
+        x = L.BatchNormalization(name=f"bn_{i}")(x)
+        x = L.ReLU(name=f"relu_{i}")(x)
+    x = L.GlobalAveragePooling1D(name="gap")(x)
+    return keras.Model(inp, L.Dense(10, name="logits")(x), name="mnist1d_cnn")
+
+
+def schedule(steps):
+    """Warmup from 1 % of the peak over 10 % of the steps, cosine decay to 0
+    (`td.finetune_schedule`'s shape, built with Keras 3's schedule)."""
+    warm = steps // 10
+    return keras.optimizers.schedules.CosineDecay(
+        PEAK_LR * 0.01, steps - warm, warmup_target=PEAK_LR, warmup_steps=warm
+    )
+
+
+def train(model, x, y, epochs):
+    steps = epochs * math.ceil(len(x) / BATCH)
+    model.compile(
+        keras.optimizers.Adam(schedule(steps)),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
+
+
+def accuracy(logits, y):
+    return float(np.mean(np.argmax(logits, -1) == y)) * 100
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--out", default="out/keras3_jax")
+    args = parser.parse_args(argv)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(0)
+    x, y, x_test, y_test = mnist1d()
+    print(f"Keras {keras.__version__}, backend {keras.backend.backend()}")
+
+    model = cnn()
+    train(model, x, y, args.epochs)
+    print(f"float: test accuracy {accuracy(model.predict(x_test, verbose=0), y_test):.2f}%")
+
+    qat = td.quantize_model(model, {"conv_0": "int8", "logits": "int8", ".*": td.ternary()})
+    assert isinstance(qat, keras.Model)  # Keras 3, trained on this backend
+    train(qat, x, y, args.epochs)
+    td.keras3.recalibrate_batchnorm(qat, x)  # statistics of the final weights
+    keras_acc = accuracy(qat.predict(x_test, verbose=0), y_test)
+    print(f"ternary (int8 edges): test accuracy {keras_acc:.2f}%")
+    td.summary(qat)
+
+    path = out / "keras3_jax.tflite"
+    report = tflite_export.export(qat, path, format="int4", representative_data=x[:64])
+    print(report)
+    file_acc = accuracy(runners.run_litert(path.read_bytes(), [x_test])[0], y_test)
+    same = "the same" if f"{file_acc:.2f}" == f"{keras_acc:.2f}" else "DIFFERENT"
+    print(f"LiteRT test accuracy {file_acc:.2f}%, Keras {keras_acc:.2f}%: {same}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""`quantize_model` and `strip_quantization` for Keras 3 models."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tfmot_discrete import int8, scheme
+from tfmot_discrete.keras3 import quantizers as k3q
+from tfmot_discrete.keras3._k3 import is_graph_model, keras, ops
+from tfmot_discrete.keras3.layers import DiscreteMultiplier
+from tfmot_discrete.keras3.wrapper import LAYER_WEIGHTS, QuantizeWrapper, quantizable_weights
+from tfmot_discrete.quantizers import CodebookQuantizer
+
+_FLOAT_LAYERS = (
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+    keras.layers.UnitNormalization,
+    keras.layers.PReLU,
+)
+
+
+def check_model(model, argname="model"):
+    """Raises unless `model` is a built Keras 3 Sequential or Functional model."""
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"`{argname}` must be a Keras 3 Sequential or Functional model. Received: "
+            f"{argname} of type {type(model).__module__}.{type(model).__name__}"
+        )
+    if not is_graph_model(model):
+        raise ValueError(
+            f"`{argname}` is a subclassed Keras 3 model ({type(model).__name__}); only "
+            "Sequential and Functional models can be quantized, because the model is "
+            "rebuilt from its config with wrapped layers. Rewrite it with the Functional API."
+        )
+    if not model.built or not getattr(model, "inputs", None):
+        raise ValueError(
+            f"`{argname}` ({model.name!r}) is not built: give it a `keras.Input` before "
+            "quantizing it."
+        )
+    return model
+
+
+def _plan(model, spec) -> dict:
+    """`{layer name: CodebookQuantizer | "int8"}` of the layers to wrap."""
+    plan = {}
+    names = [layer.name for layer in model.layers]
+    if spec.from_mapping:
+        for rx, pattern, _ in spec.rules:
+            if not any(rx.fullmatch(n) for n in names):
+                raise ValueError(
+                    f"Quantizer mapping key {pattern!r} matches no layer of model "
+                    f"{model.name!r} (matched with re.fullmatch). Layer names: {names}"
+                )
+    for layer in model.layers:
+        found, value = spec.lookup(layer.name)
+        if not found or value is None or isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model):
+            raise ValueError(
+                f"Layer {layer.name!r} is a nested model ({type(layer).__name__}); flatten "
+                "it into the outer model first."
+            )
+        if not (isinstance(value, CodebookQuantizer) or value == int8.INT8):
+            raise ValueError(
+                f"Layer {layer.name!r}: on Keras 3 a mapping value is a quantizer, 'int8' or "
+                f"None; TF-MOT QuantizeConfigs are tf_keras only. Received: {value!r}"
+            )
+        if isinstance(layer, DiscreteMultiplier):
+            if spec.from_mapping and value != layer.quantizer:
+                raise ValueError(
+                    f"Layer {layer.name!r} is a DiscreteMultiplier: it carries its own "
+                    f"codebook ({layer.quantizer!r}); set it there instead of in the mapping."
+                )
+            continue
+        if quantizable_weights(layer) is None:
+            if (
+                spec.from_mapping
+                and layer.trainable_weights
+                and not isinstance(layer, _FLOAT_LAYERS)
+            ):
+                raise ValueError(
+                    f"Layer {layer.name!r} of class {type(layer).__name__} cannot be quantized "
+                    "to a codebook on Keras 3 (supported: "
+                    f"{sorted(c.__name__ for c in LAYER_WEIGHTS)}, DiscreteMultiplier)."
+                )
+            continue
+        plan[layer.name] = value
+    return plan
+
+
+def _fresh(layer):
+    return layer.__class__.from_config(layer.get_config())
+
+
+def clone(model, clone_function):
+    """`keras.models.clone_model(model, clone_function=...)`, keeping the names
+    of a Functional model's inputs (a plain clone renames them)."""
+    if isinstance(model, keras.Sequential):
+        return keras.models.clone_model(model, clone_function=clone_function)
+    refs = model.get_config()["input_layers"]
+    names = [r[0] for r in refs] if isinstance(refs[0], list | tuple) else [refs[0]]
+    inputs = [
+        keras.Input(batch_shape=tuple(t.shape), dtype=t.dtype, name=name)
+        for t, name in zip(model.inputs, names)
+    ]
+    return keras.models.clone_model(
+        model, input_tensors=inputs if len(inputs) > 1 else inputs[0], clone_function=clone_function
+    )
+
+
+def quantize_model(model, quantizer, activations=None):
+    """`td.quantize_model` for a Keras 3 model: a Keras 3 model back.
+
+    Every supported layer (`wrapper.LAYER_WEIGHTS`) is wrapped in a
+    `QuantizeWrapper` named `"quant_" + name`; the other layers are copied.
+    The model trains with `keras.ops` on the TensorFlow, JAX and PyTorch
+    backends. Arguments as in `td.quantize_model`; `activations="int8"` is
+    tf_keras only (use `td.to_tf_keras` first).
+    """
+    if activations is not None:
+        raise ValueError(
+            "`activations='int8'` is supported on tf_keras models only: convert the model "
+            f"with `td.to_tf_keras(model)` first. Received: activations={activations!r}"
+        )
+    check_model(model)
+    spec = scheme.resolve_quantizer_spec(quantizer)
+    plan = _plan(model, spec)
+
+    def _clone(layer):
+        if layer.name in plan:
+            return QuantizeWrapper(_fresh(layer), plan[layer.name])
+        return _fresh(layer)
+
+    qat = clone(model, _clone)
+    for layer in qat.layers:
+        inner = layer.layer if isinstance(layer, QuantizeWrapper) else layer
+        if isinstance(inner, keras.layers.InputLayer):
+            continue
+        source = model.get_layer(inner.name)
+        if source.weights:
+            inner.set_weights(source.get_weights())
+        if isinstance(layer, QuantizeWrapper):
+            for var, state in layer.states:
+                k3q.initialize(state, var.value)
+        elif isinstance(layer, DiscreteMultiplier):
+            for (_, src), (_, dst) in zip(_state_vars(source), _state_vars(layer)):
+                dst.assign(src.value)
+    return qat
+
+
+def _state_vars(layer):
+    state = getattr(layer, "state", None)
+    return sorted(state.variables.items()) if state is not None else []
+
+
+def is_quantized(model) -> bool:
+    """True when a Keras 3 model holds wrappers or DiscreteMultipliers."""
+    return any(isinstance(layer, QuantizeWrapper | DiscreteMultiplier) for layer in model.layers)
+
+
+def items(model) -> list[tuple[str, str, object, k3q.WeightState]]:
+    """`(layer name, weight name, latent variable, WeightState)` per quantized
+    weight, layer by layer (wrappers by their inner layer's name)."""
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, QuantizeWrapper) and layer.built:
+            for var, state in layer.states:
+                out.append((layer.layer.name, state.name, var, state))
+        elif isinstance(layer, DiscreteMultiplier) and layer.built:
+            out.append((layer.name, "kernel", layer.kernel, layer.state))
+    return out
+
+
+def projected(state, latent) -> np.ndarray:
+    """A weight's quantized value, as inference computes it (NumPy)."""
+    return ops.convert_to_numpy(k3q.quantize(state, ops.convert_to_tensor(latent), False))
+
+
+def strip_quantization(model):
+    """`td.strip_quantization` for a Keras 3 model: the plain Keras 3 model.
+
+    Wrappers are replaced by their inner layers holding the projected weights;
+    a `DiscreteMultiplier` keeps its class, with its vector projected and its
+    codebook folded with the scale.
+
+    Raises:
+        ValueError: For a NaN or inf weight or scale.
+    """
+    check_model(model)
+    for layer_name, weight, var, state in items(model):
+        bad = ~np.isfinite(ops.convert_to_numpy(var.value))
+        if state.variables.get("log_scale") is not None:
+            bad = bad.any() | ~np.isfinite(k3q.scale_of(state, var.value)).all()
+        if np.any(bad):
+            raise ValueError(
+                f"Layer {layer_name!r}, weight {weight!r}: values are NaN or inf; training "
+                "diverged or the weights were corrupted. Received: a model with non-finite weights"
+            )
+    new_weights = {}
+
+    def _strip(layer):
+        if isinstance(layer, QuantizeWrapper):
+            inner = layer.layer
+            values = {name: w for name, w in _named(inner)}
+            for var, state in layer.states:
+                values[state.name] = projected(state, var.value)
+            new_weights[inner.name] = [values[name] for name, _ in _named(inner)]
+            return _fresh(inner)
+        if isinstance(layer, DiscreteMultiplier):
+            cfg = layer.get_config()
+            cfg["values"] = layer.folded_quantizer().get_config()
+            new_weights[layer.name] = [projected(layer.state, layer.kernel.value)]
+            return DiscreteMultiplier.from_config(cfg)
+        new_weights[layer.name] = layer.get_weights()
+        return _fresh(layer)
+
+    plain = clone(model, _strip)
+    for layer in plain.layers:
+        values = new_weights.get(layer.name)
+        if values and layer.weights:
+            if isinstance(layer, DiscreteMultiplier):
+                layer.kernel.assign(values[0])
+            else:
+                layer.set_weights(values)
+    return plain
+
+
+def _named(layer):
+    return [(w.name.split("/")[-1], ops.convert_to_numpy(w.value)) for w in layer.weights]
