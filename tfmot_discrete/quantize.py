@@ -11,7 +11,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
     QuantizeLayer,
 )
 
-from tfmot_discrete import _keras, configs, int8, rescale, scheme
+from tfmot_discrete import _keras, annotate, configs, int8, nested, rescale, scheme, wrapper
 from tfmot_discrete import quantizers as quantizers_mod
 from tfmot_discrete._keras import keras
 from tfmot_discrete.layers import DiscreteMultiplier
@@ -73,7 +73,9 @@ def quantize_scope(*args):
     """
     with _qk.quantize_scope(_types_dict(), *args):
         # Entered last, so it wins over TF-MOT's entry of the same name.
-        with keras.utils.custom_object_scope({"QuantizeLayer": _FixedQuantizeLayer}):
+        with keras.utils.custom_object_scope(
+            {"QuantizeLayer": _FixedQuantizeLayer, "QuantizeWrapperV2": wrapper.QuantizeWrapper}
+        ):
             yield
 
 
@@ -99,66 +101,6 @@ def _check_model(model, argname="model"):
             "`model.build(input_shape)` before quantizing it."
         )
     return model
-
-
-_FLOAT_LAYERS = (
-    keras.layers.BatchNormalization,
-    keras.layers.LayerNormalization,
-    keras.layers.GroupNormalization,
-    keras.layers.UnitNormalization,
-    keras.layers.PReLU,
-)
-
-
-def _plan(model, spec):
-    """`{layer name: QuantizeConfig}` for the layers to annotate."""
-    plan = {}
-    explicit = spec.from_mapping
-    names = [layer.name for layer in model.layers]
-    if explicit:
-        for rx, pattern, _ in spec.rules:
-            if not any(rx.fullmatch(n) for n in names):
-                raise ValueError(
-                    f"Quantizer mapping key {pattern!r} matches no layer of model "
-                    f"{model.name!r} (matched with re.fullmatch). Layer names: {names}"
-                )
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        found, value = spec.lookup(layer.name)
-        if not found or value is None:
-            continue
-        if isinstance(layer, keras.Model):
-            raise ValueError(
-                f"Layer {layer.name!r} is a nested model ({type(layer).__name__}); flatten it "
-                "into the outer model first: TF-MOT cannot quantize models inside models."
-            )
-        if isinstance(value, _qk.QuantizeConfig):
-            plan[layer.name] = value
-            continue
-        if isinstance(layer, DiscreteMultiplier):
-            if explicit and value != layer.quantizer:
-                raise ValueError(
-                    f"Layer {layer.name!r} is a DiscreteMultiplier: it carries its own "
-                    f"codebook ({layer.quantizer!r}); set it there instead of in the mapping."
-                )
-            continue
-        cfg = configs.config_for_layer(layer, value)
-        if cfg is None:
-            # Layers with nothing to quantize (Flatten, ReLU, pooling) and the
-            # normalization layers, which stay float by design, pass quietly.
-            if explicit and layer.trainable_weights and not isinstance(layer, _FLOAT_LAYERS):
-                raise ValueError(
-                    f"Layer {layer.name!r} of class {type(layer).__name__} cannot be quantized "
-                    "to a codebook automatically (supported: "
-                    f"{sorted(c.__name__ for c in configs.LAYER_WEIGHTS)}, DiscreteMultiplier). "
-                    "Map its name to a `td.DiscreteQuantizeConfig({'<weight attribute>': "
-                    "quantizer})` naming the attribute its `call` reads, e.g. "
-                    f"{{{layer.name!r}: td.DiscreteQuantizeConfig({{'kernel': q}})}}."
-                )
-            continue
-        plan[layer.name] = cfg
-    return plan
 
 
 ACTIVATIONS = (None, "int8")
@@ -214,7 +156,7 @@ def _add_activation_quantizers(model, plan):
             cfg.activation_quantizer = _activation_quantizer()
 
 
-def quantize_model(model, quantizer, activations=None):
+def quantize_model(model, quantizer, activations=None, strict=False):
     """Makes every supported layer train its weights to a codebook.
 
     Annotates the layers and calls TF-MOT's `quantize_apply` with a
@@ -237,6 +179,22 @@ def quantize_model(model, quantizer, activations=None):
             that a full-int8 TFLite model quantizes, after BatchNorm/ReLU
             fusion), so a `full_int8` export agrees with what was trained.
             Defaults to `None`.
+        strict: Raise instead of logging when a layer keeps a kernel-like
+            weight (trainable, rank >= 2) float. Defaults to `False`.
+
+    Layers whose weights a recurrent cell or a sub-layer holds are quantized
+    on that object: the kernel and recurrent kernel of `LSTM`, `GRU`,
+    `SimpleRNN` and `ConvLSTM1D/2D/3D` (also inside `Bidirectional`), the
+    query, key, value and output projections of `MultiHeadAttention`,
+    `EinsumDense`, and `TimeDistributed` around a supported layer. A model
+    used as a layer (a backbone) is flattened first: its layers become the
+    returned model's, under their own names. A mapping key names a layer
+    (`"lstm"`) or one weight of it (`"lstm/recurrent_kernel"`,
+    `"mha/query/kernel"`, `"bidirectional/forward/kernel"`); the first key
+    that names a weight decides it. Every layer that keeps kernel-like
+    weights float is logged (logger `"tfmot_discrete"`), one line each,
+    with the reason; biases and normalization parameters stay float by
+    design.
 
     With `scale=None` the codebook values are used exactly as given, and a
     trained layer's weights (|w| ~ 0.05) would all project to the values
@@ -256,7 +214,8 @@ def quantize_model(model, quantizer, activations=None):
 
     Raises:
         ValueError: For a model that cannot be quantized, a mapping key that
-            matches no layer, or a mapped layer we cannot quantize.
+            matches no layer, a mapped layer we cannot quantize, or (with
+            `strict=True`) a kernel-like weight that would stay float.
 
     Example:
 
@@ -270,12 +229,17 @@ def quantize_model(model, quantizer, activations=None):
         raise ValueError(
             f"`activations` must be one of {list(ACTIVATIONS)}. Received: activations={activations!r}"
         )
+    if not isinstance(strict, bool):
+        raise ValueError(f"`strict` must be a bool. Received: strict={strict!r}")
     model = _check_model(model)
     spec = scheme.resolve_quantizer_spec(quantizer)
+    model = nested.flatten(model, scope=quantize_scope)
     if rescale.plan(model, spec):
         model = _copy(model)
         rescale.rescale_for_codebook(model, spec)
-    plan = _plan(model, spec)
+    layer_plan = annotate.plan(model.layers, spec)
+    annotate.report(layer_plan.float_weights, strict)
+    plan = layer_plan.configs
     if activations == "int8":
         _add_activation_quantizers(model, plan)
     if not plan:
@@ -297,6 +261,7 @@ def quantize_model(model, quantizer, activations=None):
         )
         plan_scheme.get_quantize_registry().config_for_unlisted = False
         qat = _qk.quantize_apply(annotated, scheme=plan_scheme)
+    wrapper.adopt(qat)
     for layer in qat.layers:
         if isinstance(layer, _qk.QuantizeWrapper):
             _fix_weight_order(layer)
@@ -330,15 +295,26 @@ def wrapper_weights(wrapper) -> list:
     return list(getattr(wrapper, "_weight_vars", []))
 
 
+def wrapper_weight_names(wrapper) -> list[str]:
+    """The name of each weight of `wrapper_weights(wrapper)`: the weight's
+    name in `configs.weight_specs` (`"recurrent_kernel"`, `"query/kernel"`)
+    under a `DiscreteQuantizeConfig`, else the variable's own name."""
+    config = wrapper.quantize_config
+    if isinstance(config, configs.DiscreteQuantizeConfig):
+        return config.weight_names(wrapper.layer)
+    return [weight_key(w) for w, _, _ in wrapper_weights(wrapper)]
+
+
 def int8_items(model) -> list[tuple[str, object, int8.Int8WeightQuantizer, dict]]:
     """`(label, latent variable, quantizer, quantizer variables)` per weight
     trained at 8 bits (`"int8"` in the quantizer mapping), layer by layer."""
     out = []
     for layer in model.layers:
         if isinstance(layer, _qk.QuantizeWrapper):
-            for latent, q, qvars in wrapper_weights(layer):
+            names = wrapper_weight_names(layer)
+            for name, (latent, q, qvars) in zip(names, wrapper_weights(layer), strict=True):
                 if isinstance(q, int8.Int8WeightQuantizer):
-                    out.append((f"{layer.layer.name}/{weight_key(latent)}", latent, q, qvars))
+                    out.append((f"{layer.layer.name}/{name}", latent, q, qvars))
     return out
 
 
@@ -371,20 +347,31 @@ def _fix_weight_order(wrapper):
         del tw[: len(tw) - len(fresh)]
 
 
-def _wrapper_values(wrapper) -> dict[str, np.ndarray]:
-    """`{weight name: value}` of a wrapper's inner layer, quantized ones projected.
+def _wrapper_values(wrapper, plain) -> list[np.ndarray]:
+    """The values for `plain.weights`, a fresh copy of a wrapper's inner
+    layer: quantized weights projected, the others as they are.
 
     The inner layer's own weight list misses the weights the wrapper replaced
-    with tensors, so look in both places, by name.
+    with tensors. A quantized weight is found on `plain` by its attribute
+    path; the other weights keep their order in both layers.
     """
-    out = {
-        weight_key(weight): np.asarray(quantizer(weight, False, weights=qvars))
-        for weight, quantizer, qvars in wrapper_weights(wrapper)
-    }
-    for w in wrapper.layer.weights:  # the latent weights are not copied
-        if weight_key(w) not in out:
-            out[weight_key(w)] = w.numpy()
-    return out
+    config = wrapper.quantize_config
+    items = wrapper_weights(wrapper)
+    if not isinstance(config, configs.DiscreteQuantizeConfig):
+        by_name = {
+            weight_key(weight): np.asarray(quantizer(weight, False, weights=qvars))
+            for weight, quantizer, qvars in items
+        }
+        for w in wrapper.layer.weights:
+            by_name.setdefault(weight_key(w), w.numpy())
+        return [by_name[weight_key(w)] for w in plain.weights]
+    projected = {}
+    for path, (weight, quantizer, qvars) in zip(config.weight_quantizers, items, strict=True):
+        owner, attr = configs.resolve(plain, path)
+        projected[id(getattr(owner, attr))] = np.asarray(quantizer(weight, False, weights=qvars))
+    latent = {id(weight) for weight, _, _ in items}
+    rest = iter([w.numpy() for w in wrapper.layer.weights if id(w) not in latent])
+    return [projected[id(w)] if id(w) in projected else next(rest) for w in plain.weights]
 
 
 def _baked_multiplier(layer: DiscreteMultiplier):
@@ -421,15 +408,15 @@ def strip_quantization(model):
     def _strip(layer):
         if isinstance(layer, _qk.QuantizeWrapper):
             inner = layer.layer
-            new_weights[inner.name] = lambda: _wrapper_values(layer)
+            new_weights[inner.name] = lambda plain: _wrapper_values(layer, plain)
             return inner.__class__.from_config(inner.get_config())
         if isinstance(layer, DiscreteMultiplier):
             new_layer, vals = _baked_multiplier(layer)
-            new_weights[layer.name] = lambda: {"kernel": vals[0]}
+            new_weights[layer.name] = lambda plain: [vals[0]]
             return new_layer
         if isinstance(layer, QuantizeLayer):
             dropped.append(layer.name)
-        new_weights[layer.name] = layer.get_weights
+        new_weights[layer.name] = lambda plain, layer=layer: layer.get_weights()
         return layer.__class__.from_config(layer.get_config())
 
     with quantize_scope():
@@ -438,10 +425,7 @@ def strip_quantization(model):
         values_of = new_weights.pop(layer.name, None)
         if not layer.weights or values_of is None:
             continue
-        values = values_of()
-        if isinstance(values, dict):
-            values = [values[weight_key(w)] for w in layer.weights]
-        layer.set_weights(values)
+        layer.set_weights(values_of(layer))
     if dropped:
         plain = _without_layers(plain, set(dropped))
     return plain
@@ -520,7 +504,7 @@ def check_finite(model) -> None:
         ValueError: Naming the layer, the weight and the first bad entry.
     """
     for label, latent, q, qvars in codebook_items(model):
-        _raise_if_non_finite(*label.split("/"), latent, "latent value(s)")
+        _raise_if_non_finite(*label.split("/", 1), latent, "latent value(s)")
         if q.scale is None:
             continue
         scale = np.asarray(q.quantized_scale(latent, qvars), np.float64)
@@ -528,7 +512,7 @@ def check_finite(model) -> None:
         if np.any(wrong):
             where = tuple(int(i) for i in np.argwhere(wrong)[0])
             raise ValueError(
-                f"Layer {label.split('/')[0]!r}, weight {label.split('/')[1]!r}: the "
+                f"Layer {label.split('/', 1)[0]!r}, weight {label.split('/', 1)[1]!r}: the "
                 f"{q.scale} codebook scale of {int(wrong.sum())} channel(s) is zero, negative "
                 f"or non-finite (first {float(scale[where])} at index {where}); a scale must be "
                 "a finite positive number. Received: a model with a bad codebook scale"
@@ -563,15 +547,19 @@ def codebook_items(model) -> list[tuple[str, object, quantizers_mod.CodebookQuan
         if isinstance(layer, _qk.QuantizeWrapper):
             name = layer.layer.name
             items = [
-                (w, q, v)
-                for w, q, v in wrapper_weights(layer)
+                (n, w, q, v)
+                for n, (w, q, v) in zip(
+                    wrapper_weight_names(layer), wrapper_weights(layer), strict=True
+                )
                 if isinstance(q, quantizers_mod.CodebookQuantizer)
             ]
         elif isinstance(layer, DiscreteMultiplier) and layer.built:
             name = layer.name
-            items = [(layer.kernel, layer.quantizer, layer.quantizer_vars)]
+            items = [
+                (weight_key(layer.kernel), layer.kernel, layer.quantizer, layer.quantizer_vars)
+            ]
         else:
             continue
-        for latent, q, qvars in items:
-            out.append((f"{name}/{weight_key(latent)}", latent, q, qvars))
+        for weight, latent, q, qvars in items:
+            out.append((f"{name}/{weight}", latent, q, qvars))
     return out

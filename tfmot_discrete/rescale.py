@@ -85,7 +85,9 @@ def _normalization_after(layer, own_nodes):
 
 
 def _kernel_attr(layer):
-    weights = configs.quantizable_weights(layer) or {}
+    # Only layers whose kernel is their own attribute and whose bias runs
+    # along its last axis (not cells, attention or EinsumDense).
+    weights = configs.LAYER_WEIGHTS.get(type(layer), {})
     if list(weights.values()) == [[-1]]:
         return next(iter(weights))
     if isinstance(layer, keras.layers.DepthwiseConv2D):

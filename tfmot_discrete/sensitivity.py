@@ -8,9 +8,9 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from tfmot_discrete import _keras, batchnorm, configs, scheme
+from tfmot_discrete import _keras, annotate, batchnorm, configs, nested, scheme
 from tfmot_discrete._keras import keras
-from tfmot_discrete.quantize import quantize_model, strip_quantization
+from tfmot_discrete.quantize import quantize_model, quantize_scope, strip_quantization
 
 METRICS = ("accuracy", "loss")
 
@@ -179,6 +179,7 @@ def sensitivity(
             f'of values or "int8"), not a mapping. Received: quantizer={quantizer!r}'
         )
     scheme.resolve_quantizer_spec(quantizer)  # raises for anything else
+    model = nested.flatten(model, scope=quantize_scope)  # a backbone's layers count one by one
     name, fn = _metric_fn(model, metric)
     xs, y = _labelled_batches(model, data, batch_size)
     layers = _quantizable(model)
@@ -187,18 +188,16 @@ def sensitivity(
     baseline = fn(y, _predict(model, xs))
     rows = []
     for layer in layers:
-        plain = strip_quantization(quantize_model(model, {re.escape(layer.name): quantizer}))
+        with annotate.notices_off():  # every other layer stays float on purpose
+            qat = quantize_model(model, {re.escape(layer.name): quantizer})
+        plain = strip_quantization(qat)
         if recalibration_data is not None:
             batchnorm.recalibrate_batchnorm(plain, recalibration_data, batch_size=batch_size)
         rows.append(
             LayerSensitivity(
                 layer=layer.name,
                 layer_class=type(layer).__name__,
-                weights=int(
-                    sum(
-                        np.prod(getattr(layer, a).shape) for a in configs.quantizable_weights(layer)
-                    )
-                ),
+                weights=configs.weight_count(layer),
                 metric=name,
                 baseline=baseline,
                 quantized=fn(y, _predict(plain, xs)),
