@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import tfmot_discrete as td
 from tfmot_discrete import annotate, configs, nested, scheme
-from tfmot_discrete.quantize import codebook_items, int8_items
+from tfmot_discrete.weights import codebook_items, int8_items
 
 k = td.keras
 L = k.layers
@@ -73,14 +73,15 @@ def _inputs(model, n=4, seed=0):
 
 
 def _items(model, layer):
-    return {w: (latent, q, qvars) for (lay, w), latent, q, qvars in _named(model) if lay == layer}
+    return {
+        i.weight: (i.latent, i.quantizer, i.qvars)
+        for i in codebook_items(model)
+        if i.layer == layer
+    }
 
 
-def _named(model):
-    return [
-        (tuple(label.split("/", 1)), latent, q, qv)
-        for label, latent, q, qv in codebook_items(model)
-    ]
+def _labels(items):
+    return [i.label for i in items]
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +92,8 @@ def zoo(tmp_path_factory):
     qat = td.quantize_model(model, TERNARY)
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(tf.square(qat(x, training=True)))
-    latents = [latent for _, latent, _, _ in codebook_items(qat)]
-    grads = dict(
-        zip([label for label, *_ in codebook_items(qat)], tape.gradient(loss, latents), strict=True)
-    )
+    items = codebook_items(qat)
+    grads = dict(zip(_labels(items), tape.gradient(loss, [i.latent for i in items]), strict=True))
     plain = td.strip_quantization(qat)
     path = tmp_path_factory.mktemp("zoo") / "zoo.keras"
     qat.save(path)
@@ -175,9 +174,7 @@ def test_savedmodel_round_trip_of_cell_weights(tmp_path):
     with td.quantize_scope():
         loaded = k.models.load_model(tmp_path / "sm")
     np.testing.assert_array_equal(loaded(x), qat(x))
-    assert [label for label, *_ in codebook_items(loaded)] == [
-        label for label, *_ in codebook_items(qat)
-    ]
+    assert _labels(codebook_items(loaded)) == _labels(codebook_items(qat))
 
 
 def _small(seed=3):
@@ -199,7 +196,7 @@ def test_mapping_names_inner_weights_and_notices_the_float_ones(caplog):
     }
     with caplog.at_level(logging.WARNING, logger="tfmot_discrete"):
         qat = td.quantize_model(_small(), mapping)
-    got = {label: q.codebook.size for label, _, q, _ in codebook_items(qat)}
+    got = {i.label: i.quantizer.codebook.size for i in codebook_items(qat)}
     assert got == {
         "lstm/kernel": 3,
         "lstm/recurrent_kernel": 2,
@@ -207,7 +204,7 @@ def test_mapping_names_inner_weights_and_notices_the_float_ones(caplog):
         "mha/value/kernel": 3,
         "mha/attention_output/kernel": 3,
     }
-    assert [label for label, *_ in int8_items(qat)] == ["head/kernel"]
+    assert _labels(int8_items(qat)) == ["head/kernel"]
     notices = [r.getMessage() for r in caplog.records if r.name == "tfmot_discrete"]
     assert len(notices) == 1
     assert "'mha'" in notices[0] and "query/kernel" in notices[0] and "None" in notices[0]
@@ -245,7 +242,7 @@ def test_unsupported_layer_is_noticed_then_reached_by_paths(caplog):
     )
     assert notices[1].startswith("Layer 'plain_rnn' (RNN)") and "recurrent_kernel" in notices[1]
     assert notices[1].count("recurrent_kernel") == 2  # both cells
-    assert [label for label, *_ in codebook_items(qat)] == ["head/kernel"]
+    assert _labels(codebook_items(qat)) == ["head/kernel"]
     table = td.summary(qat, print_fn=None)
     floats = [line.split()[0] for line in table.splitlines() if " float " in line]
     assert floats == [
@@ -267,7 +264,7 @@ def test_unsupported_layer_is_noticed_then_reached_by_paths(caplog):
         ".*": q,
     }
     qat = td.quantize_model(model, mapping, strict=True)
-    assert [label for label, *_ in codebook_items(qat)] == [
+    assert _labels(codebook_items(qat)) == [
         "plain_rnn/cell/cells/0/kernel",
         "plain_rnn/cell/cells/0/recurrent_kernel",
         "plain_rnn/cell/cells/1/kernel",
@@ -302,8 +299,8 @@ def test_nested_backbone_is_quantized_as_the_outer_models_layers(caplog):
     with caplog.at_level(logging.WARNING, logger="tfmot_discrete"):
         qat = td.quantize_model(model, {"bb_conv": "int8", ".*": td.ternary()}, strict=True)
     assert not [r for r in caplog.records if r.name == "tfmot_discrete"]
-    assert [label for label, *_ in codebook_items(qat)] == ["neck_head/kernel", "head/kernel"]
-    assert [label for label, *_ in int8_items(qat)] == ["bb_conv/kernel"]
+    assert _labels(codebook_items(qat)) == ["neck_head/kernel", "head/kernel"]
+    assert _labels(int8_items(qat)) == ["bb_conv/kernel"]
     plain = td.strip_quantization(qat)
     assert not any(isinstance(layer, k.Model) for layer in plain.layers)
     np.testing.assert_allclose(plain(x), qat(x), atol=1e-5)
@@ -390,4 +387,4 @@ def test_training_tools_work_on_recurrent_and_attention_models(tmp_path):
         td.initialize_learned_scales(dist)
         dist.compile("adam", "categorical_crossentropy")
     dist.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    assert all(np.all(np.isfinite(np.asarray(latent))) for _, latent, _, _ in codebook_items(dist))
+    assert all(np.all(np.isfinite(np.asarray(i.latent))) for i in codebook_items(dist))

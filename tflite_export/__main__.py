@@ -108,7 +108,7 @@ def _load_npy(path):
         raise ExportError(f"Representative data file not found. Received: {path!r}")
     try:
         return np.load(path, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ExportError(f"Cannot read {path!r} as a .npy array: {e}") from e
 
 
@@ -190,7 +190,8 @@ def _model_line(path, data, model_path, rep, on_tflm: bool = False) -> str:
     """The file's outputs (LiteRT's, or TFLM's for a packed file) against the
     (stripped) Keras model's."""
     from tflite_export import convert  # noqa: PLC0415
-    from tfmot_discrete.quantize import is_quantized, strip_quantization  # noqa: PLC0415
+    from tfmot_discrete.quantize import strip_quantization  # noqa: PLC0415
+    from tfmot_discrete.weights import is_quantized  # noqa: PLC0415
 
     model = convert.load_model(model_path)
     plain = strip_quantization(model) if is_quantized(model) else model

@@ -20,11 +20,11 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 import tfmot_discrete as td
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras
 from tfmot_discrete.int8 import Int8WeightQuantizer
 from tfmot_discrete.layers import DiscreteMultiplier
-from tfmot_discrete.quantize import wrapper_weights
 from tfmot_discrete.quantizers import CodebookQuantizer
+from tfmot_discrete.weights import wrapper_weights
 
 
 def _returns_freed_memory(fn):
@@ -88,7 +88,7 @@ def load_model(path, safe_mode: bool = True):
     try:
         with td.quantize_scope():
             return keras.models.load_model(str(p), compile=False, **kwargs)
-    except Exception as e:  # noqa: BLE001 - any loader failure is reported the same way
+    except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "safe_mode" in str(e) or "Lambda" in str(e):
             msg += " (the file holds code such as a Lambda layer; pass --unsafe to trust it)"

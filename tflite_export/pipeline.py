@@ -13,7 +13,7 @@ from tflite_export import convert, exact, files, inputs, micro, packed, runners,
 from tflite_export.errors import ExportError
 from tflite_export.schema import QMAX, TensorType, storage_name
 from tfmot_discrete import text
-from tfmot_discrete.quantize import check_finite, codebook_items, is_quantized
+from tfmot_discrete.weights import check_finite, codebook_items, is_quantized
 
 #: Weight-only files must agree with the Keras model within this share of the
 #: output range.
@@ -227,11 +227,11 @@ def _check_packable(qat) -> None:
             "fits: full_int8 for TFLM (int4 weight-only for LiteRT). Received: "
             "format='tflm_packed'"
         )
-    for label, _, q, _ in items:
+    for item in items:
+        q, layer, weight = item.quantizer, item.layer, item.weight
         k = q.codebook.size
         if k > packed.MAX_VALUES:
             fits = "full_int8" if q.codebook.integer_step(127) is not None else "float"
-            layer, weight = label.rsplit("/", 1)
             raise ExportError(
                 f"Layer {layer!r} ({weight}): a codebook of {k} values needs "
                 f"{q.codebook.bits}-bit indices; tflm_packed stores at most "

@@ -14,7 +14,7 @@ import logging
 
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete import configs
+from tfmot_discrete import compat, configs
 from tfmot_discrete._keras import keras
 from tfmot_discrete.layers import DiscreteMultiplier
 from tfmot_discrete.quantizers import weight_key
@@ -231,7 +231,7 @@ def float_weights_of(model) -> list[tuple[str, str, object]]:
             inner = layer.layer
             if isinstance(inner, FLOAT_LAYERS):
                 continue
-            quantized = {id(w) for w, _, _ in getattr(layer, "_weight_vars", [])}  # noqa: SLF001
+            quantized = {id(w) for w, _, _ in compat.weight_vars(layer)}
             variables = [w for w in inner.weights if id(w) not in quantized]
         else:
             inner, variables = layer, list(layer.weights)

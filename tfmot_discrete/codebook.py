@@ -5,11 +5,19 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
+from fractions import Fraction
 
 import numpy as np
 
+from tfmot_discrete import text
+
 #: Largest number of distinct values a codebook may hold.
 MAX_SIZE = 65536
+
+#: Smallest normal float32 magnitude. TensorFlow on CPU flushes smaller
+#: (subnormal) numbers to zero and NumPy does not, so a codebook value or
+#: midpoint below it would project differently on the two paths.
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
 
 def _flatten_values(values) -> list[float]:
@@ -58,6 +66,28 @@ def midpoints(values) -> np.ndarray:
     return v[:-1] / 2.0 + v[1:] / 2.0
 
 
+def _check_not_subnormal(uniq: np.ndarray, values) -> None:
+    """Refuses nonzero values and midpoints below `FLOAT32_TINY` in magnitude."""
+    small = (uniq != 0) & (np.abs(uniq) < FLOAT32_TINY)
+    if np.any(small):
+        raise ValueError(
+            f"`values` must not hold subnormal float32 numbers (0 < |v| < {FLOAT32_TINY:.7g}); "
+            f"it holds {float(uniq[small][0])!r}. TensorFlow on CPU flushes them to zero and "
+            "NumPy does not, so projections would differ. Use 0 or larger values. "
+            f"Received: values={values!r}"
+        )
+    mids = midpoints(uniq)
+    small = (mids != 0) & (np.abs(mids) < FLOAT32_TINY)
+    if np.any(small):
+        i = int(np.argmax(small))
+        raise ValueError(
+            f"`values` {float(uniq[i])!r} and {float(uniq[i + 1])!r} have the midpoint "
+            f"{float(mids[i])!r}, a subnormal float32 number (0 < |m| < {FLOAT32_TINY:.7g}): "
+            "TensorFlow on CPU flushes it to zero and NumPy does not, so projections would "
+            f"differ. Received: values={values!r}"
+        )
+
+
 class Codebook:
     """A validated, sorted set of distinct real values.
 
@@ -70,8 +100,9 @@ class Codebook:
 
     Raises:
         ValueError: If `values` is empty, has fewer than 2 distinct entries,
-            holds NaN, inf, non-numbers or nested lists, or more than
-            65536 entries.
+            holds NaN, inf, non-numbers or nested lists, more than 65536
+            entries, or a nonzero value (or midpoint between neighbours)
+            smaller in magnitude than `FLOAT32_TINY` (a float32 subnormal).
 
     Example:
 
@@ -108,6 +139,7 @@ class Codebook:
                 f"`values` may hold at most {MAX_SIZE} distinct numbers; it holds "
                 f"{uniq.size}. Received: values=<{uniq.size} numbers>"
             )
+        _check_not_subnormal(uniq, values)
         self._values = uniq
         self._values.setflags(write=False)
 
@@ -157,12 +189,6 @@ class Codebook:
         x = np.asarray(x, dtype=np.float64)
         return np.searchsorted(self.midpoints, x, side="right")
 
-    def contains(self, x, rtol: float = 0.0, atol: float = 0.0) -> np.ndarray:
-        """Elementwise: is each entry of `x` a codebook value (within tolerance)?"""
-        x = np.asarray(x, dtype=np.float64)
-        nearest = self.project_numpy(x)
-        return np.abs(x - nearest) <= atol + rtol * np.abs(nearest)
-
     def integer_step(self, qmax: int):
         """The largest step `s` so that every value divided by `s` is an integer
         of magnitude at most `qmax`, or `None` when there is none.
@@ -171,8 +197,6 @@ class Codebook:
         ±6, ±3 with `qmax = 7` (steps `1/6` and `0.37/6`); binary and ternary
         codebooks give `max|c| / qmax`.
         """
-        from fractions import Fraction
-
         nonzero = [float(v) for v in self._values if v != 0]
         ref = min(abs(v) for v in nonzero)
         # Every value is n_i x step and ref = n_ref x step with n_ref <= qmax, so
@@ -206,6 +230,6 @@ class Codebook:
         return hash(tuple(self._values.tolist()))
 
     def __repr__(self) -> str:
-        vals = ", ".join(f"{v:g}" for v in self._values[:8])
-        more = ", ..." if self.size > 8 else ""
+        vals = ", ".join(f"{v:g}" for v in self._values[: text.SHOWN_VALUES])
+        more = ", ..." if self.size > text.SHOWN_VALUES else ""
         return f"Codebook([{vals}{more}])"

@@ -13,10 +13,9 @@ import dataclasses
 import re
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete import int8
+from tfmot_discrete import compat, int8
 from tfmot_discrete import quantizers as quantizers_mod
 from tfmot_discrete._keras import keras, register
 
@@ -202,15 +201,7 @@ def _build_projections(mha) -> None:
     builds them only at the first call, while a wrapper reads their kernels
     when it is built; their input shapes are the ones the layer stored.
     """
-    # protected-access: MultiHeadAttention keeps its projections and the shapes
-    # it was built for in private attributes only; there is no public way.
-    projections = [mha._query_dense, mha._key_dense, mha._value_dense, mha._output_dense]  # noqa: SLF001
-    if not mha._built_from_signature or all(p.built for p in projections):  # noqa: SLF001
-        return
-    query = tf.TensorShape(mha._query_shape)  # noqa: SLF001
-    heads_shape = query[:-1].concatenate([mha._num_heads, mha._value_dim])  # noqa: SLF001
-    shapes = [query, mha._key_shape, mha._value_shape, heads_shape]  # noqa: SLF001
-    for projection, shape in zip(projections, shapes, strict=True):
+    for projection, shape in compat.attention_projections(mha) or ():
         if not projection.built:
             projection.build(shape)
 
@@ -307,9 +298,7 @@ class DiscreteQuantizeConfig(_QuantizeConfig):
         stay as they are)."""
         for path, w in zip(self.weight_quantizers, latent_weights, strict=True):
             owner, attr = resolve(layer, path)
-            # Layer.__setattr__ would track the variable again and reorder the
-            # layer's weights; plain object assignment only rebinds the name.
-            object.__setattr__(owner, attr, w)
+            compat.rebind_attribute(owner, attr, w)
 
     def set_quantize_activations(self, layer, quantize_activations):
         pass
@@ -339,9 +328,6 @@ class DiscreteQuantizeConfig(_QuantizeConfig):
             and self.weight_quantizers == other.weight_quantizers
             and self.activation_quantizer == other.activation_quantizer
         )
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
 
 
 def _weight_quantizer(spec: WeightSpec, quantizer):

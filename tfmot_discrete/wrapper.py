@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete import configs
+from tfmot_discrete import compat, configs
 
 _qk = tfmot.quantization.keras
 
@@ -28,9 +28,7 @@ class QuantizeWrapper(_qk.QuantizeWrapperV2):
         finally:
             config = self.quantize_config
             if isinstance(config, configs.DiscreteQuantizeConfig):
-                # protected-access: TF-MOT keeps the latent weights it quantizes
-                # in `_weight_vars` only.
-                latent = [w for w, _, _ in self._weight_vars]  # noqa: SLF001
+                latent = [w for w, _, _ in compat.weight_vars(self)]
                 config.restore_weights(self.layer, latent)
 
 
@@ -46,5 +44,5 @@ def adopt(model) -> None:
         if type(layer) is _qk.QuantizeWrapperV2:
             layer.__class__ = QuantizeWrapper
             if isinstance(layer.quantize_config, configs.DiscreteQuantizeConfig):
-                latent = [w for w, _, _ in layer._weight_vars]  # noqa: SLF001
+                latent = [w for w, _, _ in compat.weight_vars(layer)]
                 layer.quantize_config.restore_weights(layer.layer, latent)
