@@ -108,7 +108,7 @@ def _load_npy(path):
         raise ExportError(f"Representative data file not found. Received: {path!r}")
     try:
         return np.load(path, allow_pickle=False)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001
         raise ExportError(f"Cannot read {path!r} as a .npy array: {e}") from e
 
 

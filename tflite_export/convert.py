@@ -88,7 +88,7 @@ def load_model(path, safe_mode: bool = True):
     try:
         with td.quantize_scope():
             return keras.models.load_model(str(p), compile=False, **kwargs)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any loader failure is reported the same way
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "safe_mode" in str(e) or "Lambda" in str(e):
             msg += " (the file holds code such as a Lambda layer; pass --unsafe to trust it)"

@@ -176,7 +176,7 @@ def _read_object(model_bytes: bytes):
         )
     try:
         return _schema().ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any parser failure means a damaged file
         raise PackedFileError(f"Cannot read the flatbuffer: {type(e).__name__}: {e}") from e
 
 
