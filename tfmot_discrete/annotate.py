@@ -8,9 +8,8 @@ parameters and other vectors stay float by design and are not reported.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
+import warnings
 
 import tensorflow_model_optimization as tfmot
 
@@ -18,9 +17,9 @@ from tfmot_discrete import compat, configs
 from tfmot_discrete._keras import keras
 from tfmot_discrete.layers import DiscreteMultiplier
 from tfmot_discrete.quantizers import weight_key
+from tfmot_discrete.weights import QuantizationWarning
 
 _qk = tfmot.quantization.keras
-logger = logging.getLogger("tfmot_discrete")
 
 #: Layers whose weights stay float by design: no notice, no error.
 FLOAT_LAYERS = (
@@ -187,8 +186,8 @@ def plan(layers, spec) -> Plan:
 
 
 def report(float_weights, strict: bool) -> None:
-    """Logs one line per layer with float kernel-like weights; with `strict`,
-    raises instead.
+    """Warns once per layer with float kernel-like weights
+    (`weights.QuantizationWarning`); with `strict`, raises instead.
 
     Raises:
         ValueError: With `strict=True`, listing every such layer.
@@ -200,24 +199,9 @@ def report(float_weights, strict: bool) -> None:
             f"float:\n{lines}\nQuantize them (a codebook or 'int8' in the mapping), or pass "
             "strict=False to accept float weights."
         )
-    if _quiet:
-        return
     for f in float_weights:
-        logger.warning(f.message())
-
-
-_quiet = []
-
-
-@contextlib.contextmanager
-def notices_off():
-    """No float-weight notices inside (for tools that quantize one layer at
-    a time on purpose, such as `sensitivity`)."""
-    _quiet.append(True)
-    try:
-        yield
-    finally:
-        _quiet.pop()
+        # stacklevel 4: the line that called quantize_model.
+        warnings.warn(f.message(), QuantizationWarning, stacklevel=4)
 
 
 def float_weights_of(model) -> list[tuple[str, str, object]]:

@@ -199,9 +199,8 @@ def quantize_model(model, quantizer, activations=None, strict=False):
     (`"lstm"`) or one weight of it (`"lstm/recurrent_kernel"`,
     `"mha/query/kernel"`, `"bidirectional/forward/kernel"`); the first key
     that names a weight decides it. Every layer that keeps kernel-like
-    weights float is logged (logger `"tfmot_discrete"`), one line each,
-    with the reason; biases and normalization parameters stay float by
-    design.
+    weights float gets one `weights.QuantizationWarning` saying which and
+    why; biases and normalization parameters stay float by design.
 
     With `scale=None` the codebook values are used exactly as given, and a
     trained layer's weights (|w| ~ 0.05) would all project to the values
@@ -228,7 +227,9 @@ def quantize_model(model, quantizer, activations=None, strict=False):
         weights.QuantizationWarning: Once per layer set to `trainable=False` (or in a
             model set so), saying which of its weights train, and once per
             `scale=None` weight that projects to only some of its codebook's
-            values, in a layer no BatchNormalization follows.
+            values, in a layer no BatchNormalization follows; once per layer
+            that keeps kernel-like weights float (unless `strict=True`, which
+            raises).
 
     Example:
 

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from tfmot_discrete import _keras, annotate, batchnorm, configs, nested, scheme
+from tfmot_discrete import _keras, batchnorm, configs, nested, scheme
 from tfmot_discrete import data as data_mod
 from tfmot_discrete._keras import keras
 from tfmot_discrete.quantize import quantize_model, quantize_scope, strip_quantization
@@ -206,10 +206,10 @@ def sensitivity(
     baseline = fn(y, _predict(model, xs))
     rows = []
     for layer in layers:
-        with warnings.catch_warnings(), annotate.notices_off():
-            # Every other layer stays float on purpose.
+        with warnings.catch_warnings():
             # Nothing trains here: whether the weights would, and where they
-            # start, does not matter to the scan.
+            # start, does not matter to the scan; the other layers stay float
+            # on purpose.
             warnings.simplefilter("ignore", QuantizationWarning)
             qat = quantize_model(model, {re.escape(layer.name): quantizer})
         plain = strip_quantization(qat)

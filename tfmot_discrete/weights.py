@@ -26,8 +26,9 @@ _CHUNK = 1 << 20
 
 
 class QuantizationWarning(UserWarning):
-    """What `quantize_model` warns about: weights that will not train, or that
-    start on only some of their codebook's values."""
+    """What `quantize_model` warns about: weights that will not train, that
+    start on only some of their codebook's values, or kernel-like weights that
+    stay float (one warning per layer, saying why)."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
