@@ -156,6 +156,11 @@ def _add_activation_quantizers(model, plan):
             continue
         if isinstance(layer, DiscreteMultiplier):
             continue  # it is not wrapped; its consumer quantizes its output
+        if isinstance(layer, keras.layers.MultiHeadAttention):
+            # TF-MOT builds an output quantizer from `compute_output_shape` of
+            # one input shape, which attention (query and value) does not take:
+            # its output stays float in training, its consumer's is quantized.
+            continue
         cfg = plan.get(layer.name)
         if cfg is None:
             plan[layer.name] = configs.DiscreteQuantizeConfig({}, _activation_quantizer())
