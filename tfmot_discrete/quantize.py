@@ -379,6 +379,8 @@ def strip_quantization(model):
     Every quantized weight is replaced by its projected value (codebook value
     times channel scale); the result has the layer classes and names of the
     model that was quantized and needs no custom scope for its standard layers.
+    A model that held another model as a layer comes back with that model's
+    layers in its own graph, as `quantize_model` flattened it.
 
     Args:
         model: A model from `quantize_model` or `quantize_apply`.
