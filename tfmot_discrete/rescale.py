@@ -87,7 +87,9 @@ def normalized_layers(model) -> set[str]:
 
 
 def _kernel_attr(layer):
-    weights = configs.quantizable_weights(layer) or {}
+    # Only layers whose kernel is their own attribute and whose bias runs
+    # along its last axis (not cells, attention or EinsumDense).
+    weights = configs.LAYER_WEIGHTS.get(type(layer), {})
     if list(weights.values()) == [[-1]]:
         return next(iter(weights))
     if isinstance(layer, keras.layers.DepthwiseConv2D):

@@ -9,10 +9,10 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from tfmot_discrete import _keras, batchnorm, configs, scheme
+from tfmot_discrete import _keras, batchnorm, configs, nested, scheme
 from tfmot_discrete import data as data_mod
 from tfmot_discrete._keras import keras
-from tfmot_discrete.quantize import quantize_model, strip_quantization
+from tfmot_discrete.quantize import quantize_model, quantize_scope, strip_quantization
 from tfmot_discrete.weights import QuantizationWarning
 
 METRICS = ("accuracy", "loss")
@@ -197,6 +197,7 @@ def sensitivity(
             f'of values or "int8"), not a mapping. Received: quantizer={quantizer!r}'
         )
     scheme.resolve_quantizer_spec(quantizer)  # raises for anything else
+    model = nested.flatten(model, scope=quantize_scope)  # a backbone's layers count one by one
     name, fn = _metric_fn(model, metric)
     xs, y = _labelled_batches(model, data, batch_size)
     layers = _quantizable(model)
@@ -207,7 +208,8 @@ def sensitivity(
     for layer in layers:
         with warnings.catch_warnings():
             # Nothing trains here: whether the weights would, and where they
-            # start, does not matter to the scan.
+            # start, does not matter to the scan; the other layers stay float
+            # on purpose.
             warnings.simplefilter("ignore", QuantizationWarning)
             qat = quantize_model(model, {re.escape(layer.name): quantizer})
         plain = strip_quantization(qat)
@@ -217,11 +219,7 @@ def sensitivity(
             LayerSensitivity(
                 layer=layer.name,
                 layer_class=type(layer).__name__,
-                weights=int(
-                    sum(
-                        np.prod(getattr(layer, a).shape) for a in configs.quantizable_weights(layer)
-                    )
-                ),
+                weights=configs.weight_count(layer),
                 metric=name,
                 baseline=baseline,
                 quantized=fn(y, _predict(plain, xs)),

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete import compat, int8, rescale, text
+from tfmot_discrete import compat, configs, int8, rescale, text
 from tfmot_discrete.layers import DiscreteMultiplier
 from tfmot_discrete.quantizers import CodebookQuantizer, weight_key
 
@@ -26,8 +26,9 @@ _CHUNK = 1 << 20
 
 
 class QuantizationWarning(UserWarning):
-    """What `quantize_model` warns about: weights that will not train, or that
-    start on only some of their codebook's values."""
+    """What `quantize_model` warns about: weights that will not train, that
+    start on only some of their codebook's values, or kernel-like weights that
+    stay float (one warning per layer, saying why)."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -37,7 +38,9 @@ class WeightItem:
     Attributes:
         layer: The name of the layer that owns the weight (the inner layer's
             name for a TF-MOT wrapper).
-        weight: The weight's own name, e.g. `"kernel"`.
+        weight: The weight's name in the layer, e.g. `"kernel"`; for weights a
+            cell or sub-layer holds, its `configs.weight_specs` name, which
+            may hold `/` (`"query/kernel"`, `"forward/recurrent_kernel"`).
         latent: The latent (float) variable that training updates.
         quantizer: Its `CodebookQuantizer` or `int8.Int8WeightQuantizer`.
         qvars: The quantizer's variables (`{}` when it has none).
@@ -61,10 +64,21 @@ def wrapper_weights(wrapper) -> list:
     return compat.weight_vars(wrapper)
 
 
+def wrapper_weight_names(wrapper) -> list[str]:
+    """The name of each weight of `wrapper_weights(wrapper)`: its name in
+    `configs.weight_specs` (`"kernel"`, `"recurrent_kernel"`, `"query/kernel"`)
+    under a `DiscreteQuantizeConfig`, else the variable's own name."""
+    config = wrapper.quantize_config
+    if isinstance(config, configs.DiscreteQuantizeConfig):
+        return config.weight_names(wrapper.layer)
+    return [weight_key(w) for w, _, _ in wrapper_weights(wrapper)]
+
+
 def _wrapper_items(layer, kind) -> list[WeightItem]:
+    names = wrapper_weight_names(layer)
     return [
-        WeightItem(layer.layer.name, weight_key(latent), latent, q, qvars)
-        for latent, q, qvars in wrapper_weights(layer)
+        WeightItem(layer.layer.name, name, latent, q, qvars)
+        for name, (latent, q, qvars) in zip(names, wrapper_weights(layer), strict=True)
         if isinstance(q, kind)
     ]
 
