@@ -101,9 +101,12 @@ def float_tflite(plain) -> bytes:
 def full_int8_tflite(plain, representative) -> bytes:
     """int8 weights and activations, int8 input and output (for microcontrollers)."""
 
+    # Integer inputs (token ids of an Embedding) keep their integer type.
+    dtypes = [t.dtype.as_numpy_dtype for t in plain.inputs]
+
     def gen():
         for sample in representative:
-            yield [np.asarray(s, dtype=np.float32)[None] for s in sample]
+            yield [np.asarray(s, dtype=d)[None] for s, d in zip(sample, dtypes)]
 
     conv = tf.lite.TFLiteConverter.from_keras_model(plain)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]

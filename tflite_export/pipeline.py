@@ -13,7 +13,17 @@ import os
 import numpy as np
 
 import tfmot_discrete as td
-from tflite_export import convert, exact, files, inputs, micro, packed, runners, verify
+from tflite_export import (
+    convert,
+    exact,
+    files,
+    inputs,
+    micro,
+    packed,
+    runners,
+    sequence,
+    verify,
+)
 from tflite_export.errors import ExportError, VerificationError
 from tflite_export.formats import TARGETS
 from tflite_export.logs import library_logs
@@ -116,6 +126,8 @@ def _rounded_weights(data: bytes, float_bytes: bytes, matches) -> list[RoundedWe
 
 def _converted(fmt, plain, qat, rep, from_qat) -> tuple[bytes, bytes]:
     """`(file in the format, float file)`, straight from the converters."""
+    # Recurrent and attention layers: unrolled, one sample per batch.
+    plain = sequence.conversion_model(plain)
     float_bytes = convert.float_tflite(plain)
     if fmt == "float":
         return float_bytes, float_bytes
