@@ -24,7 +24,7 @@ from tflite_export.schema import (
 )
 from tfmot_discrete import int8
 from tfmot_discrete.codebook import Codebook
-from tfmot_discrete.quantize import codebook_items, int8_items
+from tfmot_discrete.weights import codebook_items, int8_items
 
 _qk = tfmot.quantization.keras
 
@@ -79,30 +79,27 @@ def codebook_weights(model) -> list[CodebookWeight]:
         inner = layer.layer if isinstance(layer, _qk.QuantizeWrapper) else layer
         classes[inner.name] = sequence.layout_class(inner)
 
-    def weight(label, codes, scales, **fields) -> list[CodebookWeight]:
-        # The layer is the longest prefix that names one: weight names of
-        # recurrent and attention layers hold "/" ("query/kernel").
-        parts = label.split("/")
-        cut = max(i for i in range(1, len(parts)) if "/".join(parts[:i]) in classes)
-        layer_name, name = "/".join(parts[:cut]), "/".join(parts[cut:])
-        cls = classes[layer_name]
+    def weight(item, codes, scales, **fields) -> list[CodebookWeight]:
+        cls = classes[item.layer]
         # A convolutional recurrent kernel is stored as one tensor per gate.
         return [
             CodebookWeight(
-                layer=layer_name,
+                layer=item.layer,
                 layer_class=cls,
-                weight=f"{name}[{gate}]" if gate else name,
+                weight=f"{item.weight}[{gate}]" if gate else item.weight,
                 codes=c,
                 scales=s,
                 **fields,
             )
             for (gate, c), (_, s) in zip(
-                sequence.gate_pieces(cls, name, codes), sequence.gate_pieces(cls, name, scales)
+                sequence.gate_pieces(cls, item.weight, codes),
+                sequence.gate_pieces(cls, item.weight, scales),
             )
         ]
 
     out = []
-    for label, latent, q, qvars in codebook_items(model):
+    for item in codebook_items(model):
+        latent, q, qvars = item.latent, item.quantizer, item.qvars
         # float32 as trained; the scales stay a broadcast view of one number per
         # channel: a large model's weights are held once more (the codes), not six
         # times.
@@ -113,10 +110,10 @@ def codebook_weights(model) -> list[CodebookWeight]:
         for rows in row_chunks(values):
             codes[rows] = table[q.codebook.index_numpy(values[rows] / scales[rows])]
         del values
-        out += weight(label, codes, scales, codebook=q.codebook)
-    for label, latent, q, qvars in int8_items(model):
-        iv = int8.int8_values(q, latent, qvars)
-        out += weight(label, iv.codes, iv.steps, codebook=INT8_CODEBOOK, trained_int8=True)
+        out += weight(item, codes, scales, codebook=q.codebook)
+    for item in int8_items(model):
+        iv = int8.int8_values(item.quantizer, item.latent, item.qvars)
+        out += weight(item, iv.codes, iv.steps, codebook=INT8_CODEBOOK, trained_int8=True)
     return out
 
 
