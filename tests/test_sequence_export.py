@@ -283,3 +283,18 @@ def test_stateful_recurrent_layer_refused(tmp_path):
     model = keras.Model(inp, L.LSTM(4, stateful=True, name="lstm")(inp))
     with pytest.raises(tflite_export.ExportError, match="'lstm' \\(LSTM\\).*stateful=False"):
         _export_plain(model, tmp_path)
+
+
+def test_tflm_refusal_names_the_operator(tmp_path):
+    # TFLM slices tensors of at most 4 dimensions; LiteRT runs the file.
+    inp = keras.Input((2, 3, 3, 2))
+    x = L.Lambda(lambda t: t[:, 1])(inp)
+    model = keras.Model(inp, L.Dense(2)(L.Flatten()(x)))
+    rep = np.random.default_rng(0).normal(size=(4, 2, 3, 3, 2)).astype(np.float32)
+    with pytest.raises(tflite_export.ExportError) as e:
+        tflite_export.export(
+            model, tmp_path / "m.tflite", format="full_int8", representative_data=rep
+        )
+    msg = e.value.message
+    assert "STRIDED_SLICE" in msg and "failed to prepare" in msg
+    assert "format='int8' keeps float activations" in msg
