@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import tflite_export
+import tfmot_discrete as td
 from tflite_export import convert, exact, packed, pipeline, runners, sequence, verify
 from tflite_export.report import TFLM_LSB
 from tfmot_discrete._keras import keras
@@ -40,7 +41,8 @@ def _embedding_lstm():
 def _attention():
     x = inp = keras.Input((4, 6))
     x = L.Conv1D(8, 3, padding="same", name="conv")(x)
-    x = L.LayerNormalization(name="norm")(x)
+    # gamma != 1: the converter must not fold it into the projections' weights.
+    x = L.LayerNormalization(name="norm", gamma_initializer="random_uniform")(x)
     x = L.MultiHeadAttention(2, 4, name="mha")(x, x)
     x = L.EinsumDense("abc,cd->abd", output_shape=(None, 6), bias_axes="d", name="einsum")(x)
     x = L.TimeDistributed(L.Dense(4), name="td_dense")(x)
@@ -76,7 +78,6 @@ EXPECTED = {
         "logits/kernel",
     ],
     "embedding_lstm": [
-        "embedding/embeddings",
         "lstm/kernel",
         "lstm/recurrent_kernel",
         "logits/kernel",
@@ -132,7 +133,9 @@ def _on_codebook(model, seed=0) -> list[exact.CodebookWeight]:
         for v in layer.weights:
             a = v.numpy()
             name = _weight_name(layer, v)
-            if name.endswith(("kernel", "embeddings")):  # a GRU's bias is 2-D
+            # A GRU's bias is 2-D; the embedding stays float (full_int8 refuses
+            # codebook tables, see test_full_int8_refuses_a_codebook_embedding).
+            if name.endswith("kernel"):
                 axes = _channel_axes(layer, name, a.ndim)
                 scale_shape = [a.shape[i] if i in axes else 1 for i in range(a.ndim)]
                 codes = rng.integers(-1, 2, a.shape).astype(np.float32)
@@ -228,10 +231,8 @@ def test_every_codebook_weight_found_and_exact(built, fmt):
     assert not bad
     if fmt in ("int4", "tflm_packed"):
         # Unrolled, every recurrent and attention kernel feeds FULLY_CONNECTED
-        # or CONV_2D: the int4 writer and TFLM's DECODE cover them all (the
-        # embedding's GATHER is neither's).
-        wide = {c.name for c in checks if c.stored_bits > 4}
-        assert wide <= {"embedding/embeddings"}
+        # or CONV_2D: the int4 writer and TFLM's DECODE cover them all.
+        assert all(c.stored_bits <= 4 for c in checks)
 
 
 @pytest.mark.parametrize("fmt", ["float", "int8", "int4"])
@@ -298,3 +299,16 @@ def test_tflm_refusal_names_the_operator(tmp_path):
     msg = e.value.message
     assert "STRIDED_SLICE" in msg and "failed to prepare" in msg
     assert "format='int8' keeps float activations" in msg
+
+
+def test_full_int8_refuses_a_codebook_embedding(tmp_path):
+    inp = keras.Input((5,), dtype="int32")
+    x = L.Flatten()(L.Embedding(50, 4, name="embedding")(inp))
+    qat = td.quantize_model(keras.Model(inp, L.Dense(2, name="logits")(x)), td.ternary())
+    ids = np.random.default_rng(0).integers(0, 50, (4, 5)).astype(np.int32)
+    with pytest.raises(tflite_export.ExportError) as e:
+        tflite_export.export(
+            qat, tmp_path / "m.tflite", format="full_int8", representative_data=ids
+        )
+    first = e.value.message.splitlines()[0]
+    assert "'embedding' (Embedding)" in first and "GATHER" in first and "format='int8'" in first

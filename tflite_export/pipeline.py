@@ -30,7 +30,7 @@ from tflite_export.logs import library_logs
 from tflite_export.progress import Progress
 from tflite_export.report import TFLM_LSB, Report, RoundedWeight
 from tflite_export.schema import INTEGER_TYPES, QMAX, TensorType, storage_name
-from tfmot_discrete.weights import check_finite, codebook_items, is_quantized
+from tfmot_discrete.weights import check_finite, codebook_items, int8_items, is_quantized
 
 #: Weight-only files must agree with the Keras model within this share of the
 #: output range.
@@ -231,6 +231,9 @@ def convert_bytes(
     if fmt == "tflm_packed":
         _check_packable(qat)
         fmt = "full_int8"  # packed by `export` once checked
+    if fmt == "full_int8" and qat is not None:
+        trained = {item.layer for item in codebook_items(qat) + int8_items(qat)}
+        sequence.check_gather_tables(plain, trained)
     rep = inputs.representative(plain, representative_data)
     from_qat = fmt == "full_int8" and qat is not None and convert.has_activation_quantizers(qat)
     if fmt == "full_int8" and rep is None and not from_qat:

@@ -124,6 +124,22 @@ class UnrolledConvRNN(_L.Layer):
         return tf.stack(outputs, axis=1) if rnn.return_sequences else out
 
 
+class KeptNormalization(_L.Layer):
+    """A `LayerNormalization` whose output passes through an operator the
+    converter cannot fold (a MAXIMUM with the lowest float32), so that the
+    `full_int8` converter does not fold its gamma into the weights of the
+    layer that reads it: those weights would become `codes x channel scale
+    x gamma` per input, on no per-channel lattice. Holds the layer, so its
+    weights are the layer's."""
+
+    def __init__(self, norm, **kwargs):
+        super().__init__(name=norm.name, **kwargs)
+        self.norm = norm
+
+    def call(self, inputs):
+        return tf.maximum(self.norm(inputs), np.finfo(np.float32).min)
+
+
 def _unrolled(layer):
     """`clone_model`'s clone function: recurrent layers unrolled, others as they are."""
     config = layer.get_config()
@@ -159,6 +175,8 @@ def _unrolled(layer):
             f"it runs a {type(layer.layer).__name__} per time step.",
             "Apply the layer to the sequence directly.",
         )
+    if isinstance(layer, _L.LayerNormalization):
+        return KeptNormalization(type(layer).from_config(config))
     if isinstance(layer, keras.Model):
         return keras.models.clone_model(layer, clone_function=_unrolled)
     return type(layer).from_config(config)
@@ -263,3 +281,29 @@ def gate_pieces(cls: str, weight: str, a: np.ndarray) -> list[tuple[str, np.ndar
     if cls not in _CONV_RECURRENT_NAMES:
         return [("", a)]
     return list(zip(GATES, np.split(a, len(GATES), axis=-1)))
+
+
+def check_gather_tables(model, trained: set[str]) -> None:
+    """Refuses `full_int8` for an `Embedding` whose table was trained to a
+    codebook or to 8 bits (`trained`: the names of such layers).
+
+    The converter stores the table of a `GATHER` as int8 with one step for
+    the whole table, taken from the calibrated range of the looked-up values
+    (the operator's output shares its step): rows with their own scales, or
+    rows beyond what the samples looked up, cannot be stored exactly, and a
+    table rewritten per row would be read with the output's single step.
+
+    Raises:
+        ExportError: Naming the layer, the operator and what to do.
+    """
+    for layer in _all_layers(model):
+        if isinstance(layer, _L.Embedding) and layer.name in trained:
+            raise _refuse(
+                layer,
+                "format='full_int8' stores its table for the GATHER operator as int8 with one "
+                "step for the whole table, the calibrated range of the looked-up values; a "
+                "table trained with a scale per row is not exact there.",
+                "Export format='int8' or 'int4' (float activations; the table stays float32), "
+                "or keep the Embedding out of the codebook mapping (None) so that full_int8 "
+                "rounds it as any float weight.",
+            )
