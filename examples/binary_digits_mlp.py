@@ -12,20 +12,13 @@ accuracy with the LiteRT interpreter.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
-import sys
 
-import numpy as np
+import _cli
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-import tflite_export
-from tflite_export import runners
-from tflite_export.logs import library_logs
-
-# TensorFlow loads here: its start-up lines are kept out too, unless --verbose.
-with library_logs("--verbose" in sys.argv[1:]):
+with _cli.quiet_imports():  # TensorFlow loads here
     import tfmot_discrete as td
 
 keras = td.keras
@@ -59,27 +52,6 @@ def compile_and_fit(model, x, y, epochs, callbacks=(), verbose=0):
     model.fit(x, y, epochs=epochs, batch_size=64, verbose=verbose, callbacks=list(callbacks))
 
 
-def litert_accuracy(path, x, y) -> float:
-    """Top-1 accuracy of a `.tflite` file, run by LiteRT one sample at a time."""
-    logits = runners.run_litert(pathlib.Path(path).read_bytes(), [x])[0]
-    return float(np.mean(np.argmax(logits, -1) == y))
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=15, help="epochs per phase (default 15)")
-    parser.add_argument("--out", default="out/binary_digits", help="output directory")
-    parser.add_argument(
-        "--verbose",
-        action="store_true",
-        help="Keras' per-epoch output, and what TensorFlow, the converters and the "
-        "interpreters log",
-    )
-    args = parser.parse_args(argv)
-    with library_logs(args.verbose):
-        return _run(args)
-
-
 def _run(args) -> int:
     out = pathlib.Path(args.out)
     xtr, xte, ytr, yte = digits()
@@ -98,10 +70,14 @@ def _run(args) -> int:
     td.summary(qat)
 
     path = out / "binary_digits_mlp.tflite"
-    report = tflite_export.export(qat, path, format="int4", representative_data=xte[:64])
-    print(report)
-    print(f"{path}: LiteRT test accuracy {litert_accuracy(path, xte, yte):.2%}")
-    return 0 if report.ok and report.exact else 1
+    return _cli.export_and_score(qat, path, xte, yte, format="int4", representative_data=xte[:64])
+
+
+def main(argv=None) -> int:
+    parser = _cli.parser(
+        __doc__, out="out/binary_digits", epochs=15, epochs_help="epochs per phase"
+    )
+    return _cli.run(parser, _run, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """From a trained float CNN to ternary weights, keeping the accuracy, to a verified int4 file.
 
-The recipe of the README section "From a trained model to codebook weights",
+The recipe of docs/guide.md, "From a trained model to codebook weights",
 measured in benchmarks/RESULTS.md, step by step on the MNIST-1D CNN of the
 benchmarks (three convolutions + BatchNormalization + ReLU, a linear
 layer; written with Conv1D):
@@ -26,19 +26,17 @@ others 2.2 to 6.1; after fine-tuning, 95.70 % in Keras and in the int4 file.
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import pathlib
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+import _cli
 import numpy as np
 from _data import mnist1d
 
 import tflite_export
-import tfmot_discrete as td
-from tflite_export import runners
+
+with _cli.quiet_imports():  # TensorFlow loads here
+    import tfmot_discrete as td
 
 keras = td.keras
 L = keras.layers
@@ -82,21 +80,7 @@ def accuracy(model, x, y) -> float:
     return float(np.mean(np.argmax(model.predict(x, batch_size=256, verbose=0), -1) == y))
 
 
-def litert_accuracy(path, x, y) -> float:
-    """Top-1 accuracy of a `.tflite` file, run by LiteRT one sample at a time."""
-    logits = runners.run_litert(pathlib.Path(path).read_bytes(), [x])[0]
-    return float(np.mean(np.argmax(logits, -1) == y))
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--epochs", type=int, default=30, help="float training and fine-tuning epochs (default 30)"
-    )
-    parser.add_argument("--out", default="out/from_trained", help="output directory")
-    parser.add_argument("--distill", action="store_true", help="fine-tune through td.Distiller")
-    parser.add_argument("--verbose", action="store_true", help="print Keras' per-epoch logs")
-    args = parser.parse_args(argv)
+def _run(args) -> int:
     out = pathlib.Path(args.out)
     xtr, ytr, xte, yte = mnist1d()
     print(f"MNIST-1D: {len(ytr)} training and {len(yte)} test signals of length {xtr.shape[1]}")
@@ -131,13 +115,24 @@ def main(argv=None) -> int:
     path = out / "from_trained.tflite"
     report = tflite_export.export(qat, path, format="int4")
     print(report)
-    file_acc = litert_accuracy(path, xte, yte)
+    file_acc = _cli.litert_accuracy(path, xte, yte)
     same = round(file_acc * len(yte)) == round(qat_acc * len(yte))
     print(
         f"{path}: LiteRT test accuracy {file_acc:.2%}, Keras {qat_acc:.2%}: "
         + ("the same" if same else "DIFFERENT")
     )
     return 0 if report.ok and report.exact and same else 1
+
+
+def main(argv=None) -> int:
+    parser = _cli.parser(
+        __doc__,
+        out="out/from_trained",
+        epochs=30,
+        epochs_help="float training and fine-tuning epochs",
+    )
+    parser.add_argument("--distill", action="store_true", help="fine-tune through td.Distiller")
+    return _cli.run(parser, _run, argv)
 
 
 if __name__ == "__main__":

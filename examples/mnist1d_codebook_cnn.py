@@ -14,18 +14,12 @@ next to it (`td.plot_weights`, needs matplotlib).
 
 from __future__ import annotations
 
-import argparse
 import pathlib
-import sys
 
-import numpy as np
+import _cli
 from _data import mnist1d
 
-import tflite_export
-from tflite_export.logs import library_logs
-
-# TensorFlow loads here: its start-up lines are kept out too, unless --verbose.
-with library_logs("--verbose" in sys.argv[1:]):
+with _cli.quiet_imports():  # TensorFlow loads here
     import tfmot_discrete as td
 
 keras = td.keras
@@ -43,38 +37,6 @@ def cnn() -> keras.Model:
             x = L.MaxPooling1D(2, name=f"pool_{i}")(x)
     x = L.GlobalAveragePooling1D(name="gap")(x)
     return keras.Model(inp, L.Dense(10, name="logits")(x), name="mnist1d_cnn")
-
-
-def litert_accuracy(path, x, y) -> float:
-    """Top-1 accuracy of a full_int8 `.tflite` file (int8 input and output) with LiteRT."""
-    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-
-    it = Interpreter(model_path=str(path))
-    it.allocate_tensors()
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    scale, zero = inp["quantization"]
-    hits = 0
-    for xi, yi in zip(x, y):
-        q = np.clip(np.round(xi / scale + zero), -128, 127).astype(np.int8)
-        it.set_tensor(inp["index"], q[None])
-        it.invoke()
-        hits += int(np.argmax(it.get_tensor(out["index"])) == yi)
-    return hits / len(y)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
-    parser.add_argument("--out", default="out/mnist1d", help="output directory")
-    parser.add_argument(
-        "--verbose",
-        action="store_true",
-        help="Keras' per-epoch output, and what TensorFlow, the converters and the "
-        "interpreters log",
-    )
-    args = parser.parse_args(argv)
-    with library_logs(args.verbose):
-        return _run(args)
 
 
 def _run(args) -> int:
@@ -106,10 +68,13 @@ def _run(args) -> int:
         print(f"(no histograms: {e})")
 
     path = out / "mnist1d_cnn.tflite"
-    report = tflite_export.export(qat, path, format="full_int8", representative_data=xtr[:200])
-    print(report)
-    print(f"{path}: LiteRT test accuracy {litert_accuracy(path, xte, yte):.2%}")
-    return 0 if report.ok and report.exact else 1
+    return _cli.export_and_score(
+        qat, path, xte, yte, format="full_int8", representative_data=xtr[:200]
+    )
+
+
+def main(argv=None) -> int:
+    return _cli.run(_cli.parser(__doc__, out="out/mnist1d", epochs=30), _run, argv)
 
 
 if __name__ == "__main__":

@@ -12,17 +12,14 @@ is exactly those values, and checked.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
-import sys
 
+import _cli
 import numpy as np
 
 import tflite_export
-from tflite_export.logs import library_logs
 
-# TensorFlow loads here: its start-up lines are kept out too, unless --verbose.
-with library_logs("--verbose" in sys.argv[1:]):
+with _cli.quiet_imports():  # TensorFlow loads here
     import tfmot_discrete as td
 
 keras = td.keras  # tf_keras (Keras 2): what TF-MOT and this package use
@@ -61,22 +58,6 @@ def show(values, learned, hidden) -> None:
     )
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
-    parser.add_argument("--dim", type=int, default=32, help="vector length (default 32)")
-    parser.add_argument("--out", default="out/seed", help="output directory (default out/seed)")
-    parser.add_argument(
-        "--verbose",
-        action="store_true",
-        help="Keras' per-epoch output, and what TensorFlow, the converters and the "
-        "interpreters log",
-    )
-    args = parser.parse_args(argv)
-    with library_logs(args.verbose):
-        return _run(args)
-
-
 def _run(args) -> int:
     out = pathlib.Path(args.out)
 
@@ -95,6 +76,12 @@ def _run(args) -> int:
     print()
     print(report)
     return 0 if report.ok and report.exact else 1
+
+
+def main(argv=None) -> int:
+    parser = _cli.parser(__doc__, out="out/seed", epochs=20)
+    parser.add_argument("--dim", type=int, default=32, help="vector length (default 32)")
+    return _cli.run(parser, _run, argv)
 
 
 if __name__ == "__main__":

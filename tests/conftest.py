@@ -4,8 +4,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import tfmot_discrete as td
+
+# Property tests draw the same examples on every run and machine: a CI run never
+# depends on luck. Set HYPOTHESIS_PROFILE=explore locally to draw new ones.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # One table of quantizers feeds the shared tests.
 QUANTIZERS = {

@@ -5,10 +5,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tfmot_discrete import ops
-from tfmot_discrete.codebook import MAX_SIZE, Codebook
+from tfmot_discrete.codebook import FLOAT32_TINY, MAX_SIZE, Codebook
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
-codebooks = st.lists(finite, min_size=2, max_size=40).filter(lambda v: len(set(v)) >= 2)
+
+
+def _accepted(values) -> bool:
+    """Codebooks `Codebook` accepts: 2+ distinct values, none (and no midpoint) subnormal."""
+    try:
+        Codebook(values)
+    except ValueError:
+        return False
+    return True
+
+
+codebooks = st.lists(finite, min_size=2, max_size=40).filter(_accepted)
 
 
 def test_order_and_duplicates_do_not_matter():
@@ -57,6 +68,27 @@ def test_order_and_duplicates_do_not_matter():
 def test_bad_codebooks_raise(values):
     with pytest.raises(ValueError, match="Received: values="):
         Codebook(values)
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ([0.0, 2.2e-311, -2.2e-311], "2.2e-311"),  # subnormal in float64 too
+        ([1.0, 1e-39], "1e-39"),  # subnormal in float32 only
+        ([0.0, FLOAT32_TINY], "midpoint"),  # the values are normal, their midpoint is not
+    ],
+)
+def test_subnormal_float32_values_are_refused(values, named):
+    with pytest.raises(ValueError, match="subnormal float32") as err:
+        Codebook(values)
+    assert named in str(err.value) and f"Received: values={values!r}" in str(err.value)
+
+
+def test_smallest_normal_float32_values_project_alike_in_numpy_and_tensorflow():
+    cb = Codebook([0.0, 2 * FLOAT32_TINY, -2 * FLOAT32_TINY, 1.0])
+    x = np.concatenate([cb.midpoints, cb.values, [FLOAT32_TINY / 2, -FLOAT32_TINY / 2]])
+    t = ops.project(tf.constant(x, tf.float64), cb.values).numpy()
+    np.testing.assert_array_equal(t, cb.project_numpy(x))
 
 
 def test_bits():

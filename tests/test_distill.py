@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tflite_export
 import tfmot_discrete as td
 from tfmot_discrete import keras
+from tfmot_discrete.weights import codebook_items
 
 L = keras.layers
 
@@ -64,6 +66,8 @@ def test_only_the_student_trains_and_evaluate_predict_use_it():
     hist = dist.fit(x, y, batch_size=8, epochs=2, verbose=0, validation_data=(x, y)).history
     assert {"loss", "label_loss", "distillation_loss", "accuracy", "val_loss"} <= set(hist)
     assert "val_distillation_loss" not in hist
+    # The teacher stayed trainable, as it was given, and did not train.
+    assert teacher.trainable and len(teacher.trainable_weights) == 4
     for a, b in zip(teacher.get_weights(), teacher_w):
         np.testing.assert_array_equal(a, b)
     assert max(np.abs(a - b).max() for a, b in zip(student.get_weights(), student_w)) > 0.01
@@ -74,6 +78,21 @@ def test_only_the_student_trains_and_evaluate_predict_use_it():
     loss, metric = dist.evaluate(x, y, batch_size=len(x), verbose=0)
     assert loss == pytest.approx(label, rel=1e-5)
     assert metric == pytest.approx(acc)
+
+
+def test_teacher_is_left_as_found_and_quantizes_fully_afterwards():
+    teacher = _mlp()
+    td.Distiller(td.quantize_model(teacher, td.ternary()), teacher)
+    assert teacher.trainable and all(layer.trainable for layer in teacher.layers)
+    # Quantizing the float model again trains every latent kernel.
+    qat = td.quantize_model(teacher, td.ternary())
+    latents = [item.latent for item in codebook_items(qat)]
+    assert len(latents) == 2
+    assert {id(v) for v in latents} <= {id(v) for v in qat.trainable_weights}
+    x, _ = _data(16)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(qat(x, training=True)))
+    assert all(np.any(g.numpy() != 0) for g in tape.gradient(loss, latents))
 
 
 def test_softmax_outputs_with_from_logits_false():

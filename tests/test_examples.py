@@ -1,5 +1,6 @@
 """Each example runs end to end with a tiny budget and ends with a verified `.tflite`."""
 
+import importlib.util
 import os
 import pathlib
 import re
@@ -141,22 +142,40 @@ def test_edge_deploy(tmp_path):
     assert (tmp_path / "model_packed_data.cc").is_file()
 
 
-@pytest.mark.parametrize(
-    "script", sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
+SCRIPTS = sorted(
+    p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.rglob("*.py") if not p.name.startswith("_")
 )
-def test_examples_take_a_budget_and_an_output_directory(script):
-    text = (EXAMPLES / script).read_text()
-    assert "--out" in text and ("--epochs" in text or "--steps" in text)
 
 
-def test_readme_command_lines_run(tmp_path, monkeypatch, capsys):
-    """The `tflite-export` lines of README.md run on what the Python block before them saved."""
-    readme = (EXAMPLES.parent / "README.md").read_text()
-    blocks = re.findall(r"```(python|bash)\n(.*?)```", readme, flags=re.S)
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_examples_take_a_budget_and_an_output_directory(script, monkeypatch, capsys):
+    """Each example's `--help` (its own parser, imported in this process) lists
+    `--out` and `--verbose`, and a budget (`--epochs`) unless it trains nothing."""
+    monkeypatch.setattr(sys, "path", [str(EXAMPLES), *sys.path])  # restored afterwards
+    name = "example_" + re.sub(r"\W", "_", script.removesuffix(".py"))
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as done:
+        module.main(["--help"])
+    assert done.value.code == 0
+    flags = set(re.findall(r"(--[a-z-]+)", capsys.readouterr().out))
+    assert {"--out", "--verbose"} <= flags, flags
+    assert "--epochs" in flags or script == "edge_deploy/deploy.py", flags
+
+
+#: The page that shows the `tflite-export` command lines.
+COMMAND_LINE_PAGE = EXAMPLES.parent / "docs" / "formats.md"
+
+
+def test_documented_command_lines_run(tmp_path, monkeypatch, capsys):
+    """The `tflite-export` lines of docs/formats.md run on what the Python block before them saved."""
+    page = COMMAND_LINE_PAGE.read_text()
+    blocks = re.findall(r"```(python|bash)\n(.*?)```", page, flags=re.S)
     index = next(i for i, (kind, text) in enumerate(blocks) if text.startswith("tflite-export"))
     assert blocks[index - 1][0] == "python"
     monkeypatch.chdir(tmp_path)
-    exec(compile(blocks[index - 1][1], "README.md", "exec"), {"__name__": "readme"})
+    exec(compile(blocks[index - 1][1], COMMAND_LINE_PAGE.name, "exec"), {"__name__": "readme"})
     capsys.readouterr()
     for line in blocks[index][1].strip().splitlines():
         argv = shlex.split(line)

@@ -113,3 +113,19 @@ def test_bad_arguments(kwargs, match):
             args["data"] if "data" not in kwargs else (np.zeros((4, 6, 6, 1)), np.zeros(4)),
             metric="loss",
         )
+
+
+def test_frozen_layers_are_scanned_and_no_quantizable_layer_is_named():
+    keras.utils.set_random_seed(0)
+    model = _model()
+    model.trainable = False  # what a Distiller's teacher used to be left as
+    x = np.random.default_rng(0).normal(size=(8, 6, 6, 1)).astype("float32")
+    y = np.zeros(8, int)
+    rows = td.sensitivity(model, td.ternary(), (x, y), print_fn=None)
+    assert [r.layer for r in rows] == ["conv", "hidden", "logits"]
+    inp = keras.Input((6,))
+    no_weights = keras.Model(inp, L.BatchNormalization(name="bn")(L.ReLU(name="relu")(inp)))
+    with pytest.raises(ValueError, match="nothing to scan") as err:
+        td.sensitivity(no_weights, td.ternary(), (x[:, 0, :, 0], y), print_fn=None)
+    assert "Supported classes: " in str(err.value) and "Dense" in str(err.value)
+    assert "'bn' (BatchNormalization)" in str(err.value)

@@ -1,3 +1,4 @@
+import inspect
 import os
 import re
 import subprocess
@@ -14,10 +15,26 @@ from tfmot_discrete_demo import __main__ as cli
 from tfmot_discrete_demo import digits as demo
 
 
-def test_every_public_name_resolves():
-    assert td.__all__ == sorted(td.__all__)
-    for name in td.__all__:
-        assert getattr(td, name) is not None
+def _kind_mismatch(module, name):
+    """Why `module.name` is missing or not the kind its spelling promises (None when fine):
+    CapWords a class, UPPER_CASE a constant, lower_case a function or a module."""
+    if not hasattr(module, name):
+        return f"{name}: missing"
+    obj = getattr(module, name)
+    if name.isupper():
+        ok = not callable(obj)
+    elif name[0].isupper():
+        ok = inspect.isclass(obj)
+    else:
+        ok = inspect.isfunction(obj) or inspect.ismodule(obj)
+    return None if ok else f"{name}: {type(obj).__name__}"
+
+
+@pytest.mark.parametrize("module", [td, tflite_export], ids=lambda m: m.__name__)
+def test_every_public_name_resolves(module):
+    assert module.__all__ == sorted(module.__all__)
+    wrong = [w for w in (_kind_mismatch(module, n) for n in module.__all__) if w]
+    assert not wrong, f"{module.__name__}.__all__ names that do not resolve as spelled: {wrong}"
 
 
 def test_summary_table():

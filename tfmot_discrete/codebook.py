@@ -14,6 +14,11 @@ from tfmot_discrete import text
 #: Largest number of distinct values a codebook may hold.
 MAX_SIZE = 65536
 
+#: Smallest normal float32 magnitude. TensorFlow on CPU flushes smaller
+#: (subnormal) numbers to zero and NumPy does not, so a codebook value or
+#: midpoint below it would project differently on the two paths.
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
 
 def _flatten_values(values) -> list[float]:
     """Turns the user's `values` into a flat list of floats, or raises."""
@@ -61,6 +66,28 @@ def midpoints(values) -> np.ndarray:
     return v[:-1] / 2.0 + v[1:] / 2.0
 
 
+def _check_not_subnormal(uniq: np.ndarray, values) -> None:
+    """Refuses nonzero values and midpoints below `FLOAT32_TINY` in magnitude."""
+    small = (uniq != 0) & (np.abs(uniq) < FLOAT32_TINY)
+    if np.any(small):
+        raise ValueError(
+            f"`values` must not hold subnormal float32 numbers (0 < |v| < {FLOAT32_TINY:.7g}); "
+            f"it holds {float(uniq[small][0])!r}. TensorFlow on CPU flushes them to zero and "
+            "NumPy does not, so projections would differ. Use 0 or larger values. "
+            f"Received: values={values!r}"
+        )
+    mids = midpoints(uniq)
+    small = (mids != 0) & (np.abs(mids) < FLOAT32_TINY)
+    if np.any(small):
+        i = int(np.argmax(small))
+        raise ValueError(
+            f"`values` {float(uniq[i])!r} and {float(uniq[i + 1])!r} have the midpoint "
+            f"{float(mids[i])!r}, a subnormal float32 number (0 < |m| < {FLOAT32_TINY:.7g}): "
+            "TensorFlow on CPU flushes it to zero and NumPy does not, so projections would "
+            f"differ. Received: values={values!r}"
+        )
+
+
 class Codebook:
     """A validated, sorted set of distinct real values.
 
@@ -73,8 +100,9 @@ class Codebook:
 
     Raises:
         ValueError: If `values` is empty, has fewer than 2 distinct entries,
-            holds NaN, inf, non-numbers or nested lists, or more than
-            65536 entries.
+            holds NaN, inf, non-numbers or nested lists, more than 65536
+            entries, or a nonzero value (or midpoint between neighbours)
+            smaller in magnitude than `FLOAT32_TINY` (a float32 subnormal).
 
     Example:
 
@@ -111,6 +139,7 @@ class Codebook:
                 f"`values` may hold at most {MAX_SIZE} distinct numbers; it holds "
                 f"{uniq.size}. Received: values=<{uniq.size} numbers>"
             )
+        _check_not_subnormal(uniq, values)
         self._values = uniq
         self._values.setflags(write=False)
 

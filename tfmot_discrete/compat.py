@@ -8,6 +8,8 @@ names touches this file only.
 
 from __future__ import annotations
 
+import tensorflow as tf
+
 # Private module: TensorFlow's only way to ask whether a graph is compiled by XLA.
 from tensorflow.python.ops import control_flow_util
 
@@ -19,6 +21,8 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 
 __all__ = [
     "QuantizeLayer",
+    "attention_projections",
+    "rebind_attribute",
     "in_xla_context",
     "is_autocast",
     "is_graph_network",
@@ -116,3 +120,37 @@ def in_xla_context(graph) -> bool:
     way to ask whether the code being traced runs under `jit_compile`.
     """
     return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
+
+
+def attention_projections(mha) -> list | None:
+    """`(projection, input shape)` of a MultiHeadAttention's query, key, value
+    and output `EinsumDense` layers; None until the layer knows its input
+    shapes.
+
+    Reaches tf_keras' `MultiHeadAttention._query_dense` and its siblings, the
+    stored `_query_shape`/`_key_shape`/`_value_shape`, `_num_heads`,
+    `_value_dim` and `_built_from_signature`: `from_config` creates the
+    projections but builds them only at the first call, and no public name
+    gives them or the shapes they were built for.
+    """
+    if not mha._built_from_signature:  # noqa: SLF001
+        return None
+    query = tf.TensorShape(mha._query_shape)  # noqa: SLF001
+    heads = query[:-1].concatenate([mha._num_heads, mha._value_dim])  # noqa: SLF001
+    return [
+        (mha._query_dense, query),  # noqa: SLF001
+        (mha._key_dense, mha._key_shape),  # noqa: SLF001
+        (mha._value_dense, mha._value_shape),  # noqa: SLF001
+        (mha._output_dense, heads),  # noqa: SLF001
+    ]
+
+
+def rebind_attribute(obj, name: str, value) -> None:
+    """Sets `obj.<name> = value` without tf_keras' attribute tracking.
+
+    `Layer.__setattr__` tracks a variable assigned to a layer again (appending
+    it to the layer's weight lists, which reorders them and changes what
+    `.keras` files store); putting a latent variable back where a quantized
+    tensor was written only needs the name rebound.
+    """
+    object.__setattr__(obj, name, value)

@@ -57,7 +57,8 @@ class Distiller(keras.Model):
     Args:
         student: The model to train, e.g. from `td.quantize_model`.
         teacher: The trained model to learn from, e.g. the float model the
-            student was quantized from. It is set to `trainable=False`.
+            student was quantized from. It is never trained, and is left as
+            it was given (its `trainable` flags are not touched).
         temperature: Softmax temperature `T > 0`. Defaults to
             `DEFAULT_TEMPERATURE` (4.0).
         alpha: Weight of the label loss in `[0, 1]`. Defaults to
@@ -116,7 +117,6 @@ class Distiller(keras.Model):
         super().__init__(**kwargs)
         self.student = student
         self.teacher = teacher
-        self.teacher.trainable = False
         self.temperature = temperature
         self.alpha = alpha
         self.from_logits = bool(from_logits)
@@ -160,7 +160,8 @@ class Distiller(keras.Model):
             soft = self.distillation_loss(teacher_out, y_pred, sample_weight)
             loss = self.alpha * label_loss + (1.0 - self.alpha) * self.temperature**2 * soft
         compat.validate_target_and_loss(self, y, loss)
-        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+        # The student's variables only: the teacher stays as the user left it.
+        self.optimizer.minimize(loss, self.student.trainable_variables, tape=tape)
         self._total_tracker.update_state(loss)
         self._label_tracker.update_state(label_loss)
         self._distill_tracker.update_state(soft)

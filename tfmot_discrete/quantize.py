@@ -9,13 +9,20 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete import _keras, compat, configs, int8, rescale, scheme
+from tfmot_discrete import _keras, annotate, compat, configs, int8, nested, rescale, scheme, wrapper
 from tfmot_discrete import quantizers as quantizers_mod
 from tfmot_discrete._keras import keras
 from tfmot_discrete.compat import QuantizeLayer
 from tfmot_discrete.layers import DiscreteMultiplier
 from tfmot_discrete.quantizers import weight_key
-from tfmot_discrete.weights import check_finite, codebook_items, int8_items, wrapper_weights
+from tfmot_discrete.weights import (
+    check_finite,
+    codebook_items,
+    int8_items,
+    warn_frozen_layers,
+    warn_partial_codebooks,
+    wrapper_weights,
+)
 
 _qk = tfmot.quantization.keras
 _QuantizeAnnotate = _qk.quantize_annotate_layer(keras.layers.Dense(1)).__class__
@@ -73,7 +80,9 @@ def quantize_scope(*args):
     """
     with _qk.quantize_scope(_types_dict(), *args):
         # Entered last, so it wins over TF-MOT's entry of the same name.
-        with keras.utils.custom_object_scope({"QuantizeLayer": _FixedQuantizeLayer}):
+        with keras.utils.custom_object_scope(
+            {"QuantizeLayer": _FixedQuantizeLayer, "QuantizeWrapperV2": wrapper.QuantizeWrapper}
+        ):
             yield
 
 
@@ -99,66 +108,6 @@ def _check_model(model, argname="model"):
             "`model.build(input_shape)` before quantizing it."
         )
     return model
-
-
-_FLOAT_LAYERS = (
-    keras.layers.BatchNormalization,
-    keras.layers.LayerNormalization,
-    keras.layers.GroupNormalization,
-    keras.layers.UnitNormalization,
-    keras.layers.PReLU,
-)
-
-
-def _plan(model, spec):
-    """`{layer name: QuantizeConfig}` for the layers to annotate."""
-    plan = {}
-    explicit = spec.from_mapping
-    names = [layer.name for layer in model.layers]
-    if explicit:
-        for rx, pattern, _ in spec.rules:
-            if not any(rx.fullmatch(n) for n in names):
-                raise ValueError(
-                    f"Quantizer mapping key {pattern!r} matches no layer of model "
-                    f"{model.name!r} (matched with re.fullmatch). Layer names: {names}"
-                )
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        found, value = spec.lookup(layer.name)
-        if not found or value is None:
-            continue
-        if isinstance(layer, keras.Model):
-            raise ValueError(
-                f"Layer {layer.name!r} is a nested model ({type(layer).__name__}); flatten it "
-                "into the outer model first: TF-MOT cannot quantize models inside models."
-            )
-        if isinstance(value, _qk.QuantizeConfig):
-            plan[layer.name] = value
-            continue
-        if isinstance(layer, DiscreteMultiplier):
-            if explicit and value != layer.quantizer:
-                raise ValueError(
-                    f"Layer {layer.name!r} is a DiscreteMultiplier: it carries its own "
-                    f"codebook ({layer.quantizer!r}); set it there instead of in the mapping."
-                )
-            continue
-        cfg = configs.config_for_layer(layer, value)
-        if cfg is None:
-            # Layers with nothing to quantize (Flatten, ReLU, pooling) and the
-            # normalization layers, which stay float by design, pass quietly.
-            if explicit and layer.trainable_weights and not isinstance(layer, _FLOAT_LAYERS):
-                raise ValueError(
-                    f"Layer {layer.name!r} of class {type(layer).__name__} cannot be quantized "
-                    "to a codebook automatically (supported: "
-                    f"{sorted(c.__name__ for c in configs.LAYER_WEIGHTS)}, DiscreteMultiplier). "
-                    "Map its name to a `td.DiscreteQuantizeConfig({'<weight attribute>': "
-                    "quantizer})` naming the attribute its `call` reads, e.g. "
-                    f"{{{layer.name!r}: td.DiscreteQuantizeConfig({{'kernel': q}})}}."
-                )
-            continue
-        plan[layer.name] = cfg
-    return plan
 
 
 ACTIVATIONS = (None, "int8")
@@ -214,7 +163,7 @@ def _add_activation_quantizers(model, plan):
             cfg.activation_quantizer = _activation_quantizer()
 
 
-def quantize_model(model, quantizer, activations=None):
+def quantize_model(model, quantizer, activations=None, strict=False):
     """Makes every supported layer train its weights to a codebook.
 
     Annotates the layers and calls TF-MOT's `quantize_apply` with a
@@ -237,6 +186,21 @@ def quantize_model(model, quantizer, activations=None):
             that a full-int8 TFLite model quantizes, after BatchNorm/ReLU
             fusion), so a `full_int8` export agrees with what was trained.
             Defaults to `None`.
+        strict: Raise instead of logging when a layer keeps a kernel-like
+            weight (trainable, rank >= 2) float. Defaults to `False`.
+
+    Layers whose weights a recurrent cell or a sub-layer holds are quantized
+    on that object: the kernel and recurrent kernel of `LSTM`, `GRU`,
+    `SimpleRNN` and `ConvLSTM1D/2D/3D` (also inside `Bidirectional`), the
+    query, key, value and output projections of `MultiHeadAttention`,
+    `EinsumDense`, and `TimeDistributed` around a supported layer. A model
+    used as a layer (a backbone) is flattened first: its layers become the
+    returned model's, under their own names. A mapping key names a layer
+    (`"lstm"`) or one weight of it (`"lstm/recurrent_kernel"`,
+    `"mha/query/kernel"`, `"bidirectional/forward/kernel"`); the first key
+    that names a weight decides it. Every layer that keeps kernel-like
+    weights float gets one `weights.QuantizationWarning` saying which and
+    why; biases and normalization parameters stay float by design.
 
     With `scale=None` the codebook values are used exactly as given, and a
     trained layer's weights (|w| ~ 0.05) would all project to the values
@@ -256,7 +220,16 @@ def quantize_model(model, quantizer, activations=None):
 
     Raises:
         ValueError: For a model that cannot be quantized, a mapping key that
-            matches no layer, or a mapped layer we cannot quantize.
+            matches no layer, a mapped layer we cannot quantize, or (with
+            `strict=True`) a kernel-like weight that would stay float.
+
+    Warns:
+        weights.QuantizationWarning: Once per layer set to `trainable=False` (or in a
+            model set so), saying which of its weights train, and once per
+            `scale=None` weight that projects to only some of its codebook's
+            values, in a layer no BatchNormalization follows; once per layer
+            that keeps kernel-like weights float (unless `strict=True`, which
+            raises).
 
     Example:
 
@@ -270,12 +243,17 @@ def quantize_model(model, quantizer, activations=None):
         raise ValueError(
             f"`activations` must be one of {list(ACTIVATIONS)}. Received: activations={activations!r}"
         )
+    if not isinstance(strict, bool):
+        raise ValueError(f"`strict` must be a bool. Received: strict={strict!r}")
     model = _check_model(model)
     spec = scheme.resolve_quantizer_spec(quantizer)
+    model = nested.flatten(model, scope=quantize_scope)
     if rescale.plan(model, spec):
         model = _copy(model)
         rescale.rescale_for_codebook(model, spec)
-    plan = _plan(model, spec)
+    layer_plan = annotate.plan(model.layers, spec)
+    annotate.report(layer_plan.float_weights, strict)
+    plan = layer_plan.configs
     if activations == "int8":
         _add_activation_quantizers(model, plan)
     if not plan:
@@ -297,11 +275,14 @@ def quantize_model(model, quantizer, activations=None):
         )
         plan_scheme.get_quantize_registry().config_for_unlisted = False
         qat = _qk.quantize_apply(annotated, scheme=plan_scheme)
+    wrapper.adopt(qat)
     for layer in qat.layers:
         if isinstance(layer, _qk.QuantizeWrapper):
             _fix_weight_order(layer)
     initialize_learned_scales(qat)
     initialize_int8_ranges(qat)
+    warn_frozen_layers(model, qat)
+    warn_partial_codebooks(model, qat)
     return qat
 
 
@@ -353,20 +334,31 @@ def _fix_weight_order(wrapper):
         del tw[: len(tw) - len(fresh)]
 
 
-def _wrapper_values(wrapper) -> dict[str, np.ndarray]:
-    """`{weight name: value}` of a wrapper's inner layer, quantized ones projected.
+def _wrapper_values(wrapper, plain) -> list[np.ndarray]:
+    """The values for `plain.weights`, a fresh copy of a wrapper's inner
+    layer: quantized weights projected, the others as they are.
 
     The inner layer's own weight list misses the weights the wrapper replaced
-    with tensors, so look in both places, by name.
+    with tensors. A quantized weight is found on `plain` by its attribute
+    path; the other weights keep their order in both layers.
     """
-    out = {
-        weight_key(weight): np.asarray(quantizer(weight, False, weights=qvars))
-        for weight, quantizer, qvars in wrapper_weights(wrapper)
-    }
-    for w in wrapper.layer.weights:  # the latent weights are not copied
-        if weight_key(w) not in out:
-            out[weight_key(w)] = w.numpy()
-    return out
+    config = wrapper.quantize_config
+    items = wrapper_weights(wrapper)
+    if not isinstance(config, configs.DiscreteQuantizeConfig):
+        by_name = {
+            weight_key(weight): np.asarray(quantizer(weight, False, weights=qvars))
+            for weight, quantizer, qvars in items
+        }
+        for w in wrapper.layer.weights:
+            by_name.setdefault(weight_key(w), w.numpy())
+        return [by_name[weight_key(w)] for w in plain.weights]
+    projected = {}
+    for path, (weight, quantizer, qvars) in zip(config.weight_quantizers, items, strict=True):
+        owner, attr = configs.resolve(plain, path)
+        projected[id(getattr(owner, attr))] = np.asarray(quantizer(weight, False, weights=qvars))
+    latent = {id(weight) for weight, _, _ in items}
+    rest = iter([w.numpy() for w in wrapper.layer.weights if id(w) not in latent])
+    return [projected[id(w)] if id(w) in projected else next(rest) for w in plain.weights]
 
 
 def _baked_multiplier(layer: DiscreteMultiplier):
@@ -403,15 +395,15 @@ def strip_quantization(model):
     def _strip(layer):
         if isinstance(layer, _qk.QuantizeWrapper):
             inner = layer.layer
-            new_weights[inner.name] = lambda: _wrapper_values(layer)
+            new_weights[inner.name] = lambda plain: _wrapper_values(layer, plain)
             return inner.__class__.from_config(inner.get_config())
         if isinstance(layer, DiscreteMultiplier):
             new_layer, vals = _baked_multiplier(layer)
-            new_weights[layer.name] = lambda: {"kernel": vals[0]}
+            new_weights[layer.name] = lambda plain: [vals[0]]
             return new_layer
         if isinstance(layer, QuantizeLayer):
             dropped.append(layer.name)
-        new_weights[layer.name] = layer.get_weights
+        new_weights[layer.name] = lambda plain, layer=layer: layer.get_weights()
         return layer.__class__.from_config(layer.get_config())
 
     with quantize_scope():
@@ -420,10 +412,7 @@ def strip_quantization(model):
         values_of = new_weights.pop(layer.name, None)
         if not layer.weights or values_of is None:
             continue
-        values = values_of()
-        if isinstance(values, dict):
-            values = [values[weight_key(w)] for w in layer.weights]
-        layer.set_weights(values)
+        layer.set_weights(values_of(layer))
     if dropped:
         plain = _without_layers(plain, set(dropped))
     return plain

@@ -141,7 +141,17 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
 
     def build(self, tensor_shape, name, layer):
         weights = {}
+        latent = _find_weight(layer, name)
+        if latent is not None:
+            clip_to_codebook(latent, self)
         if self.scale == "learned":
+            # Several weights of one layer can share a name (the kernels of
+            # attention's projections): number the scales of the later ones.
+            taken = {weight_key(v) for v in layer.weights}
+            base, i = name, 0
+            while f"{name}_log_scale" in taken:
+                i += 1
+                name = f"{base}_{i}"
             # The scale is learned as a (damped) logarithm, see LOG_SCALE_STEP:
             # Adam's lr-sized steps on the scale itself drive a scale of ~0.05
             # to zero within a few steps.
@@ -159,10 +169,6 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
                 trainable=False,
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
-        latent = _find_weight(layer, name)
-        if latent is not None and latent.trainable:
-            lo, hi = self.codebook.low, self.codebook.high
-            compat.set_constraint(latent, _ClipToRange(lo, hi))
         return weights
 
     def __call__(self, inputs, training, weights, **kwargs):
@@ -254,11 +260,19 @@ def weight_key(variable) -> str:
 
 
 def _find_weight(layer, name):
+    """The wrapped layer's weight called `name`; None when none or several are
+    (a `DiscreteQuantizeConfig` then clips the weights it hands out itself)."""
     inner = getattr(layer, "layer", layer)
-    for v in inner.weights:
-        if weight_key(v) == name:
-            return v
-    return None
+    found = [v for v in inner.weights if weight_key(v) == name]
+    return found[0] if len(found) == 1 else None
+
+
+def clip_to_codebook(variable, quantizer: CodebookQuantizer) -> None:
+    """Keeps a trainable latent `variable` inside `quantizer`'s codebook range
+    (a constraint the optimizer applies after each update)."""
+    if variable.trainable:
+        lo, hi = quantizer.codebook.low, quantizer.codebook.high
+        compat.set_constraint(variable, _ClipToRange(lo, hi))
 
 
 def _scaled_ste(w, s, values, gradient):

@@ -77,8 +77,19 @@ def _normalization_after(layer, own_nodes):
     return bn
 
 
+def normalized_layers(model) -> set[str]:
+    """Names of the layers of `model` whose only consumer is a BatchNormalization
+    of their output channels (the layers `plan` may rescale)."""
+    own_nodes = compat.model_nodes(model)
+    return {
+        layer.name for layer in model.layers if _normalization_after(layer, own_nodes) is not None
+    }
+
+
 def _kernel_attr(layer):
-    weights = configs.quantizable_weights(layer) or {}
+    # Only layers whose kernel is their own attribute and whose bias runs
+    # along its last axis (not cells, attention or EinsumDense).
+    weights = configs.LAYER_WEIGHTS.get(type(layer), {})
     if list(weights.values()) == [[-1]]:
         return next(iter(weights))
     if isinstance(layer, keras.layers.DepthwiseConv2D):

@@ -18,8 +18,11 @@ class QuantizerRules:
     """The quantizer argument in its one form: regex rules on layer names.
 
     A single quantizer is the rule `.*`. `from_mapping` tells that the user
-    wrote the rules: then every key must match a layer, and a layer it
-    matches must be one we can quantize.
+    wrote the rules: then every key must match a layer or one of its weights,
+    and a layer it matches must be one we can quantize. A rule names a whole
+    layer (`re.fullmatch` on its name) or one weight of it (`re.fullmatch` on
+    `"<layer name>/<weight name>"`, e.g. `"lstm/recurrent_kernel"`,
+    `"mha/query/kernel"`).
     """
 
     rules: tuple  # of (compiled regex, pattern, quantizer | QuantizeConfig | None)
@@ -31,6 +34,24 @@ class QuantizerRules:
             if rx.fullmatch(layer_name):
                 return True, value
         return False, None
+
+    def matches(self, rx, layer_name, weight_names=()) -> bool:
+        """Whether the rule `rx` names the layer or one of `weight_names`."""
+        return rx.fullmatch(layer_name) is not None or any(
+            rx.fullmatch(f"{layer_name}/{w}") for w in weight_names
+        )
+
+    def lookup_weights(self, layer_name, weight_names) -> dict:
+        """`{weight name: quantizer | "int8" | None}` for one layer's weights,
+        each from the first rule that names the layer or that weight; a
+        weight no rule names is left out."""
+        out = {}
+        for w in weight_names:
+            for rx, _, value in self.rules:
+                if self.matches(rx, layer_name, (w,)):
+                    out[w] = value
+                    break
+        return out
 
 
 def resolve_quantizer_spec(spec) -> QuantizerRules:
@@ -100,8 +121,10 @@ class DiscreteQuantizeRegistry(_qk.QuantizeRegistry):
         found, value = self._rules.lookup(layer.name)
         if isinstance(value, _qk.QuantizeConfig):
             return value
-        if found and value is not None:
-            cfg = configs.config_for_layer(layer, value, self._activation_quantizer)
+        specs = configs.weight_specs(layer) or []
+        chosen = self._rules.lookup_weights(layer.name, [s.name for s in specs])
+        if any(v is not None for v in chosen.values()):
+            cfg = configs.config_for_layer(layer, chosen, self._activation_quantizer)
             if cfg is not None:
                 return cfg
         if not self.config_for_unlisted:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 
 import numpy as np
 import tensorflow as tf
 
-from tfmot_discrete import _keras, batchnorm, configs, scheme
+from tfmot_discrete import _keras, batchnorm, configs, nested, scheme
 from tfmot_discrete import data as data_mod
 from tfmot_discrete._keras import keras
-from tfmot_discrete.quantize import quantize_model, strip_quantization
+from tfmot_discrete.quantize import quantize_model, quantize_scope, strip_quantization
+from tfmot_discrete.weights import QuantizationWarning
 
 METRICS = ("accuracy", "loss")
 
@@ -107,11 +109,24 @@ def _accuracy(y, p):
 
 
 def _quantizable(model):
+    """The layers `quantize_model` would quantize, built, trainable or not (the
+    scan projects weights without training them)."""
     return [
         layer
         for layer in model.layers
-        if configs.quantizable_weights(layer) is not None and layer.trainable_weights
+        if configs.quantizable_weights(layer) is not None and layer.weights
     ]
+
+
+def _nothing_to_scan(model) -> ValueError:
+    """The error for a model without a layer to scan, naming its layers' classes."""
+    layers = [f"{layer.name!r} ({type(layer).__name__})" for layer in model.layers]
+    supported = sorted(c.__name__ for c in configs.LAYER_WEIGHTS)
+    return ValueError(
+        f"Model {model.name!r} has no layer of a class quantize_model quantizes: nothing to "
+        f"scan. Supported classes: {', '.join(supported)}. Received: a model whose layers are "
+        f"{', '.join(layers) or 'none'}"
+    )
 
 
 def sensitivity(
@@ -131,7 +146,8 @@ def sensitivity(
     rescaling `quantize_model` does), optionally re-estimates its
     BatchNormalization statistics, and evaluates it on `data`. The layers
     that lose most are those to keep at 8 bits (`"int8"` in the mapping) or
-    float (`None`).
+    float (`None`). Layers set to `trainable=False` are scanned too: nothing
+    is trained here.
 
     Args:
         model: A trained float tf_keras model (or a Keras 3 one).
@@ -154,7 +170,8 @@ def sensitivity(
 
     Raises:
         ValueError: For bad data, an unknown metric, or a model without a
-            quantizable layer.
+            layer of a class `quantize_model` quantizes (the message lists
+            the model's layer classes and the supported ones).
 
     Example:
 
@@ -180,26 +197,29 @@ def sensitivity(
             f'of values or "int8"), not a mapping. Received: quantizer={quantizer!r}'
         )
     scheme.resolve_quantizer_spec(quantizer)  # raises for anything else
+    model = nested.flatten(model, scope=quantize_scope)  # a backbone's layers count one by one
     name, fn = _metric_fn(model, metric)
     xs, y = _labelled_batches(model, data, batch_size)
     layers = _quantizable(model)
     if not layers:
-        raise ValueError(f"Model {model.name!r} has no layer that quantize_model can quantize.")
+        raise _nothing_to_scan(model)
     baseline = fn(y, _predict(model, xs))
     rows = []
     for layer in layers:
-        plain = strip_quantization(quantize_model(model, {re.escape(layer.name): quantizer}))
+        with warnings.catch_warnings():
+            # Nothing trains here: whether the weights would, and where they
+            # start, does not matter to the scan; the other layers stay float
+            # on purpose.
+            warnings.simplefilter("ignore", QuantizationWarning)
+            qat = quantize_model(model, {re.escape(layer.name): quantizer})
+        plain = strip_quantization(qat)
         if recalibration_data is not None:
             batchnorm.recalibrate_batchnorm(plain, recalibration_data, batch_size=batch_size)
         rows.append(
             LayerSensitivity(
                 layer=layer.name,
                 layer_class=type(layer).__name__,
-                weights=int(
-                    sum(
-                        np.prod(getattr(layer, a).shape) for a in configs.quantizable_weights(layer)
-                    )
-                ),
+                weights=configs.weight_count(layer),
                 metric=name,
                 baseline=baseline,
                 quantized=fn(y, _predict(plain, xs)),

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from tfmot_discrete import int8, text
+from tfmot_discrete import annotate, int8, text
 from tfmot_discrete.quantizers import CodebookQuantizer
 from tfmot_discrete.weights import check_finite, codebook_items, int8_items
 
@@ -25,6 +25,8 @@ class WeightReport:
     #: Trained with 8-bit fake quantization ("int8" in the mapping); `codebook`
     #: is then the integers of [-127, 127].
     trained_int8: bool = False
+    #: A kernel-like weight left float32 (`codebook` is empty, `bits` 32).
+    stays_float: bool = False
 
     @property
     def bytes_packed(self) -> int:
@@ -90,6 +92,25 @@ def weight_reports(model) -> list[WeightReport]:
     return out
 
 
+def float_reports(model) -> list[WeightReport]:
+    """One `WeightReport` per kernel-like weight of `model` left float32
+    (see `annotate.is_kernel_like`): layers `quantize_model` could not reach
+    or was told to leave float."""
+    return [
+        WeightReport(
+            layer=layer,
+            weight=weight,
+            codebook=np.zeros(0),
+            scale="-",
+            count=int(np.prod(variable.shape)),
+            bits=32,
+            usage=np.zeros(0),
+            stays_float=True,
+        )
+        for layer, weight, variable in annotate.float_weights_of(model)
+    ]
+
+
 def _fmt_bytes(n: int) -> str:
     if n >= 1 << 20:
         return f"{n / (1 << 20):.2f} MiB"
@@ -102,7 +123,9 @@ def summary(model, print_fn=print) -> str:
     """Prints (and returns) a table of the model's codebook-quantized weights.
 
     Weights trained at 8 bits (`"int8"` in the quantizer mapping) are listed
-    too, after the codebook weights, as `int8` at 8 bits per weight.
+    too, after the codebook weights, as `int8` at 8 bits per weight; then
+    the kernel-like weights that stay float32 (codebook `float`, 32 bits),
+    which the totals count too.
 
     Columns: layer/weight, codebook, scale mode, number of weights, bits per
     weight (`ceil(log2 K)`), memory at that width against float32, and the
@@ -116,7 +139,7 @@ def summary(model, print_fn=print) -> str:
     Returns:
         The table as a string.
     """
-    reports = weight_reports(model)
+    reports = weight_reports(model) + float_reports(model)
     header = [
         "layer/weight",
         "codebook",
@@ -132,14 +155,18 @@ def summary(model, print_fn=print) -> str:
         rows.append(
             [
                 f"{r.layer}/{r.weight}",
-                "int8" if r.trained_int8 else text.format_values(r.codebook),
+                "float"
+                if r.stays_float
+                else "int8"
+                if r.trained_int8
+                else text.format_values(r.codebook),
                 r.scale,
                 f"{r.count:,}",
                 str(r.bits),
                 _fmt_bytes(r.bytes_packed),
                 _fmt_bytes(r.bytes_float),
                 "-"
-                if r.trained_int8
+                if r.trained_int8 or r.stays_float
                 else " ".join(f"{u:.0%}" for u in r.usage[: text.SHOWN_VALUES])
                 + (" ..." if r.usage.size > text.SHOWN_VALUES else ""),
             ]

@@ -16,7 +16,6 @@ latencies are printed.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import subprocess
 import sys
@@ -24,10 +23,11 @@ import sys
 import numpy as np
 
 import tflite_export
-from tflite_export.logs import library_logs
 
-# TensorFlow loads here: its start-up lines are kept out too, unless --verbose.
-with library_logs("--verbose" in sys.argv[1:]):
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # examples/, for _cli
+import _cli
+
+with _cli.quiet_imports():  # TensorFlow loads here
     import tfmot_discrete as td
     from tflite_export import exact, runners
 
@@ -122,22 +122,6 @@ def tflm_accuracy(data: bytes, x, y) -> tuple[float, float, int]:
     return hits / len(y), scale, zero
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="out/edge/qat.keras", help="the saved QAT model")
-    parser.add_argument("--data", default="out/edge/data.npz", help="from train.py")
-    parser.add_argument("--out", default="out/edge", help="output directory (default out/edge)")
-    parser.add_argument(
-        "--verbose",
-        action="store_true",
-        help="Keras' per-epoch output, and what TensorFlow, the converters and the "
-        "interpreters log",
-    )
-    args = parser.parse_args(argv)
-    with library_logs(args.verbose):
-        return _run(args)
-
-
 def export_and_score(qat, path: pathlib.Path, fmt: str, data):
     """Writes a verified `fmt` file and its C array (`<stem>_data.cc`), prints
     the report, and scores the file on TFLM over the test set.
@@ -210,6 +194,13 @@ def _run(args) -> int:
     calls = ", ".join(resolver_call(op) for op in op_names(packed_path.read_bytes()))
     print(f"op resolver (packed): {calls}")
     return 0
+
+
+def main(argv=None) -> int:
+    parser = _cli.parser(__doc__, out="out/edge")
+    parser.add_argument("--model", default="out/edge/qat.keras", help="the saved QAT model")
+    parser.add_argument("--data", default="out/edge/data.npz", help="from train.py")
+    return _cli.run(parser, _run, argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ inside `td.quantize_scope()`) and `data.npz` (calibration and test images).
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
@@ -19,10 +18,10 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from tflite_export.logs import library_logs
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # examples/, for _cli
+import _cli
 
-# TensorFlow loads here: its start-up lines are kept out too, unless --verbose.
-with library_logs("--verbose" in sys.argv[1:]):
+with _cli.quiet_imports():  # TensorFlow loads here
     import tfmot_discrete as td
 
 keras = td.keras
@@ -39,21 +38,6 @@ def cnn() -> keras.Model:
         x = L.MaxPooling2D(2, name=f"pool_{i}")(x)
     x = L.Flatten(name="flatten")(x)
     return keras.Model(inp, L.Dense(10, name="logits")(x), name="digits_cnn")
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
-    parser.add_argument("--out", default="out/edge", help="output directory (default out/edge)")
-    parser.add_argument(
-        "--verbose",
-        action="store_true",
-        help="Keras' per-epoch output, and what TensorFlow, the converters and the "
-        "interpreters log",
-    )
-    args = parser.parse_args(argv)
-    with library_logs(args.verbose):
-        return _run(args)
 
 
 def _run(args) -> int:
@@ -87,6 +71,10 @@ def _run(args) -> int:
     np.savez(out / "data.npz", x_calibration=xtr[:256], x_test=xte, y_test=yte)
     print(f"saved {out / 'qat.keras'} and {out / 'data.npz'}")
     return 0
+
+
+def main(argv=None) -> int:
+    return _cli.run(_cli.parser(__doc__, out="out/edge", epochs=30), _run, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,226 @@
+"""Which layers `quantize_model` annotates, with which config, and which
+kernel-like weights stay float (and why).
+
+A kernel-like weight is a trainable weight of rank 2 or more that is not a
+bias (kernels, recurrent kernels, embeddings, attention projections). Biases, normalization
+parameters and other vectors stay float by design and are not reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import tensorflow_model_optimization as tfmot
+
+from tfmot_discrete import compat, configs
+from tfmot_discrete._keras import keras
+from tfmot_discrete.layers import DiscreteMultiplier
+from tfmot_discrete.quantizers import weight_key
+from tfmot_discrete.weights import QuantizationWarning
+
+_qk = tfmot.quantization.keras
+
+#: Layers whose weights stay float by design: no notice, no error.
+FLOAT_LAYERS = (
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+    keras.layers.UnitNormalization,
+    keras.layers.PReLU,
+)
+
+#: Why a weight stays float (`FloatWeights.reason`).
+UNSUPPORTED = "unsupported"
+UNNAMED = "unnamed"
+MAPPED_TO_NONE = "mapped to None"
+
+
+@dataclasses.dataclass(frozen=True)
+class FloatWeights:
+    """Kernel-like weights of one layer that `quantize_model` leaves float."""
+
+    layer: str
+    layer_class: str
+    weights: tuple[str, ...]
+    reason: str  # UNSUPPORTED, UNNAMED or MAPPED_TO_NONE
+
+    def message(self) -> str:
+        what = (
+            f"Layer {self.layer!r} ({self.layer_class}): weight(s) {list(self.weights)} stay float"
+        )
+        if self.reason == MAPPED_TO_NONE:
+            return f"{what}: the quantizer mapping maps them to None."
+        if self.reason == UNNAMED:
+            return f"{what}: no key of the quantizer mapping names the layer or these weights."
+        return (
+            f"{what}: no codebook config for class {self.layer_class} (supported: "
+            f"{', '.join(configs.SUPPORTED)}, DiscreteMultiplier; subclasses and custom RNN "
+            "cells are not matched). Map its name to a `td.DiscreteQuantizeConfig` naming the "
+            "weights its `call` reads, e.g. {'"
+            f"{self.layer}': td.DiscreteQuantizeConfig({{'kernel': q}})}} or "
+            "{'cell.kernel': q} for a weight held by a cell or sub-layer."
+        )
+
+
+@dataclasses.dataclass
+class Plan:
+    """`configs`: `{layer name: QuantizeConfig}` of the layers to annotate;
+    `float_weights`: the kernel-like weights that stay float."""
+
+    configs: dict
+    float_weights: list
+
+
+def is_kernel_like(variable) -> bool:
+    """A trainable weight of rank 2 or more that is not a bias (a GRU's bias
+    and attention's projection biases have rank 2)."""
+    return (
+        bool(getattr(variable, "trainable", False))
+        and (variable.shape.rank or 0) >= 2
+        and not weight_key(variable).endswith("bias")
+    )
+
+
+def _spec_names(layer) -> dict[int, str]:
+    """`{id(variable): weight name}` of the weights `configs.weight_specs` names."""
+    names = {}
+    for spec in configs.weight_specs(layer) or ():
+        try:
+            owner, attr = configs.resolve(layer, spec.path)
+        except ValueError:
+            continue
+        names[id(getattr(owner, attr))] = spec.name
+    return names
+
+
+def _kernel_names(layer, exclude_ids=()) -> list[str]:
+    """Names of `layer`'s kernel-like variables, those in `exclude_ids` left out."""
+    names = _spec_names(layer)
+    return [
+        names.get(id(w), weight_key(w))
+        for w in layer.weights
+        if is_kernel_like(w) and id(w) not in exclude_ids
+    ]
+
+
+def _quantized_ids(layer, config) -> set[int] | None:
+    """Ids of the variables `config` quantizes on `layer` (None: not known)."""
+    if not isinstance(config, configs.DiscreteQuantizeConfig):
+        return None
+    out = set()
+    for path in config.weight_quantizers:
+        owner, attr = configs.resolve(layer, path)
+        out.add(id(getattr(owner, attr)))
+    return out
+
+
+def check_mapping_keys(layers, spec) -> None:
+    """Every key of a user's mapping must name a layer or one of its weights."""
+    if not spec.from_mapping:
+        return
+    names = [layer.name for layer in layers]
+    weights = {layer.name: [s.name for s in configs.weight_specs(layer) or ()] for layer in layers}
+    for rx, pattern, _ in spec.rules:
+        if not any(spec.matches(rx, n, weights[n]) for n in names):
+            raise ValueError(
+                f"Quantizer mapping key {pattern!r} matches no layer (and no '<layer>/<weight>' "
+                f"name) of the model (matched with re.fullmatch). Layer names: {names}"
+            )
+
+
+def plan(layers, spec) -> Plan:
+    """The config of each layer to annotate, and the weights left float.
+
+    Args:
+        layers: The model's layers (a model used as a layer is flattened
+            before).
+        spec: The `scheme.QuantizerRules` of the quantizer argument.
+
+    Raises:
+        ValueError: For a mapping key that names no layer, or a layer the
+            mapping names whose weights we cannot reach.
+    """
+    explicit = spec.from_mapping
+    check_mapping_keys(layers, spec)
+    out = Plan({}, [])
+
+    def left_float(layer, names, reason):
+        if names:
+            out.float_weights.append(
+                FloatWeights(layer.name, type(layer).__name__, tuple(names), reason)
+            )
+
+    for layer in layers:
+        if isinstance(layer, (keras.layers.InputLayer, *FLOAT_LAYERS)):
+            continue
+        found, value = spec.lookup(layer.name)
+        if isinstance(value, _qk.QuantizeConfig):
+            out.configs[layer.name] = value
+            quantized = _quantized_ids(layer, value)
+            if quantized is not None:
+                left_float(layer, _kernel_names(layer, quantized), MAPPED_TO_NONE)
+            continue
+        if isinstance(layer, DiscreteMultiplier):
+            if explicit and found and value is not None and value != layer.quantizer:
+                raise ValueError(
+                    f"Layer {layer.name!r} is a DiscreteMultiplier: it carries its own "
+                    f"codebook ({layer.quantizer!r}); set it there instead of in the mapping."
+                )
+            continue
+        specs = configs.weight_specs(layer)
+        if specs is None:
+            if explicit and found and value is not None and _kernel_names(layer):
+                raise ValueError(FloatWeights(layer.name, type(layer).__name__, (), "").message())
+            left_float(layer, _kernel_names(layer), UNSUPPORTED)
+            continue
+        chosen = spec.lookup_weights(layer.name, [s.name for s in specs])
+        cfg = configs.config_for_layer(layer, chosen)
+        quantized = set() if cfg is None else _quantized_ids(layer, cfg)
+        if cfg is not None:
+            out.configs[layer.name] = cfg
+        rest = _kernel_names(layer, quantized)
+        left_float(layer, [n for n in rest if n in chosen], MAPPED_TO_NONE)
+        left_float(layer, [n for n in rest if n not in chosen], UNNAMED)
+    return out
+
+
+def report(float_weights, strict: bool) -> None:
+    """Warns once per layer with float kernel-like weights
+    (`weights.QuantizationWarning`); with `strict`, raises instead.
+
+    Raises:
+        ValueError: With `strict=True`, listing every such layer.
+    """
+    if strict and float_weights:
+        lines = "\n".join(f"- {f.message()}" for f in float_weights)
+        raise ValueError(
+            f"strict=True: {len(float_weights)} layer(s) would keep kernel-like weights "
+            f"float:\n{lines}\nQuantize them (a codebook or 'int8' in the mapping), or pass "
+            "strict=False to accept float weights."
+        )
+    for f in float_weights:
+        # stacklevel 4: the line that called quantize_model.
+        warnings.warn(f.message(), QuantizationWarning, stacklevel=4)
+
+
+def float_weights_of(model) -> list[tuple[str, str, object]]:
+    """`(layer, weight, variable)` of each kernel-like weight of a (QAT)
+    model that is not quantized, layer by layer."""
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, (keras.layers.InputLayer, DiscreteMultiplier, *FLOAT_LAYERS)):
+            continue
+        if isinstance(layer, _qk.QuantizeWrapper):
+            inner = layer.layer
+            if isinstance(inner, FLOAT_LAYERS):
+                continue
+            quantized = {id(w) for w, _, _ in compat.weight_vars(layer)}
+            variables = [w for w in inner.weights if id(w) not in quantized]
+        else:
+            inner, variables = layer, list(layer.weights)
+        names = _spec_names(inner)
+        out += [
+            (inner.name, names.get(id(w), weight_key(w)), w) for w in variables if is_kernel_like(w)
+        ]
+    return out

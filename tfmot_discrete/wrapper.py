@@ -1,0 +1,48 @@
+"""TF-MOT's `QuantizeWrapperV2`, putting the latent weights back after each call.
+
+`DiscreteQuantizeConfig` writes each quantized weight as a tensor onto the
+object whose `call` reads it (a layer, its RNN cell, a sub-layer). Saving a
+SavedModel traces every sub-layer's `call` on its own; a cell or sub-layer
+still holding a tensor from the wrapper's last trace cannot be saved ("captures
+graph tensor ... from a parent function"). This wrapper writes the latent
+variables back once the inner layer has run, without Keras' attribute
+tracking (so the layer's weight list, and what `.keras` files store, stay as
+TF-MOT leaves them).
+"""
+
+from __future__ import annotations
+
+import tensorflow_model_optimization as tfmot
+
+from tfmot_discrete import compat, configs
+
+_qk = tfmot.quantization.keras
+
+
+class QuantizeWrapper(_qk.QuantizeWrapperV2):
+    """`QuantizeWrapperV2` that leaves the inner layer's latent weights in place after `call`."""
+
+    def call(self, inputs, training=None, **kwargs):
+        try:
+            return super().call(inputs, training=training, **kwargs)
+        finally:
+            config = self.quantize_config
+            if isinstance(config, configs.DiscreteQuantizeConfig):
+                latent = [w for w, _, _ in compat.weight_vars(self)]
+                config.restore_weights(self.layer, latent)
+
+
+# Keras names saved objects after the class: keep TF-MOT's, so that files load
+# with or without this package's scope.
+QuantizeWrapper.__name__ = QuantizeWrapper.__qualname__ = "QuantizeWrapperV2"
+
+
+def adopt(model) -> None:
+    """Makes every TF-MOT `QuantizeWrapperV2` of `model` this class, in place,
+    and puts the latent weights back that building the model replaced."""
+    for layer in model.layers:
+        if type(layer) is _qk.QuantizeWrapperV2:
+            layer.__class__ = QuantizeWrapper
+            if isinstance(layer.quantize_config, configs.DiscreteQuantizeConfig):
+                latent = [w for w, _, _ in compat.weight_vars(layer)]
+                layer.quantize_config.restore_weights(layer.layer, latent)
