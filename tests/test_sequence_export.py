@@ -312,3 +312,37 @@ def test_full_int8_refuses_a_codebook_embedding(tmp_path):
         )
     first = e.value.message.splitlines()[0]
     assert "'embedding' (Embedding)" in first and "GATHER" in first and "format='int8'" in first
+
+
+@pytest.fixture(scope="module")
+def trained_sequence_model():
+    """A QAT model from `quantize_model` with recurrent and attention layers
+    (LayerNormalization's gamma off 1, as after training)."""
+    keras.utils.set_random_seed(0)
+    x = inp = keras.Input((4, 6))
+    x = L.LSTM(8, return_sequences=True, name="lstm")(x)
+    x = L.LayerNormalization(name="norm", gamma_initializer="random_uniform")(x)
+    x = L.MultiHeadAttention(2, 4, name="mha")(x, x)
+    x = L.GRU(4, name="gru")(x)
+    qat = td.quantize_model(keras.Model(inp, L.Dense(3, name="logits")(x)), td.ternary())
+    return qat, _inputs(qat, 8, 1)[0]
+
+
+@pytest.mark.parametrize("fmt", ["int4", "tflm_packed"])
+def test_quantized_sequence_model_exports_exactly(trained_sequence_model, fmt, tmp_path):
+    qat, data = trained_sequence_model
+    report = tflite_export.export(qat, tmp_path / "m.tflite", format=fmt, representative_data=data)
+    names = {w.name for w in report.weights}
+    assert names == {
+        "lstm/kernel",
+        "lstm/recurrent_kernel",
+        "mha/query/kernel",
+        "mha/key/kernel",
+        "mha/value/kernel",
+        "mha/attention_output/kernel",
+        "gru/kernel",
+        "gru/recurrent_kernel",
+        "logits/kernel",
+    }
+    assert report.ok and report.exact
+    assert all(w.stored_bits <= 4 for w in report.weights)
