@@ -397,3 +397,18 @@ def test_training_tools_work_on_recurrent_and_attention_models(tmp_path):
         dist.compile("adam", "categorical_crossentropy")
     dist.fit(x, y, batch_size=8, epochs=1, verbose=0)
     assert all(np.all(np.isfinite(np.asarray(i.latent))) for i in codebook_items(dist))
+
+
+def test_int8_activations_on_recurrent_and_attention_layers():
+    model = _small()
+    qat = td.quantize_model(model, td.ternary(), activations="int8")
+    x = _inputs(model, n=64)[0]
+    out = np.asarray(qat(x))
+    assert out.shape == (64, 4) and np.all(np.isfinite(out))
+    # The recurrent layer's 1,920 outputs are fake-quantized to 8 bits: at most
+    # 256 levels (the float model's output has about 1,900).
+    lstm = k.Model(qat.inputs, qat.get_layer("quant_lstm").output)
+    assert len(np.unique(np.asarray(lstm(x)))) <= 256
+    float_lstm = k.Model(model.inputs, model.get_layer("lstm").output)
+    assert len(np.unique(np.asarray(float_lstm(x)))) > 1000
+    assert [i.label for i in codebook_items(qat)][:2] == ["lstm/kernel", "lstm/recurrent_kernel"]

@@ -170,11 +170,22 @@ def plan(layers, spec) -> Plan:
             continue
         specs = configs.weight_specs(layer)
         if specs is None:
-            if explicit and found and value is not None and _kernel_names(layer):
-                raise ValueError(FloatWeights(layer.name, type(layer).__name__, (), "").message())
+            kernels = tuple(_kernel_names(layer))
+            if explicit and found and value is not None and kernels:
+                what = FloatWeights(layer.name, type(layer).__name__, kernels, UNSUPPORTED)
+                raise ValueError(
+                    f"The quantizer mapping names a layer it cannot reach. {what.message()}"
+                )
             left_float(layer, _kernel_names(layer), UNSUPPORTED)
             continue
         chosen = spec.lookup_weights(layer.name, [s.name for s in specs])
+        for name, v in chosen.items():
+            if isinstance(v, _qk.QuantizeConfig):
+                raise ValueError(
+                    f"A QuantizeConfig applies to a whole layer: map {layer.name!r} itself to it, "
+                    f"not its weight {name!r}. Received: a mapping key naming "
+                    f"'{layer.name}/{name}' with {v!r}"
+                )
         cfg = configs.config_for_layer(layer, chosen)
         quantized = set() if cfg is None else _quantized_ids(layer, cfg)
         if cfg is not None:

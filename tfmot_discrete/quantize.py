@@ -156,6 +156,11 @@ def _add_activation_quantizers(model, plan):
             continue
         if isinstance(layer, DiscreteMultiplier):
             continue  # it is not wrapped; its consumer quantizes its output
+        if isinstance(layer, keras.layers.MultiHeadAttention):
+            # TF-MOT builds an output quantizer from `compute_output_shape` of
+            # one input shape, which attention (query and value) does not take:
+            # its output stays float in training, its consumer's is quantized.
+            continue
         cfg = plan.get(layer.name)
         if cfg is None:
             plan[layer.name] = configs.DiscreteQuantizeConfig({}, _activation_quantizer())
@@ -374,6 +379,8 @@ def strip_quantization(model):
     Every quantized weight is replaced by its projected value (codebook value
     times channel scale); the result has the layer classes and names of the
     model that was quantized and needs no custom scope for its standard layers.
+    A model that held another model as a layer comes back with that model's
+    layers in its own graph, as `quantize_model` flattened it.
 
     Args:
         model: A model from `quantize_model` or `quantize_apply`.
