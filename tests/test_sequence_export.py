@@ -346,3 +346,18 @@ def test_quantized_sequence_model_exports_exactly(trained_sequence_model, fmt, t
     }
     assert report.ok and report.exact
     assert all(w.stored_bits <= 4 for w in report.weights)
+
+
+def test_int8_activation_training_with_recurrent_layers_calibrates(tmp_path):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((3, 2))
+    model = keras.Model(inp, L.Dense(2, name="logits")(L.LSTM(4, name="lstm")(inp)))
+    qat = td.quantize_model(model, td.ternary(), activations="int8")
+    data = _inputs(qat, 8, 1)[0]
+    qat.predict(data, verbose=0)
+    report = tflite_export.export(
+        qat, tmp_path / "m.tflite", format="full_int8", representative_data=data
+    )
+    assert report.ok and report.exact
+    assert {w.name for w in report.weights} >= {"lstm/kernel", "lstm/recurrent_kernel"}
+    assert any("calibrated on representative_data" in n for n in report.notes)

@@ -236,10 +236,20 @@ def convert_bytes(
         sequence.check_gather_tables(plain, trained)
     rep = inputs.representative(plain, representative_data)
     from_qat = fmt == "full_int8" and qat is not None and convert.has_activation_quantizers(qat)
+    # Recurrent layers are unrolled from the stripped model: its activation
+    # ranges are calibrated, the QAT graph's learned ones cannot follow.
+    calibrated_instead = from_qat and sequence.needs_preparation(plain)
+    from_qat = from_qat and not calibrated_instead
     if fmt == "full_int8" and rep is None and not from_qat:
         raise ExportError(
             f"format={requested!r} needs `representative_data` (an array of sample inputs, or "
-            "a generator of them) to calibrate activation ranges."
+            "a generator of them) to calibrate activation ranges"
+            + (
+                " (a model with recurrent, attention or TimeDistributed layers is converted "
+                "from an unrolled copy of the stripped model, not from its QAT graph)."
+                if calibrated_instead
+                else "."
+            )
         )
     steps.stage(f"converting ({fmt})")
     with _failing(f"Converting the model to TFLite ({fmt})", _CONVERTER_TODO):
@@ -260,6 +270,11 @@ def convert_bytes(
     del float_bytes
     if from_qat:
         notes.append("activation ranges: learned in training (activations='int8'), not calibrated")
+    if calibrated_instead:
+        notes.append(
+            "activation ranges: calibrated on representative_data, not the ones learned in "
+            "training (recurrent and attention layers convert from an unrolled copy)"
+        )
     # Outputs are checked against what was trained: the QAT model itself when it
     # simulates int8 activations, else the stripped float model.
     return Conversion(
