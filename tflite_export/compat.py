@@ -6,7 +6,13 @@ version upgrade then touches this file only.
 
 from __future__ import annotations
 
-__all__ = ["QuantizeLayer", "drop_name", "drop_quantization", "set_weight_vars"]
+__all__ = [
+    "QuantizeLayer",
+    "drop_name",
+    "drop_quantization",
+    "keep_input_multiplications",
+    "set_weight_vars",
+]
 
 # TF-MOT exports no `QuantizeLayer` (the input fake-quant layer that
 # `quantize_apply` inserts, which marks a QAT model with int8 activations);
@@ -41,3 +47,16 @@ def set_weight_vars(wrapper, items) -> None:
     holds its projected values (`convert.baked_qat_copy`).
     """
     wrapper._weight_vars = list(items)  # noqa: SLF001 - see the docstring
+
+
+def keep_input_multiplications(converter) -> None:
+    """Stops the TFLite converter from folding a multiplication of a fully
+    connected operator's input (the gamma of a LayerNormalization in front of
+    a Dense layer or an attention projection) into its weights.
+
+    Folded, a codebook weight's row becomes `codes x channel scale x gamma`
+    per input: no per-output-channel lattice stores it exactly. The switch
+    is the converter's private `_experimental_disable_fuse_mul_and_fc`;
+    `TFLiteConverter` offers no public one.
+    """
+    converter._experimental_disable_fuse_mul_and_fc = True  # noqa: SLF001 - see the docstring

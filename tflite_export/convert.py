@@ -98,6 +98,7 @@ def _quiet():
 def float_tflite(plain) -> bytes:
     """float32 weights and activations."""
     conv = tf.lite.TFLiteConverter.from_keras_model(plain)
+    compat.keep_input_multiplications(conv)
     with _quiet():
         return bytes(conv.convert())
 
@@ -106,11 +107,15 @@ def float_tflite(plain) -> bytes:
 def full_int8_tflite(plain, representative) -> bytes:
     """int8 weights and activations, int8 input and output (for microcontrollers)."""
 
+    # Integer inputs (token ids of an Embedding) keep their integer type.
+    dtypes = [t.dtype.as_numpy_dtype for t in plain.inputs]
+
     def gen():
         for sample in representative:
-            yield [np.asarray(s, dtype=np.float32)[None] for s in sample]
+            yield [np.asarray(s, dtype=d)[None] for s, d in zip(sample, dtypes)]
 
     conv = tf.lite.TFLiteConverter.from_keras_model(plain)
+    compat.keep_input_multiplications(conv)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = gen
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -188,6 +193,7 @@ def baked_qat_copy(qat):
 def full_int8_from_qat(qat) -> bytes:
     """full_int8 with the activation ranges the QAT model learned (no calibration)."""
     conv = tf.lite.TFLiteConverter.from_keras_model(baked_qat_copy(qat))
+    compat.keep_input_multiplications(conv)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow_model_optimization as tfmot
 from tensorflow.lite.tools import flatbuffer_utils
 
-from tflite_export import reading
+from tflite_export import reading, sequence
 from tflite_export.schema import (
     BIAS_INPUT,
     QMAX,
@@ -77,12 +77,25 @@ def codebook_weights(model) -> list[CodebookWeight]:
     classes = {}
     for layer in model.layers:
         inner = layer.layer if isinstance(layer, _qk.QuantizeWrapper) else layer
-        classes[inner.name] = type(inner).__name__
+        classes[inner.name] = sequence.layout_class(inner)
 
-    def weight(item, **fields) -> CodebookWeight:
-        return CodebookWeight(
-            layer=item.layer, layer_class=classes[item.layer], weight=item.weight, **fields
-        )
+    def weight(item, codes, scales, **fields) -> list[CodebookWeight]:
+        cls = classes[item.layer]
+        # A convolutional recurrent kernel is stored as one tensor per gate.
+        return [
+            CodebookWeight(
+                layer=item.layer,
+                layer_class=cls,
+                weight=f"{item.weight}[{gate}]" if gate else item.weight,
+                codes=c,
+                scales=s,
+                **fields,
+            )
+            for (gate, c), (_, s) in zip(
+                sequence.gate_pieces(cls, item.weight, codes),
+                sequence.gate_pieces(cls, item.weight, scales),
+            )
+        ]
 
     out = []
     for item in codebook_items(model):
@@ -97,18 +110,10 @@ def codebook_weights(model) -> list[CodebookWeight]:
         for rows in row_chunks(values):
             codes[rows] = table[q.codebook.index_numpy(values[rows] / scales[rows])]
         del values
-        out.append(weight(item, codebook=q.codebook, codes=codes, scales=scales))
+        out += weight(item, codes, scales, codebook=q.codebook)
     for item in int8_items(model):
         iv = int8.int8_values(item.quantizer, item.latent, item.qvars)
-        out.append(
-            weight(
-                item,
-                codebook=INT8_CODEBOOK,
-                codes=iv.codes,
-                scales=iv.steps,
-                trained_int8=True,
-            )
-        )
+        out += weight(item, iv.codes, iv.steps, codebook=INT8_CODEBOOK, trained_int8=True)
     return out
 
 
@@ -140,6 +145,9 @@ def row_chunks(a: np.ndarray, axis: int = 0):
 def tflite_layout(cls: str, weight: str, a: np.ndarray) -> tuple[np.ndarray, int | None]:
     """A Keras weight in the layout the TFLite converter writes, and its
     output-channel dimension there (None: one scale per tensor)."""
+    cls = sequence.conv_class(cls) or cls  # a convolutional recurrent gate kernel
+    if sequence.handles(cls):
+        return sequence.tflite_layout(cls, weight, a)
     if cls == "Dense":
         return a.T, 0
     if cls in ("Conv2D",) or (cls == "SeparableConv2D" and weight == "pointwise_kernel"):
@@ -299,7 +307,10 @@ def match_weights(model, cws: list[CodebookWeight], tolerance_of=None) -> tuple[
     for cw in cws:
         codes, dim = tflite_layout(cw.layer_class, cw.weight, cw.codes)
         scales, _ = tflite_layout(cw.layer_class, cw.weight, cw.scales)
-        found = None
+        found = []
+        # Unrolled recurrent layers may hold a weight more than once (a step
+        # whose activation's factor the converter folded in): find every copy.
+        every_copy = sequence.handles(cw.layer_class)
         exp = None  # the expected values (float32, a fresh array of their own)
         for op_i, t, tensor, size in candidates:
             if t in used or size != codes.size:
@@ -322,16 +333,17 @@ def match_weights(model, cws: list[CodebookWeight], tolerance_of=None) -> tuple[
             )
             exp = None
             if _max_abs_diff(got, ref, dim) <= tol:
-                found = (op_i, t, factors, ref)
-                break
+                found.append((op_i, t, factors, ref))
+                used.add(t)
+                if not every_copy:
+                    break
             del got, ref
-        if found is None:
+        if not found:
             missing.append(cw.label)
             continue
-        op_i, t, factors, ref = found
-        used.add(t)
         per_ch_scale = _per_channel(scales, dim)
-        matches.append(TensorMatch(cw, t, op_i, dim, codes, factors * per_ch_scale, ref))
+        for op_i, t, factors, ref in found:
+            matches.append(TensorMatch(cw, t, op_i, dim, codes, factors * per_ch_scale, ref))
     return matches, missing
 
 
@@ -441,7 +453,16 @@ def write_exact(model, m: TensorMatch, g: float) -> None:
         q.quantizedDimension = m.channel_dim
     q.scale = [float(s) for s in steps.astype(np.float32)]
     q.zeroPoint = [0] * len(q.scale)
-    _requantize_bias(model, m, np.asarray(q.scale, np.float64))
+    # Every operator reading the tensor (one per step of an unrolled layer).
+    for op_i in _readers(model, m.tensor) or [m.op_index]:
+        _requantize_bias(
+            model, dataclasses.replace(m, op_index=op_i), np.asarray(q.scale, np.float64)
+        )
+
+
+def _readers(model, tensor_index: int) -> list[int]:
+    """The operators whose weight input is the tensor."""
+    return [op_i for op_i, t in weight_tensors(model) if t == tensor_index]
 
 
 def _requantize_bias(model, m: TensorMatch, new_w_scales):

@@ -13,14 +13,25 @@ import os
 import numpy as np
 
 import tfmot_discrete as td
-from tflite_export import convert, exact, files, inputs, keras3, micro, packed, runners, verify
+from tflite_export import (
+    convert,
+    exact,
+    files,
+    inputs,
+    keras3,
+    micro,
+    packed,
+    runners,
+    sequence,
+    verify,
+)
 from tflite_export.errors import ExportError, VerificationError
 from tflite_export.formats import TARGETS
 from tflite_export.logs import library_logs
 from tflite_export.progress import Progress
 from tflite_export.report import TFLM_LSB, Report, RoundedWeight
 from tflite_export.schema import INTEGER_TYPES, QMAX, TensorType, storage_name
-from tfmot_discrete.weights import check_finite, codebook_items, is_quantized
+from tfmot_discrete.weights import check_finite, codebook_items, int8_items, is_quantized
 
 #: Weight-only files must agree with the Keras model within this share of the
 #: output range.
@@ -117,6 +128,8 @@ def _rounded_weights(data: bytes, float_bytes: bytes, matches) -> list[RoundedWe
 
 def _converted(fmt, plain, qat, rep, from_qat) -> tuple[bytes, bytes]:
     """`(file in the format, float file)`, straight from the converters."""
+    # Recurrent and attention layers: unrolled, one sample per batch.
+    plain = sequence.conversion_model(plain)
     float_bytes = convert.float_tflite(plain)
     if fmt == "float":
         return float_bytes, float_bytes
@@ -220,12 +233,25 @@ def convert_bytes(
     if fmt == "tflm_packed":
         _check_packable(qat)
         fmt = "full_int8"  # packed by `export` once checked
+    if fmt == "full_int8" and qat is not None:
+        trained = {item.layer for item in codebook_items(qat) + int8_items(qat)}
+        sequence.check_gather_tables(plain, trained)
     rep = inputs.representative(plain, representative_data)
     from_qat = fmt == "full_int8" and qat is not None and convert.has_activation_quantizers(qat)
+    # Recurrent layers are unrolled from the stripped model: its activation
+    # ranges are calibrated, the QAT graph's learned ones cannot follow.
+    calibrated_instead = from_qat and sequence.needs_preparation(plain)
+    from_qat = from_qat and not calibrated_instead
     if fmt == "full_int8" and rep is None and not from_qat:
         raise ExportError(
             f"format={requested!r} needs `representative_data` (an array of sample inputs, or "
-            "a generator of them) to calibrate activation ranges."
+            "a generator of them) to calibrate activation ranges"
+            + (
+                " (a model with recurrent, attention or TimeDistributed layers is converted "
+                "from an unrolled copy of the stripped model, not from its QAT graph)."
+                if calibrated_instead
+                else "."
+            )
         )
     steps.stage(f"converting ({fmt})")
     with _failing(f"Converting the model to TFLite ({fmt})", _CONVERTER_TODO):
@@ -246,6 +272,11 @@ def convert_bytes(
     del float_bytes
     if from_qat:
         notes.append("activation ranges: learned in training (activations='int8'), not calibrated")
+    if calibrated_instead:
+        notes.append(
+            "activation ranges: calibrated on representative_data, not the ones learned in "
+            "training (recurrent and attention layers convert from an unrolled copy)"
+        )
     # Outputs are checked against what was trained: the QAT model itself when it
     # simulates int8 activations, else the stripped float model.
     return Conversion(
