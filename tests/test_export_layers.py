@@ -10,7 +10,7 @@ PACKAGE = ROOT / "tflite_export"
 #: Bottom to top: a module imports only modules of earlier layers.
 LAYERS = [
     {"errors", "formats", "logs", "progress"},
-    {"files", "compat", "schema", "reading", "sequence"},
+    {"files", "compat", "schema", "reading", "sequence", "keras3"},
     {"micro", "exact", "isolation"},
     {"runners", "packed"},
     {"inputs", "convert"},
