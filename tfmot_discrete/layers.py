@@ -10,6 +10,21 @@ from tfmot_discrete import quantizers as quantizers_mod
 from tfmot_discrete._keras import keras, register
 
 
+def vector_length(name: str, input_shape) -> int:
+    """The length of a `DiscreteMultiplier`'s vector: the input's last dimension.
+
+    Raises:
+        ValueError: When that dimension is unknown.
+    """
+    dim = input_shape[-1]
+    if dim is None:
+        raise ValueError(
+            f"DiscreteMultiplier {name!r} needs a known last input dimension. "
+            f"Received: input_shape={input_shape}"
+        )
+    return int(dim)
+
+
 @register(package="tfmot_discrete")
 class DiscreteMultiplier(keras.layers.Layer):
     """`outputs = inputs * q(kernel)`, with `q(kernel)` in the codebook.
@@ -66,16 +81,11 @@ class DiscreteMultiplier(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
     def build(self, input_shape):
-        dim = input_shape[-1]
-        if dim is None:
-            raise ValueError(
-                f"DiscreteMultiplier {self.name!r} needs a known last input dimension. "
-                f"Received: input_shape={input_shape}"
-            )
+        dim = vector_length(self.name, input_shape)
         self.kernel = self.add_weight(
-            "kernel", shape=(int(dim),), initializer=self.kernel_initializer, trainable=True
+            "kernel", shape=(dim,), initializer=self.kernel_initializer, trainable=True
         )
-        self._quantizer_vars = self.quantizer.build((int(dim),), "kernel", self)
+        self._quantizer_vars = self.quantizer.build((dim,), "kernel", self)
         super().build(input_shape)
 
     @property

@@ -8,6 +8,7 @@ import numpy as np
 from tfmot_discrete import quantizers as quantizers_mod
 from tfmot_discrete.keras3 import quantizers as k3q
 from tfmot_discrete.keras3._k3 import keras, ops, register
+from tfmot_discrete.layers import vector_length
 
 
 @register(package="tfmot_discrete")
@@ -45,14 +46,9 @@ class DiscreteMultiplier(keras.layers.Layer):
         self.state = None
 
     def build(self, input_shape):
-        dim = input_shape[-1]
-        if dim is None:
-            raise ValueError(
-                f"DiscreteMultiplier {self.name!r} needs a known last input dimension. "
-                f"Received: input_shape={input_shape}"
-            )
+        dim = vector_length(self.name, input_shape)
         self.kernel = self.add_weight(
-            name="kernel", shape=(int(dim),), initializer=self.kernel_initializer
+            name="kernel", shape=(dim,), initializer=self.kernel_initializer
         )
         self.state = k3q.make_state(self, self.kernel, self.quantizer)
         k3q.initialize(self.state, self.kernel.value)

@@ -5,29 +5,30 @@ from __future__ import annotations
 
 import inspect
 
-from tfmot_discrete import int8
+from tfmot_discrete import configs, int8
 from tfmot_discrete.keras3 import quantizers as k3q
 from tfmot_discrete.keras3._k3 import keras, register
 from tfmot_discrete.quantizers import CodebookQuantizer
 
 _L = keras.layers
+
+
+def _keras3_names(tf_keras_class, weights: dict) -> dict:
+    """A tf_keras layer's `{weight: axes}` under the Keras 3 weight names
+    (Keras 3 calls DepthwiseConv's weight `kernel`)."""
+    if tf_keras_class.__name__.startswith("DepthwiseConv"):
+        return {"kernel": weights["depthwise_kernel"]}
+    return dict(weights)
+
+
 #: Keras 3 layer class -> {weight name: output-channel axes of that weight}:
-#: the weights `tfmot_discrete.configs.LAYER_WEIGHTS` lists for the same
-#: tf_keras classes (Keras 3 names DepthwiseConv's weight `kernel`).
+#: the plain layers of `tfmot_discrete.configs.LAYER_WEIGHTS`, by class name,
+#: and DepthwiseConv1D, which only Keras 3 has among them.
 LAYER_WEIGHTS = {
-    _L.Dense: {"kernel": [-1]},
-    _L.Conv1D: {"kernel": [-1]},
-    _L.Conv2D: {"kernel": [-1]},
-    _L.Conv3D: {"kernel": [-1]},
-    _L.DepthwiseConv1D: {"kernel": [-2, -1]},
-    _L.DepthwiseConv2D: {"kernel": [-2, -1]},
-    _L.SeparableConv1D: {"depthwise_kernel": [-2, -1], "pointwise_kernel": [-1]},
-    _L.SeparableConv2D: {"depthwise_kernel": [-2, -1], "pointwise_kernel": [-1]},
-    _L.Conv1DTranspose: {"kernel": [-2]},
-    _L.Conv2DTranspose: {"kernel": [-2]},
-    _L.Conv3DTranspose: {"kernel": [-2]},
-    _L.Embedding: {"embeddings": [0]},
+    getattr(_L, cls.__name__): _keras3_names(cls, weights)
+    for cls, weights in configs.LAYER_WEIGHTS.items()
 }
+LAYER_WEIGHTS[_L.DepthwiseConv1D] = {"kernel": [-2, -1]}
 
 
 def quantizable_weights(layer) -> dict | None:
