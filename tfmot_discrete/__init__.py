@@ -8,6 +8,7 @@ from tfmot_discrete.configs import DiscreteQuantizeConfig
 from tfmot_discrete.distill import Distiller
 from tfmot_discrete.layers import DiscreteMultiplier
 from tfmot_discrete.monitor import CodebookMonitor
+from tfmot_discrete.plan import plan
 from tfmot_discrete.plotting import plot_weights
 from tfmot_discrete.quantize import (
     initialize_learned_scales,
@@ -37,6 +38,7 @@ __all__ = [
     "finetune_schedule",
     "initialize_learned_scales",
     "keras",
+    "plan",
     "plot_weights",
     "power_of_two",
     "quantize_model",
