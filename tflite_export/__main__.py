@@ -2,7 +2,7 @@
 
     tflite-export MODEL -o OUT --format {float,int8,int4,full_int8,tflm_packed}
         [--representative-data FILE.npy] [--c-array FILE.cc] [--allow-inexact] [--unsafe]
-        [--verbose]
+        [--flash 64KiB] [--ram 32KiB] [--verbose]
     tflite-export verify FILE.tflite --codebook 1,-1,0.5,-0.5 [--model MODEL]
         [--representative-data FILE.npy] [--verbose]
 
@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from tflite_export import inputs, micro, runners
+from tflite_export import budget, inputs, micro, runners
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
 from tflite_export.logs import library_logs
@@ -65,6 +65,18 @@ def _export_parser():
         "--allow-inexact",
         action="store_true",
         help="write codebooks with no exact integer lattice anyway",
+    )
+    p.add_argument(
+        "--flash",
+        metavar="SIZE",
+        help="flash budget for the file, e.g. 64KiB (K/KiB = 1024, kB = 1000); a larger file "
+        "is refused",
+    )
+    p.add_argument(
+        "--ram",
+        metavar="SIZE",
+        help="RAM budget for TFLM's arena, e.g. 32KiB (full_int8, tflm_packed); tflm_packed "
+        "packs only the weights whose decoded size fits",
     )
     p.add_argument(
         "--unsafe",
@@ -117,6 +129,7 @@ def _main_export(argv) -> int:
     import tflite_export  # noqa: PLC0415
 
     try:
+        budget.Budgets.of(args.format, args.flash, args.ram, None)  # before the model loads
         rep = _load_npy(args.representative_data)
         report = tflite_export.export(
             args.model,
@@ -126,6 +139,8 @@ def _main_export(argv) -> int:
             allow_inexact=args.allow_inexact,
             c_array=args.c_array,
             safe_mode=not args.unsafe,
+            flash=args.flash,
+            ram=args.ram,
         )
     except ExportError as e:
         text = str(e)

@@ -9,7 +9,7 @@ import pathlib
 import numpy as np
 
 import tfmot_discrete as td
-from tflite_export import convert, exact, files, inputs, micro, packed, runners, verify
+from tflite_export import budget, convert, exact, files, inputs, micro, packed, runners, verify
 from tflite_export.errors import ExportError
 from tflite_export.schema import QMAX, TensorType, storage_name
 from tfmot_discrete import text
@@ -45,6 +45,7 @@ class Report:
     notes: list[str] = dataclasses.field(default_factory=list)
     full_int8_size_bytes: int | None = None  # tflm_packed: the file it was packed from
     tflm: packed.TflmComparison | None = None  # tflm_packed: both files on TFLM
+    budget: budget.BudgetReport | None = None  # flash / ram given: the file against them
 
     @property
     def exact(self) -> bool:
@@ -80,7 +81,9 @@ class Report:
                 f"{w.count:,}",
                 "exact" if w.exact else f"max error {w.max_error:.3g}",
             )
-            if self.tflm is not None:
+            if self.tflm is not None and w.table is None:
+                row += ("- (int8, not packed)",)
+            elif self.tflm is not None:
                 table = "{" + ", ".join(str(int(v)) for v in w.table) + "}"
                 row += (table if w.tables == 1 else f"{w.tables} tables, first {table}",)
             rows.append(row)
@@ -127,6 +130,8 @@ class Report:
         if self.c_array:
             lines.append(f"C array: {self.c_array}")
         lines += self.notes
+        if self.budget is not None:
+            lines.append(str(self.budget))
         lines.append("OK" if self.ok else "FAILED")
         return "\n".join(lines)
 
@@ -343,11 +348,16 @@ def _tflm_check(data: bytes, xs) -> tuple[int, float, int]:
     return int(d.max()), float((d > 0).mean()), layers
 
 
-def _pack_and_check(report: Report, full_int8: bytes, conv: Conversion) -> bytes:
+def _pack_and_check(report: Report, full_int8: bytes, conv: Conversion, budgets) -> bytes:
     """Packs a checked full_int8 file; `report` then describes the packed file."""
     # Weights trained as plain int8 ("int8" in the mapping) stay int8.
     codebook = [m for m in conv.matches if not m.cw.trained_int8]
-    kept = [w for w in report.weights if w.trained_int8]
+    codebook, notes = budget.select(codebook, budgets, full_int8, conv.inputs)
+    report.notes += notes
+    if not codebook:
+        return full_int8  # nothing fits the RAM budget packed: the full_int8 file
+    labels = {m.cw.label for m in codebook}
+    kept = [w for w in report.weights if w.name not in labels]
     try:
         data = packed.pack(full_int8, [m.tensor for m in codebook])
         report.weights = packed.check_weights(data, full_int8, codebook) + kept
@@ -372,6 +382,9 @@ def export(
     allow_inexact=False,
     c_array=None,
     safe_mode=True,
+    flash=None,
+    ram=None,
+    pack=None,
 ) -> Report:
     """Writes a verified `.tflite` file whose codebook weights are exact.
 
@@ -394,6 +407,16 @@ def export(
             reporting the max error. Defaults to `False`.
         c_array: Also write a C source file (and header) for TFLM.
         safe_mode: Keras safe mode when loading a `.keras` file.
+        flash: Flash budget for the file, bytes (an int, or a string such as
+            `"64KiB"`); a larger file is refused. Defaults to `None`.
+        ram: RAM budget for TFLM's arena (`full_int8`, `tflm_packed`):
+            `tflm_packed` packs only the weights whose decoded size fits it,
+            those that save the most flash first (`budget.select`), and a
+            file whose measured arena exceeds it is refused. Defaults to
+            `None`.
+        pack: Layer names whose codebook weights `tflm_packed` packs (a
+            plan's `export_kwargs`); None packs every codebook weight that
+            `ram` allows. Defaults to `None`.
 
     Returns:
         A `Report`.
@@ -405,6 +428,7 @@ def export(
     target = pathlib.Path(os.fspath(path))
     if target.is_dir():
         raise ExportError(f"`path` is a directory. Received: path={str(target)!r}")
+    budgets = budget.Budgets.of(format, flash, ram, pack)
     conv = convert_bytes(model, format, representative_data, allow_inexact, safe_mode)
     pack = format == "tflm_packed"
     if pack:
@@ -433,9 +457,12 @@ def export(
     )
     data = conv.data
     if pack and report.ok:
-        data = _pack_and_check(report, conv.data, conv)
+        data = _pack_and_check(report, conv.data, conv, budgets)
     if not report.ok or (not report.exact and not allow_inexact):
         raise ExportError(f"Verification failed; nothing written.\n{report}")
+    if budgets.given:
+        report.budget = budget.measure(data, conv.data, conv.matches, conv.inputs, budgets, report)
+        budget.check(report.budget)
     files.atomic_write(target, data)
     if c_array is not None:
         report.c_array = micro.write_c_array(data, c_array)
