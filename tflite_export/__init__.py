@@ -1,17 +1,35 @@
 """tflite_export: codebook-exact TFLite files from tfmot_discrete models.
 
 The heavy modules (TensorFlow, the converters) load on first use, so the
-console script can set up logging before TensorFlow starts.
+console script can check its arguments and set up logging before TensorFlow
+starts. Without the `[export]` extra, using them raises `MissingExtraError`
+(an `ExportError` and an `ImportError`) that names the extra to install.
+
+Modules, from the bottom up (each imports only modules of earlier groups;
+tests/test_export_layers.py holds the list):
+errors, formats, logs, progress | files, compat, schema, reading (file
+reading) | micro, exact, isolation | runners, packed | inputs, convert |
+verify | report | pipeline (the flow), child (the interpreters' process) |
+__main__ (the command line).
 """
 
 import importlib
 
+from tflite_export.errors import extra_error
+
 _LAZY = {
-    "FORMATS": "tflite_export.convert",
+    "FORMATS": "tflite_export.formats",
+    "TARGETS": "tflite_export.formats",
     "ExportError": "tflite_export.errors",
-    "load_model": "tflite_export.convert",
-    "Report": "tflite_export.pipeline",
+    "FileCheck": "tflite_export.verify",
+    "MissingExtraError": "tflite_export.errors",
+    "PackedFileError": "tflite_export.errors",
+    "Report": "tflite_export.report",
+    "TfliteFileError": "tflite_export.errors",
+    "VerificationError": "tflite_export.errors",
     "export": "tflite_export.pipeline",
+    "load_model": "tflite_export.convert",
+    "verify_file": "tflite_export.verify",
 }
 
 __all__ = sorted(_LAZY)
@@ -19,7 +37,14 @@ __all__ = sorted(_LAZY)
 
 def __getattr__(name):
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        try:
+            module = importlib.import_module(_LAZY[name])
+        except ModuleNotFoundError as e:
+            error = extra_error(e)
+            if error is None:
+                raise
+            raise error from e
+        return getattr(module, name)
     raise AttributeError(f"module 'tflite_export' has no attribute {name!r}")
 
 

@@ -1,30 +1,34 @@
 """`tflite-export`: saved Keras model -> verified, codebook-exact `.tflite` file.
 
     tflite-export MODEL -o OUT --format {float,int8,int4,full_int8,tflm_packed}
-        [--representative-data FILE.npy] [--c-array FILE.cc] [--allow-inexact] [--unsafe]
+        [--target {tflm,litert}] [--representative-data FILE.npy]
+        [--c-array FILE.cc] [--json FILE.json] [--allow-inexact] [--unsafe]
         [--flash 64KiB] [--ram 32KiB] [--verbose]
     tflite-export verify FILE.tflite --codebook 1,-1,0.5,-0.5 [--model MODEL]
         [--representative-data FILE.npy] [--verbose]
 
 TensorFlow's, the converters' and the interpreters' own log lines are shown
-only with `--verbose`.
+only with `--verbose`. A stage of the export that lasts more than
+`progress.AFTER_S` seconds gets one line on stderr with the time elapsed.
+Arguments and files are checked before TensorFlow is imported.
 
-Exit status: 0 when everything checked out, 1 when verification failed,
-2 for bad input (nothing is written then).
+Exit status:
+    0  the file was written and verified (`verify`: everything checked out);
+    1  verification failed (`VerificationError`; nothing written);
+    2  bad input, or the model cannot be exported (any other `ExportError`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import pathlib
 import sys
 
 import numpy as np
 
-from tflite_export import budget, inputs, micro, runners
-from tflite_export.errors import ExportError
-from tflite_export.formats import FORMATS
+from tflite_export import budget, files
+from tflite_export.errors import ExportError, VerificationError, require_extras
+from tflite_export.formats import FORMATS, TARGETS
 from tflite_export.logs import library_logs
 
 PROG = "tflite-export"
@@ -50,17 +54,27 @@ def _export_parser():
     p = _Parser(
         prog=PROG,
         description="Export a saved Keras (QAT) model to a verified, "
-        "codebook-exact TFLite file. Use `tflite-export verify FILE` to check a file.",
+        "codebook-exact TFLite file. Use `tflite-export verify FILE` to check a file. "
+        "Exit status: 0 written and verified, 1 verification failed, 2 bad input or "
+        "cannot export.",
     )
     p.add_argument("model", help=".keras or .h5 file, or SavedModel directory")
     p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
     p.add_argument("--format", default="int8", choices=FORMATS, help="default: int8")
+    p.add_argument(
+        "--target",
+        default="tflm",
+        choices=TARGETS,
+        help="full_int8: the interpreter the file is verified on (default: tflm; "
+        "litert for NPUs and phones when TFLM cannot run the model)",
+    )
     p.add_argument(
         "--representative-data",
         metavar="FILE.npy",
         help="sample inputs (N, ...) for full_int8 calibration and the output check",
     )
     p.add_argument("--c-array", metavar="FILE.cc", help="also write a C array (and .h) for TFLM")
+    p.add_argument("--json", metavar="FILE.json", help="also write the report as JSON")
     p.add_argument(
         "--allow-inexact",
         action="store_true",
@@ -92,7 +106,8 @@ def _verify_parser():
         prog=f"{PROG} verify",
         description="Read a .tflite file back with LiteRT and "
         "check every weight tensor against a codebook, per output channel. tflm_packed "
-        "files are decoded from their bytes and run on TFLM instead.",
+        "files are decoded from their bytes and run on TFLM instead. Exit status: 0 "
+        "everything checked out, 1 a check failed, 2 bad input or an unreadable file.",
     )
     p.add_argument("file", help="the .tflite file")
     p.add_argument("--codebook", required=True, help="comma-separated values, e.g. 1,-1,0.5,-0.5")
@@ -102,211 +117,103 @@ def _verify_parser():
     return p
 
 
-def _one_line(error: BaseException) -> str:
-    """`Type: first line of the message` (interpreters raise many-line errors)."""
-    lines = [x.strip() for x in str(error).splitlines() if x.strip()]
-    return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
-
-
 def _fail(message: str) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return 2
 
 
+def _check_npy(path) -> None:
+    if path is not None and not os.path.isfile(path):
+        raise ExportError(f"Representative data file not found. Received: {path!r}")
+
+
 def _load_npy(path):
     if path is None:
         return None
-    if not os.path.isfile(path):
-        raise ExportError(f"Representative data file not found. Received: {path!r}")
+    _check_npy(path)
     try:
         return np.load(path, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001
+    except (OSError, ValueError) as e:
         raise ExportError(f"Cannot read {path!r} as a .npy array: {e}") from e
 
 
-def _main_export(argv) -> int:
+def _main_export(argv, verbose: bool) -> int:
     args = _export_parser().parse_args(argv)
-    import tflite_export  # noqa: PLC0415
-
     try:
-        budget.Budgets.of(args.format, args.flash, args.ram, None)  # before the model loads
-        rep = _load_npy(args.representative_data)
-        report = tflite_export.export(
+        # Everything that can be checked without TensorFlow, first.
+        files.check_model_path(args.model)
+        files.check_output_path(args.output, "--output")
+        if args.json:
+            files.check_output_path(args.json, "--json")
+        if args.c_array:
+            files.check_output_path(args.c_array, "--c-array")
+        _check_npy(args.representative_data)
+        budget.Budgets.of(args.format, args.flash, args.ram, None)
+        require_extras()
+        from tflite_export import pipeline  # noqa: PLC0415 - TensorFlow loads after the checks
+
+        report = pipeline.export(
             args.model,
             args.output,
             format=args.format,
-            representative_data=rep,
+            representative_data=_load_npy(args.representative_data),
             allow_inexact=args.allow_inexact,
             c_array=args.c_array,
             safe_mode=not args.unsafe,
+            target=args.target,
+            verbose=verbose,
+            progress=True,
             flash=args.flash,
             ram=args.ram,
         )
+        if args.json:
+            report.to_json(args.json)
+    except VerificationError as e:
+        print(str(e), file=sys.stderr)
+        return 1
     except ExportError as e:
-        text = str(e)
-        if text.startswith("Verification failed"):
-            print(text, file=sys.stderr)
-            return 1
-        return _fail(text.splitlines()[0] if "\n" not in text else text)
+        return _fail(str(e))
     print(report)
-    return 0 if report.ok else 1
+    return 0
 
 
-def _parse_codebook(text):
-    from tfmot_discrete.codebook import Codebook  # noqa: PLC0415
-
+def _codebook_values(text: str) -> list[float]:
+    """The numbers of `--codebook`, checked without TensorFlow."""
     try:
-        return Codebook([float(v) for v in text.split(",") if v.strip()])
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError as e:
         raise ExportError(
-            f"--codebook must be comma-separated numbers, at least 2 distinct ({e}). "
-            f"Received: --codebook {text!r}"
+            f"--codebook must be comma-separated numbers ({e}). Received: --codebook {text!r}"
         ) from e
-
-
-def _weight_lines(path, data, codebook) -> tuple[list[str], bool]:
-    """The file's weight tensors against the codebook: report lines, all exact."""
-    from tflite_export import verify  # noqa: PLC0415
-    from tfmot_discrete import text  # noqa: PLC0415
-
-    try:
-        checks = verify.check_codebook_file(data, codebook)
-    except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
-        raise ExportError(f"{path!r} is not a readable .tflite file ({_one_line(e)})") from None
-    lines = [
-        f"{path}: {len(data):,} bytes, codebook {text.format_values(codebook.values, codebook.size)}"
-    ]
-    for c in checks:
-        status = "exact" if c.exact else f"NOT in codebook (max deviation {c.max_error:.3g})"
-        lines.append(f"  {c.name}: {c.storage}, {c.count:,} weights, {status}")
-    if not checks:
-        lines.append("  no weight tensors found")
-    return lines, bool(checks) and all(c.exact for c in checks)
-
-
-def _run_untrusted(path, data, xs) -> list[np.ndarray]:
-    """LiteRT's outputs for `xs` (None: 8 random inputs), run in a child process."""
-    try:
-        return runners.run_litert(data, xs, isolated=True)
-    except ExportError as e:
-        raise ExportError(f"{path!r} is not a readable .tflite file: {e}") from None
-
-
-def _random_run_line(outputs) -> tuple[str, bool]:
-    """No model to compare with: the outputs on random inputs must be finite."""
-    finite = all(np.all(np.isfinite(o)) for o in outputs)
-    return (
-        "  ran on 8 random inputs with LiteRT: "
-        + ("outputs finite" if finite else "NON-FINITE outputs")
-    ), finite
-
-
-def _model_line(path, data, model_path, rep, on_tflm: bool = False) -> str:
-    """The file's outputs (LiteRT's, or TFLM's for a packed file) against the
-    (stripped) Keras model's."""
-    from tflite_export import convert  # noqa: PLC0415
-    from tfmot_discrete.quantize import is_quantized, strip_quantization  # noqa: PLC0415
-
-    model = convert.load_model(model_path)
-    plain = strip_quantization(model) if is_quantized(model) else model
-    xs = inputs.representative(plain, rep) if rep is not None else inputs.random_inputs(plain)
-    ref = np.asarray(plain.predict(xs[0] if len(xs) == 1 else xs, verbose=0))
-    if on_tflm:
-        got = _run_untrusted_tflm(path, data, xs, dequantize=True)[0]
-    else:
-        got = _run_untrusted(path, data, xs)[0]
-    if got.size != ref.size:
+    if len(set(values)) < 2:
         raise ExportError(
-            f"The file's output has {got.size} values for {len(ref)} inputs; the model "
-            f"{model_path!r} gives {ref.size}: they are not the same model."
+            f"--codebook must hold at least 2 distinct values. Received: --codebook {text!r}"
         )
-    got = got.reshape(ref.shape)
-    diff = float(np.abs(got - ref).max())
-    rng = float(ref.max() - ref.min()) or 1.0
-    return (
-        f"  {'TFLM outputs' if on_tflm else 'outputs'} vs {model_path}: max abs diff "
-        f"{diff:.3g} ({diff / rng:.2e} of output range)"
-    )
+    return values
 
 
 def _main_verify(argv) -> int:
     args = _verify_parser().parse_args(argv)
     try:
-        codebook = _parse_codebook(args.codebook)
-        path = pathlib.Path(args.file)
-        if not path.is_file():
+        values = _codebook_values(args.codebook)
+        if not os.path.isfile(args.file):
             raise ExportError(f"File not found. Received: {args.file!r}")
-        data = path.read_bytes()
-        from tflite_export import packed  # noqa: PLC0415
-
-        if packed.is_packed(data):  # LiteRT cannot run DECODE: TFLM, in the child
-            return _verify_packed(args, data, codebook)
-        # LiteRT first, in a child process: a file that crashes the interpreter
-        # ends that process, not this one, and is reported like any bad file.
-        probe = _run_untrusted(args.file, data, None)
-        lines, ok = _weight_lines(args.file, data, codebook)
-        rep = _load_npy(args.representative_data)
         if args.model:
-            lines.append(_model_line(args.file, data, args.model, rep))
-        else:
-            line, finite = _random_run_line(probe)
-            lines.append(line)
-            ok = ok and finite
-        lines.append("OK" if ok else "FAILED")
-        print("\n".join(lines))
-        return 0 if ok else 1
+            files.check_model_path(args.model)
+        _check_npy(args.representative_data)
+        require_extras()
+        from tflite_export import verify  # noqa: PLC0415 - TensorFlow loads after the checks
+
+        check = verify.verify_file(
+            args.file,
+            values,
+            model=args.model,
+            representative_data=_load_npy(args.representative_data),
+        )
     except ExportError as e:
         return _fail(str(e))
-
-
-def _verify_packed(args, data: bytes, codebook) -> int:
-    """`verify` of a tflm_packed file: indices and tables decoded here, then TFLM."""
-    from tflite_export import packed  # noqa: PLC0415
-    from tfmot_discrete import text  # noqa: PLC0415
-
-    try:
-        checks = packed.check_codebook_file(data, codebook)
-    except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
-        raise ExportError(f"{args.file!r} is a damaged tflm_packed file: {_one_line(e)}") from None
-    shown = text.format_values(codebook.values, codebook.size)
-    lines = [f"{args.file}: {len(data):,} bytes, tflm_packed, codebook {shown}"]
-    for c in checks:
-        status = "exact" if c.exact else f"NOT in codebook (max deviation {c.max_error:.3g})"
-        table = ", ".join(str(int(v)) for v in c.table)
-        layout = "one table" if c.tables == 1 else f"{c.tables} tables"
-        lines.append(
-            f"  {c.name}: {c.storage} ({layout}, int8 values {{{table}}}), "
-            f"{c.count:,} weights, {status}"
-        )
-    ok = bool(checks) and all(c.exact for c in checks)
-    try:
-        reasons = micro.tflm_abort_reasons(runners.read_tflm_model(data))
-    except Exception as e:  # noqa: BLE001 - whatever a malformed file raises
-        raise ExportError(f"{args.file!r} is a damaged tflm_packed file: {_one_line(e)}") from None
-    if reasons:  # known to abort TFLM: said, not tried
-        lines.append(f"  TFLM cannot run it: {reasons[0]}")
-        ok = False
-    elif args.model:
-        lines.append(
-            _model_line(
-                args.file, data, args.model, _load_npy(args.representative_data), on_tflm=True
-            )
-        )
-    else:
-        _run_untrusted_tflm(args.file, data, None)
-        lines.append("  ran on 8 random inputs with TFLM")
-    lines.append("OK" if ok else "FAILED")
-    print("\n".join(lines))
-    return 0 if ok else 1
-
-
-def _run_untrusted_tflm(path, data, xs, dequantize=False) -> list[np.ndarray]:
-    """TFLM's outputs for `xs` (None: 8 random inputs); TFLM always runs in
-    the child process, so a crash is reported like any bad file."""
-    try:
-        return runners.run_tflm(data, xs, dequantize=dequantize)
-    except ExportError as e:
-        raise ExportError(f"{path!r} is not a readable .tflite file: {e}") from None
+    print(check)
+    return 0 if check.ok else 1
 
 
 def _verbose_flag(argv) -> tuple[list, bool]:
@@ -326,7 +233,7 @@ def main(argv=None) -> int:
                     rest[i : i + 2] = [f"--codebook={rest[i + 1]}"]
                     break
             return _main_verify(rest)
-        return _main_export(argv)
+        return _main_export(argv, verbose)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ import ctypes
 import ctypes.util
 import functools
 import io
-import os
-import pathlib
 
 import numpy as np
 import tensorflow as tf
@@ -18,6 +16,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 )
 
 import tfmot_discrete as td
+from tflite_export import files
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
 from tfmot_discrete._keras import keras
@@ -70,20 +69,7 @@ def load_model(path, safe_mode: bool = True):
     Raises:
         ExportError: For a missing, unreadable or unloadable file.
     """
-    p = pathlib.Path(os.fspath(path))
-    if not p.exists():
-        raise ExportError(f"Model file not found. Received: model={str(p)!r}")
-    is_savedmodel = p.is_dir() and (p / "saved_model.pb").exists()
-    if p.is_dir() and not is_savedmodel:
-        raise ExportError(
-            f"{str(p)!r} is a directory without saved_model.pb; expected a .keras or .h5 file "
-            "or a SavedModel directory."
-        )
-    if not is_savedmodel and p.suffix not in (".keras", ".h5", ".hdf5"):
-        raise ExportError(
-            f"Unknown model file type {p.suffix!r}; accepted: .keras, .h5, or a SavedModel "
-            f"directory. Received: model={str(p)!r}"
-        )
+    p = files.check_model_path(path)
     kwargs = {"safe_mode": safe_mode} if p.suffix == ".keras" else {}
     try:
         with td.quantize_scope():

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow_model_optimization as tfmot
 from tensorflow.lite.tools import flatbuffer_utils
 
+from tflite_export import reading
 from tflite_export.schema import (
     BIAS_INPUT,
     QMAX,
@@ -26,6 +27,11 @@ from tfmot_discrete.codebook import Codebook
 from tfmot_discrete.quantize import codebook_items, int8_items
 
 _qk = tfmot.quantization.keras
+
+#: Exactness tolerance, relative: a stored weight is its codebook value when
+#: it decodes within this share of the codebook's largest magnitude (and a
+#: float tensor matches a weight within this share of its largest value).
+EXACT_RTOL = 1e-5
 
 _NUMPY_TYPES = {
     TensorType.FLOAT32: np.float32,
@@ -307,7 +313,9 @@ def match_weights(model, cws: list[CodebookWeight], tolerance_of=None) -> tuple[
             factors = _channel_factors(got, exp, dim)
             if factors is None:
                 continue
-            tol = tolerance_of(tensor, got) if tolerance_of else 1e-5 * max(1e-30, max_abs(got))
+            tol = (
+                tolerance_of(tensor, got) if tolerance_of else EXACT_RTOL * max(1e-30, max_abs(got))
+            )
             # The reference is written over `exp` (not a second copy of the weight).
             ref = np.multiply(
                 exp, channel_broadcast(factors, exp.ndim, dim).astype(np.float32), out=exp
@@ -468,7 +476,12 @@ def _requantize_bias(model, m: TensorMatch, new_w_scales):
 def read(model_bytes: bytes):
     """The flatbuffer's object tree; its buffers are read-only views of
     `model_bytes`, not copies (a change replaces a buffer's data, never writes
-    into it)."""
+    into it).
+
+    Raises:
+        TfliteFileError: For bytes without the `.tflite` identifier.
+    """
+    reading.check_header(model_bytes)
     return flatbuffer_utils.read_model_from_bytearray(memoryview(model_bytes))
 
 

@@ -8,7 +8,10 @@ crash, an error or a hang into an `ExportError` naming what failed. The child
 serves one request after another and is started again after a crash, so a
 process pays its start-up once.
 
-    python -m tflite_export.isolation --serve   (the child side)
+This is the parent side; it imports no other module of the package but
+`errors`. The child side is `tflite_export.child`:
+
+    python -m tflite_export.child   (reads requests from stdin)
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class _Child:
         env = dict(os.environ)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tflite_export.isolation", "--serve"],
+            [sys.executable, "-m", "tflite_export.child"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -106,8 +109,7 @@ def run_in_child(
     timeout=TIMEOUT,
     reference: bytes | None = None,
 ) -> list[np.ndarray]:
-    """Runs `runners.run_litert`, `runners.run_tflm` or
-    `runners.tflm_compare_here` in a child process.
+    """Runs a file with LiteRT or TFLM in the child process (`tflite_export.child`).
 
     Args:
         kind: `"litert"`, `"tflm"` or `"tflm_compare"` (a tflm_packed file
@@ -158,55 +160,3 @@ def run_in_child(
             raise ExportError(f"The {name} interpreter refused the file: {reply}")
         with np.load(result, allow_pickle=False) as f:
             return [f[f"y{i}"] for i in range(len(f.files))]
-
-
-def _handle(request: str, result: str) -> str:
-    from tflite_export import runners  # noqa: PLC0415
-
-    with np.load(request, allow_pickle=False) as f:
-        model = f["model"].tobytes()
-        kind, raw = str(f["kind"]), bool(f["raw"])
-        reference = f["reference"].tobytes()
-        n = sum(1 for k in f.files if k.startswith("x"))
-        inputs = [f[f"x{i}"] for i in range(n)] if n else None
-    try:
-        if kind == "tflm":
-            outputs = runners.run_tflm_here(model, inputs, dequantize=not raw)
-        elif kind == "tflm_compare":
-            outputs = [runners.tflm_compare_here(model, reference, inputs)]
-        elif inputs is None:
-            outputs = _probe_litert(model)
-        else:
-            outputs = runners.run_litert(model, inputs, raw=raw)
-    except Exception as e:  # noqa: BLE001 - reported to the parent, which raises
-        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
-        return f"{type(e).__name__}: {lines[0] if lines else 'no message'}"
-    np.savez(result, **{f"y{i}": y for i, y in enumerate(outputs)})
-    return "ok"
-
-
-def _probe_litert(model: bytes) -> list[np.ndarray]:
-    """Everything a check does with a file from elsewhere: run it on random
-    inputs, then read every tensor."""
-    from tflite_export import inputs, runners  # noqa: PLC0415
-
-    outputs = runners.run_litert(model, inputs.random_file_inputs(model))
-    it = runners.interpreter(model)
-    for d in it.get_tensor_details():
-        try:
-            it.get_tensor(d["index"])
-        except ValueError:
-            pass
-    return outputs
-
-
-def _serve() -> int:
-    """The child: one request (`REQUEST.npz<TAB>RESULT.npz`) per line of stdin."""
-    for line in sys.stdin:
-        request, result = line.rstrip("\n").split("\t")
-        print(_handle(request, result), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_serve())

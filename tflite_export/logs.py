@@ -20,6 +20,15 @@ import warnings
 
 #: Packages whose own warnings are shown as one-line notes.
 OWN_PACKAGES = ("tfmot_discrete", "tflite_export")
+#: At most this many bytes of captured output are kept (the last ones).
+KEEP_BYTES = 16 * 1024
+
+
+class Captured:
+    """What the libraries wrote inside a `library_logs` block (set at its end)."""
+
+    def __init__(self):
+        self.text = ""
 
 
 def _own_stream(stream, fd: int):
@@ -44,7 +53,9 @@ def library_logs(verbose: bool = False, note=None):
     `logging` below ERROR is off, and warnings are recorded instead of shown;
     `print` (to `sys.stdout`) and writes to `sys.stderr` still reach the
     terminal. Warnings raised by this project's own packages come out at the
-    end as one line each, `note: ...`. `TF_CPP_MIN_LOG_LEVEL` is set to 2 when
+    end as one line each, `note: ...`; other warnings and the hidden lines are
+    kept (the last `KEEP_BYTES`) in the `Captured` object the block yields,
+    for an error message. `TF_CPP_MIN_LOG_LEVEL` is set to 2 when
     unset, which quiets TensorFlow's C++ logging if it has not loaded yet.
 
     Args:
@@ -59,8 +70,9 @@ def library_logs(verbose: bool = False, note=None):
     ...     print("ours")
     ours
     """
+    captured = Captured()
     if verbose:
-        yield
+        yield captured
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     saved_out, out = _own_stream(sys.stdout, 1)
@@ -73,10 +85,12 @@ def library_logs(verbose: bool = False, note=None):
         os.dup2(sink.fileno(), 2)
         sys.stdout, sys.stderr = out, err
         try:
-            yield
+            yield captured
         finally:
             out.flush()
             err.flush()
+            sink.seek(max(0, os.fstat(sink.fileno()).st_size - KEEP_BYTES))
+            captured.text = sink.read().decode(errors="replace")
             sys.stdout, sys.stderr = previous[:2]
             os.dup2(saved_out, 1)
             os.dup2(saved_err, 2)
@@ -85,8 +99,11 @@ def library_logs(verbose: bool = False, note=None):
             logging.disable(previous[2])
     shown = set()
     for w in caught:
+        first = (str(w.message).strip().splitlines() or [""])[0]
         if w.filename and any(f"{os.sep}{p}{os.sep}" in w.filename for p in OWN_PACKAGES):
-            line = f"note: {str(w.message).strip().splitlines()[0]}"
+            line = f"note: {first}"
             if line not in shown:
                 shown.add(line)
                 (note or (lambda s: print(s, file=sys.stderr)))(line)
+        else:
+            captured.text += f"{w.category.__name__}: {first}\n"

@@ -40,8 +40,32 @@ import tempfile
 import warnings
 
 import numpy as np
+from tflite_micro.tensorflow.lite.micro.compression import compress, model_editor, spec
+from tflite_micro.tensorflow.lite.micro.tools import (
+    tflite_flatbuffer_align_wrapper as align,
+)
 
+from tflite_export import compat, isolation, reading
+from tflite_export.errors import PackedFileError, TfliteFileError
+from tflite_export.reading import DECODE_OP
 from tflite_export.schema import BIAS_INPUT, WEIGHT_INPUT, BuiltinOperator, TensorType
+
+__all__ = [
+    "DECODE_OP",
+    "MAX_BITS",
+    "MAX_VALUES",
+    "PackedFileError",
+    "PackedTensor",
+    "TableChoice",
+    "TflmComparison",
+    "choose_tables",
+    "compare_on_tflm",
+    "index_bits",
+    "is_packed",
+    "pack",
+    "read_packed",
+    "strip_overhead",
+]
 
 #: Layers whose constant weights TFLM's kernels read through a DECODE output.
 _TFLM_LAYERS = (
@@ -50,28 +74,22 @@ _TFLM_LAYERS = (
     BuiltinOperator.DEPTHWISE_CONV_2D,
     BuiltinOperator.TRANSPOSE_CONV,
 )
-#: Custom operator TFLM's compressor inserts in front of each layer that reads
-#: a packed tensor.
-DECODE_OP = "TFLM_DECODE"
 #: Index widths TFLM's LUT decoder accepts.
 MAX_BITS = 7
 #: Largest codebook a packed tensor holds.
 MAX_VALUES = 2**MAX_BITS
-_DCM_BYTES = 16  # DECODE common metadata ahead of the value tables
-_LUT_TYPE = 0  # DCM byte 0: LUT decoding
-_PER_TENSOR_AXIS = 0xF  # DCM byte 5, high nibble: one table for the tensor
-
-
-class PackedFileError(ValueError):
-    """A packed file that cannot be read back; the message says where."""
-
-
-def _schema():
-    from tflite_micro.tensorflow.lite.micro.python import (  # noqa: PLC0415
-        schema_py_generated,
-    )
-
-    return schema_py_generated
+# DECODE common metadata (DCM), the first bytes of a packed tensor's
+# ancillary data, by offset (TFLM's decode_state_lut.cc):
+_DCM_BYTES = 16  # DCM length, ahead of the value tables
+_DCM_TYPE = 0  # byte 0: decode type
+_DCM_VERSION = 1  # byte 1: DCM version
+_DCM_LUT_VERSION = 4  # byte 4: LUT version
+_DCM_AXIS_BITS = 5  # byte 5: (axis << 4) | index bit width
+_DCM_STRIDE = 6  # byte 6: value-table stride
+_LUT_TYPE = 0  # decode type of LUT decoding
+_BITS_MASK = 0x07  # index bit width, low bits of byte 5
+_AXIS_SHIFT = 4  # axis, high nibble of byte 5
+_PER_TENSOR_AXIS = 0xF  # axis of one table for the tensor
 
 
 def index_bits(n_values: int) -> int:
@@ -158,26 +176,14 @@ class PackedTensor:
         return v * self.scales.reshape(shape)
 
 
-def is_packed(model_bytes: bytes) -> bool:
-    """True for a file with TFLM `DECODE` operators (LiteRT cannot run it)."""
-    try:
-        model = _read_object(model_bytes)
-    except PackedFileError:
-        return False
-    return any(
-        (c.customCode or b"") in (DECODE_OP, DECODE_OP.encode()) for c in model.operatorCodes or []
-    )
+is_packed = reading.is_packed
 
 
 def _read_object(model_bytes: bytes):
-    if len(model_bytes) < 8 or bytes(model_bytes[4:8]) != b"TFL3":
-        raise PackedFileError(
-            f"Not a .tflite flatbuffer (no TFL3 identifier). Received: {len(model_bytes)} bytes"
-        )
     try:
-        return _schema().ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
-    except Exception as e:  # noqa: BLE001 - any parser failure means a damaged file
-        raise PackedFileError(f"Cannot read the flatbuffer: {type(e).__name__}: {e}") from e
+        return reading.read_model(model_bytes)
+    except TfliteFileError as e:
+        raise PackedFileError(str(e)) from e
 
 
 def _unpack_indices(data: bytes, bits: int, count: int) -> np.ndarray:
@@ -204,8 +210,7 @@ def read_packed(model_bytes: bytes) -> list[PackedTensor]:
     sg = model.subgraphs[0]
     out = []
     for op in sg.operators or []:
-        code = model.operatorCodes[op.opcodeIndex]
-        if (code.customCode or b"") not in (DECODE_OP, DECODE_OP.encode()):
+        if not reading.is_decode(model.operatorCodes[op.opcodeIndex]):
             continue
         ins, outs = [int(i) for i in op.inputs], [int(i) for i in op.outputs]
         if len(ins) != 2 * len(outs):
@@ -242,12 +247,13 @@ def _decode_one(model, sg, enc_i, anc_i, dec_i) -> PackedTensor:
         raise PackedFileError(
             f"{where}: its DECODE metadata holds {len(anc)} bytes; at least {_DCM_BYTES} needed."
         )
-    if anc[0] != _LUT_TYPE or anc[1] != 1 or anc[4] != 1:
+    kind, version, lut_version = anc[_DCM_TYPE], anc[_DCM_VERSION], anc[_DCM_LUT_VERSION]
+    if kind != _LUT_TYPE or version != 1 or lut_version != 1:
         raise PackedFileError(
-            f"{where}: DECODE metadata of type {anc[0]} version {anc[1]}, LUT version {anc[4]}; "
-            "only LUT decoding (type 0, versions 1) is read."
+            f"{where}: DECODE metadata of type {kind} version {version}, LUT version "
+            f"{lut_version}; only LUT decoding (type 0, versions 1) is read."
         )
-    bits, stride = anc[5] & 0x07, anc[6]
+    bits, stride = anc[_DCM_AXIS_BITS] & _BITS_MASK, anc[_DCM_STRIDE]
     if not 1 <= bits <= MAX_BITS:
         raise PackedFileError(f"{where}: index width {bits} bits; TFLM decodes 1 to {MAX_BITS}.")
     if dec.type != TensorType.INT8:
@@ -301,10 +307,6 @@ def _decode_one(model, sg, enc_i, anc_i, dec_i) -> PackedTensor:
 
 def _aligned(model_bytes: bytes) -> bytes:
     """Rewrites the flatbuffer with TFLM's alignment of each buffer."""
-    from tflite_micro.tensorflow.lite.micro.tools import (  # noqa: PLC0415
-        tflite_flatbuffer_align_wrapper as align,
-    )
-
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "in.tflite"), os.path.join(tmp, "out.tflite")
         with open(src, "wb") as f:
@@ -325,21 +327,18 @@ def strip_overhead(model_bytes: bytes) -> bytes:
     the model's inputs and outputs and on the decoded weights only (TFLM
     reads none).
     """
-    from tflite_micro.tensorflow.lite.micro.compression import model_editor  # noqa: PLC0415
-
     model = model_editor.read(model_bytes)
     for sg in model.subgraphs:
         weights, biases, decoded, patched = [], [], [], set()
         for op in sg.operators:
             if op.custom_code == DECODE_OP:
                 for enc, anc, dec in zip(op.inputs[0::2], op.inputs[1::2], op.outputs):
-                    enc.quantization = None
-                    enc._fb.quantization = None  # noqa: SLF001 - model_editor keeps the schema object
+                    compat.drop_quantization(enc)
                     data = bytearray(anc.buffer.data)
-                    if data[5] >> 4 == _PER_TENSOR_AXIS:
+                    if data[_DCM_AXIS_BITS] >> _AXIS_SHIFT == _PER_TENSOR_AXIS:
                         _one_scale(dec)
                         if id(anc.buffer) not in patched:
-                            data[6] = 0
+                            data[_DCM_STRIDE] = 0
                             anc.buffer.data = bytes(data)
                             patched.add(id(anc.buffer))
                     weights.append(dec)
@@ -352,8 +351,7 @@ def strip_overhead(model_bytes: bytes) -> bytes:
                     biases.append(op.inputs[b])
         for t in biases:
             if t.dtype == TensorType.INT32:
-                t.quantization = None
-                t._fb.quantization = None  # noqa: SLF001
+                compat.drop_quantization(t)
         for t in weights:
             q = t.quantization
             if q is not None and isinstance(q.zero_points, list) and not any(q.zero_points):
@@ -361,7 +359,7 @@ def strip_overhead(model_bytes: bytes) -> bytes:
         named = {id(t) for t in decoded + list(sg.inputs) + list(sg.outputs)}
         for t in sg.tensors:
             if id(t) not in named:
-                t._fb.name = None  # noqa: SLF001
+                compat.drop_name(t)
     return _aligned(bytes(model.build()))
 
 
@@ -388,12 +386,6 @@ def pack(full_int8: bytes, tensors) -> bytes:
         PackedFileError: A tensor with more than 128 distinct values, or a
             tensor that is not a constant int8 tensor.
     """
-    from tflite_micro.tensorflow.lite.micro.compression import (  # noqa: PLC0415
-        compress,
-        model_editor,
-        spec,
-    )
-
     model = model_editor.read(full_int8)
     specs = []
     for t in sorted(set(tensors)):
@@ -413,50 +405,6 @@ def pack(full_int8: bytes, tensors) -> bytes:
         warnings.simplefilter("ignore")
         packed = bytes(compress(full_int8, specs))
     return strip_overhead(packed)
-
-
-def check_weights(packed_bytes: bytes, full_int8: bytes, matches) -> list:
-    """Each codebook weight decoded from the packed file's own bytes (no TFLM).
-
-    A weight is exact when its decoded int8 values equal the `full_int8`
-    file's and, times its channel's scale, are `codebook x channel unit`.
-
-    Returns:
-        A `verify.WeightCheck` per match.
-
-    Raises:
-        PackedFileError: A damaged file, or a codebook weight left unpacked.
-    """
-    from tflite_export import exact, verify  # noqa: PLC0415
-
-    read = {p.encoded: p for p in read_packed(packed_bytes)}
-    fb = exact.read(full_int8)
-    out = []
-    for m in matches:
-        p = read.get(m.tensor)
-        if p is None:
-            raise PackedFileError(f"{m.cw.label}: not stored as indices in the packed file.")
-        ints = exact.stored_values(fb, fb.subgraphs[0].tensors[m.tensor])
-        lossless = ints is not None and np.array_equal(ints.reshape(p.values.shape), p.values)
-        v = p.dequantized().reshape(m.reference.shape)
-        units = exact.channel_broadcast(np.asarray(m.units, np.float64), v.ndim, m.channel_dim)
-        codes = v / np.where(units == 0, 1.0, units)
-        dev = float(np.abs(codes - m.codes).max()) / max(1.0, m.cw.codebook.max_abs)
-        out.append(
-            verify.WeightCheck(
-                name=m.cw.label,
-                codebook=m.cw.codebook.values,
-                bits=m.cw.codebook.bits,
-                storage=f"{p.bits}-bit index",
-                count=int(v.size),
-                exact=lossless and dev <= 1e-5,
-                max_error=float(np.abs(v - m.reference).max()),
-                index_bits=p.bits,
-                table=np.array(p.tables[0]),
-                tables=int(p.tables.shape[0]),
-            )
-        )
-    return out
 
 
 @dataclasses.dataclass
@@ -485,8 +433,6 @@ def compare_on_tflm(
         full_int8: The `full_int8` file it was packed from.
         inputs: Float sample inputs, one array per model input.
     """
-    from tflite_export import isolation  # noqa: PLC0415
-
     # TFLM runs in the child process that every TFLM run uses (it can abort).
     (row,) = isolation.run_in_child(
         "tflm_compare", packed_bytes, inputs, reference=full_int8, raw=True
@@ -500,34 +446,3 @@ def compare_on_tflm(
         latency_s=float(latency),
         full_int8_latency_s=float(full_latency),
     )
-
-
-def check_codebook_file(model_bytes: bytes, codebook) -> list:
-    """Every packed tensor of the file, decoded from its bytes, must be
-    `codebook x one factor per output channel` (no interpreter involved).
-
-    Raises:
-        PackedFileError: For a damaged file.
-    """
-    from tflite_export import verify  # noqa: PLC0415
-
-    out = []
-    for p in read_packed(model_bytes):
-        v = p.dequantized()
-        dim = p.channel_dim if p.scales.size > 1 else None
-        units, worst = verify.channel_fit(v, codebook, dim)
-        out.append(
-            verify.WeightCheck(
-                name=p.name,
-                codebook=codebook.values,
-                bits=codebook.bits,
-                storage=f"{p.bits}-bit index",
-                count=int(v.size),
-                exact=all(u is not None for u in units),
-                max_error=float(worst),
-                index_bits=p.bits,
-                table=np.array(p.tables[0]),
-                tables=int(p.tables.shape[0]),
-            )
-        )
-    return out

@@ -1,139 +1,31 @@
-"""`export`: QAT or plain Keras model -> verified, codebook-exact `.tflite` file."""
+"""`export`: QAT or plain Keras model -> verified, codebook-exact `.tflite` file.
+
+The top of the package with `__main__`: the flow from a model to a checked
+file, each stage announced (`progress`) and each failure an `ExportError`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-import pathlib
 
 import numpy as np
 
 import tfmot_discrete as td
 from tflite_export import budget, convert, exact, files, inputs, micro, packed, runners, verify
-from tflite_export.errors import ExportError
-from tflite_export.schema import QMAX, TensorType, storage_name
-from tfmot_discrete import text
+from tflite_export.errors import ExportError, VerificationError
+from tflite_export.formats import TARGETS
+from tflite_export.logs import library_logs
+from tflite_export.progress import Progress
+from tflite_export.report import TFLM_LSB, Report, RoundedWeight
+from tflite_export.schema import INTEGER_TYPES, QMAX, TensorType, storage_name
 from tfmot_discrete.quantize import check_finite, codebook_items, is_quantized
 
 #: Weight-only files must agree with the Keras model within this share of the
 #: output range.
 WEIGHT_ONLY_RTOL = 1e-4
-#: TFLM and LiteRT may round differently by this many int8 steps per
-#: requantizing layer (their kernels round differently); the differences add
-#: up through a chain of layers.
-TFLM_LSB = 2
-
-
-@dataclasses.dataclass
-class Report:
-    """What `export` wrote and what it checked."""
-
-    path: str
-    format: str
-    size_bytes: int
-    float_size_bytes: int
-    weights: list[verify.WeightCheck]
-    max_abs_diff: float
-    mean_abs_diff: float
-    output_range: float
-    tolerance: float | None
-    samples: int
-    tflm_max_lsb: int | None = None
-    tflm_share_differing: float | None = None
-    tflm_layers: int = 1
-    c_array: str | None = None
-    notes: list[str] = dataclasses.field(default_factory=list)
-    full_int8_size_bytes: int | None = None  # tflm_packed: the file it was packed from
-    tflm: packed.TflmComparison | None = None  # tflm_packed: both files on TFLM
-    budget: budget.BudgetReport | None = None  # flash / ram given: the file against them
-
-    @property
-    def exact(self) -> bool:
-        return all(w.exact for w in self.weights)
-
-    @property
-    def outputs_agree(self) -> bool:
-        return self.tolerance is None or self.max_abs_diff <= self.tolerance
-
-    @property
-    def tflm_agrees(self) -> bool:
-        return self.tflm_max_lsb is None or self.tflm_max_lsb <= TFLM_LSB * self.tflm_layers
-
-    @property
-    def ok(self) -> bool:
-        packed_ok = self.tflm is None or self.tflm.identical
-        return self.outputs_agree and self.tflm_agrees and packed_ok
-
-    @property
-    def size_ratio(self) -> float:
-        return self.float_size_bytes / max(1, self.size_bytes)
-
-    def __str__(self) -> str:
-        rows = [("weight", "codebook", "bits", "stored", "weights", "exact / max error")]
-        if self.tflm is not None:
-            rows[0] += ("int8 value table",)
-        for w in self.weights:
-            row = (
-                w.name,
-                "int8 (trained)" if w.trained_int8 else text.format_values(w.codebook),
-                str(w.bits),
-                w.storage,
-                f"{w.count:,}",
-                "exact" if w.exact else f"max error {w.max_error:.3g}",
-            )
-            if self.tflm is not None and w.table is None:
-                row += ("- (int8, not packed)",)
-            elif self.tflm is not None:
-                table = "{" + ", ".join(str(int(v)) for v in w.table) + "}"
-                row += (table if w.tables == 1 else f"{w.tables} tables, first {table}",)
-            rows.append(row)
-        lines = [f"{self.path}  ({self.format})", *text.table_lines(rows)]
-        n = sum(w.count for w in self.weights)
-        if n:
-            stored = sum(w.count * w.stored_bits for w in self.weights) / n
-            needed = sum(w.count * w.bits for w in self.weights) / n
-            lines.append(
-                f"bits per weight: {stored:.2f} stored, {needed:.2f} needed (ceil(log2 K)), 32 float"
-            )
-        lines.append(
-            f"file size: {self.size_bytes:,} bytes; float file {self.float_size_bytes:,} bytes "
-            f"({self.size_ratio:.2f}x smaller)"
-        )
-        if self.full_int8_size_bytes is not None:
-            lines[-1] += (
-                f"; full_int8 file {self.full_int8_size_bytes:,} bytes "
-                f"({self.full_int8_size_bytes / max(1, self.size_bytes):.2f}x smaller)"
-            )
-        rel = self.max_abs_diff / self.output_range if self.output_range else 0.0
-        tol = f"<= {self.tolerance:.3g} required" if self.tolerance is not None else "reported only"
-        lines.append(
-            f"outputs vs Keras on {self.samples} inputs: max abs diff {self.max_abs_diff:.3g}, "
-            f"mean {self.mean_abs_diff:.3g} "
-            f"({rel:.2e} of output range {self.output_range:.3g}; {tol})"
-        )
-        if self.tflm_max_lsb is not None:
-            lines.append(
-                f"TFLM vs LiteRT on the same int8 inputs: max difference {self.tflm_max_lsb} LSB, "
-                f"{100 * (self.tflm_share_differing or 0):.2f} % of outputs differ "
-                f"(<= {TFLM_LSB} LSB x {self.tflm_layers} requantizing layers accepted)"
-            )
-        t = self.tflm
-        if t is not None:
-            same = "identical" if t.identical else f"DIFFER by up to {t.max_lsb} LSB"
-            lines.append(
-                f"TFLM, this file vs the full_int8 file on {t.samples} inputs: outputs {same}; "
-                f"arena {t.arena_bytes:,} vs {t.full_int8_arena_bytes:,} bytes (decoded "
-                f"weights are written there before their layer runs); latency "
-                f"{1e6 * t.latency_s:.0f} vs {1e6 * t.full_int8_latency_s:.0f} us per inference "
-                "(this host). Only TFLM runs this file."
-            )
-        if self.c_array:
-            lines.append(f"C array: {self.c_array}")
-        lines += self.notes
-        if self.budget is not None:
-            lines.append(str(self.budget))
-        lines.append("OK" if self.ok else "FAILED")
-        return "\n".join(lines)
+__all__ = ["Conversion", "Report", "TFLM_LSB", "WEIGHT_ONLY_RTOL", "convert_bytes", "export"]
 
 
 def _prepare(model, safe_mode):
@@ -160,6 +52,66 @@ class Conversion:
     reference: object  # the Keras model the file's outputs are held to
     inputs: list[np.ndarray]  # sample inputs for the output check
     notes: list[str]
+    rounded: list[RoundedWeight] = dataclasses.field(default_factory=list)
+
+
+def _one_line(error: BaseException) -> str:
+    """`Type: first line of the message` (converters raise many-line errors)."""
+    lines = [x.strip() for x in str(error).splitlines() if x.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
+
+
+@contextlib.contextmanager
+def _failing(what: str, todo: str):
+    """Any error of the block (not already an `ExportError`) becomes one whose
+    first line says what failed and what to do."""
+    try:
+        yield
+    except ExportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - converters, quantizer, interpreters raise anything
+        raise ExportError(f"{what} failed ({_one_line(e)}). {todo}") from e
+
+
+_CONVERTER_TODO = (
+    "Every layer needs a TFLite builtin operator: recurrent layers (LSTM, GRU) convert "
+    "with unroll=True and a fixed input length; rerun with verbose=True for the "
+    "converter's own messages."
+)
+_RUN_TODO = "Rerun with verbose=True for the interpreter's messages, or try another format."
+
+
+def _tensor_name(tensor) -> str:
+    name = tensor.name
+    return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+
+
+def _rounded_weights(data: bytes, float_bytes: bytes, matches) -> list[RoundedWeight]:
+    """Integer weight tensors of `data` that hold no codebook weight: the
+    converter rounded them from float, with their largest error against the
+    float file's tensor of the same name (or of the same size, if only one)."""
+    fb, float_fb = exact.read(data), exact.read(float_bytes)
+    ours = {m.tensor for m in matches}
+    floats = [float_fb.subgraphs[0].tensors[t] for _, t in exact.weight_tensors(float_fb)]
+    by_name = {_tensor_name(t): t for t in floats}
+    out = []
+    for _, t in exact.weight_tensors(fb):
+        tensor = fb.subgraphs[0].tensors[t]
+        if t in ours or tensor.type not in INTEGER_TYPES:
+            continue
+        got = exact.dequantize(fb, tensor)
+        size = int(got.size)
+        ref_t = by_name.get(_tensor_name(tensor))
+        if ref_t is None:
+            same = [f for f in floats if int(np.prod(f.shape)) == size]
+            ref_t = same[0] if len(same) == 1 else None
+        ref = exact.dequantize(float_fb, ref_t) if ref_t is not None else None
+        err = None
+        if ref is not None and ref.size == size:
+            diff = got.reshape(-1).astype(np.float64) - ref.reshape(-1)
+            err = float(np.abs(diff).max(initial=0.0))
+        out.append(RoundedWeight(_tensor_name(tensor), storage_name(tensor), size, err))
+    return out
 
 
 def _converted(fmt, plain, qat, rep, from_qat) -> tuple[bytes, bytes]:
@@ -182,7 +134,7 @@ def _tolerance_of(tensor, got) -> float:
     q = tensor.quantization
     if tensor.type in QMAX and q is not None and q.scale is not None and len(q.scale):
         return 0.51 * float(np.max(q.scale))
-    return 1e-5 * max(1e-30, exact.max_abs(got))
+    return exact.EXACT_RTOL * max(1e-30, exact.max_abs(got))
 
 
 def _find_codebook_weights(fb, out, float_bytes, cws) -> list[exact.TensorMatch]:
@@ -246,7 +198,12 @@ def _check_packable(qat) -> None:
 
 
 def convert_bytes(
-    model, format="int8", representative_data=None, allow_inexact=False, safe_mode=True
+    model,
+    format="int8",
+    representative_data=None,
+    allow_inexact=False,
+    safe_mode=True,
+    progress: Progress | None = None,
 ) -> Conversion:
     """Converts without writing or checking outputs; see `export` for the arguments.
 
@@ -254,7 +211,9 @@ def convert_bytes(
         A `Conversion`; for `tflm_packed`, of the `full_int8` file it is
         packed from.
     """
+    steps = progress or Progress(False)
     fmt = convert.check_format(format)
+    steps.stage("loading the model")
     plain, qat = _prepare(model, safe_mode)
     requested = fmt
     if fmt == "tflm_packed":
@@ -267,18 +226,23 @@ def convert_bytes(
             f"format={requested!r} needs `representative_data` (an array of sample inputs, or "
             "a generator of them) to calibrate activation ranges."
         )
-    out, float_bytes = _converted(fmt, plain, qat, rep, from_qat)
+    steps.stage(f"converting ({fmt})")
+    with _failing(f"Converting the model to a {fmt} TFLite file", _CONVERTER_TODO):
+        out, float_bytes = _converted(fmt, plain, qat, rep, from_qat)
     float_size = len(float_bytes)
+    steps.stage("finding the codebook weights")
     # Read from the QAT model only now: the converter's peak does not hold them.
     cws = exact.codebook_weights(qat) if qat is not None else []
     notes, matches = [], []
     if cws:
         fb = exact.read(out)
         matches = _find_codebook_weights(fb, out, float_bytes, cws)
-        del float_bytes, cws  # not held through patching and verifying
+        del cws  # not held through patching and verifying
         _write_lattices(fb, matches, allow_inexact, notes)
         out = exact.write(fb)
         del fb
+    rounded = [] if fmt == "float" else _rounded_weights(out, float_bytes, matches)
+    del float_bytes
     if from_qat:
         notes.append("activation ranges: learned in training (activations='int8'), not calibrated")
     # Outputs are checked against what was trained: the QAT model itself when it
@@ -290,6 +254,7 @@ def convert_bytes(
         reference=qat if from_qat else plain,
         inputs=rep if rep is not None else inputs.random_inputs(plain),
         notes=notes,
+        rounded=rounded,
     )
 
 
@@ -304,17 +269,19 @@ class _OutputCheck:
 def _check_outputs(conv: Conversion, fmt, weights, allow_inexact) -> _OutputCheck:
     """LiteRT's outputs against the Keras model's, and the tolerance they are held to."""
     xs = conv.inputs
-    keras_out = np.asarray(
-        conv.reference.predict(xs if len(xs) > 1 else xs[0], verbose=0), np.float64
-    )
-    lite_out = runners.run_litert(conv.data, xs)[0].reshape(keras_out.shape)
+    with _failing("Running the Keras model on the sample inputs", _RUN_TODO):
+        keras_out = np.asarray(
+            conv.reference.predict(xs if len(xs) > 1 else xs[0], verbose=0), np.float64
+        )
+    with _failing("Running the converted file on LiteRT", _RUN_TODO):
+        lite_out = runners.run_litert(conv.data, xs)[0].reshape(keras_out.shape)
     out_range = float(keras_out.max() - keras_out.min()) or 1.0
     tolerance = WEIGHT_ONLY_RTOL * out_range if fmt != "full_int8" else None
     if any(not w.exact for w in weights) and allow_inexact:
         # The weights differ from the trained ones on purpose: report only.
         tolerance = None
         conv.notes.append(f"outputs not held to {WEIGHT_ONLY_RTOL:g} of the range: inexact weights")
-    uncovered = verify.integer_weights_without_codebook(conv.data, conv.matches)
+    uncovered = len(conv.rounded)
     if uncovered and tolerance is not None:
         # Float weights the tool rounded to its own integer grid: their error
         # is the format's, not ours to hold to the codebook tolerance.
@@ -340,9 +307,11 @@ def _tflm_check(data: bytes, xs) -> tuple[int, float, int]:
     except ExportError as e:
         raise ExportError(
             f"The TFLM check of the full_int8 file failed; nothing written. {e} "
-            "(LiteRT runs the file; format='int8' keeps float activations.)"
+            "Pass target='litert' (--target litert) to verify the file on LiteRT only, "
+            "for NPUs and phones; format='int8' keeps float activations."
         ) from None
-    lite = runners.run_litert(data, xs, raw=True)[0].astype(np.int32)
+    with _failing("Running the full_int8 file on LiteRT", _RUN_TODO):
+        lite = runners.run_litert(data, xs, raw=True)[0].astype(np.int32)
     d = np.abs(tflm - lite)
     layers = max(1, len(exact.weight_tensors(exact.read(data))))
     return int(d.max()), float((d > 0).mean()), layers
@@ -359,8 +328,9 @@ def _pack_and_check(report: Report, full_int8: bytes, conv: Conversion, budgets)
     labels = {m.cw.label for m in codebook}
     kept = [w for w in report.weights if w.name not in labels]
     try:
-        data = packed.pack(full_int8, [m.tensor for m in codebook])
-        report.weights = packed.check_weights(data, full_int8, codebook) + kept
+        with _failing("Packing the codebook weights for TFLM", _RUN_TODO):
+            data = packed.pack(full_int8, [m.tensor for m in codebook])
+        report.weights = verify.check_packed_weights(data, full_int8, codebook) + kept
     except packed.PackedFileError as e:
         raise ExportError(f"Cannot pack the codebook weights: {e} Nothing written.") from e
     report.tflm = packed.compare_on_tflm(data, full_int8, conv.inputs)
@@ -382,11 +352,18 @@ def export(
     allow_inexact=False,
     c_array=None,
     safe_mode=True,
+    target="tflm",
+    verbose=False,
+    progress=None,
     flash=None,
     ram=None,
     pack=None,
 ) -> Report:
     """Writes a verified `.tflite` file whose codebook weights are exact.
+
+    Quiet by default: what TensorFlow, the converters and the interpreters
+    print is captured and shown only with `verbose=True`, or at the end of
+    the error's message when the export fails.
 
     Args:
         model: A QAT model from `td.quantize_model`, a stripped or plain
@@ -407,6 +384,15 @@ def export(
             reporting the max error. Defaults to `False`.
         c_array: Also write a C source file (and header) for TFLM.
         safe_mode: Keras safe mode when loading a `.keras` file.
+        target: `"tflm"` or `"litert"`: for `full_int8`, the interpreters the
+            file is verified on. `"tflm"` runs it on TFLM and LiteRT and holds
+            them to each other; `"litert"` on LiteRT only (NPUs, phones, or a
+            model that TFLM cannot run), and the report says TFLM was skipped.
+            Defaults to `"tflm"`.
+        verbose: Show the libraries' own output, and a line per long stage.
+            Defaults to `False`.
+        progress: Print a line for each stage that lasts more than 2 s
+            (`progress.AFTER_S`). Defaults to `verbose`.
         flash: Flash budget for the file, bytes (an int, or a string such as
             `"64KiB"`); a larger file is refused. Defaults to `None`.
         ram: RAM budget for TFLM's arena (`full_int8`, `tflm_packed`):
@@ -422,26 +408,67 @@ def export(
         A `Report`.
 
     Raises:
-        ExportError: Bad arguments, a codebook with no exact lattice, or a file
-            that fails verification; nothing is written then.
+        VerificationError: The file failed verification; nothing is written.
+        ExportError: Anything else that stops the export (arguments, model,
+            converter, quantizer, interpreter, file system); nothing is
+            written then.
     """
-    target = pathlib.Path(os.fspath(path))
-    if target.is_dir():
-        raise ExportError(f"`path` is a directory. Received: path={str(target)!r}")
+    if target not in TARGETS:
+        raise ExportError(f"`target` must be one of {list(TARGETS)}. Received: target={target!r}")
+    if target == "litert" and format == "tflm_packed":
+        raise ExportError(
+            "A tflm_packed file runs on TFLM only; target='litert' cannot verify it. "
+            "Use format='full_int8' with target='litert'. Received: format='tflm_packed', "
+            "target='litert'"
+        )
     budgets = budget.Budgets.of(format, flash, ram, pack)
-    conv = convert_bytes(model, format, representative_data, allow_inexact, safe_mode)
-    pack = format == "tflm_packed"
-    if pack:
-        format = "full_int8"  # checked as such first, then packed
-    weights = verify.check_weights(conv.data, conv.matches)
-    outputs = _check_outputs(conv, format, weights, allow_inexact)
-    tflm_lsb = tflm_share = None
+    out = files.check_output_path(path, "path")
+    show = verbose if progress is None else progress
+    try:
+        with library_logs(verbose) as captured:
+            steps = Progress(bool(show))
+            try:
+                return _export(
+                    model,
+                    out,
+                    format,
+                    representative_data,
+                    allow_inexact,
+                    c_array,
+                    safe_mode,
+                    target,
+                    steps,
+                    budgets,
+                )
+            finally:
+                steps.close()
+    except ExportError as e:
+        if not verbose:
+            e.log = captured.text
+        raise
+
+
+def _export(
+    model, out, fmt, representative_data, allow_inexact, c_array, safe_mode, target, steps, budgets
+) -> Report:
+    conv = convert_bytes(model, fmt, representative_data, allow_inexact, safe_mode, steps)
+    pack = fmt == "tflm_packed"
+    checked_as = "full_int8" if pack else fmt  # a packed file is checked as full_int8 first
+    steps.stage("checking weights (LiteRT)")
+    with _failing("Reading the converted file's weights with LiteRT", _RUN_TODO):
+        weights = verify.check_weights(conv.data, conv.matches)
+    steps.stage("comparing outputs (LiteRT)")
+    outputs = _check_outputs(conv, checked_as, weights, allow_inexact)
+    tflm_lsb = tflm_share = skipped = None
     tflm_layers = 1
-    if format == "full_int8":
+    if checked_as == "full_int8" and target == "tflm":
+        steps.stage("running TFLM")
         tflm_lsb, tflm_share, tflm_layers = _tflm_check(conv.data, conv.inputs)
+    elif checked_as == "full_int8":
+        skipped = "target='litert': the file was verified on LiteRT only"
     report = Report(
-        path=str(target),
-        format=format,
+        path=str(out),
+        format=checked_as,
         size_bytes=len(conv.data),
         float_size_bytes=conv.float_size,
         weights=weights,
@@ -454,16 +481,29 @@ def export(
         tflm_share_differing=tflm_share,
         tflm_layers=tflm_layers,
         notes=conv.notes,
+        target=target,
+        tflm_skipped=skipped,
+        rounded=conv.rounded,
     )
     data = conv.data
     if pack and report.ok:
+        steps.stage("packing and running TFLM")
         data = _pack_and_check(report, conv.data, conv, budgets)
-    if not report.ok or (not report.exact and not allow_inexact):
-        raise ExportError(f"Verification failed; nothing written.\n{report}")
+    inexact = any(not w.exact for w in report.weights)
+    if not report.ok or (inexact and not allow_inexact):
+        raise VerificationError(f"Verification failed; nothing written.\n{report}", report)
     if budgets.given:
+        steps.stage("measuring against the budgets (TFLM)")
         report.budget = budget.measure(data, conv.data, conv.matches, conv.inputs, budgets, report)
         budget.check(report.budget)
-    files.atomic_write(target, data)
-    if c_array is not None:
-        report.c_array = micro.write_c_array(data, c_array)
+    steps.stage("writing")
+    try:
+        files.atomic_write(out, data)
+        if c_array is not None:
+            report.c_array = micro.write_c_array(data, c_array)
+    except OSError as e:
+        raise ExportError(
+            f"Writing {e.filename or str(out)!r} failed ({e.strerror or e}); nothing was "
+            "written there. Choose a writable path."
+        ) from e
     return report

@@ -1,4 +1,8 @@
-"""Running a `.tflite` file: LiteRT and the TFLM interpreter, one sample at a time."""
+"""Running a `.tflite` file: LiteRT and the TFLM interpreter, one sample at a time.
+
+`run_litert(..., isolated=True)` and `run_tflm` run in the child process of
+`tflite_export.isolation`; the rest runs here (and is what the child runs).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,16 @@ import tempfile
 import time
 
 import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+from tflite_micro.python.tflite_micro import runtime
 
-from tflite_export.errors import ExportError
+from tflite_export import isolation, micro, reading
+from tflite_export.errors import ExportError, InterpreterError
 
 
 def require_litert(model_bytes: bytes) -> None:
     """Raises `ExportError` for a `tflm_packed` file, which only TFLM runs."""
-    from tflite_export import packed  # noqa: PLC0415
-
-    if packed.is_packed(model_bytes):
+    if reading.is_packed(model_bytes):
         raise ExportError(
             "This is a tflm_packed file (weights as indices decoded by TFLM's DECODE "
             "operator): only TensorFlow Lite for Microcontrollers runs it, LiteRT cannot. "
@@ -30,8 +35,6 @@ def interpreter(model_bytes: bytes):
     Raises:
         ExportError: For a `tflm_packed` file, which only TFLM runs.
     """
-    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-
     require_litert(model_bytes)
     it = Interpreter(model_content=model_bytes, experimental_preserve_all_tensors=False)
     it.allocate_tensors()
@@ -78,8 +81,6 @@ def run_litert(
         ExportError: With `isolated`, when the interpreter crashed, failed or hung.
     """
     if isolated:
-        from tflite_export import isolation  # noqa: PLC0415
-
         return isolation.run_in_child("litert", model_bytes, inputs, raw=raw)
     it = interpreter(model_bytes)
     ins, outs = it.get_input_details(), it.get_output_details()
@@ -116,8 +117,6 @@ def run_tflm(
             or the interpreter crashed, failed or hung (the signal or its
             message is named).
     """
-    from tflite_export import isolation  # noqa: PLC0415
-
     return isolation.run_in_child("tflm", model_bytes, inputs, raw=not dequantize)
 
 
@@ -127,7 +126,7 @@ def run_tflm_here(
     """`run_tflm` in this process (the child side of it).
 
     Raises:
-        RuntimeError: When TFLM refuses the file (see `tflm_interpreter`).
+        InterpreterError: When TFLM refuses the file (see `tflm_interpreter`).
     """
     it = tflm_interpreter(model_bytes)
     if inputs is None:
@@ -152,16 +151,12 @@ def run_tflm_here(
 
 def read_tflm_model(model_bytes: bytes):
     """The flatbuffer as objects, read with TFLM's schema (no TensorFlow import: the
-    child process runs this)."""
-    from tflite_micro.tensorflow.lite.micro.python import (  # noqa: PLC0415
-        schema_py_generated,
-    )
+    child process runs this).
 
-    if len(model_bytes) < 8 or bytes(model_bytes[4:8]) != b"TFL3":
-        raise RuntimeError(
-            f"Not a .tflite flatbuffer (no TFL3 identifier). Received: {len(model_bytes)} bytes"
-        )
-    return schema_py_generated.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    Raises:
+        TfliteFileError: For bytes that are not a `.tflite` file.
+    """
+    return reading.read_model(model_bytes)
 
 
 def tflm_interpreter(model_bytes: bytes, preserve_all_tensors: bool = False):
@@ -172,16 +167,12 @@ def tflm_interpreter(model_bytes: bytes, preserve_all_tensors: bool = False):
     (`micro.tflm_abort_reasons`) are refused before TFLM sees the file.
 
     Raises:
-        RuntimeError: When TFLM refuses the file.
+        InterpreterError: When TFLM refuses the file (a `RuntimeError` too).
     """
-    from tflite_micro.python.tflite_micro import runtime  # noqa: PLC0415
-
-    from tflite_export import micro  # noqa: PLC0415
-
     model = read_tflm_model(model_bytes)
     reasons = micro.tflm_abort_reasons(model)
     if reasons:
-        raise RuntimeError(f"TFLM cannot load the file: {'; '.join(reasons)}.")
+        raise InterpreterError(f"TFLM cannot load the file: {'; '.join(reasons)}.")
     config = (
         runtime.InterpreterConfig.kPreserveAllTensors
         if preserve_all_tensors
@@ -232,7 +223,7 @@ def tflm_arena_bytes(it) -> int:
     for line in text.splitlines():
         if "Arena allocation total" in line:
             return int(line.split("total", 1)[1].split()[0])
-    raise RuntimeError(f"TFLM printed no arena total. Received: {text[:200]!r}")
+    raise InterpreterError(f"TFLM printed no arena total. Received: {text[:200]!r}")
 
 
 def int8_inputs(it, inputs: list[np.ndarray]) -> list[np.ndarray]:

@@ -1,20 +1,29 @@
-"""Read a `.tflite` file back with LiteRT and check its weights against a
-codebook (any file) or against the trained weights (an export)."""
+"""Read a `.tflite` file back and check its weights against a codebook (any
+file: `verify_file`, `check_codebook_file`) or against the trained weights (an
+export: `check_weights`, `check_packed_weights`). LiteRT reads plain files;
+`tflm_packed` files are decoded from their own bytes and run on TFLM."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
 
 import numpy as np
 
-from tflite_export import exact, runners
+import tfmot_discrete as td
+from tflite_export import convert, exact, inputs, micro, packed, runners
+from tflite_export.errors import ExportError, PackedFileError, TfliteFileError
+from tflite_export.exact import EXACT_RTOL
 from tflite_export.schema import (
     INTEGER_TYPES,
     OUTPUT_CHANNEL_DIM,
     BuiltinOperator,
     storage_name,
 )
+from tfmot_discrete import text
 from tfmot_discrete.codebook import Codebook
+from tfmot_discrete.quantize import is_quantized
 
 
 def litert_weights(it, indices, dtype=np.float64) -> dict[int, np.ndarray]:
@@ -42,7 +51,7 @@ def litert_weights(it, indices, dtype=np.float64) -> dict[int, np.ndarray]:
     return out
 
 
-def channel_fit(values: np.ndarray, codebook: Codebook, dim: int | None, rtol: float = 1e-5):
+def channel_fit(values: np.ndarray, codebook: Codebook, dim: int | None, rtol: float = EXACT_RTOL):
     """Per channel: the unit `u` with `values / u` in the codebook, or None.
 
     Returns (units, max relative deviation from the nearest codebook point).
@@ -98,7 +107,30 @@ class WeightCheck:
 
 def check_codebook_file(model_bytes: bytes, codebook: Codebook) -> list[WeightCheck]:
     """Every weight tensor (FC, conv, depthwise, transpose conv, embedding) of
-    the file must be `codebook x one factor per output channel`."""
+    the file must be `codebook x one factor per output channel`.
+
+    A `tflm_packed` file's packed tensors are decoded from its own bytes (no
+    interpreter); other files are read back with LiteRT.
+
+    Raises:
+        TfliteFileError: For bytes that are not a readable `.tflite` file
+            (`PackedFileError` for a damaged packed one).
+    """
+    if packed.is_packed(model_bytes):
+        return _check_packed_codebook(model_bytes, codebook)
+    try:
+        return _check_litert_codebook(model_bytes, codebook)
+    except Exception as e:  # noqa: BLE001 - whatever a malformed file makes the readers raise
+        raise TfliteFileError(f"not a readable .tflite file ({_one_line(e)})") from e
+
+
+def _one_line(error: BaseException) -> str:
+    """`Type: first line of the message` (interpreters raise many-line errors)."""
+    lines = [x.strip() for x in str(error).splitlines() if x.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
+
+
+def _check_litert_codebook(model_bytes: bytes, codebook: Codebook) -> list[WeightCheck]:
     fb = exact.read(model_bytes)
     it = runners.interpreter(model_bytes)
     found = exact.weight_tensors(fb)
@@ -170,7 +202,7 @@ def check_weights(model_bytes: bytes, matches) -> list[WeightCheck]:
                 bits=m.cw.codebook.bits,
                 storage=storage_name(tensor),
                 count=int(v.size),
-                exact=dev <= 1e-5,
+                exact=dev <= EXACT_RTOL,
                 max_error=err,
                 trained_int8=m.cw.trained_int8,
             )
@@ -179,12 +211,254 @@ def check_weights(model_bytes: bytes, matches) -> list[WeightCheck]:
     return out
 
 
-def integer_weights_without_codebook(model_bytes: bytes, matches) -> int:
-    """How many int4/int8 weight tensors of the file hold no codebook weight."""
-    fb = exact.read(model_bytes)
-    ours = {m.tensor for m in matches}
-    return sum(
-        1
-        for _, t in exact.weight_tensors(fb)
-        if t not in ours and fb.subgraphs[0].tensors[t].type in INTEGER_TYPES
+def check_packed_weights(packed_bytes: bytes, full_int8: bytes, matches) -> list[WeightCheck]:
+    """Each codebook weight decoded from the packed file's own bytes (no TFLM).
+
+    A weight is exact when its decoded int8 values equal the `full_int8`
+    file's and, times its channel's scale, are `codebook x channel unit`.
+
+    Returns:
+        A `WeightCheck` per match.
+
+    Raises:
+        PackedFileError: A damaged file, or a codebook weight left unpacked.
+    """
+    read = {p.encoded: p for p in packed.read_packed(packed_bytes)}
+    fb = exact.read(full_int8)
+    out = []
+    for m in matches:
+        p = read.get(m.tensor)
+        if p is None:
+            raise PackedFileError(f"{m.cw.label}: not stored as indices in the packed file.")
+        ints = exact.stored_values(fb, fb.subgraphs[0].tensors[m.tensor])
+        lossless = ints is not None and np.array_equal(ints.reshape(p.values.shape), p.values)
+        v = p.dequantized().reshape(m.reference.shape)
+        units = exact.channel_broadcast(np.asarray(m.units, np.float64), v.ndim, m.channel_dim)
+        codes = v / np.where(units == 0, 1.0, units)
+        dev = float(np.abs(codes - m.codes).max()) / max(1.0, m.cw.codebook.max_abs)
+        out.append(
+            WeightCheck(
+                name=m.cw.label,
+                codebook=m.cw.codebook.values,
+                bits=m.cw.codebook.bits,
+                storage=f"{p.bits}-bit index",
+                count=int(v.size),
+                exact=lossless and dev <= EXACT_RTOL,
+                max_error=float(np.abs(v - m.reference).max()),
+                index_bits=p.bits,
+                table=np.array(p.tables[0]),
+                tables=int(p.tables.shape[0]),
+            )
+        )
+    return out
+
+
+def _check_packed_codebook(model_bytes: bytes, codebook) -> list[WeightCheck]:
+    """Every packed tensor of the file, decoded from its bytes, must be
+    `codebook x one factor per output channel` (no interpreter involved).
+
+    Raises:
+        PackedFileError: For a damaged file.
+    """
+    out = []
+    for p in packed.read_packed(model_bytes):
+        v = p.dequantized()
+        dim = p.channel_dim if p.scales.size > 1 else None
+        units, worst = channel_fit(v, codebook, dim)
+        out.append(
+            WeightCheck(
+                name=p.name,
+                codebook=codebook.values,
+                bits=codebook.bits,
+                storage=f"{p.bits}-bit index",
+                count=int(v.size),
+                exact=all(u is not None for u in units),
+                max_error=float(worst),
+                index_bits=p.bits,
+                table=np.array(p.tables[0]),
+                tables=int(p.tables.shape[0]),
+            )
+        )
+    return out
+
+
+@dataclasses.dataclass
+class FileCheck:
+    """What `verify_file` found in a `.tflite` file."""
+
+    path: str
+    size_bytes: int
+    codebook: np.ndarray
+    packed: bool  # a tflm_packed file: decoded from its bytes, run on TFLM
+    weights: list[WeightCheck]
+    runner: str  # "LiteRT" or "TFLM"
+    samples: int = 0  # inputs the file ran on
+    outputs_finite: bool | None = None  # without a model: the outputs on random inputs
+    model: str | None = None  # the Keras model the outputs were compared with
+    max_abs_diff: float | None = None
+    output_range: float | None = None
+    refusal: str | None = None  # why TFLM cannot run the file (then not tried)
+
+    @property
+    def exact(self) -> bool:
+        """Every weight tensor is in the codebook (false when there are none)."""
+        return bool(self.weights) and all(w.exact for w in self.weights)
+
+    @property
+    def ok(self) -> bool:
+        return self.exact and self.outputs_finite is not False and self.refusal is None
+
+    def __str__(self) -> str:
+        shown = text.format_values(self.codebook, len(self.codebook))
+        kind = ", tflm_packed" if self.packed else ""
+        lines = [f"{self.path}: {self.size_bytes:,} bytes{kind}, codebook {shown}"]
+        for c in self.weights:
+            status = "exact" if c.exact else f"NOT in codebook (max deviation {c.max_error:.3g})"
+            storage = c.storage
+            if self.packed:
+                table = ", ".join(str(int(v)) for v in c.table)
+                layout = "one table" if c.tables == 1 else f"{c.tables} tables"
+                storage += f" ({layout}, int8 values {{{table}}})"
+            lines.append(f"  {c.name}: {storage}, {c.count:,} weights, {status}")
+        if not self.weights:
+            lines.append("  no weight tensors found")
+        if self.refusal is not None:
+            lines.append(f"  TFLM cannot run it: {self.refusal}")
+        elif self.model is not None:
+            who = "TFLM outputs" if self.runner == "TFLM" else "outputs"
+            rel = (self.max_abs_diff or 0.0) / (self.output_range or 1.0)
+            lines.append(
+                f"  {who} vs {self.model}: max abs diff {self.max_abs_diff:.3g} "
+                f"({rel:.2e} of output range)"
+            )
+        elif self.runner == "TFLM":
+            lines.append(f"  ran on {self.samples} random inputs with TFLM")
+        else:
+            finite = "outputs finite" if self.outputs_finite else "NON-FINITE outputs"
+            lines.append(f"  ran on {self.samples} random inputs with LiteRT: {finite}")
+        lines.append("OK" if self.ok else "FAILED")
+        return "\n".join(lines)
+
+
+def _codebook(codebook) -> Codebook:
+    if isinstance(codebook, Codebook):
+        return codebook
+    try:
+        return Codebook([float(v) for v in codebook])
+    except (TypeError, ValueError) as e:
+        raise ExportError(
+            f"`codebook` must be a Codebook or at least 2 distinct numbers ({e}). "
+            f"Received: codebook={codebook!r}"
+        ) from e
+
+
+def _run(path: str, data: bytes, xs, on_tflm: bool) -> list[np.ndarray]:
+    """The file's outputs (`xs=None`: 8 random inputs), in the child process."""
+    try:
+        if on_tflm:
+            return runners.run_tflm(data, xs, dequantize=True)
+        return runners.run_litert(data, xs, isolated=True)
+    except TfliteFileError:
+        raise
+    except ExportError as e:
+        raise TfliteFileError(f"{path!r} is not a readable .tflite file: {e}") from None
+
+
+def verify_file(
+    path, codebook, model=None, representative_data=None, safe_mode: bool = True
+) -> FileCheck:
+    """Checks a `.tflite` file from anywhere against a codebook.
+
+    Every weight tensor must be `codebook x one factor per output channel`.
+    The file then runs, in a child process (a file that crashes the
+    interpreter ends that process, not this one): on the inputs of
+    `representative_data` against `model`'s outputs when a model is given,
+    else on 8 random inputs, whose outputs must be finite. LiteRT runs plain
+    files; a `tflm_packed` file is decoded from its bytes and runs on TFLM.
+
+    Args:
+        path: The `.tflite` file.
+        codebook: A `Codebook` or the values, e.g. `[1, -1, 0.5, -0.5]`.
+        model: A Keras model or the path of a saved one to compare outputs
+            with. Defaults to `None`.
+        representative_data: Inputs for that comparison (random ones
+            otherwise). Defaults to `None`.
+        safe_mode: Keras safe mode when loading a `.keras` model.
+
+    Returns:
+        A `FileCheck`; `ok` tells whether everything checked out.
+
+    Raises:
+        ExportError: A missing file or a bad argument.
+        TfliteFileError: A file that is not a readable `.tflite` file
+            (`PackedFileError`: a damaged `tflm_packed` one).
+
+    Example:
+
+    >>> check = verify_file("missing.tflite", [1, -1])
+    Traceback (most recent call last):
+    ...
+    tflite_export.errors.ExportError: File not found. Received: 'missing.tflite'
+    """
+    name = os.fspath(path)
+    p = pathlib.Path(name)
+    if not p.is_file():
+        raise ExportError(f"File not found. Received: {name!r}")
+    codebook = _codebook(codebook)
+    data = p.read_bytes()
+    is_packed = packed.is_packed(data)
+    check = FileCheck(
+        path=name,
+        size_bytes=len(data),
+        codebook=codebook.values,
+        packed=is_packed,
+        weights=[],
+        runner="TFLM" if is_packed else "LiteRT",
     )
+    if is_packed:
+        try:
+            check.weights = check_codebook_file(data, codebook)
+            reasons = micro.tflm_abort_reasons(runners.read_tflm_model(data))
+        except TfliteFileError as e:
+            raise PackedFileError(f"{name!r} is a damaged tflm_packed file: {e}") from None
+        if reasons:  # known to abort TFLM: said, not tried
+            check.refusal = reasons[0]
+            return check
+    else:
+        # LiteRT first, in the child: a crash there is reported like any bad file.
+        probe = _run(name, data, None, on_tflm=False)
+        try:
+            check.weights = check_codebook_file(data, codebook)
+        except TfliteFileError as e:
+            raise TfliteFileError(f"{name!r} is {e}") from None
+    if model is None:
+        outputs = probe if not is_packed else _run(name, data, None, on_tflm=True)
+        check.samples = len(outputs[0]) if outputs else 0
+        check.outputs_finite = all(bool(np.all(np.isfinite(o))) for o in outputs)
+        return check
+    _compare(check, data, model, representative_data, safe_mode)
+    return check
+
+
+def _compare(check: FileCheck, data: bytes, model, representative_data, safe_mode) -> None:
+    """The file's outputs against the (stripped) Keras model's."""
+    if isinstance(model, (str, os.PathLike)):
+        check.model = os.fspath(model)
+        model = convert.load_model(model, safe_mode=safe_mode)
+    else:
+        check.model = getattr(model, "name", "the model")
+    plain = td.strip_quantization(model) if is_quantized(model) else model
+    if representative_data is not None:
+        xs = inputs.representative(plain, representative_data)
+    else:
+        xs = inputs.random_inputs(plain)
+    ref = np.asarray(plain.predict(xs[0] if len(xs) == 1 else xs, verbose=0))
+    got = _run(check.path, data, xs, on_tflm=check.packed)[0]
+    if got.size != ref.size:
+        raise ExportError(
+            f"The file's output has {got.size} values for {len(ref)} inputs; the model "
+            f"{check.model!r} gives {ref.size}: they are not the same model."
+        )
+    check.samples = len(ref)
+    check.max_abs_diff = float(np.abs(got.reshape(ref.shape) - ref).max())
+    check.output_range = float(ref.max() - ref.min()) or 1.0
