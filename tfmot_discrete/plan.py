@@ -322,13 +322,12 @@ class _Evaluator:
         self.y = y
         self.name, self.fn, self.sign = _metric(metric)
         self.batches = [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
-        self.forward = tf.function(lambda b: model(b, training=False), reduce_retracing=True)
         self.reference = self.outputs()
         self.baseline = self.fn(y, self.reference)
         self.power = float(np.mean(np.square(self.reference))) or 1.0
 
     def outputs(self) -> np.ndarray:
-        return np.concatenate([np.asarray(self.forward(b)) for b in self.batches])
+        return np.concatenate([np.asarray(self.model(b, training=False)) for b in self.batches])
 
     def with_weights(self, layer_name, values) -> tuple[float, float]:
         """`(loss, relative output distortion)` with `values` in that layer."""
