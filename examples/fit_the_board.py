@@ -115,7 +115,9 @@ def main(argv=None) -> int:
             print(f"  {name:28s} does not fit: estimated file >= {size:,} B")
         else:
             print(f"  {name:28s} file {size:,} B, arena {arena:,} B: {100 * acc:.2f}%")
-    print(f"planned: Keras {100 * keras_acc:.2f}%, TFLM {100 * file_acc:.2f}%, float {100 * float_acc:.2f}%")
+    print(
+        f"planned: Keras {100 * keras_acc:.2f}%, TFLM {100 * file_acc:.2f}%, float {100 * float_acc:.2f}%"
+    )
     return 0
 
 
