@@ -591,6 +591,8 @@ def _choose(layers, others, candidates, losses, flash, ram):
                 ]
             allowed.append(keep)
         smallest_ram = arena_fixed + max([other_io] + [lay.io_bytes for lay in layers])
+        if any_packed and not any(o.packed for a in allowed for o in a):
+            continue  # no layer can be packed: only the full_int8 layout exists
         if any(not a for a in allowed):
             minima.append((None, smallest_ram))
             continue
