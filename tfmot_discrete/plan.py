@@ -38,11 +38,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import time
 
 import numpy as np
 import tensorflow as tf
 
-from tfmot_discrete import _keras, configs, scheme, text
+from tfmot_discrete import _keras, configs, quantizers, scheme, text
 from tfmot_discrete.int8 import INT8
 from tfmot_discrete.quantize import quantize_model, strip_quantization
 from tfmot_discrete.quantizers import CodebookQuantizer
@@ -196,7 +197,8 @@ def _shape_bytes(tensors) -> int:
 def _op_count(layer) -> int:
     if isinstance(layer, _NO_OP):
         return 0
-    return 2 if isinstance(layer, (_keras.keras.layers.SeparableConv2D,)) else 1
+    separable = (_keras.keras.layers.SeparableConv1D, _keras.keras.layers.SeparableConv2D)
+    return 2 if isinstance(layer, separable) else 1
 
 
 def _describe(model) -> tuple[list[_Layer], list[tuple[int, int]]]:
@@ -251,16 +253,10 @@ def _check_candidates(candidates) -> list:
                 f"in candidates={candidates!r}"
             )
         scheme.resolve_quantizer_spec(c)  # raises for anything else
-        out.append(c if isinstance(c, str) and c == INT8 else _as_quantizer(c))
+        out.append(c if isinstance(c, str) and c == INT8 else quantizers.get(c))
     if not out:
         raise ValueError("`candidates` is empty. Received: candidates=[]")
     return out
-
-
-def _as_quantizer(c):
-    from tfmot_discrete import quantizers  # noqa: PLC0415
-
-    return quantizers.get(c)
 
 
 def _check_budget(name, value):
@@ -504,8 +500,6 @@ def plan(
     >>> p.flash_bytes <= 8000
     True
     """
-    import time  # noqa: PLC0415
-
     start = time.perf_counter()
     if _keras.is_keras3_object(model):
         model = _keras.from_keras3(model)
@@ -517,8 +511,6 @@ def plan(
     flash = _check_budget("flash", flash)
     ram = _check_budget("ram", ram)
     if candidates is None:
-        from tfmot_discrete import quantizers  # noqa: PLC0415
-
         candidates = [
             quantizers.binary(scale="mean_abs"),
             quantizers.ternary(),
@@ -535,11 +527,9 @@ def plan(
     evaluator = _Evaluator(_copy_model(model), x, y, metric, batch_size)
     losses = _losses(model, layers, candidates, evaluator)
     result = _choose(layers, others, candidates, losses, flash, ram)
-    rows, est, packed_layers = result
+    rows, est, packed_layers, picked = result
     total = float(sum(r.loss for r in rows))
-    mapping = {}
-    for lay, r in zip(layers, rows):
-        mapping[re.escape(lay.name)] = candidates[[_label(c) for c in candidates].index(r.choice)]
+    mapping = {re.escape(lay.name): candidates[j] for lay, j in zip(layers, picked)}
     kwargs = {"format": "tflm_packed" if packed_layers else "full_int8"}
     if flash is not None:
         kwargs["flash"] = flash
@@ -643,7 +633,8 @@ def _choose(layers, others, candidates, losses, flash, ram):
             arena_fixed + _ARENA_PER_PACKED * n_packed + max([other_io] + [o.ram for o in chosen])
         ),
     )
-    return rows, est, [lay.name for lay, o in zip(layers, chosen) if o.packed]
+    packed_layers = [lay.name for lay, o in zip(layers, chosen) if o.packed]
+    return rows, est, packed_layers, [o.candidate for o in chosen]
 
 
 def estimate_bytes(model, mapping_choices: dict) -> Estimate:
