@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import tempfile
 import time
 
@@ -30,6 +31,7 @@ import tflite_export  # noqa: E402
 import tfmot_discrete as td  # noqa: E402
 from benchmarks import accuracy, common, finetune  # noqa: E402
 from tflite_export import convert, runners  # noqa: E402
+from tfmot_discrete import configs  # noqa: E402
 from tfmot_discrete._keras import keras  # noqa: E402
 from tfmot_discrete.plan import PlanError  # noqa: E402
 
@@ -72,15 +74,42 @@ def _mapping_text(p) -> str:
     return ", ".join(f"{r.layer}: {r.choice}{' packed' if r.packed else ''}" for r in p.rows)
 
 
-def _fine_tune_and_export(float_model, p, task, data, epochs, seed, tmp):
-    model = td.quantize_model(float_model, p.mapping)
-    recipe = finetune.DEFAULT
-    accuracy.train(model, data, epochs, task, seed, recipe, teacher=float_model)
+def _fine_tune_and_export(float_model, mapping, export_kwargs, task, data, epochs, seed):
+    """The recipe on `quantize_model(float_model, mapping)`, then the measured file."""
+    model = td.quantize_model(float_model, mapping)
+    accuracy.train(model, data, epochs, task, seed, finetune.DEFAULT, teacher=float_model)
     finetune.recalibrate(model, data[0], task.batch)
-    path = pathlib.Path(tmp) / "m.tflite"
-    report = tflite_export.export(model, path, representative_data=data[0][:200], **p.export_kwargs)
-    file_acc = _tflm_accuracy(path.read_bytes(), data[2], data[3])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "m.tflite"
+        kwargs = {**export_kwargs, "flash": 1 << 30}  # measured, compared with budgets after
+        report = tflite_export.export(model, path, representative_data=data[0][:200], **kwargs)
+        file_acc = _tflm_accuracy(path.read_bytes(), data[2], data[3])
     return report.budget, file_acc, accuracy.evaluate(model, data)
+
+
+def _uniform(float_model, name):
+    """`(mapping, export kwargs)` of one candidate on every layer, every codebook
+    weight packed (int8: the full_int8 file)."""
+    c = CANDIDATES[name]
+    layers = [lay.name for lay in float_model.layers if configs.quantizable_weights(lay)]
+    fmt = "full_int8" if c == "int8" else "tflm_packed"
+    return {re.escape(n): c for n in layers}, {"format": fmt}
+
+
+def _uniform_sizes(float_model, data) -> dict[str, int]:
+    """File bytes of each uniform choice (the shapes fix them: measured once)."""
+    sizes = {}
+    for name in CANDIDATES:
+        mapping, kwargs = _uniform(float_model, name)
+        with tempfile.TemporaryDirectory() as tmp:
+            r = tflite_export.export(
+                td.quantize_model(float_model, mapping),
+                pathlib.Path(tmp) / "u.tflite",
+                representative_data=data[0][:200],
+                **kwargs,
+            )
+        sizes[name] = r.size_bytes
+    return sizes
 
 
 def run(seeds, epochs, tasks, log=print) -> list[Record]:
@@ -88,6 +117,7 @@ def run(seeds, epochs, tasks, log=print) -> list[Record]:
     for name in tasks:
         task = accuracy.TASKS[name]
         data = task.load()
+        sizes = None
         for seed in seeds:
             keras.utils.set_random_seed(seed)
             float_model = task.arch()
@@ -95,48 +125,42 @@ def run(seeds, epochs, tasks, log=print) -> list[Record]:
             finetune.recalibrate(float_model, data[0], task.batch)
             float_acc = accuracy.evaluate(float_model, data)
             float_bytes = len(convert.float_tflite(float_model))
+            sizes = sizes or _uniform_sizes(float_model, data)
             log(f"{name} seed {seed}: float {100 * float_acc:.2f} %, file {float_bytes:,} B")
+            log(f"  uniform files: {sizes}")
             records.append(
-                Record(
-                    name,
-                    seed,
-                    1,
-                    float_bytes,
-                    "float",
-                    True,
-                    float_bytes,
-                    None,
-                    float_acc,
-                    float_acc,
-                )
+                Record(name, seed, 1, float_bytes, "float", True, float_bytes, None, float_acc)
             )
             plan_data = (data[0][-PLAN_SAMPLES:], data[1][-PLAN_SAMPLES:])
-            done = {}  # (mapping, export kwargs) -> result: a uniform plan repeats across budgets
+            done = {}  # the same mapping and packing is trained once per seed
             for fraction in FRACTIONS[name]:
                 flash = float_bytes // fraction
-                variants = [("planned", list(CANDIDATES.values()))]
-                variants += [(f"uniform {k}", [c]) for k, c in CANDIDATES.items()]
-                for variant, cands in variants:
-                    t0 = time.perf_counter()
-                    try:
-                        p = td.plan(
-                            float_model, plan_data, flash=flash, candidates=cands, print_fn=None
-                        )
-                    except PlanError as e:
+                choices = []
+                t0 = time.perf_counter()
+                try:
+                    p = td.plan(float_model, plan_data, flash=flash, print_fn=None)
+                    choices.append(("planned", p.mapping, p.export_kwargs, _mapping_text(p)))
+                    log(f"  1/{fraction}: planned in {time.perf_counter() - t0:.0f} s")
+                except PlanError as e:
+                    records.append(
+                        Record(name, seed, fraction, flash, "planned", False, min_flash=e.min_flash)
+                    )
+                for u in CANDIDATES:
+                    variant = f"uniform {u}"
+                    if sizes[u] > flash:
                         records.append(
-                            Record(
-                                name, seed, fraction, flash, variant, False, min_flash=e.min_flash
-                            )
+                            Record(name, seed, fraction, flash, variant, False, min_flash=sizes[u])
                         )
-                        log(f"  1/{fraction} {variant}: does not fit (>= {e.min_flash:,} B)")
                         continue
-                    key = (_mapping_text(p), repr(sorted(p.export_kwargs.get("pack", []))))
+                    choices.append((variant, *_uniform(float_model, u), f"{u} everywhere"))
+                for variant, mapping, kwargs, text in choices:
+                    key = (text, repr(sorted(kwargs.get("pack", ["all"]))))
                     if key not in done:
-                        with tempfile.TemporaryDirectory() as tmp:
-                            done[key] = _fine_tune_and_export(
-                                float_model, p, task, data, epochs, seed, tmp
-                            )
+                        done[key] = _fine_tune_and_export(
+                            float_model, mapping, kwargs, task, data, epochs, seed
+                        )
                     b, acc, keras_acc = done[key]
+                    fits = b.file_bytes <= flash
                     records.append(
                         Record(
                             name,
@@ -144,17 +168,17 @@ def run(seeds, epochs, tasks, log=print) -> list[Record]:
                             fraction,
                             flash,
                             variant,
-                            True,
+                            fits,
                             b.file_bytes,
                             b.arena_bytes,
                             acc,
                             keras_acc,
-                            mapping=key[0],
+                            mapping=text,
                         )
                     )
                     log(
                         f"  1/{fraction} {variant}: {b.file_bytes:,} B, arena {b.arena_bytes:,} B, "
-                        f"TFLM {100 * acc:.2f} % ({time.perf_counter() - t0:.0f} s) [{key[0]}]"
+                        f"TFLM {100 * acc:.2f} % [{text}]"
                     )
     return records
 
@@ -178,15 +202,52 @@ def table(records: list[Record]) -> str:
                     continue
                 budget = f"1/{fraction} ({rs[0].flash:,})"
                 if not all(r.fits for r in rs):
-                    low = min(r.min_flash for r in rs if not r.fits)
+                    low = min(r.min_flash or r.file_bytes for r in rs if not r.fits)
                     rows.append([task, variant, budget, "-", f"does not fit (>= {low:,} B)"])
                     continue
                 m, s = common.mean_std([100 * r.accuracy for r in rs])
                 size = f"{int(np.mean([r.file_bytes for r in rs])):,}"
                 rows.append([task, variant, budget, size, f"{m:.2f} ± {s:.2f}"])
-    return common.md_table(
-        ["task", "model", "flash budget (B)", "file (B)", "TFLM test accuracy %"], rows
+    lines = [
+        common.md_table(
+            ["task", "model", "flash budget (B)", "file (B)", "TFLM test accuracy %"], rows
+        ),
+        "",
+        "Targets: the planned model at least as accurate as the best uniform codebook that "
+        "fits the same budget; within 1 point of float at 1/8.",
+        "",
+    ]
+    target_rows = []
+    for task in dict.fromkeys(r.task for r in records):
+        floats = [100 * r.accuracy for r in records if r.task == task and r.variant == "float"]
+        for fraction in FRACTIONS[task]:
+            at = [r for r in records if (r.task, r.fraction) == (task, fraction)]
+            planned = [100 * r.accuracy for r in at if r.variant == "planned" and r.fits]
+            if not planned or len(planned) != len({r.seed for r in at}):
+                target_rows.append([task, f"1/{fraction}", "no plan fits", "-", "-"])
+                continue
+            uniform = {}
+            for r in at:
+                if r.variant.startswith("uniform") and r.fits:
+                    uniform.setdefault(r.variant, []).append(100 * r.accuracy)
+            best = max(uniform.items(), key=lambda kv: np.mean(kv[1]), default=None)
+            gap = np.mean(planned) - (np.mean(best[1]) if best else np.nan)
+            target_rows.append(
+                [
+                    task,
+                    f"1/{fraction}",
+                    f"{np.mean(planned):.2f}",
+                    "-" if best is None else f"{best[0]} {np.mean(best[1]):.2f} ({gap:+.2f})",
+                    f"{np.mean(planned) - np.mean(floats):+.2f}",
+                ]
+            )
+    lines.append(
+        common.md_table(
+            ["task", "budget", "planned %", "best uniform that fits %", "planned - float"],
+            target_rows,
+        )
     )
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
