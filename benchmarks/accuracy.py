@@ -21,7 +21,7 @@ import tflite_export
 import tfmot_discrete as td
 from benchmarks import common, finetune
 from tflite_export import exact, pipeline, runners
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras
 
 
 @dataclasses.dataclass(frozen=True)

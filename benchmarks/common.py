@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfmot_discrete as td
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras
 
 
 @dataclasses.dataclass(frozen=True)

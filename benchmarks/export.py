@@ -209,7 +209,7 @@ PACKED_MODELS = {
 
 
 def _packed_model(kind: str):
-    from tfmot_discrete._keras import keras  # noqa: PLC0415
+    from tfmot_discrete import keras  # noqa: PLC0415
 
     if kind == "mlp":
         inp = keras.Input((64,))
@@ -231,7 +231,7 @@ def _digit_images(x: np.ndarray) -> np.ndarray:
 def packed_run(settings: common.Settings, log=print) -> list[dict]:
     """Trains each size-target model briefly on digits, exports `tflm_packed`."""
     import tfmot_discrete as td  # noqa: PLC0415
-    from tfmot_discrete._keras import keras  # noqa: PLC0415
+    from tfmot_discrete import keras  # noqa: PLC0415
 
     x_train, y_train, x_test, _ = common.digits()
     rows = []

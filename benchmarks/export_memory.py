@@ -132,7 +132,7 @@ def child(millions: float, fmt: str) -> dict:
     tf.config.threading.set_inter_op_parallelism_threads(1)
     import tflite_export  # noqa: PLC0415
     import tfmot_discrete as td  # noqa: PLC0415
-    from tfmot_discrete._keras import keras  # noqa: PLC0415
+    from tfmot_discrete import keras  # noqa: PLC0415
 
     L = keras.layers
 

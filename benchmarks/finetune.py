@@ -16,8 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 import tfmot_discrete as td
+from tfmot_discrete import keras
 from tfmot_discrete import quantizers as quantizers_mod
-from tfmot_discrete._keras import keras
+from tfmot_discrete.weights import wrapper_weights
 
 #: INQ's shares (Zhou et al. 2017): half of each kernel, then 75, 87.5 and 100 %.
 INQ_SHARES = (0.5, 0.75, 0.875, 1.0)
@@ -126,7 +127,7 @@ class Progressive(keras.callbacks.Callback):
     def _kernels(self):
         # `model`: the quantized model itself when `fit` runs on a wrapper (a Distiller).
         for layer in (self.quantized or self.model).layers:
-            for w, q, qvars in getattr(layer, "_weight_vars", []):
+            for w, q, qvars in wrapper_weights(layer):
                 if isinstance(q, MaskedQuantizer):
                     yield w, qvars["mask"]
 

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 import tfmot_discrete as td
 from benchmarks import common
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras
 
 BATCH = {"MLP": 256, "CNN": 64}
 INPUT = {"MLP": (64,), "CNN": (32, 32, 3)}

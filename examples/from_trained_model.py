@@ -33,12 +33,12 @@ import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-from _data import mnist1d  # noqa: E402
+import numpy as np
+from _data import mnist1d
 
-import tflite_export  # noqa: E402
-import tfmot_discrete as td  # noqa: E402
-from tflite_export import runners  # noqa: E402
+import tflite_export
+import tfmot_discrete as td
+from tflite_export import runners
 
 keras = td.keras
 L = keras.layers

@@ -2,10 +2,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-import tfmot_discrete as td  # noqa: E402
+import tfmot_discrete as td
 
 # One table of quantizers feeds the shared tests.
 QUANTIZERS = {

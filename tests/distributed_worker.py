@@ -50,7 +50,9 @@ def main():
     p.add_argument("--backup", action="store_true")
     args = p.parse_args()
 
-    import tensorflow as tf
+    # TensorFlow is imported only after the arguments are read, and the packages
+    # after the devices are configured.
+    import tensorflow as tf  # noqa: PLC0415
 
     if args.mode in ("mirrored", "xla"):
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -58,11 +60,12 @@ def main():
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2
         )
     tf.config.experimental.enable_op_determinism()
-    import numpy as np
+    import numpy as np  # noqa: PLC0415
 
-    import tflite_export
-    import tfmot_discrete as td
-    from tfmot_discrete._keras import keras
+    import tflite_export  # noqa: PLC0415
+    import tfmot_discrete as td  # noqa: PLC0415
+
+    keras = td.keras
 
     if args.mode == "xla":
         return train_mirrored_xla(args.out, tf, np, keras, td)

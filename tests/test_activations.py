@@ -8,7 +8,7 @@ import tensorflow_model_optimization as tfmot
 import tflite_export
 import tfmot_discrete as td
 from tflite_export import convert, runners
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras
 
 L = keras.layers
 

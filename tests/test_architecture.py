@@ -37,6 +37,90 @@ def test_no_module_imports_a_package_above_it(package):
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
+def _module_imports(package: str) -> dict[str, set[str]]:
+    """`{module: modules of the same package it imports}`, function-level imports
+    included; `from package import name` of a non-module name counts as `__init__`."""
+    pkg_dir = ROOT / package
+    modules = {
+        ".".join(path.relative_to(pkg_dir).with_suffix("").parts): path
+        for path in sorted(pkg_dir.rglob("*.py"))
+    }
+    graph = {}
+    for name, path in modules.items():
+        here = name.split(".")[:-1]  # the sub-package the module is in
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [
+                    alias.name.split(".")[1:]
+                    for alias in node.names
+                    if alias.name.split(".")[0] == package
+                ]
+                edges |= {".".join(t) or "__init__" for t in targets}
+                continue
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = here[: len(here) - (node.level - 1)]
+                base += node.module.split(".") if node.module else []
+            elif node.module and node.module.split(".")[0] == package:
+                base = node.module.split(".")[1:]
+            else:
+                continue
+            for alias in node.names:
+                sub = ".".join([*base, alias.name])
+                if sub in modules:
+                    edges.add(sub)
+                elif ".".join(base) in modules:
+                    edges.add(".".join(base))
+                else:
+                    edges.add(".".join([*base, "__init__"]))
+        edges.discard(name)
+        graph[name] = edges
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of `graph` as `[a, b, ..., a]`, or None."""
+    state = {}
+    stack = []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_find_cycle_reports_a_cycle_and_accepts_a_tree():
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_modules_inside_a_package_import_each_other_without_a_cycle(package):
+    """Function-level imports count too: a lazy import hides a cycle, it does not remove it."""
+    graph = _module_imports(package)
+    assert "__init__" in graph and len(graph) > 3
+    cycle = _find_cycle(graph)
+    assert cycle is None, f"{package}: import cycle " + " -> ".join(cycle)
+
+
 BLOCKER = """
 import importlib.abc
 import sys

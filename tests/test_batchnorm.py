@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import tfmot_discrete as td
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras
 from tfmot_discrete.batchnorm import batchnorm_layers
 
 L = keras.layers

@@ -172,12 +172,13 @@ def test_seed_gather_reaches_only_two_values():
 
 def test_progressive_puts_the_largest_share_on_the_codebook_and_holds_it():
     import tfmot_discrete as td  # noqa: PLC0415
-    from tfmot_discrete._keras import keras  # noqa: PLC0415
+    from tfmot_discrete import keras  # noqa: PLC0415
+    from tfmot_discrete.weights import wrapper_weights  # noqa: PLC0415
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, name="d")])
     qat = td.quantize_model(model, finetune.masked(td.ternary()))
-    kernel, _, qvars = qat.layers[-1]._weight_vars[0]  # noqa: SLF001
+    kernel, _, qvars = wrapper_weights(qat.layers[-1])[0]
     start = kernel.numpy().copy()
     qat.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     x = np.random.default_rng(0).normal(size=(8, 8)).astype("float32")

@@ -12,7 +12,7 @@ import pytest
 
 import tflite_export
 import tfmot_discrete as td
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras
 
 L = keras.layers
 #: absl's log line format, as TensorFlow's C++ code writes it at start-up.

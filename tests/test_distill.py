@@ -5,7 +5,7 @@ import pytest
 
 import tflite_export
 import tfmot_discrete as td
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras
 
 L = keras.layers
 
@@ -39,7 +39,7 @@ def test_loss_is_alpha_label_plus_t2_kl(temperature, alpha):
     label = -_log_softmax(s)[np.arange(len(y)), y].mean()
     log_p, log_q = _log_softmax(t / temperature), _log_softmax(s / temperature)
     kl = (np.exp(log_p) * (log_p - log_q)).sum(-1).mean()
-    assert logs["student_loss"][0] == pytest.approx(label, rel=1e-5)
+    assert logs["label_loss"][0] == pytest.approx(label, rel=1e-5)
     assert logs["distillation_loss"][0] == pytest.approx(kl, rel=1e-4, abs=1e-7)
     want = alpha * label + (1 - alpha) * temperature**2 * kl
     assert logs["loss"][0] == pytest.approx(want, rel=1e-5)
@@ -62,7 +62,7 @@ def test_only_the_student_trains_and_evaluate_predict_use_it():
         metrics=["accuracy"],
     )
     hist = dist.fit(x, y, batch_size=8, epochs=2, verbose=0, validation_data=(x, y)).history
-    assert {"loss", "student_loss", "distillation_loss", "accuracy", "val_loss"} <= set(hist)
+    assert {"loss", "label_loss", "distillation_loss", "accuracy", "val_loss"} <= set(hist)
     assert "val_distillation_loss" not in hist
     for a, b in zip(teacher.get_weights(), teacher_w):
         np.testing.assert_array_equal(a, b)

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from tflite_export import __main__ as cli
+
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -149,8 +151,6 @@ def test_examples_take_a_budget_and_an_output_directory(script):
 
 def test_readme_command_lines_run(tmp_path, monkeypatch, capsys):
     """The `tflite-export` lines of README.md run on what the Python block before them saved."""
-    from tflite_export import __main__ as cli
-
     readme = (EXAMPLES.parent / "README.md").read_text()
     blocks = re.findall(r"```(python|bash)\n(.*?)```", readme, flags=re.S)
     index = next(i for i, (kind, text) in enumerate(blocks) if text.startswith("tflite-export"))

@@ -10,7 +10,7 @@ import tfmot_discrete as td
 from tflite_export import __main__ as cli
 from tflite_export import exact, micro, runners, verify
 from tflite_export.schema import storage_name
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras
 
 L = keras.layers
 FOUR = [1, -1, 0.5, -0.5]
@@ -347,7 +347,7 @@ def _op_snapshot(data):
     """`OP(input types)` for every operator of the file, types as stored."""
     fb = exact.read(data)
     sg = fb.subgraphs[0]
-    ops = [d["op_name"] for d in runners.interpreter(data)._get_ops_details()]
+    ops = [d["op_name"] for d in runners.interpreter(data)._get_ops_details()]  # noqa: SLF001 - LiteRT lists op names only here
     out = []
     for name, op in zip(ops, sg.operators):
         types = [storage_name(sg.tensors[i]) for i in op.inputs if i >= 0]

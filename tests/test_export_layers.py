@@ -46,9 +46,7 @@ def test_every_module_has_a_layer():
 
 def test_modules_import_only_lower_layers():
     layer = {m: i for i, group in enumerate(LAYERS) for m in group}
-    wrong = {
-        m: sorted(d for d in deps if layer[d] >= layer[m]) for m, deps in _graph().items()
-    }
+    wrong = {m: sorted(d for d in deps if layer[d] >= layer[m]) for m, deps in _graph().items()}
     assert {m: d for m, d in wrong.items() if d} == {}
 
 

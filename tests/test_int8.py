@@ -9,9 +9,8 @@ import tflite_export
 import tfmot_discrete as td
 from tflite_export import exact, verify
 from tflite_export.schema import storage_name
-from tfmot_discrete import int8
-from tfmot_discrete._keras import keras
-from tfmot_discrete.quantize import int8_items
+from tfmot_discrete import int8, keras
+from tfmot_discrete.weights import int8_items, wrapper_weights
 
 L = keras.layers
 MAPPING = {"conv_0": "int8", "logits": "int8", ".*": td.ternary()}
@@ -52,9 +51,7 @@ def test_mapping_trains_8bit_layers_and_strip_bakes_their_grid():
     kinds = {
         label: type(q).__name__
         for layer in qat.layers
-        for label, q in [
-            (f"{layer.layer.name}", q) for _, q, _ in getattr(layer, "_weight_vars", [])
-        ]
+        for label, q in [(f"{layer.layer.name}", q) for _, q, _ in wrapper_weights(layer)]
     }
     assert kinds == {
         "conv_0": "Int8WeightQuantizer",
@@ -65,7 +62,7 @@ def test_mapping_trains_8bit_layers_and_strip_bakes_their_grid():
     np.testing.assert_allclose(plain.predict(x, verbose=0), qat.predict(x, verbose=0), atol=1e-5)
     for name in ("conv_0", "logits"):
         wrapper = _wrapper(qat, name)
-        latent, q, qvars = wrapper._weight_vars[0]
+        latent, q, qvars = wrapper_weights(wrapper)[0]
         baked = plain.get_layer(name).kernel.numpy().astype(np.float64)
         # One step per output channel: max |w_c| of the last training step / 127.
         step = np.maximum(np.abs(qvars["min_var"].numpy()), np.abs(qvars["max_var"].numpy())) / 127
@@ -115,7 +112,7 @@ def test_every_format_stores_the_trained_int8_values(fmt, activations, tmp_path)
     # it) is stored as the trained integers times the trained steps.
     data = (tmp_path / "m.tflite").read_bytes()
     fb = exact.read(data)
-    latent, q, qvars = _wrapper(qat, "logits")._weight_vars[0]
+    latent, q, qvars = wrapper_weights(_wrapper(qat, "logits"))[0]
     iv = int8.int8_values(q, latent, qvars)
     want_codes, want_steps = iv.codes.T, iv.steps.T  # TFLite stores (out, in)
     hits = []
@@ -160,5 +157,5 @@ def test_save_and_load_in_quantize_scope(tmp_path):
     with td.quantize_scope():
         loaded = keras.models.load_model(path)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
-    assert [lab for lab, *_ in int8_items(loaded)] == ["conv_0/kernel", "logits/kernel"]
+    assert [item.label for item in int8_items(loaded)] == ["conv_0/kernel", "logits/kernel"]
     loaded.fit(x, np.zeros(len(x)), epochs=1, batch_size=32, verbose=0)

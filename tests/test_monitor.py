@@ -1,5 +1,6 @@
 """`CodebookMonitor` (fit logs, CSVLogger, progress line) and `plot_weights`."""
 
+import builtins
 import csv
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 
 import tfmot_discrete as td
 from tfmot_discrete.summary import weight_reports
+from tfmot_discrete.weights import wrapper_weights
 
 keras = td.keras
 
@@ -89,7 +91,7 @@ def test_flip_rate_counts_changed_projections():
     monitor = td.CodebookMonitor(verbose=0)
     monitor.set_model(qat)
     monitor.on_train_begin()
-    w = qat.get_layer("quant_out")._weight_vars[0][0]
+    w = wrapper_weights(qat.get_layer("quant_out"))[0][0]
     before = np.sign(w.numpy() + 1e-12)
     flip = np.zeros_like(before)
     flip.flat[:6] = 1  # 6 of 24 weights change side
@@ -144,8 +146,6 @@ def test_plot_weights_refuses_a_float_model(tmp_path):
 
 
 def test_plot_weights_names_the_extra_without_matplotlib(tmp_path, monkeypatch):
-    import builtins
-
     real_import = builtins.__import__
 
     def fake_import(name, *args, **kwargs):

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import tfmot_discrete as td
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras
 from tfmot_discrete_demo.digits import SignDense
 
 
@@ -44,6 +44,21 @@ def test_multiplier_serializes():
     layer = td.DiscreteMultiplier(td.binary(scale="mean_abs"), name="m")
     again = td.DiscreteMultiplier.from_config(layer.get_config())
     assert again.quantizer == layer.quantizer and again.name == "m"
+
+
+def test_multiplier_accepts_its_former_argument_name_and_old_configs():
+    q = td.CodebookQuantizer([1, -1, 0.5, -0.5])
+    want = td.DiscreteMultiplier(q).quantizer
+    assert td.DiscreteMultiplier(values=[1, -1, 0.5, -0.5]).quantizer == want
+    assert td.DiscreteMultiplier(quantizer=q).quantizer == want
+    # A config saved before the rename names the quantizer "values".
+    old = td.DiscreteMultiplier(q, name="m").get_config()
+    old["values"] = old.pop("quantizer")
+    assert td.DiscreteMultiplier.from_config(old).quantizer == want
+    with pytest.raises(ValueError, match="Received: quantizer=.*, values="):
+        td.DiscreteMultiplier(q, values=[1, -1])
+    with pytest.raises(ValueError, match="Received: quantizer=None"):
+        td.DiscreteMultiplier()
 
 
 def test_seed_answer_sign_does_not_learn():

@@ -8,8 +8,8 @@ import tensorflow as tf
 
 import tflite_export
 import tfmot_discrete as td
-from tfmot_discrete import ops
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras, ops
+from tfmot_discrete.weights import wrapper_weights
 
 L = keras.layers
 
@@ -20,7 +20,7 @@ def _dense3(q):
 
 
 def _latent(qat, name="quant_dense"):
-    weight, quantizer, qvars = qat.get_layer(name)._weight_vars[0]
+    weight, quantizer, qvars = wrapper_weights(qat.get_layer(name))[0]
     return weight, quantizer, qvars
 
 

@@ -12,8 +12,8 @@ import tfmot_discrete as td
 from benchmarks import export as bench_export
 from tflite_export import __main__ as cli
 from tflite_export import convert, exact, micro, packed, pipeline, runners, schema
-from tfmot_discrete._keras import keras
-from tfmot_discrete.quantize import codebook_items
+from tfmot_discrete import keras
+from tfmot_discrete.weights import codebook_items
 
 L = keras.layers
 CODEBOOKS = {
@@ -56,7 +56,8 @@ def _use_every_value(qat, seed=0):
     """Latent weights that project to every codebook value, a different factor
     per channel, and BatchNorm factors of both signs."""
     rng = np.random.default_rng(seed)
-    for _, latent, q, _ in codebook_items(qat):
+    for item in codebook_items(qat):
+        latent, q = item.latent, item.quantizer
         vals = np.asarray(q.codebook.values)
         w = rng.permutation(np.resize(vals, latent.shape.num_elements())).reshape(latent.shape)
         f = rng.uniform(0.5, 2.0, size=latent.shape[-1]) if q.scale is not None else 1.0

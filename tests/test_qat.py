@@ -6,9 +6,10 @@ import re
 import numpy as np
 import pytest
 import tensorflow_model_optimization as tfmot
+from conftest import QUANTIZERS
 
 import tfmot_discrete as td
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras
 
 L = keras.layers
 
@@ -98,8 +99,6 @@ def _assert_codebook_times_channel_scale(w, codebook, axes):
 @pytest.mark.parametrize("layer_name", sorted(LAYERS))
 @pytest.mark.parametrize("qname", ["binary", "four_values", "ternary_mean_abs", "binary_learned"])
 def test_qat_step_and_strip_is_exact(layer_name, qname):
-    from conftest import QUANTIZERS
-
     q = QUANTIZERS[qname]
     model = _model(layer_name)
     qat = td.quantize_model(model, {".*": q} if layer_name != "Embedding" else q)

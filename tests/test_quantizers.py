@@ -1,10 +1,12 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import QUANTIZERS
 
 import tfmot_discrete as td
-from tfmot_discrete import quantizers
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras, ops, quantizers
+from tfmot_discrete.quantizers import LOG_SCALE_STEP
+from tfmot_discrete.weights import wrapper_weights
 
 
 def _wrapped_dense(quantizer, units=6, inputs=5):
@@ -14,7 +16,7 @@ def _wrapped_dense(quantizer, units=6, inputs=5):
 
 
 def _quantize(wrapper, training=False):
-    weight, q, qvars = wrapper._weight_vars[0]
+    weight, q, qvars = wrapper_weights(wrapper)[0]
     return weight, q, qvars, q(weight, training, weights=qvars)
 
 
@@ -58,8 +60,6 @@ def test_build_makes_expected_weights(quantizer):
 
 def _numpy_reference_grad(q, w, scale):
     """d sum(out * g) / d w for the quantizer's straight-through rule."""
-    from tfmot_discrete import ops
-
     lo, hi = q.codebook.low, q.codebook.high
     # A learned scale s multiplies the "mean_abs" projection s_w * c by s / s_w.
     factor = 1.0
@@ -90,9 +90,6 @@ def test_gradient_matches_numpy_reference(quantizer):
 
 def test_learned_scale_gradient_is_exact():
     """out = s * c(w), with c(w) the codebook value "mean_abs" picks: d out / d s = c(w)."""
-    from tfmot_discrete import ops
-    from tfmot_discrete.quantizers import LOG_SCALE_STEP
-
     q = td.CodebookQuantizer([-1, 0, 1], scale="learned")
     qat = _wrapped_dense(q, units=3, inputs=4)
     weight, q, qvars, _ = _quantize(qat.layers[0])
@@ -125,8 +122,6 @@ def test_learned_scale_initializes_from_weights():
 
 @pytest.mark.parametrize("name", ["binary", "four_values", "ternary_mean_abs", "binary_learned"])
 def test_latent_weights_are_kept_inside_the_codebook_range(name):
-    from conftest import QUANTIZERS
-
     q = QUANTIZERS[name]
     qat = _wrapped_dense(q)
     qat.compile(keras.optimizers.SGD(5.0), "mse")

@@ -18,9 +18,9 @@ import tflite_export
 import tfmot_discrete as td
 from tflite_export import __main__ as cli
 from tflite_export import verify
-from tfmot_discrete import ops
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras, ops
 from tfmot_discrete.codebook import Codebook
+from tfmot_discrete.weights import wrapper_weights
 
 L = keras.layers
 
@@ -104,7 +104,7 @@ def test_mixed_float16_trains_and_keeps_the_codebook(mixed_precision, q):
     qat.compile(keras.optimizers.Adam(0.01), "mse")
     hist = qat.fit(x, y, epochs=2, verbose=0)
     assert all(math.isfinite(v) for v in hist.history["loss"])
-    weight, quantizer, qvars = qat.layers[1]._weight_vars[0]
+    weight, quantizer, qvars = wrapper_weights(qat.layers[1])[0]
     assert weight.dtype == tf.float32
     projected = quantizer(weight, False, weights=qvars)
     assert projected.dtype == tf.float32  # projected in the variable's dtype
@@ -162,7 +162,7 @@ def test_lattice_codebooks_always_export_exactly(tmp_path_factory, book, scale, 
     keras.utils.set_random_seed(seed)
     q = td.CodebookQuantizer(values, scale=scale)
     qat = td.quantize_model(_layer_model(kind, a, b), {"layer": q})
-    w = qat.get_layer("quant_layer")._weight_vars[0][0]
+    w = wrapper_weights(qat.get_layer("quant_layer"))[0][0]
     rng = np.random.default_rng(seed)
     w.assign(rng.uniform(min(values), max(values), size=w.shape).astype("float32"))
     fmt = "int4" if qmax == 7 else "int8"

@@ -4,9 +4,9 @@ where a BatchNormalization follows, the function unchanged."""
 import numpy as np
 
 import tfmot_discrete as td
-from tfmot_discrete import rescale, scheme
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras, rescale, scheme
 from tfmot_discrete.summary import weight_reports
+from tfmot_discrete.weights import wrapper_weights
 
 L = keras.layers
 FOUR = td.CodebookQuantizer([1, -1, 0.5, -0.5])
@@ -53,7 +53,7 @@ def _latent(qat, name):
         for layer in qat.layers
         if getattr(layer, "layer", None) is not None and layer.layer.name == name
     )
-    return wrapper._weight_vars[0][0].numpy()
+    return wrapper_weights(wrapper)[0][0].numpy()
 
 
 def test_rescaled_float_model_computes_the_same_function():

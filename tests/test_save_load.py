@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+from conftest import QUANTIZERS
 
 import tfmot_discrete as td
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras
 
 L = keras.layers
 
@@ -37,8 +38,6 @@ ROUND_TRIPS = [
 
 @pytest.mark.parametrize(("qname", "fmt"), ROUND_TRIPS)
 def test_save_load_round_trip_and_resume(tmp_path, fmt, qname):
-    from conftest import QUANTIZERS
-
     qat = _qat(QUANTIZERS[qname])
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 8, 8, 1)).astype("float32")

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import tfmot_discrete as td
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras
 
 L = keras.layers
 

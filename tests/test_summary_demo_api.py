@@ -8,7 +8,8 @@ import pytest
 
 import tflite_export
 import tfmot_discrete as td
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras
+from tfmot_discrete.weights import wrapper_weights
 from tfmot_discrete_demo import __main__ as cli
 from tfmot_discrete_demo import digits as demo
 
@@ -26,7 +27,7 @@ def test_summary_table():
     qat = td.quantize_model(
         model, {"a": td.ternary(), "b": td.CodebookQuantizer([1, -1, 0.5, -0.5])}
     )
-    w = qat.layers[0]._weight_vars[0][0]
+    w = wrapper_weights(qat.layers[0])[0][0]
     # 32 weights: 16 at -1 and 16 at +1 of their channel's mean|w| scale.
     w.assign(np.tile(np.array([[1.0], [-1.0]] * 2, "float32"), (1, 8)))
     printed = []

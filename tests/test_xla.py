@@ -20,6 +20,7 @@ import tflite_export
 import tfmot_discrete as td
 from tflite_export import exact
 from tfmot_discrete import ops
+from tfmot_discrete.weights import codebook_items
 
 keras = td.keras
 L = keras.layers
@@ -211,10 +212,11 @@ def test_xla_with_int8_activations_trains_close_to_the_default_step():
     default, xla = _train_int8(False, 4), _train_int8(True, 4)
     assert xla._jit_compile and not default._jit_compile  # noqa: SLF001
     _assert_trained_alike(default, xla, atol=2e-6)
-    for label, latent, q, qvars in td.quantize.codebook_items(xla):
+    for item in codebook_items(xla):
+        q, latent, qvars = item.quantizer, item.latent, item.qvars
         w_q = q(latent, True, weights=qvars).numpy() / q.quantized_scale(latent, qvars)
         nearest = q.values[np.abs(w_q[..., None] - q.values).argmin(-1)]
-        np.testing.assert_allclose(w_q, nearest, atol=1e-6, rtol=0, err_msg=label)
+        np.testing.assert_allclose(w_q, nearest, atol=1e-6, rtol=0, err_msg=item.label)
 
 
 def test_xla_stochastic_rounding_trains_inside_the_codebook():
@@ -231,10 +233,11 @@ def test_xla_stochastic_rounding_trains_inside_the_codebook():
     loss = qat.fit(x[0], y, batch_size=8, shuffle=False, verbose=0).history["loss"][-1]
     assert np.isfinite(loss)
     _assert_changed(qat, before)
-    for label, latent, q, qvars in td.quantize.codebook_items(qat):
+    for item in codebook_items(qat):
+        q, latent, qvars = item.quantizer, item.latent, item.qvars
         w_q = q(latent, True, weights=qvars).numpy()  # a stochastic draw, in eager mode
         s = q.quantized_scale(latent, qvars)
-        assert np.all(np.isin(w_q / s, q.values.astype(np.float32))), label
+        assert np.all(np.isin(w_q / s, q.values.astype(np.float32))), item.label
 
 
 @pytest.mark.parametrize("values", [[-1.0, 1.0], FOUR, np.linspace(-1, 1, 16)])

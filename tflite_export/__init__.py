@@ -15,7 +15,7 @@ __main__ (the command line).
 
 import importlib
 
-from tflite_export.errors import extra_error
+from tflite_export.errors import extra_error, require_extras
 
 _LAZY = {
     "FORMATS": "tflite_export.formats",
@@ -33,10 +33,14 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
+#: Modules that need the `[export]` extra.
+_NEEDS_EXTRA = ("tflite_export.convert", "tflite_export.pipeline", "tflite_export.verify")
 
 
 def __getattr__(name):
     if name in _LAZY:
+        if _LAZY[name] in _NEEDS_EXTRA:
+            require_extras()
         try:
             module = importlib.import_module(_LAZY[name])
         except ModuleNotFoundError as e:

@@ -172,7 +172,9 @@ def _main_export(argv, verbose: bool) -> int:
         print(str(e), file=sys.stderr)
         return 1
     except ExportError as e:
-        return _fail(str(e))
+        if e.log.strip():  # what the libraries printed before they failed
+            print(e.log.rstrip(), file=sys.stderr)
+        return _fail(e.message)
     print(report)
     return 0
 

@@ -6,14 +6,12 @@ version upgrade then touches this file only.
 
 from __future__ import annotations
 
-__all__ = ["QuantizeLayer", "drop_name", "drop_quantization"]
+__all__ = ["QuantizeLayer", "drop_name", "drop_quantization", "set_weight_vars"]
 
 # TF-MOT exports no `QuantizeLayer` (the input fake-quant layer that
-# `quantize_apply` inserts) under `tfmot.quantization.keras`; its module path
-# is the only way to recognise a QAT model with int8 activations.
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (
-    QuantizeLayer,
-)
+# `quantize_apply` inserts, which marks a QAT model with int8 activations);
+# the core's compat module holds its private import path, written once.
+from tfmot_discrete.compat import QuantizeLayer
 
 
 def drop_quantization(tensor) -> None:
@@ -32,3 +30,14 @@ def drop_name(tensor) -> None:
     `model_editor.Tensor` has no name setter; its schema object `_fb` holds it.
     """
     tensor._fb.name = None  # noqa: SLF001 - see the docstring
+
+
+def set_weight_vars(wrapper, items) -> None:
+    """Replaces the `(weight, quantizer, quantizer variables)` list that a TF-MOT
+    `QuantizeWrapperV2` applies in `call`.
+
+    TF-MOT keeps the list in the private `_weight_vars` and offers no setter;
+    the export swaps a weight's quantizer for an identity once the weight
+    holds its projected values (`convert.baked_qat_copy`).
+    """
+    wrapper._weight_vars = list(items)  # noqa: SLF001 - see the docstring

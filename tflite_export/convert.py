@@ -11,19 +11,17 @@ import io
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (
-    QuantizeLayer,
-)
+from ai_edge_quantizer import qtyping, quantizer, recipe_manager
 
 import tfmot_discrete as td
-from tflite_export import files
+from tflite_export import compat, files
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras
 from tfmot_discrete.int8 import Int8WeightQuantizer
 from tfmot_discrete.layers import DiscreteMultiplier
-from tfmot_discrete.quantize import wrapper_weights
 from tfmot_discrete.quantizers import CodebookQuantizer
+from tfmot_discrete.weights import wrapper_weights
 
 
 def _returns_freed_memory(fn):
@@ -74,7 +72,7 @@ def load_model(path, safe_mode: bool = True):
     try:
         with td.quantize_scope():
             return keras.models.load_model(str(p), compile=False, **kwargs)
-    except Exception as e:  # noqa: BLE001 - any loader failure is reported the same way
+    except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "safe_mode" in str(e) or "Lambda" in str(e):
             msg += " (the file holds code such as a Lambda layer; pass --unsafe to trust it)"
@@ -83,7 +81,11 @@ def load_model(path, safe_mode: bool = True):
 
 @contextlib.contextmanager
 def _quiet():
-    """The converter prints to stdout/stderr through several layers; keep it short."""
+    """Keeps the converter's Python `print`s (to `sys.stdout`) out of sight.
+
+    Its C++ code writes to file descriptors 1 and 2 directly, which this does
+    not catch; `logs.library_logs` (around every `export`) does.
+    """
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         yield
@@ -122,8 +124,6 @@ def weight_only_tflite(float_bytes: bytes, bits: int) -> bytes:
     Its int4 policy leaves DEPTHWISE_CONV_2D and TRANSPOSE_CONV in float32;
     those get int8 weights instead, the narrowest it can store for them.
     """
-    from ai_edge_quantizer import qtyping, quantizer, recipe_manager  # noqa: PLC0415
-
     op = qtyping.TFLOperationName
     rm = recipe_manager.RecipeManager()
     rm.add_weight_only_config(regex=".*", operation_name=op.ALL_SUPPORTED, num_bits=bits)
@@ -152,7 +152,7 @@ class _Identity(tfmot.quantization.keras.quantizers.Quantizer):
 
 def has_activation_quantizers(model) -> bool:
     """True for a QAT model from `quantize_model(..., activations="int8")`."""
-    return any(isinstance(layer, QuantizeLayer) for layer in model.layers)
+    return any(isinstance(layer, compat.QuantizeLayer) for layer in model.layers)
 
 
 def baked_qat_copy(qat):
@@ -165,16 +165,15 @@ def baked_qat_copy(qat):
     for layer in copy.layers:
         if isinstance(layer, tfmot.quantization.keras.QuantizeWrapper):
             baked = []
-            for weight, quantizer, qvars in wrapper_weights(layer):
+            for weight, wq, qvars in wrapper_weights(layer):
                 # 8-bit weights too: the converter cannot keep a per-channel fake
                 # quant through the transpose of a Dense kernel, and the export
                 # writes the trained integers back anyway.
-                if isinstance(quantizer, CodebookQuantizer | Int8WeightQuantizer):
-                    weight.assign(quantizer(weight, False, weights=qvars))
-                    quantizer, qvars = _Identity(), {}
-                baked.append((weight, quantizer, qvars))
-            # TF-MOT keeps the list private; the wrapper reads it in `call`.
-            layer._weight_vars = baked  # noqa: SLF001
+                if isinstance(wq, CodebookQuantizer | Int8WeightQuantizer):
+                    weight.assign(wq(weight, False, weights=qvars))
+                    wq, qvars = _Identity(), {}
+                baked.append((weight, wq, qvars))
+            compat.set_weight_vars(layer, baked)
         elif isinstance(layer, DiscreteMultiplier):
             folded = layer.folded_quantizer()
             layer.kernel.assign(layer.quantized_kernel(False))

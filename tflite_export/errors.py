@@ -81,7 +81,15 @@ class InterpreterError(ExportError, RuntimeError):
 
 def missing_extras() -> list[str]:
     """The packages of the `[export]` extra that cannot be imported here."""
-    return [pkg for mod, pkg in EXTRA_MODULES.items() if importlib.util.find_spec(mod) is None]
+    missing = []
+    for module, package in EXTRA_MODULES.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(package)
+    return missing
 
 
 def require_extras() -> None:

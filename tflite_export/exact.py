@@ -24,7 +24,7 @@ from tflite_export.schema import (
 )
 from tfmot_discrete import int8
 from tfmot_discrete.codebook import Codebook
-from tfmot_discrete.quantize import codebook_items, int8_items
+from tfmot_discrete.weights import codebook_items, int8_items
 
 _qk = tfmot.quantization.keras
 
@@ -79,14 +79,14 @@ def codebook_weights(model) -> list[CodebookWeight]:
         inner = layer.layer if isinstance(layer, _qk.QuantizeWrapper) else layer
         classes[inner.name] = type(inner).__name__
 
-    def weight(label, **fields) -> CodebookWeight:
-        layer_name, name = label.rsplit("/", 1)
+    def weight(item, **fields) -> CodebookWeight:
         return CodebookWeight(
-            layer=layer_name, layer_class=classes[layer_name], weight=name, **fields
+            layer=item.layer, layer_class=classes[item.layer], weight=item.weight, **fields
         )
 
     out = []
-    for label, latent, q, qvars in codebook_items(model):
+    for item in codebook_items(model):
+        latent, q, qvars = item.latent, item.quantizer, item.qvars
         # float32 as trained; the scales stay a broadcast view of one number per
         # channel: a large model's weights are held once more (the codes), not six
         # times.
@@ -97,12 +97,12 @@ def codebook_weights(model) -> list[CodebookWeight]:
         for rows in row_chunks(values):
             codes[rows] = table[q.codebook.index_numpy(values[rows] / scales[rows])]
         del values
-        out.append(weight(label, codebook=q.codebook, codes=codes, scales=scales))
-    for label, latent, q, qvars in int8_items(model):
-        iv = int8.int8_values(q, latent, qvars)
+        out.append(weight(item, codebook=q.codebook, codes=codes, scales=scales))
+    for item in int8_items(model):
+        iv = int8.int8_values(item.quantizer, item.latent, item.qvars)
         out.append(
             weight(
-                label,
+                item,
                 codebook=INT8_CODEBOOK,
                 codes=iv.codes,
                 scales=iv.steps,

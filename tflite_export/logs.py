@@ -42,7 +42,7 @@ def _own_stream(stream, fd: int):
     saved = os.dup(fd)
     if not ours:
         return saved, stream
-    return saved, open(saved, "w", closefd=False, buffering=1)  # noqa: SIM115
+    return saved, open(saved, "w", closefd=False, buffering=1)
 
 
 @contextlib.contextmanager

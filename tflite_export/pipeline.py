@@ -20,7 +20,7 @@ from tflite_export.logs import library_logs
 from tflite_export.progress import Progress
 from tflite_export.report import TFLM_LSB, Report, RoundedWeight
 from tflite_export.schema import INTEGER_TYPES, QMAX, TensorType, storage_name
-from tfmot_discrete.quantize import check_finite, codebook_items, is_quantized
+from tfmot_discrete.weights import check_finite, codebook_items, is_quantized
 
 #: Weight-only files must agree with the Keras model within this share of the
 #: output range.
@@ -69,7 +69,7 @@ def _failing(what: str, todo: str):
         yield
     except ExportError:
         raise
-    except Exception as e:  # noqa: BLE001 - converters, quantizer, interpreters raise anything
+    except Exception as e:
         raise ExportError(f"{what} failed ({_one_line(e)}). {todo}") from e
 
 
@@ -184,11 +184,11 @@ def _check_packable(qat) -> None:
             "fits: full_int8 for TFLM (int4 weight-only for LiteRT). Received: "
             "format='tflm_packed'"
         )
-    for label, _, q, _ in items:
+    for item in items:
+        q, layer, weight = item.quantizer, item.layer, item.weight
         k = q.codebook.size
         if k > packed.MAX_VALUES:
             fits = "full_int8" if q.codebook.integer_step(127) is not None else "float"
-            layer, weight = label.rsplit("/", 1)
             raise ExportError(
                 f"Layer {layer!r} ({weight}): a codebook of {k} values needs "
                 f"{q.codebook.bits}-bit indices; tflm_packed stores at most "
@@ -227,7 +227,7 @@ def convert_bytes(
             "a generator of them) to calibrate activation ranges."
         )
     steps.stage(f"converting ({fmt})")
-    with _failing(f"Converting the model to a {fmt} TFLite file", _CONVERTER_TODO):
+    with _failing(f"Converting the model to TFLite ({fmt})", _CONVERTER_TODO):
         out, float_bytes = _converted(fmt, plain, qat, rep, from_qat)
     float_size = len(float_bytes)
     steps.stage("finding the codebook weights")
@@ -443,7 +443,8 @@ def export(
             finally:
                 steps.close()
     except ExportError as e:
-        if not verbose:
+        # The libraries' output explains a failure of theirs, not a failed check.
+        if not verbose and not isinstance(e, VerificationError):
             e.log = captured.text
         raise
 

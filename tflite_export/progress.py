@@ -23,7 +23,7 @@ class Progress:
     Args:
         enabled: Print anything at all.
         after: Seconds a stage lasts before its line is printed. Defaults to
-            `AFTER_S`.
+            `AFTER_S` (read when the object is made).
         stream: Where lines go. Defaults to `sys.stderr` at construction.
 
     Example:
@@ -37,9 +37,9 @@ class Progress:
     True
     """
 
-    def __init__(self, enabled: bool, after: float = AFTER_S, stream=None):
+    def __init__(self, enabled: bool, after: float | None = None, stream=None):
         self.enabled = enabled
-        self.after = after
+        self.after = AFTER_S if after is None else after
         self.stream = stream if stream is not None else sys.stderr
         self.start = time.perf_counter()
         self.lines: list[str] = []

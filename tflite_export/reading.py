@@ -43,7 +43,7 @@ def read_model(model_bytes: bytes):
     check_header(model_bytes)
     try:
         return schema_py_generated.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
-    except Exception as e:  # noqa: BLE001 - any parser failure means a damaged file
+    except Exception as e:
         raise TfliteFileError(f"Cannot read the flatbuffer: {type(e).__name__}: {e}") from e
 
 

@@ -16,14 +16,13 @@ from tflite_export import convert, exact, inputs, micro, packed, runners
 from tflite_export.errors import ExportError, PackedFileError, TfliteFileError
 from tflite_export.exact import EXACT_RTOL
 from tflite_export.schema import (
-    INTEGER_TYPES,
     OUTPUT_CHANNEL_DIM,
     BuiltinOperator,
     storage_name,
 )
 from tfmot_discrete import text
 from tfmot_discrete.codebook import Codebook
-from tfmot_discrete.quantize import is_quantized
+from tfmot_discrete.weights import is_quantized
 
 
 def litert_weights(it, indices, dtype=np.float64) -> dict[int, np.ndarray]:
@@ -120,7 +119,7 @@ def check_codebook_file(model_bytes: bytes, codebook: Codebook) -> list[WeightCh
         return _check_packed_codebook(model_bytes, codebook)
     try:
         return _check_litert_codebook(model_bytes, codebook)
-    except Exception as e:  # noqa: BLE001 - whatever a malformed file makes the readers raise
+    except Exception as e:
         raise TfliteFileError(f"not a readable .tflite file ({_one_line(e)})") from e
 
 
@@ -421,6 +420,10 @@ def verify_file(
             reasons = micro.tflm_abort_reasons(runners.read_tflm_model(data))
         except TfliteFileError as e:
             raise PackedFileError(f"{name!r} is a damaged tflm_packed file: {e}") from None
+        except Exception as e:  # noqa: BLE001 - whatever a malformed file makes the reader raise
+            raise PackedFileError(
+                f"{name!r} is a damaged tflm_packed file: {_one_line(e)}"
+            ) from None
         if reasons:  # known to abort TFLM: said, not tried
             check.refusal = reasons[0]
             return check

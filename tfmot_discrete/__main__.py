@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 
-def main(argv=None) -> int:
+def main() -> int:
     print(
         "The demo lives in its own package: run `tfmot-discrete demo` "
         "(or `python -m tfmot_discrete_demo demo`).",

@@ -6,13 +6,9 @@ takes `keras` from here.
 
 from __future__ import annotations
 
-import tf_keras as keras  # noqa: F401  (re-exported)
+import tf_keras as keras
 
-register = keras.saving.register_keras_serializable  # noqa: E305
-
-
-def is_tf_keras_model(obj) -> bool:
-    return isinstance(obj, keras.Model)
+register = keras.saving.register_keras_serializable
 
 
 def is_keras3_object(obj) -> bool:
@@ -110,7 +106,7 @@ def _tf_keras_layer(layer3):
         raise _bridge_error(layer3, str(e)) from e
     try:
         return cls.from_config(cfg)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _bridge_error(layer3, f"tf_keras rejected its config ({e})") from e
 
 

@@ -12,126 +12,14 @@ import numpy as np
 import tensorflow as tf
 
 from tfmot_discrete._keras import keras
+from tfmot_discrete.data import DEFAULT_BATCH_SIZE, check_positive_int, input_batches
 from tfmot_discrete.distill import Distiller
-
-#: Batch size used when `data` holds arrays or an unbatched dataset.
-DEFAULT_BATCH_SIZE = 32
 
 
 def batchnorm_layers(model) -> list:
     """Every `BatchNormalization` layer of `model`, also inside TF-MOT
     wrappers and nested models, in tracking order."""
     return [m for m in model.submodules if isinstance(m, keras.layers.BatchNormalization)]
-
-
-def _check_positive_int(name, value, allow_none):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        accepted = "None or an int >= 1" if allow_none else "an int >= 1"
-        raise ValueError(f"`{name}` must be {accepted}. Received: {name}={value!r}")
-    return int(value)
-
-
-def input_batches(model, data, batch_size=DEFAULT_BATCH_SIZE, steps=None, argname="data"):
-    """Batches of model inputs from `data`, validated against `model`'s inputs.
-
-    Args:
-        model: The model whose inputs the batches feed.
-        data: An array of inputs (a list of arrays for a model with several
-            inputs), a tuple `(x,)`, `(x, y)` or `(x, y, sample_weight)` of
-            such, or a `tf.data.Dataset` whose elements are inputs or such
-            tuples, batched or not (unbatched elements are batched here).
-        batch_size: Batch size for arrays and unbatched datasets.
-        steps: At most this many batches; `None` for one pass over `data`.
-        argname: The argument name used in error messages.
-
-    Returns:
-        A list of batches, each an array or a list of arrays (one per input).
-
-    Raises:
-        ValueError: For data of the wrong type or shape, an empty or infinite
-            dataset without `steps`, or a bad `batch_size` / `steps`.
-    """
-    batch_size = _check_positive_int("batch_size", batch_size, allow_none=False)
-    steps = _check_positive_int("steps", steps, allow_none=True)
-    ranks = [len(t.shape) for t in model.inputs]
-    if isinstance(data, tf.data.Dataset):
-        card = int(data.cardinality())
-        if card == tf.data.INFINITE_CARDINALITY and steps is None:
-            raise ValueError(
-                f"`{argname}` is an infinite dataset: pass `steps`. Received: steps=None"
-            )
-        spec = data.element_spec
-        x_spec = spec[0] if isinstance(spec, tuple) else spec
-        first = tf.nest.flatten(x_spec)[0]
-        if first.shape.rank == ranks[0] - 1:
-            data = data.batch(batch_size)
-        if isinstance(spec, tuple):
-            data = data.map(lambda *e: e[0])
-        if steps is not None:
-            data = data.take(steps)
-        batches = [_as_inputs(b, len(ranks)) for b in data]
-    else:
-        x = data
-        if isinstance(data, tuple):
-            if not 1 <= len(data) <= 3:
-                raise ValueError(
-                    f"A tuple `{argname}` must be (x,), (x, y) or (x, y, sample_weight). "
-                    f"Received: a tuple of {len(data)} items"
-                )
-            x = data[0]
-        arrays = _as_inputs(x, len(ranks), argname)
-        n = len(arrays[0])
-        if any(len(a) != n for a in arrays):
-            raise ValueError(
-                f"The input arrays of `{argname}` differ in length. "
-                f"Received: lengths {[len(a) for a in arrays]}"
-            )
-        starts = range(0, n, batch_size)
-        if steps is not None:
-            starts = starts[:steps]
-        batches = [[a[i : i + batch_size] for a in arrays] for i in starts]
-    if not batches:
-        raise ValueError(f"`{argname}` holds no samples. Received: {argname} of 0 samples")
-    for b in batches:
-        for a, t in zip(b, model.inputs):
-            want = tuple(t.shape[1:])
-            got = tuple(a.shape)
-            if len(got) != len(t.shape) or any(
-                w is not None and g != w for g, w in zip(got[1:], want)
-            ):
-                raise ValueError(
-                    f"`{argname}` does not fit the model's input {t.name!r}, which takes "
-                    f"batches of shape (batch, {', '.join(str(d) for d in want)}). "
-                    f"Received: a batch of shape {got}"
-                )
-    return [b[0] if len(b) == 1 else b for b in batches]
-
-
-def _as_inputs(x, n_inputs, argname="data"):
-    parts = list(x) if isinstance(x, (list, tuple)) and n_inputs > 1 else [x]
-    if len(parts) != n_inputs:
-        raise ValueError(
-            f"The model takes {n_inputs} inputs; `{argname}` holds {len(parts)} input arrays."
-        )
-    out = []
-    for p in parts:
-        if isinstance(p, tf.Tensor):
-            p = p.numpy()
-        a = np.asarray(p) if not isinstance(p, np.ndarray) else p
-        if a.dtype.kind not in "biuf":
-            raise ValueError(
-                f"`{argname}` must hold numeric arrays, a tuple (x, y) of them or a "
-                f"tf.data.Dataset. Received: {argname} of type {type(p).__name__}"
-                + (f" (dtype {a.dtype})" if a.dtype.kind != "O" else "")
-            )
-        if a.ndim == 0:
-            raise ValueError(
-                f"`{argname}` must hold arrays with a batch dimension. Received: a scalar"
-            )
-        out.append(a)
-    return out
 
 
 class _Accumulator:
@@ -152,7 +40,7 @@ class _Accumulator:
         self.total_sq = tf.Variable(tf.zeros(shape, tf.float64), trainable=False)
         self.count = tf.Variable(tf.zeros((), tf.float64), trainable=False)
 
-    def __call__(self, inputs, training=None, **kwargs):  # noqa: ARG002
+    def __call__(self, inputs, training=None, **kwargs):
         layer = self.layer
         x = tf.cast(inputs, tf.float32)
         axes = [a % x.shape.rank for a in layer.axis]
@@ -291,8 +179,8 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
 
     def __init__(self, data, steps=None, batch_size=DEFAULT_BATCH_SIZE):
         super().__init__()
-        _check_positive_int("steps", steps, allow_none=True)
-        _check_positive_int("batch_size", batch_size, allow_none=False)
+        check_positive_int("steps", steps, allow_none=True)
+        check_positive_int("batch_size", batch_size, allow_none=False)
         self.data = data
         self.steps = steps
         self.batch_size = batch_size

@@ -5,8 +5,11 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
+from fractions import Fraction
 
 import numpy as np
+
+from tfmot_discrete import text
 
 #: Largest number of distinct values a codebook may hold.
 MAX_SIZE = 65536
@@ -157,12 +160,6 @@ class Codebook:
         x = np.asarray(x, dtype=np.float64)
         return np.searchsorted(self.midpoints, x, side="right")
 
-    def contains(self, x, rtol: float = 0.0, atol: float = 0.0) -> np.ndarray:
-        """Elementwise: is each entry of `x` a codebook value (within tolerance)?"""
-        x = np.asarray(x, dtype=np.float64)
-        nearest = self.project_numpy(x)
-        return np.abs(x - nearest) <= atol + rtol * np.abs(nearest)
-
     def integer_step(self, qmax: int):
         """The largest step `s` so that every value divided by `s` is an integer
         of magnitude at most `qmax`, or `None` when there is none.
@@ -171,8 +168,6 @@ class Codebook:
         ±6, ±3 with `qmax = 7` (steps `1/6` and `0.37/6`); binary and ternary
         codebooks give `max|c| / qmax`.
         """
-        from fractions import Fraction
-
         nonzero = [float(v) for v in self._values if v != 0]
         ref = min(abs(v) for v in nonzero)
         # Every value is n_i x step and ref = n_ref x step with n_ref <= qmax, so
@@ -206,6 +201,6 @@ class Codebook:
         return hash(tuple(self._values.tolist()))
 
     def __repr__(self) -> str:
-        vals = ", ".join(f"{v:g}" for v in self._values[:8])
-        more = ", ..." if self.size > 8 else ""
+        vals = ", ".join(f"{v:g}" for v in self._values[: text.SHOWN_VALUES])
+        more = ", ..." if self.size > text.SHOWN_VALUES else ""
         return f"Codebook([{vals}{more}])"

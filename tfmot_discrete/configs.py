@@ -127,9 +127,6 @@ class DiscreteQuantizeConfig(_QuantizeConfig):
             and self.activation_quantizer == other.activation_quantizer
         )
 
-    def __ne__(self, other):
-        return not self.__eq__(other)
-
 
 def config_for_layer(layer, quantizer, activation_quantizer=None):
     """The `DiscreteQuantizeConfig` for a known layer type, or None.

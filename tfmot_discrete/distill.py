@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfmot_discrete import compat
 from tfmot_discrete._keras import keras
 
 #: Softmax temperature of the teacher's and the student's outputs.
@@ -45,8 +46,9 @@ class Distiller(keras.Model):
     logits. `T^2` keeps the distillation gradients on the scale of the label
     loss's (Hinton et al.). `evaluate` and `predict` run the student alone,
     so `val_loss` is the student's label loss. The logs of `fit` hold `loss`
-    (the total), `student_loss` (the label loss), `distillation_loss` (the KL
-    term, before weighting) and the compiled metrics.
+    (the total), `label_loss` (the compiled loss on the labels, before
+    weighting), `distillation_loss` (the KL term, before weighting) and the
+    compiled metrics.
 
     Only the student trains: afterwards recalibrate, save and export the
     student as usual (`td.RecalibrateBatchNorm` given to `fit` recalibrates
@@ -81,7 +83,7 @@ class Distiller(keras.Model):
     >>> x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
     >>> history = dist.fit(x, np.zeros(32), epochs=1, verbose=0)
     >>> sorted(history.history)
-    ['distillation_loss', 'loss', 'student_loss']
+    ['distillation_loss', 'label_loss', 'loss']
 
     References:
         Hinton, Vinyals and Dean, Distilling the Knowledge in a Neural
@@ -157,16 +159,15 @@ class Distiller(keras.Model):
             label_loss = self.compute_loss(x, y, y_pred, sample_weight)
             soft = self.distillation_loss(teacher_out, y_pred, sample_weight)
             loss = self.alpha * label_loss + (1.0 - self.alpha) * self.temperature**2 * soft
-        self._validate_target_and_loss(y, loss)
+        compat.validate_target_and_loss(self, y, loss)
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         self._total_tracker.update_state(loss)
         self._label_tracker.update_state(label_loss)
         self._distill_tracker.update_state(soft)
         logs = self.compute_metrics(x, y, y_pred, sample_weight)
         logs.pop("total_loss", None)
-        logs.pop("label_loss", None)
         logs["loss"] = self._total_tracker.result()
-        logs["student_loss"] = self._label_tracker.result()
+        logs["label_loss"] = self._label_tracker.result()
         return logs
 
     def test_step(self, data):

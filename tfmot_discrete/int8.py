@@ -79,9 +79,6 @@ class Int8WeightQuantizer(_qk.quantizers.LastValueQuantizer):
     def __eq__(self, other):
         return isinstance(other, Int8WeightQuantizer) and self.per_axis == other.per_axis
 
-    def __ne__(self, other):
-        return not self.__eq__(other)
-
     def __repr__(self):
         return f"Int8WeightQuantizer(per_axis={self.per_axis})"
 

@@ -20,11 +20,17 @@ class DiscreteMultiplier(keras.layers.Layer):
     `inputs * tf.math.sign(kernel)`, whose gradient is zero).
 
     Args:
-        values: A codebook (list of numbers) or a `CodebookQuantizer`.
+        quantizer: A `CodebookQuantizer`, or what `td.quantizers.get` takes
+            (a codebook as a list of numbers, a preset name, a config dict).
             With a `scale`, one scale is learned or computed for the whole
             vector.
         kernel_initializer: Initializer of the latent vector. Defaults to
             `"glorot_uniform"`.
+        values: The former name of `quantizer`, still accepted (and read
+            from configs saved before the rename).
+
+    Raises:
+        ValueError: For a missing quantizer, or both `quantizer` and `values`.
 
     Example:
 
@@ -33,14 +39,28 @@ class DiscreteMultiplier(keras.layers.Layer):
     [[1.0, 1.0, 1.0]]
     """
 
-    def __init__(self, values, kernel_initializer="glorot_uniform", **kwargs):
+    def __init__(
+        self, quantizer=None, kernel_initializer="glorot_uniform", *, values=None, **kwargs
+    ):
+        if values is not None:
+            if quantizer is not None:
+                raise ValueError(
+                    "Pass the codebook as `quantizer` only (`values` is its former name). "
+                    f"Received: quantizer={quantizer!r}, values={values!r}"
+                )
+            quantizer = values
+        if quantizer is None:
+            raise ValueError(
+                "`quantizer` is required: a CodebookQuantizer, a list of codebook values "
+                "or a preset name. Received: quantizer=None"
+            )
         super().__init__(**kwargs)
-        q = values if isinstance(values, quantizers_mod.CodebookQuantizer) else None
+        q = quantizer if isinstance(quantizer, quantizers_mod.CodebookQuantizer) else None
         if q is None:
             q = (
-                quantizers_mod.get(values)
-                if isinstance(values, (dict, str))
-                else (quantizers_mod.CodebookQuantizer(values))
+                quantizers_mod.get(quantizer)
+                if isinstance(quantizer, (dict, str))
+                else (quantizers_mod.CodebookQuantizer(quantizer))
             )
         self.quantizer = q.with_channel_axes([])
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -96,7 +116,7 @@ class DiscreteMultiplier(keras.layers.Layer):
         config = super().get_config()
         config.update(
             {
-                "values": keras.saving.serialize_keras_object(self.quantizer),
+                "quantizer": keras.saving.serialize_keras_object(self.quantizer),
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             }
         )
@@ -105,7 +125,10 @@ class DiscreteMultiplier(keras.layers.Layer):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        values = config.pop("values")
-        if isinstance(values, dict):
-            values = keras.saving.deserialize_keras_object(values)
-        return cls(values, **config)
+        # Configs saved before `values` was renamed `quantizer` hold "values".
+        quantizer = config.pop("quantizer", None)
+        if quantizer is None:
+            quantizer = config.pop("values", None)
+        if isinstance(quantizer, dict):
+            quantizer = keras.saving.deserialize_keras_object(quantizer)
+        return cls(quantizer, **config)

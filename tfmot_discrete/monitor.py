@@ -6,8 +6,8 @@ import numpy as np
 
 from tfmot_discrete import summary
 from tfmot_discrete._keras import keras
-from tfmot_discrete.quantize import codebook_items
 from tfmot_discrete.quantizers import CodebookQuantizer
+from tfmot_discrete.weights import codebook_items
 
 
 def _fmt_value(v: float) -> str:
@@ -67,8 +67,11 @@ class CodebookMonitor(keras.callbacks.Callback):
 
     def _snapshot(self) -> dict[str, tuple[CodebookQuantizer, np.ndarray]]:
         return {
-            label: (q, summary.codebook_indices(q, latent, qvars))
-            for label, latent, q, qvars in codebook_items(self.model)
+            item.label: (
+                item.quantizer,
+                summary.codebook_indices(item.quantizer, item.latent, item.qvars),
+            )
+            for item in codebook_items(self.model)
         }
 
     def measure(self) -> dict[str, float]:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util  # no public way to ask "inside XLA?"
 
+from tfmot_discrete import compat
 from tfmot_discrete.codebook import midpoints
 
 #: Codebooks up to this size use a chain of `tf.where` (cheapest for small K);
@@ -225,7 +225,7 @@ def bucket(x: tf.Tensor, thresholds) -> tf.Tensor:
 def _in_xla() -> bool:
     """True while tracing a function compiled with XLA (`jit_compile=True`)."""
     graph = tf.compat.v1.get_default_graph()
-    return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
+    return compat.in_xla_context(graph)
 
 
 def _evenly_spaced(t: np.ndarray) -> bool:

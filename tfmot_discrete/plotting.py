@@ -7,7 +7,7 @@ import pathlib
 
 import numpy as np
 
-from tfmot_discrete.monitor import codebook_items
+from tfmot_discrete.weights import codebook_items
 
 
 def _pyplot():
@@ -87,8 +87,8 @@ def plot_weights(model, path, bins=80) -> str:
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
     try:
-        for ax, (label, latent, q, qvars) in zip(axes.flat, items):
-            data, lines, title = _panel(label, latent, q, qvars)
+        for ax, item in zip(axes.flat, items):
+            data, lines, title = _panel(item.label, item.latent, item.quantizer, item.qvars)
             ax.hist(data, bins=bins, color="tab:blue", alpha=0.8)
             for x in lines:
                 ax.axvline(x, color="tab:red", linewidth=1.2)

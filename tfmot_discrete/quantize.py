@@ -1,4 +1,5 @@
-"""`quantize_model`, `strip_quantization` and `quantize_scope`."""
+"""`quantize_model`, `strip_quantization` and `quantize_scope`, and the steps
+they take on a model (weight order, initial learned scales and 8-bit ranges)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,14 @@ import contextlib
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (
-    QuantizeLayer,
-)
 
-from tfmot_discrete import _keras, configs, int8, rescale, scheme
+from tfmot_discrete import _keras, compat, configs, int8, rescale, scheme
 from tfmot_discrete import quantizers as quantizers_mod
 from tfmot_discrete._keras import keras
+from tfmot_discrete.compat import QuantizeLayer
 from tfmot_discrete.layers import DiscreteMultiplier
 from tfmot_discrete.quantizers import weight_key
+from tfmot_discrete.weights import check_finite, codebook_items, int8_items, wrapper_weights
 
 _qk = tfmot.quantization.keras
 _QuantizeAnnotate = _qk.quantize_annotate_layer(keras.layers.Dense(1)).__class__
@@ -86,7 +86,7 @@ def _check_model(model, argname="model"):
             f"one, which is rebuilt in tf_keras). Received: {argname} of type "
             f"{type(model).__module__}.{type(model).__name__}"
         )
-    if not isinstance(model, keras.Sequential) and not model._is_graph_network:  # noqa: SLF001
+    if not isinstance(model, keras.Sequential) and not compat.is_graph_network(model):
         raise ValueError(
             f"`{argname}` is a subclassed model ({type(model).__name__}); only Sequential "
             "and Functional models can be quantized, because TF-MOT rebuilds the model "
@@ -191,7 +191,7 @@ def _is_fused_into_next(layer) -> bool:
     act = getattr(layer, "activation", None)
     if act is not None and getattr(act, "__name__", "linear") != "linear":
         return False
-    consumers = [node.outbound_layer for node in layer._outbound_nodes]  # noqa: SLF001
+    consumers = [node.outbound_layer for node in layer.outbound_nodes]
     if len(consumers) != 1:
         return False
     nxt = consumers[0]
@@ -320,26 +320,8 @@ def initialize_learned_scales(model) -> None:
     training under a `tf.distribute` strategy, whose replicas cannot do it
     lazily inside the train step.
     """
-    for _, latent, q, qvars in codebook_items(model):
-        q.initialize_scale(latent, qvars)
-
-
-def wrapper_weights(wrapper) -> list:
-    """`(weight, quantizer, quantizer variables)` of each weight a TF-MOT
-    `QuantizeWrapperV2` quantizes (TF-MOT keeps them in a private list)."""
-    return list(getattr(wrapper, "_weight_vars", []))
-
-
-def int8_items(model) -> list[tuple[str, object, int8.Int8WeightQuantizer, dict]]:
-    """`(label, latent variable, quantizer, quantizer variables)` per weight
-    trained at 8 bits (`"int8"` in the quantizer mapping), layer by layer."""
-    out = []
-    for layer in model.layers:
-        if isinstance(layer, _qk.QuantizeWrapper):
-            for latent, q, qvars in wrapper_weights(layer):
-                if isinstance(q, int8.Int8WeightQuantizer):
-                    out.append((f"{layer.layer.name}/{weight_key(latent)}", latent, q, qvars))
-    return out
+    for item in codebook_items(model):
+        item.quantizer.initialize_scale(item.latent, item.qvars)
 
 
 def initialize_int8_ranges(model) -> None:
@@ -349,8 +331,8 @@ def initialize_int8_ranges(model) -> None:
     already computes with its weights rounded to 8 bits (TF-MOT starts the
     range at ±6 and sets it at the first training step).
     """
-    for _, latent, q, qvars in int8_items(model):
-        q(tf.convert_to_tensor(latent), True, weights=qvars)
+    for item in int8_items(model):
+        item.quantizer(tf.convert_to_tensor(item.latent), True, weights=item.qvars)
 
 
 def _fix_weight_order(wrapper):
@@ -364,7 +346,7 @@ def _fix_weight_order(wrapper):
     for weight, _, qvars in wrapper_weights(wrapper):
         fresh.extend(v for v in (qvars or {}).values() if v.trainable)
         fresh.append(weight)
-    tw = wrapper._trainable_weights  # noqa: SLF001
+    tw = compat.trainable_weights_list(wrapper)
     if len(tw) > len(fresh) and [id(v) for v in tw[len(tw) - len(fresh) :]] == [
         id(v) for v in fresh
     ]:
@@ -390,7 +372,7 @@ def _wrapper_values(wrapper) -> dict[str, np.ndarray]:
 def _baked_multiplier(layer: DiscreteMultiplier):
     values = np.asarray(layer.quantized_kernel(False))
     cfg = layer.get_config()
-    cfg["values"] = layer.folded_quantizer()
+    cfg["quantizer"] = layer.folded_quantizer()
     return DiscreteMultiplier.from_config(cfg), [values]
 
 
@@ -481,97 +463,3 @@ def _without_layers(model, names):
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return new
-
-
-def _first_bad(value) -> tuple[int, tuple[int, ...], float] | None:
-    """`(count, index of the first, its value)` of the non-finite entries, or None."""
-    t = tf.convert_to_tensor(value)
-    if not t.dtype.is_floating or bool(tf.reduce_all(tf.math.is_finite(t))):
-        return None
-    a = np.asarray(t)
-    bad = ~np.isfinite(a)
-    first = tuple(int(i) for i in np.argwhere(bad)[0]) if a.ndim else ()
-    return int(bad.sum()), first, float(a[first])
-
-
-def _raise_if_non_finite(layer: str, weight: str, value, what: str) -> None:
-    bad = _first_bad(value)
-    if bad is not None:
-        count, where, first = bad
-        raise ValueError(
-            f"Layer {layer!r}, weight {weight!r}: {count} {what} are NaN or inf (first {first} "
-            f"at index {where}); training diverged or the weights were corrupted. Received: a "
-            "model with non-finite weights"
-        )
-
-
-def check_finite(model) -> None:
-    """Raises if a weight or a codebook scale of `model` is NaN or inf, or a
-    codebook scale is zero or negative.
-
-    `strip_quantization`, `summary` and the TFLite export call it, so a model
-    whose training diverged is refused instead of being written with channels
-    silently turned into one codebook value.
-
-    Args:
-        model: Any tf_keras model (QAT or plain).
-
-    Raises:
-        ValueError: Naming the layer, the weight and the first bad entry.
-    """
-    for label, latent, q, qvars in codebook_items(model):
-        _raise_if_non_finite(*label.split("/"), latent, "latent value(s)")
-        if q.scale is None:
-            continue
-        scale = np.asarray(q.quantized_scale(latent, qvars), np.float64)
-        wrong = ~np.isfinite(scale) | (scale <= 0)
-        if np.any(wrong):
-            where = tuple(int(i) for i in np.argwhere(wrong)[0])
-            raise ValueError(
-                f"Layer {label.split('/')[0]!r}, weight {label.split('/')[1]!r}: the "
-                f"{q.scale} codebook scale of {int(wrong.sum())} channel(s) is zero, negative "
-                f"or non-finite (first {float(scale[where])} at index {where}); a scale must be "
-                "a finite positive number. Received: a model with a bad codebook scale"
-            )
-    for layer in model.layers:
-        for w in layer.weights:
-            _raise_if_non_finite(layer.name, weight_key(w), w, "value(s)")
-
-
-def is_quantized(model) -> bool:
-    return any(
-        isinstance(layer, _qk.QuantizeWrapper | DiscreteMultiplier) for layer in model.layers
-    )
-
-
-def codebook_items(model) -> list[tuple[str, object, quantizers_mod.CodebookQuantizer, dict]]:
-    """`(label, latent variable, quantizer, quantizer variables)` per codebook weight.
-
-    The `CodebookQuantizer` weights of every `QuantizeWrapperV2`, then the kernel
-    of every built `DiscreteMultiplier`, layer by layer. `label` is
-    `"<layer>/<weight>"`.
-
-    Args:
-        model: A model from `quantize_model`, or any model holding
-            `DiscreteMultiplier` layers.
-
-    Returns:
-        A list of 4-tuples; empty when the model has no codebook weight.
-    """
-    out = []
-    for layer in model.layers:
-        if isinstance(layer, _qk.QuantizeWrapper):
-            name = layer.layer.name
-            items = [
-                (w, q, v)
-                for w, q, v in wrapper_weights(layer)
-                if isinstance(q, quantizers_mod.CodebookQuantizer)
-            ]
-        elif isinstance(layer, DiscreteMultiplier) and layer.built:
-            name = layer.name
-            items = [(layer.kernel, layer.quantizer, layer.quantizer_vars)]
-        else:
-            continue
-        for latent, q, qvars in items:
-            out.append((f"{name}/{weight_key(latent)}", latent, q, qvars))
-    return out

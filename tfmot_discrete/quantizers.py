@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete import ops
+from tfmot_discrete import compat, ops, text
 from tfmot_discrete._keras import keras, register
 from tfmot_discrete.codebook import Codebook
 
@@ -52,13 +52,6 @@ class _ClipToRange:
 
     def __call__(self, w):
         return tf.clip_by_value(w, self.low, self.high)
-
-
-def _set_constraint(var, fn):
-    """Attach a constraint that the optimizer applies after each update."""
-    values = getattr(var, "_values", None)
-    for v in values if values else [var]:
-        v._constraint = fn  # noqa: SLF001
 
 
 @register(package="tfmot_discrete")
@@ -108,12 +101,12 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         self.codebook = values if isinstance(values, Codebook) else Codebook(values)
         with np.errstate(over="ignore"):
             as_f32 = self.codebook.values.astype(np.float32)
-        shown = [float(v) for v in self.codebook.values[:8]]
+        shown = [float(v) for v in self.codebook.values[: text.SHOWN_VALUES]]
         if not np.all(np.isfinite(as_f32)) or np.unique(as_f32).size != self.codebook.size:
             raise ValueError(
                 "`values` must be distinct float32 numbers (weights are float32): "
                 f"|v| <= {float(np.finfo(np.float32).max):.3g} and no two equal after "
-                f"rounding to float32. Received: values={shown}{' ...' if self.codebook.size > 8 else ''}"
+                f"rounding to float32. Received: values={shown}{' ...' if self.codebook.size > text.SHOWN_VALUES else ''}"
             )
         _check_choice("scale", scale, SCALES)
         _check_choice("gradient", gradient, ops.GRADIENTS)
@@ -169,7 +162,7 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         latent = _find_weight(layer, name)
         if latent is not None and latent.trainable:
             lo, hi = self.codebook.low, self.codebook.high
-            _set_constraint(latent, _ClipToRange(lo, hi))
+            compat.set_constraint(latent, _ClipToRange(lo, hi))
         return weights
 
     def __call__(self, inputs, training, weights, **kwargs):
@@ -199,7 +192,7 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         # "mean_abs" (sigma from the weights); the magnitude s per channel is
         # trained, with its exact gradient (TTQ's learned values).
         sigma = ops.mean_abs_scale(w, self._channel_axes(rank))
-        log_s = _init_learned_scale(w, weights, self._channel_axes(rank), values)
+        log_s = _init_learned_scale(w, weights, self._channel_axes(rank))
         s = tf.exp(tf.cast(log_s, w.dtype) * LOG_SCALE_STEP)
         return _scaled_ste(w, sigma, values, self.gradient) * (s / sigma)
 
@@ -239,9 +232,6 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
     def __eq__(self, other):
         return isinstance(other, CodebookQuantizer) and self.get_config() == other.get_config()
 
-    def __ne__(self, other):
-        return not self.__eq__(other)
-
     def __hash__(self):
         return hash(repr(sorted(self.get_config().items(), key=str)))
 
@@ -252,8 +242,8 @@ class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
 
 def _read(x):
     """A tensor holding `x`; a variable is read in its own (storage) dtype."""
-    if isinstance(x, tf.Variable) or hasattr(x, "_variable"):
-        inner = getattr(x, "_variable", x)  # mixed precision's AutoCastVariable
+    if isinstance(x, tf.Variable) or compat.is_autocast(x):
+        inner = compat.storage_variable(x)
         return tf.convert_to_tensor(inner) if inner is not x else tf.convert_to_tensor(x)
     return tf.convert_to_tensor(x)
 
@@ -289,7 +279,7 @@ def _stochastic_ste(u, values, gradient, gate_on=None):
     )
 
 
-def _init_learned_scale(w, weights, channel_axes, values):
+def _init_learned_scale(w, weights, channel_axes):
     """The learned log-scale; on first use (when nothing initialized it
     before), sets it to the log of the `"mean_abs"` scale of the weights."""
     log_s, init_flag = weights["log_scale"], weights["scale_initialized"]

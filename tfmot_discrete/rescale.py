@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from tfmot_discrete import configs
+from tfmot_discrete import compat, configs
 from tfmot_discrete._keras import keras
 from tfmot_discrete.quantizers import CodebookQuantizer
 
@@ -57,25 +57,18 @@ def channel_factors(kernel: np.ndarray, codebook_values, per_channel_shape) -> n
     return factors.reshape(per_channel_shape) if n else factors
 
 
-def _model_nodes(model) -> set:
-    """Ids of the nodes of `model`'s own graph. A layer also keeps the nodes of
-    every other model built on it (a `quantize_model` copy, for one)."""
-    nodes = getattr(model, "_nodes_by_depth", None) or {}  # noqa: SLF001
-    return {id(n) for depth in nodes.values() for n in depth}
-
-
 def _normalization_after(layer, own_nodes):
     """The BatchNormalization that is `layer`'s only consumer in the model whose
     nodes are `own_nodes`, normalizing its output channels, or None."""
-    inbound = [n for n in layer._inbound_nodes if id(n) in own_nodes]  # noqa: SLF001
-    outbound = [n for n in layer._outbound_nodes if id(n) in own_nodes]  # noqa: SLF001
+    inbound = [n for n in layer.inbound_nodes if id(n) in own_nodes]
+    outbound = [n for n in layer.outbound_nodes if id(n) in own_nodes]
     if len(inbound) != 1 or len(outbound) != 1:
         return None
     act = getattr(layer, "activation", None)
     if act is not None and getattr(act, "__name__", "linear") != "linear":
         return None
     bn = outbound[0].outbound_layer
-    bn_inbound = [n for n in bn._inbound_nodes if id(n) in own_nodes]  # noqa: SLF001
+    bn_inbound = [n for n in bn.inbound_nodes if id(n) in own_nodes]
     if not isinstance(bn, keras.layers.BatchNormalization) or len(bn_inbound) != 1:
         return None
     rank = len(layer.output_shape)
@@ -101,7 +94,7 @@ def plan(model, spec) -> list[tuple[object, object, CodebookQuantizer]]:
         spec: The `scheme.QuantizerRules` of the quantizer argument.
     """
     out = []
-    own_nodes = _model_nodes(model)
+    own_nodes = compat.model_nodes(model)
     for layer in model.layers:
         found, q = spec.lookup(layer.name)
         if not found or not isinstance(q, CodebookQuantizer) or q.scale is not None:

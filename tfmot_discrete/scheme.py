@@ -119,16 +119,9 @@ class _LayoutTransform(_qk.QuantizeLayoutTransform):
     def apply(self, model, layer_quantize_map):
         if not self.quantize_inputs:
             return model, layer_quantize_map
-        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (  # noqa: PLC0415
-            default_8bit_transforms,
-        )
-        from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (  # noqa: PLC0415
-            model_transformer,
-        )
-
-        return model_transformer.ModelTransformer(
+        return _qk.graph_transformations.model_transformer.ModelTransformer(
             model,
-            [default_8bit_transforms.InputLayerQuantize()],
+            [_qk.default_8bit.default_8bit_transforms.InputLayerQuantize()],
             set(layer_quantize_map.keys()),
             layer_quantize_map,
         ).transform()

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmot_discrete import _keras, batchnorm, configs, scheme
+from tfmot_discrete import data as data_mod
 from tfmot_discrete._keras import keras
 from tfmot_discrete.quantize import quantize_model, strip_quantization
 
@@ -46,10 +47,10 @@ def _labelled_batches(model, data, batch_size):
             data = data.batch(batch_size)
         xs, ys = [], []
         for element in data:
-            xs += batchnorm.input_batches(model, (element[0],), batch_size=1 << 30)
+            xs += data_mod.input_batches(model, (element[0],), batch_size=1 << 30)
             ys.append(np.asarray(element[1]))
     elif isinstance(data, tuple) and len(data) in (2, 3):
-        xs = batchnorm.input_batches(model, (data[0],), batch_size=batch_size)
+        xs = data_mod.input_batches(model, (data[0],), batch_size=batch_size)
         ys = [np.asarray(data[1])]
     else:
         raise ValueError(
@@ -119,7 +120,7 @@ def sensitivity(
     data,
     metric="accuracy",
     recalibration_data=None,
-    batch_size=batchnorm.DEFAULT_BATCH_SIZE,
+    batch_size=data_mod.DEFAULT_BATCH_SIZE,
     print_fn=print,
 ) -> list[LayerSensitivity]:
     """Per layer, the metric when only that layer is quantized.

@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 
 from tfmot_discrete import int8, text
-from tfmot_discrete.quantize import check_finite, codebook_items, int8_items
 from tfmot_discrete.quantizers import CodebookQuantizer
+from tfmot_discrete.weights import check_finite, codebook_items, int8_items
 
 
 @dataclasses.dataclass
@@ -57,14 +57,14 @@ def weight_reports(model) -> list[WeightReport]:
     """One `WeightReport` per codebook-quantized weight of `model`."""
     check_finite(model)
     out = []
-    for label, latent, q, qvars in codebook_items(model):
-        codes = codebook_indices(q, latent, qvars)
+    for item in codebook_items(model):
+        q = item.quantizer
+        codes = codebook_indices(q, item.latent, item.qvars)
         usage = value_shares(codes, q.codebook.size)
-        layer, weight = label.rsplit("/", 1)
         out.append(
             WeightReport(
-                layer=layer,
-                weight=weight,
+                layer=item.layer,
+                weight=item.weight,
                 codebook=q.codebook.values,
                 scale=str(q.scale) if q.scale else "none",
                 count=int(codes.size),
@@ -72,13 +72,13 @@ def weight_reports(model) -> list[WeightReport]:
                 usage=usage,
             )
         )
-    for label, latent, q, qvars in int8_items(model):
-        iv = int8.int8_values(q, latent, qvars)
-        layer, weight = label.rsplit("/", 1)
+    for item in int8_items(model):
+        q = item.quantizer
+        iv = int8.int8_values(q, item.latent, item.qvars)
         out.append(
             WeightReport(
-                layer=layer,
-                weight=weight,
+                layer=item.layer,
+                weight=item.weight,
                 codebook=np.arange(-int8.INT8_QMAX, int8.INT8_QMAX + 1, dtype=np.float64),
                 scale="per-channel" if q.per_axis else "per-tensor",
                 count=int(iv.codes.size),
@@ -140,8 +140,8 @@ def summary(model, print_fn=print) -> str:
                 _fmt_bytes(r.bytes_float),
                 "-"
                 if r.trained_int8
-                else " ".join(f"{u:.0%}" for u in r.usage[:8])
-                + (" ..." if r.usage.size > 8 else ""),
+                else " ".join(f"{u:.0%}" for u in r.usage[: text.SHOWN_VALUES])
+                + (" ..." if r.usage.size > text.SHOWN_VALUES else ""),
             ]
         )
     n = sum(r.count for r in reports)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+#: How many codebook values tables, reprs and error messages show before "...".
+SHOWN_VALUES = 8
 
-def format_values(values, limit: int = 6) -> str:
+
+def format_values(values, limit: int = SHOWN_VALUES) -> str:
     """A codebook as `{v0, v1, ...}`, at most `limit` values shown.
 
     Example:
 
     >>> format_values([-1.0, -0.5, 0.5, 1.0])
     '{-1, -0.5, 0.5, 1}'
+    >>> format_values(range(9))
+    '{0, 1, 2, 3, 4, 5, 6, 7, ...}'
     >>> format_values(range(8), limit=3)
     '{0, 1, 2, ...}'
     """

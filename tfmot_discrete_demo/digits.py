@@ -19,8 +19,7 @@ import tensorflow as tf
 import tflite_export
 import tfmot_discrete as td
 from tflite_export import runners
-from tfmot_discrete import text
-from tfmot_discrete._keras import keras
+from tfmot_discrete import keras, text
 
 
 def load_digits_split(seed: int = 0):
