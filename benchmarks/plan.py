@@ -25,15 +25,15 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import tflite_export  # noqa: E402
-import tfmot_discrete as td  # noqa: E402
-from benchmarks import accuracy, common, finetune  # noqa: E402
-from tflite_export import convert, runners  # noqa: E402
-from tfmot_discrete import configs  # noqa: E402
-from tfmot_discrete._keras import keras  # noqa: E402
-from tfmot_discrete.plan import PlanError  # noqa: E402
+import tflite_export
+import tfmot_discrete as td
+from benchmarks import accuracy, common, finetune
+from tflite_export import convert, runners
+from tfmot_discrete import configs
+from tfmot_discrete._keras import keras
+from tfmot_discrete.plan import PlanError
 
 HERE = pathlib.Path(__file__).resolve().parent
 #: Flash budgets, as fractions of the float file. The MNIST-1D CNN's smallest file

@@ -24,14 +24,14 @@ import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-from from_trained_model import accuracy, compile_and_fit  # noqa: E402
+import numpy as np
+from from_trained_model import accuracy, compile_and_fit
 
-import tflite_export  # noqa: E402
-import tfmot_discrete as td  # noqa: E402
-from tflite_export import budget, runners  # noqa: E402
-from tfmot_discrete.plan import PlanError  # noqa: E402
-from tfmot_discrete_demo.digits import load_digits_split  # noqa: E402
+import tflite_export
+import tfmot_discrete as td
+from tflite_export import budget, runners
+from tfmot_discrete.plan import PlanError
+from tfmot_discrete_demo.digits import load_digits_split
 
 keras = td.keras
 L = keras.layers
