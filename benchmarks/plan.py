@@ -255,12 +255,13 @@ def main(argv=None) -> int:
         prog="python -m benchmarks.plan", description=__doc__.splitlines()[0]
     )
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--tasks", nargs="+", default=list(accuracy.TASKS), choices=list(accuracy.TASKS))
     p.add_argument("--out", type=pathlib.Path, default=HERE)
     args = p.parse_args(argv)
     start = time.perf_counter()
-    records = run(range(args.seeds), args.epochs, args.tasks)
+    records = run(range(args.first_seed, args.first_seed + args.seeds), args.epochs, args.tasks)
     args.out.mkdir(parents=True, exist_ok=True)
     text = (
         f"## Fit the board: `td.plan` against uniform codebooks\n\n{args.seeds} seeds, "
