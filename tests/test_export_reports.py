@@ -223,10 +223,10 @@ def test_export_from_python_is_quiet(tmp_path):
             qat = td.quantize_model(model, td.binary(scale="mean_abs"))
             x = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
             import tflite_export.pipeline
-        for fmt in ("int8", "full_int8"):
-            r = tflite_export.export(qat, {str(tmp_path)!r} + f"/{{fmt}}.tflite", format=fmt,
-                                     representative_data=x)
-            assert r.exact and r.ok
+        # full_int8: the converter's calibration lines, LiteRT and TFLM.
+        r = tflite_export.export(qat, {str(tmp_path / "q.tflite")!r}, format="full_int8",
+                                 representative_data=x)
+        assert r.exact and r.ok
         """
     )
     assert res.returncode == 0, res.stderr[-3000:]

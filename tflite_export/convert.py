@@ -15,6 +15,7 @@ from ai_edge_quantizer import qtyping, quantizer, recipe_manager
 
 import tfmot_discrete as td
 from tflite_export import compat, files
+from tflite_export.compat import QuantizeLayer
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
 from tfmot_discrete import keras
@@ -152,7 +153,7 @@ class _Identity(tfmot.quantization.keras.quantizers.Quantizer):
 
 def has_activation_quantizers(model) -> bool:
     """True for a QAT model from `quantize_model(..., activations="int8")`."""
-    return any(isinstance(layer, compat.QuantizeLayer) for layer in model.layers)
+    return any(isinstance(layer, QuantizeLayer) for layer in model.layers)
 
 
 def baked_qat_copy(qat):
