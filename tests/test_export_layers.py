@@ -13,7 +13,7 @@ LAYERS = [
     {"files", "compat", "schema", "reading", "sequence", "keras3"},
     {"micro", "exact", "isolation"},
     {"runners", "packed"},
-    {"inputs", "convert"},
+    {"inputs", "convert", "budget"},
     {"verify"},
     {"report"},
     {"pipeline", "child"},

@@ -2,7 +2,8 @@
 
     tflite-export MODEL -o OUT --format {float,int8,int4,full_int8,tflm_packed}
         [--target {tflm,litert}] [--representative-data FILE.npy]
-        [--c-array FILE.cc] [--json FILE.json] [--allow-inexact] [--unsafe] [--verbose]
+        [--c-array FILE.cc] [--json FILE.json] [--allow-inexact] [--unsafe]
+        [--flash 64KiB] [--ram 32KiB] [--verbose]
     tflite-export verify FILE.tflite --codebook 1,-1,0.5,-0.5 [--model MODEL]
         [--representative-data FILE.npy] [--verbose]
 
@@ -25,7 +26,7 @@ import sys
 
 import numpy as np
 
-from tflite_export import files
+from tflite_export import budget, files
 from tflite_export.errors import ExportError, VerificationError, require_extras
 from tflite_export.formats import FORMATS, TARGETS
 from tflite_export.logs import library_logs
@@ -78,6 +79,18 @@ def _export_parser():
         "--allow-inexact",
         action="store_true",
         help="write codebooks with no exact integer lattice anyway",
+    )
+    p.add_argument(
+        "--flash",
+        metavar="SIZE",
+        help="flash budget for the file, e.g. 64KiB (K/KiB = 1024, kB = 1000); a larger file "
+        "is refused",
+    )
+    p.add_argument(
+        "--ram",
+        metavar="SIZE",
+        help="RAM budget for TFLM's arena, e.g. 32KiB (full_int8, tflm_packed); tflm_packed "
+        "packs only the weights whose decoded size fits",
     )
     p.add_argument(
         "--unsafe",
@@ -135,6 +148,7 @@ def _main_export(argv, verbose: bool) -> int:
         if args.c_array:
             files.check_output_path(args.c_array, "--c-array")
         _check_npy(args.representative_data)
+        budget.Budgets.of(args.format, args.flash, args.ram, None)
         require_extras()
         from tflite_export import pipeline  # noqa: PLC0415 - TensorFlow loads after the checks
 
@@ -149,6 +163,8 @@ def _main_export(argv, verbose: bool) -> int:
             target=args.target,
             verbose=verbose,
             progress=True,
+            flash=args.flash,
+            ram=args.ram,
         )
         if args.json:
             report.to_json(args.json)

@@ -14,6 +14,7 @@ import numpy as np
 
 import tfmot_discrete as td
 from tflite_export import (
+    budget,
     convert,
     exact,
     files,
@@ -349,11 +350,16 @@ def _tflm_check(data: bytes, xs) -> tuple[int, float, int]:
     return int(d.max()), float((d > 0).mean()), layers
 
 
-def _pack_and_check(report: Report, full_int8: bytes, conv: Conversion) -> bytes:
+def _pack_and_check(report: Report, full_int8: bytes, conv: Conversion, budgets) -> bytes:
     """Packs a checked full_int8 file; `report` then describes the packed file."""
     # Weights trained as plain int8 ("int8" in the mapping) stay int8.
     codebook = [m for m in conv.matches if not m.cw.trained_int8]
-    kept = [w for w in report.weights if w.trained_int8]
+    codebook, notes = budget.select(codebook, budgets, full_int8, conv.inputs)
+    report.notes += notes
+    if not codebook:
+        return full_int8  # nothing fits the RAM budget packed: the full_int8 file
+    labels = {m.cw.label for m in codebook}
+    kept = [w for w in report.weights if w.name not in labels]
     try:
         with _failing("Packing the codebook weights for TFLM", _RUN_TODO):
             data = packed.pack(full_int8, [m.tensor for m in codebook])
@@ -382,6 +388,9 @@ def export(
     target="tflm",
     verbose=False,
     progress=None,
+    flash=None,
+    ram=None,
+    pack=None,
 ) -> Report:
     """Writes a verified `.tflite` file whose codebook weights are exact.
 
@@ -417,6 +426,16 @@ def export(
             Defaults to `False`.
         progress: Print a line for each stage that lasts more than 2 s
             (`progress.AFTER_S`). Defaults to `verbose`.
+        flash: Flash budget for the file, bytes (an int, or a string such as
+            `"64KiB"`); a larger file is refused. Defaults to `None`.
+        ram: RAM budget for TFLM's arena (`full_int8`, `tflm_packed`):
+            `tflm_packed` packs only the weights whose decoded size fits it,
+            those that save the most flash first (`budget.select`), and a
+            file whose measured arena exceeds it is refused. Defaults to
+            `None`.
+        pack: Layer names whose codebook weights `tflm_packed` packs (a
+            plan's `export_kwargs`); None packs every codebook weight that
+            `ram` allows. Defaults to `None`.
 
     Returns:
         A `Report`.
@@ -435,6 +454,7 @@ def export(
             "Use format='full_int8' with target='litert'. Received: format='tflm_packed', "
             "target='litert'"
         )
+    budgets = budget.Budgets.of(format, flash, ram, pack)
     out = files.check_output_path(path, "path")
     show = verbose if progress is None else progress
     try:
@@ -451,6 +471,7 @@ def export(
                     safe_mode,
                     target,
                     steps,
+                    budgets,
                 )
             finally:
                 steps.close()
@@ -462,7 +483,7 @@ def export(
 
 
 def _export(
-    model, out, fmt, representative_data, allow_inexact, c_array, safe_mode, target, steps
+    model, out, fmt, representative_data, allow_inexact, c_array, safe_mode, target, steps, budgets
 ) -> Report:
     conv = convert_bytes(model, fmt, representative_data, allow_inexact, safe_mode, steps)
     pack = fmt == "tflm_packed"
@@ -501,10 +522,14 @@ def _export(
     data = conv.data
     if pack and report.ok:
         steps.stage("packing and running TFLM")
-        data = _pack_and_check(report, conv.data, conv)
+        data = _pack_and_check(report, conv.data, conv, budgets)
     inexact = any(not w.exact for w in report.weights)
     if not report.ok or (inexact and not allow_inexact):
         raise VerificationError(f"Verification failed; nothing written.\n{report}", report)
+    if budgets.given:
+        steps.stage("measuring against the budgets (TFLM)")
+        report.budget = budget.measure(data, conv.data, conv.matches, conv.inputs, budgets, report)
+        budget.check(report.budget)
     steps.stage("writing")
     try:
         files.atomic_write(out, data)

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from tflite_export import files
+from tflite_export.budget import BudgetReport
 from tflite_export.errors import ExportError
 from tflite_export.packed import TflmComparison
 from tflite_export.verify import WeightCheck
@@ -112,6 +113,7 @@ class Report:
     target: str = "tflm"  # full_int8: "tflm" (TFLM and LiteRT) or "litert" (LiteRT only)
     tflm_skipped: str | None = None  # full_int8: why TFLM did not run the file
     rounded: list[RoundedWeight] = dataclasses.field(default_factory=list)
+    budget: BudgetReport | None = None  # flash / ram given: the file against them
 
     @property
     def checked(self) -> int:
@@ -226,6 +228,8 @@ class Report:
         if self.c_array:
             lines.append(f"C array: {self.c_array}")
         lines += self.notes
+        if self.budget is not None:
+            lines.append(str(self.budget))
         lines.append("OK" if self.ok else "FAILED")
         return "\n".join(lines)
 
@@ -295,6 +299,7 @@ class Report:
             },
             "c_array": self.c_array,
             "notes": list(self.notes),
+            "budget": None if self.budget is None else dataclasses.asdict(self.budget),
             "versions": dict(tool_versions()),
         }
 

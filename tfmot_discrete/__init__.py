@@ -9,6 +9,7 @@ from tfmot_discrete.configs import DiscreteQuantizeConfig
 from tfmot_discrete.distill import Distiller
 from tfmot_discrete.layers import DiscreteMultiplier
 from tfmot_discrete.monitor import CodebookMonitor
+from tfmot_discrete.plan import plan
 from tfmot_discrete.plotting import plot_weights
 from tfmot_discrete.quantize import initialize_learned_scales, quantize_scope
 from tfmot_discrete.quantizers import CodebookQuantizer, binary, power_of_two, ternary
@@ -32,6 +33,7 @@ __all__ = [
     "finetune_schedule",
     "initialize_learned_scales",
     "keras",
+    "plan",
     "plot_weights",
     "power_of_two",
     "quantize_model",
