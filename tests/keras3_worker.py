@@ -212,7 +212,8 @@ QAT = {}
 
 
 @check("layer_table_trains_strips_saves")
-def _models(out_dir=pathlib.Path(sys.argv[1]), small="--small" in sys.argv):
+def _models():
+    out_dir, small = pathlib.Path(sys.argv[1]), "--small" in sys.argv
     model = layer_model(small)
     x, y = data()
     mapping = {k: v for k, v in MAPPING.items() if not (small and k in FULL_ONLY)}

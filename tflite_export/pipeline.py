@@ -87,9 +87,9 @@ def _failing(what: str, todo: str):
 
 
 _CONVERTER_TODO = (
-    "Every layer needs a TFLite builtin operator: recurrent layers (LSTM, GRU) convert "
-    "with unroll=True and a fixed input length; rerun with verbose=True for the "
-    "converter's own messages."
+    "Every operation of the model needs a TFLite builtin operator (the op named above "
+    "has none): replace the layer that uses it, or move that step out of the model; "
+    "rerun with verbose=True for the converter's own messages."
 )
 _RUN_TODO = "Rerun with verbose=True for the interpreter's messages, or try another format."
 

@@ -44,6 +44,8 @@ class FloatWeights:
     layer_class: str
     weights: tuple[str, ...]
     reason: str  # UNSUPPORTED, UNNAMED or MAPPED_TO_NONE
+    #: The layer classes the path that reports supports (tf_keras's by default).
+    supported: tuple[str, ...] = tuple(configs.SUPPORTED)
 
     def message(self) -> str:
         what = (
@@ -55,7 +57,7 @@ class FloatWeights:
             return f"{what}: no key of the quantizer mapping names the layer or these weights."
         return (
             f"{what}: no codebook config for class {self.layer_class} (supported: "
-            f"{', '.join(configs.SUPPORTED)}, DiscreteMultiplier; subclasses and custom RNN "
+            f"{', '.join(self.supported)}, DiscreteMultiplier; subclasses and custom RNN "
             "cells are not matched). Map its name to a `td.DiscreteQuantizeConfig` naming the "
             "weights its `call` reads, e.g. {'"
             f"{self.layer}': td.DiscreteQuantizeConfig({{'kernel': q}})}} or "

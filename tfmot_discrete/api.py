@@ -11,7 +11,7 @@ import functools
 
 from tfmot_discrete import _keras
 from tfmot_discrete import quantize as _tfk
-from tfmot_discrete import summary as _summary
+from tfmot_discrete.summary import summary as _summary
 
 
 def _is_keras3(model) -> bool:
@@ -19,12 +19,12 @@ def _is_keras3(model) -> bool:
 
 
 @functools.wraps(_tfk.quantize_model)
-def quantize_model(model, quantizer, activations=None):
+def quantize_model(model, quantizer, activations=None, strict=False):
     if _is_keras3(model):
         from tfmot_discrete.keras3 import quantize as k3  # noqa: PLC0415  (imports Keras 3)
 
-        return k3.quantize_model(model, quantizer, activations=activations)
-    return _tfk.quantize_model(model, quantizer, activations=activations)
+        return k3.quantize_model(model, quantizer, activations=activations, strict=strict)
+    return _tfk.quantize_model(model, quantizer, activations=activations, strict=strict)
 
 
 @functools.wraps(_tfk.strip_quantization)
@@ -36,14 +36,14 @@ def strip_quantization(model):
     return _tfk.strip_quantization(model)
 
 
-@functools.wraps(_summary.summary)
+@functools.wraps(_summary)
 def summary(model, print_fn=print):
     if _is_keras3(model):
         from tfmot_discrete.keras3 import bridge  # noqa: PLC0415
 
         # One report for both paths: the tf_keras twin holds the same weights.
         model = bridge.to_tf_keras(model)
-    return _summary.summary(model, print_fn=print_fn)
+    return _summary(model, print_fn=print_fn)
 
 
 def to_tf_keras(model):

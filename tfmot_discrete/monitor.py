@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfmot_discrete import summary
 from tfmot_discrete._keras import keras
 from tfmot_discrete.quantizers import CodebookQuantizer
+from tfmot_discrete.summary import codebook_indices, value_shares
 from tfmot_discrete.weights import codebook_items
 
 
@@ -69,7 +69,7 @@ class CodebookMonitor(keras.callbacks.Callback):
         return {
             item.label: (
                 item.quantizer,
-                summary.codebook_indices(item.quantizer, item.latent, item.qvars),
+                codebook_indices(item.quantizer, item.latent, item.qvars),
             )
             for item in codebook_items(self.model)
         }
@@ -89,7 +89,7 @@ class CodebookMonitor(keras.callbacks.Callback):
                 out[f"{label}/flip_rate"] = float(np.mean(before != codes))
             self._previous[label] = codes
             if q.codebook.size <= self.max_shares:
-                usage = summary.value_shares(codes, q.codebook.size)
+                usage = value_shares(codes, q.codebook.size)
                 for v, share in zip(q.codebook.values, usage):
                     out[f"{label}/share_{_fmt_value(v)}"] = float(share)
         return out

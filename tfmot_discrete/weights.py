@@ -210,7 +210,7 @@ def warn_frozen_layers(model, qat) -> None:
             f"Layer {layer.name!r} is set to trainable=False: {what}. Set `trainable = True` "
             "on it before `quantize_model` to fine-tune all of it.",
             QuantizationWarning,
-            stacklevel=3,
+            stacklevel=4,  # the line that called td.quantize_model (through api.py)
         )
 
 
@@ -244,5 +244,5 @@ def warn_partial_codebooks(model, qat) -> None:
             f'"learned") for it, e.g. {{{item.layer!r}: td.CodebookQuantizer(values, '
             "scale='mean_abs')}, or a codebook on the scale of the weights.",
             QuantizationWarning,
-            stacklevel=3,
+            stacklevel=4,  # the line that called td.quantize_model (through api.py)
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfmot_discrete import int8, scheme
+from tfmot_discrete import annotate, int8, scheme
 from tfmot_discrete.keras3 import quantizers as k3q
 from tfmot_discrete.keras3._k3 import is_graph_model, keras, ops
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
@@ -109,14 +109,45 @@ def clone(model, clone_function):
     )
 
 
-def quantize_model(model, quantizer, activations=None):
+def _float_weights(model, spec, plan) -> list:
+    """`annotate.FloatWeights` of the layers whose kernel-like weights stay float."""
+    supported = tuple(sorted(c.__name__ for c in LAYER_WEIGHTS))
+    out = []
+    for layer in model.layers:
+        if layer.name in plan or isinstance(
+            layer, (keras.layers.InputLayer, DiscreteMultiplier, *_FLOAT_LAYERS)
+        ):
+            continue
+        names = [
+            v.name
+            for v in layer.weights
+            if v.trainable and len(v.shape) >= 2 and not v.name.endswith("bias")
+        ]
+        if not names:
+            continue
+        found, value = spec.lookup(layer.name)
+        if quantizable_weights(layer) is None:
+            reason = annotate.UNSUPPORTED
+        elif found and value is None:
+            reason = annotate.MAPPED_TO_NONE
+        else:
+            reason = annotate.UNNAMED
+        out.append(
+            annotate.FloatWeights(layer.name, type(layer).__name__, tuple(names), reason, supported)
+        )
+    return out
+
+
+def quantize_model(model, quantizer, activations=None, strict=False):
     """`td.quantize_model` for a Keras 3 model: a Keras 3 model back.
 
     Every supported layer (`wrapper.LAYER_WEIGHTS`) is wrapped in a
     `QuantizeWrapper` named `"quant_" + name`; the other layers are copied.
     The model trains with `keras.ops` on the TensorFlow, JAX and PyTorch
     backends. Arguments as in `td.quantize_model`; `activations="int8"` is
-    tf_keras only (use `td.to_tf_keras` first).
+    tf_keras only (use `td.to_tf_keras` first). A layer whose kernel-like
+    weights stay float gets a `QuantizationWarning`, or with `strict=True` a
+    `ValueError`.
     """
     if activations is not None:
         raise ValueError(
@@ -126,6 +157,9 @@ def quantize_model(model, quantizer, activations=None):
     check_model(model)
     spec = scheme.resolve_quantizer_spec(quantizer)
     plan = _plan(model, spec)
+    if not isinstance(strict, bool):
+        raise ValueError(f"`strict` must be a bool. Received: strict={strict!r}")
+    annotate.report(_float_weights(model, spec, plan), strict)
 
     def _clone(layer):
         if layer.name in plan:
