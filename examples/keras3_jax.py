@@ -17,20 +17,19 @@ The recipe of `from_trained_model.py` in plain Keras 3, trained with JAX
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import pathlib
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
+import _cli
 import keras
 import numpy as np
 from _data import mnist1d
 
-import tflite_export
-import tfmot_discrete as td
-from tflite_export import runners
+with _cli.quiet_imports():  # TensorFlow loads here
+    import tfmot_discrete as td
 
 BATCH = 128
 PEAK_LR = 3e-3
@@ -71,11 +70,7 @@ def accuracy(logits, y):
     return float(np.mean(np.argmax(logits, -1) == y)) * 100
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--out", default="out/keras3_jax")
-    args = parser.parse_args(argv)
+def _run(args) -> int:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(0)
@@ -94,13 +89,17 @@ def main(argv=None):
     print(f"ternary (int8 edges): test accuracy {keras_acc:.2f}%")
     td.summary(qat)
 
+    # tflite_export takes the Keras 3 model as it is; LiteRT scores the file.
     path = out / "keras3_jax.tflite"
-    report = tflite_export.export(qat, path, format="int4", representative_data=x[:64])
-    print(report)
-    file_acc = accuracy(runners.run_litert(path.read_bytes(), [x_test])[0], y_test)
-    same = "the same" if f"{file_acc:.2f}" == f"{keras_acc:.2f}" else "DIFFERENT"
-    print(f"LiteRT test accuracy {file_acc:.2f}%, Keras {keras_acc:.2f}%: {same}")
+    return _cli.export_and_score(
+        qat, path, x_test, y_test, format="int4", representative_data=x[:64]
+    )
+
+
+def main(argv=None) -> int:
+    parser = _cli.parser(__doc__, out="out/keras3_jax", epochs=20)
+    return _cli.run(parser, _run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
