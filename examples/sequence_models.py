@@ -18,7 +18,12 @@ Keras scores the model) and `full_int8` (int8 activations too, what TFLM
 runs; its accuracy may move by a few test signals). The GRU is unrolled into
 one FULLY_CONNECTED per step at batch 1 by the exporter (docs/layers.md).
 
-    python examples/sequence_models.py [--epochs 15] [--out out/sequence]
+    python examples/sequence_models.py [--epochs 30] [--out out/sequence]
+
+With the defaults (seed 0, 2 cores, about a minute and a half): GRU float
+95.50 %, ternary 96.30 % in Keras and in the int4 file, 96.50 % in the
+full_int8 file; attention float 90.10 %, ternary 91.80 % (int4 file the
+same), 91.90 % in the full_int8 file.
 """
 
 from __future__ import annotations
@@ -123,7 +128,7 @@ def _run(args) -> int:
 def main(argv=None) -> int:
     return _cli.run(
         _cli.parser(
-            __doc__, out="out/sequence", epochs=15, epochs_help="float and fine-tuning epochs"
+            __doc__, out="out/sequence", epochs=30, epochs_help="float and fine-tuning epochs"
         ),
         _run,
         argv,
