@@ -43,7 +43,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfmot_discrete import _keras, configs, quantizers, scheme, text
+from tfmot_discrete import _keras, configs, quantizers, scheme, sensitivity, text
 from tfmot_discrete.int8 import INT8
 from tfmot_discrete.quantize import quantize_model, strip_quantization
 from tfmot_discrete.quantizers import CodebookQuantizer
@@ -269,38 +269,10 @@ def _check_budget(name, value):
     return int(value)
 
 
-def _arrays(data):
-    if isinstance(data, tf.data.Dataset):
-        xs, ys = [], []
-        for element in data:
-            xs.append(np.asarray(element[0]))
-            ys.append(np.asarray(element[1]))
-        if not xs:
-            raise ValueError("`data` is an empty dataset. Received: a dataset with no elements")
-        join = np.stack if np.ndim(ys[0]) == 0 else np.concatenate  # unbatched or batched
-        return join(xs), join(ys)
-    if isinstance(data, tuple) and len(data) in (2, 3):
-        return np.asarray(data[0]), np.asarray(data[1])
-    raise ValueError(
-        "`data` must be a tuple (x, y) of arrays or a tf.data.Dataset of (x, y). "
-        f"Received: data of type {type(data).__name__}"
-    )
-
-
-def _accuracy(y, p) -> float:
-    if p.ndim < 2 or p.shape[-1] < 2:
-        raise ValueError(
-            "metric='accuracy' needs class scores of shape (N, classes >= 2); pass a callable "
-            f"metric for other outputs. Received: outputs of shape {p.shape}"
-        )
-    labels = y.argmax(-1) if y.ndim == p.ndim and y.shape[-1] == p.shape[-1] else y.reshape(-1)
-    return float(np.mean(p.argmax(-1).reshape(-1) == labels.reshape(-1)))
-
-
 def _metric(metric):
     """`(name, fn(y, outputs) -> value, sign)`: sign 1 when larger is better."""
     if metric == "accuracy":
-        return "accuracy", _accuracy, 1.0
+        return "accuracy", sensitivity.accuracy, 1.0
     if callable(metric):
         name = getattr(metric, "name", None) or getattr(metric, "__name__", "metric")
         return name, lambda y, p: float(np.mean(np.asarray(metric(y, p)))), -1.0
@@ -313,17 +285,16 @@ def _metric(metric):
 class _Evaluator:
     """The float model's outputs, and those with one layer's weights replaced."""
 
-    def __init__(self, model, x, y, metric, batch_size):
+    def __init__(self, model, data, metric, batch_size):
         self.model = model
-        self.y = y
         self.name, self.fn, self.sign = _metric(metric)
-        self.batches = [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
+        self.batches, self.y = sensitivity.labelled_batches(model, data, batch_size)
         self.reference = self.outputs()
-        self.baseline = self.fn(y, self.reference)
+        self.baseline = self.fn(self.y, self.reference)
         self.power = float(np.mean(np.square(self.reference))) or 1.0
 
     def outputs(self) -> np.ndarray:
-        return np.concatenate([np.asarray(self.model(b, training=False)) for b in self.batches])
+        return sensitivity.predict(self.model, self.batches)
 
     def with_weights(self, layer_name, values) -> tuple[float, float]:
         """`(loss, relative output distortion)` with `values` in that layer."""
@@ -521,10 +492,7 @@ def plan(
     layers, others = _describe(model)
     if not layers:
         raise ValueError(f"Model {model.name!r} has no layer that quantize_model can quantize.")
-    x, y = _arrays(data)
-    if len(x) != len(y):
-        raise ValueError(f"`data` holds {len(x)} inputs but {len(y)} labels.")
-    evaluator = _Evaluator(_copy_model(model), x, y, metric, batch_size)
+    evaluator = _Evaluator(_copy_model(model), data, metric, batch_size)
     losses = _losses(model, layers, candidates, evaluator)
     result = _choose(layers, others, candidates, losses, flash, ram)
     rows, est, packed_layers, picked = result
@@ -548,7 +516,7 @@ def plan(
         ram=ram,
         metric=evaluator.name,
         baseline=evaluator.baseline,
-        samples=len(y),
+        samples=len(evaluator.y),
         seconds=time.perf_counter() - start,
     )
     if print_fn is not None:

@@ -35,7 +35,7 @@ class LayerSensitivity:
         return self.quantized - self.baseline
 
 
-def _labelled_batches(model, data, batch_size):
+def labelled_batches(model, data, batch_size):
     """`(list of input batches, labels as one array)` from `(x, y)` or a dataset
     of `(x, y)` (read once, so a reshuffling dataset keeps inputs and labels
     together)."""
@@ -69,7 +69,7 @@ def _labelled_batches(model, data, batch_size):
     return xs, y
 
 
-def _predict(model, xs):
+def predict(model, xs):
     return np.concatenate([np.asarray(model(b, training=False)) for b in xs])
 
 
@@ -78,7 +78,7 @@ def _metric_fn(model, metric):
         name = getattr(metric, "name", None) or getattr(metric, "__name__", "metric")
         return name, lambda y, p: float(np.mean(np.asarray(metric(y, p))))
     if metric == "accuracy":
-        return "accuracy", _accuracy
+        return "accuracy", accuracy
     if metric == "loss":
         loss = getattr(model, "loss", None)
         if loss is None:
@@ -96,7 +96,7 @@ def _metric_fn(model, metric):
     )
 
 
-def _accuracy(y, p):
+def accuracy(y, p):
     p = np.asarray(p)
     if p.ndim < 2 or p.shape[-1] < 2:
         raise ValueError(
@@ -199,11 +199,11 @@ def sensitivity(
     scheme.resolve_quantizer_spec(quantizer)  # raises for anything else
     model = nested.flatten(model, scope=quantize_scope)  # a backbone's layers count one by one
     name, fn = _metric_fn(model, metric)
-    xs, y = _labelled_batches(model, data, batch_size)
+    xs, y = labelled_batches(model, data, batch_size)
     layers = _quantizable(model)
     if not layers:
         raise _nothing_to_scan(model)
-    baseline = fn(y, _predict(model, xs))
+    baseline = fn(y, predict(model, xs))
     rows = []
     for layer in layers:
         with warnings.catch_warnings():
@@ -222,7 +222,7 @@ def sensitivity(
                 weights=configs.weight_count(layer),
                 metric=name,
                 baseline=baseline,
-                quantized=fn(y, _predict(plain, xs)),
+                quantized=fn(y, predict(plain, xs)),
             )
         )
     if print_fn is not None:
