@@ -11,13 +11,8 @@ from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.wrapper import LAYER_WEIGHTS, QuantizeWrapper, quantizable_weights
 from tfmot_discrete.quantizers import CodebookQuantizer
 
-_FLOAT_LAYERS = (
-    keras.layers.BatchNormalization,
-    keras.layers.LayerNormalization,
-    keras.layers.GroupNormalization,
-    keras.layers.UnitNormalization,
-    keras.layers.PReLU,
-)
+#: The Keras 3 classes of `annotate.FLOAT_LAYERS`: float by design.
+_FLOAT_LAYERS = tuple(getattr(keras.layers, c.__name__) for c in annotate.FLOAT_LAYERS)
 
 
 def check_model(model, argname="model"):
