@@ -142,6 +142,21 @@ def test_edge_deploy(tmp_path):
     assert (tmp_path / "model_packed_data.cc").is_file()
 
 
+def test_keras3_jax(tmp_path, monkeypatch):
+    """Keras 3 on JAX: a Keras 3 model trained with `jax.jit`, exported and scored by LiteRT."""
+    monkeypatch.setenv("KERAS_BACKEND", "jax")  # the example's process inherits it
+    out = _run("keras3_jax.py", "--epochs", 1, "--out", tmp_path, cwd=tmp_path)
+    assert re.search(r"^Keras 3\.\d+\.\d+, backend jax$", out, re.M), out
+    assert re.search(r"float: test accuracy \d+\.\d\d%", out)
+    qat_acc = re.search(r"ternary \(int8 edges\): test accuracy (\d+\.\d\d)%", out)
+    assert qat_acc
+    assert len(re.findall(r"\{-1, 0, 1\}\s+2\s+int4\s+[\d,]+\s+exact", out)) == 2
+    assert len(re.findall(r"int8 \(trained\)\s+8\s+int8\s+[\d,]+\s+exact", out)) == 2
+    _verified(out, tmp_path / "keras3_jax.tflite", "int4")
+    file_acc = re.search(r"keras3_jax\.tflite: LiteRT test accuracy (\d+\.\d\d)%", out)
+    assert file_acc and file_acc.group(1) == qat_acc.group(1)
+
+
 SCRIPTS = sorted(
     p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.rglob("*.py") if not p.name.startswith("_")
 )
