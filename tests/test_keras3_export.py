@@ -9,7 +9,7 @@ import pytest
 import tflite_export
 import tfmot_discrete as td
 from tflite_export import __main__ as cli
-from tflite_export import runners
+from tflite_export import inputs, runners
 
 pytestmark = pytest.mark.skipif(
     keras3.backend.backend() != "tensorflow",
@@ -110,3 +110,16 @@ def test_cli_exports_a_saved_two_input_file(image_tokens, tmp_path):
     out = tmp_path / "cli.tflite"
     assert cli.main([str(saved), "-o", str(out), "--format", "int4"]) == 0
     np.testing.assert_allclose(_lite(out.read_bytes(), x), np.asarray(qat(x)), atol=1e-4)
+
+
+def test_random_ids_fit_every_vocabulary_of_two_token_inputs(tmp_path):
+    words, tags = keras3.Input((4,), dtype="int32", name="words"), keras3.Input((4,), dtype="int32")
+    flat = [L.Flatten()(L.Embedding(50, 2, name="e50")(words))]
+    flat.append(L.Flatten()(L.Embedding(3, 2, name="e3")(tags)))
+    model = keras3.Model([words, tags], L.Dense(2, name="d")(L.Concatenate()(flat)))
+    qat = td.quantize_model(model, {"e50": td.ternary(), "e3": td.ternary(), "d": td.binary()})
+    # No sample inputs: the export draws ids, which must index the 3-row table too.
+    report = tflite_export.export(qat, tmp_path / "ids.tflite", format="int8")
+    assert report.ok and report.exact, report
+    x = inputs.random_inputs(td.strip_quantization(td.to_tf_keras(qat)))  # what `export` runs
+    assert [int(a.max()) for a in x] == [2, 2]
