@@ -119,9 +119,10 @@ def in_keras_order(model_bytes: bytes, model) -> bytes:
     if len(wanted[0]) < 2 and len(wanted[1]) < 2:
         return model_bytes
     fb = exact.read(model_bytes)
-    if not fb.signatureDefs or len(fb.subgraphs) < 1:
+    if not fb.signatureDefs:
         return model_bytes
-    sig, sg = fb.signatureDefs[0], fb.subgraphs[fb.signatureDefs[0].subgraphIndex or 0]
+    sig = fb.signatureDefs[0]
+    sg = fb.subgraphs[sig.subgraphIndex or 0]
     order = []
     for names, maps, listed in (
         (wanted[0], sig.inputs, sg.inputs),
