@@ -16,7 +16,6 @@ pytestmark = pytest.mark.skipif(
     reason="in-process Keras 3 export tests run on the TensorFlow backend",
 )
 L = keras3.layers
-RNG = np.random.default_rng(0)
 
 
 def _trained(model, mapping, x):
@@ -34,13 +33,14 @@ def _trained(model, mapping, x):
 def image_tokens():
     """An image and a token sequence (int32), each through its own quantized branch."""
     keras3.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
     image = keras3.Input((8, 8, 3), name="image")
     tokens = keras3.Input((10,), dtype="int32", name="tokens")
     x = L.GlobalAveragePooling2D()(L.Conv2D(4, 3, name="conv")(image))
     t = L.GlobalAveragePooling1D()(L.Embedding(20, 8, name="emb")(tokens))
     out = L.Dense(3, name="dense")(L.Concatenate()([x, t]))
     model = keras3.Model([image, tokens], out)
-    x = [RNG.normal(size=(16, 8, 8, 3)).astype("float32"), RNG.integers(0, 20, (16, 10))]
+    x = [rng.normal(size=(16, 8, 8, 3)).astype("float32"), rng.integers(0, 20, (16, 10))]
     x[1] = x[1].astype("int32")
     mapping = {
         "conv": td.ternary(),
@@ -56,11 +56,12 @@ def two_vectors():
     inputs would run without an error and give other outputs. The names sort
     the other way round from the model's order."""
     keras3.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
     first = keras3.Input((6,), name="b_first")
     second = keras3.Input((6,), name="a_second")
     h = L.Concatenate()([L.Dense(5, name="d1")(first), L.Dense(5, name="d2")(second)])
     model = keras3.Model([first, second], L.Dense(3, name="out")(L.ReLU()(h)))
-    x = [RNG.normal(size=(64, 6)).astype("float32"), 3.0 * RNG.normal(size=(64, 6))]
+    x = [rng.normal(size=(64, 6)).astype("float32"), 3.0 * rng.normal(size=(64, 6))]
     x[1] = x[1].astype("float32")
     mapping = {"d1": td.ternary(), "d2": td.binary(scale="mean_abs"), "out": "int8"}
     return _trained(model, mapping, x), x
