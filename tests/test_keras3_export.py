@@ -23,7 +23,7 @@ def _trained(model, mapping, x):
     keras3.utils.set_random_seed(0)
     qat = td.quantize_model(model, mapping)
     assert isinstance(qat, keras3.Model)
-    qat.compile(keras3.optimizers.Adam(0.01), "mse")
+    qat.compile(keras3.optimizers.Adam(0.01), "mse", run_eagerly=True)  # two steps: no tracing
     y = np.asarray(qat(x)) + 0.1
     qat.fit(x, y, batch_size=len(x[0]) // 2, epochs=1, verbose=0)
     return qat
