@@ -2,6 +2,7 @@
 
 import math
 
+import keras as keras3
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -40,8 +41,6 @@ def test_drives_an_optimizer():
 
 
 def test_keras3_schedule_is_the_same_and_drives_a_keras3_optimizer():
-    import keras as keras3
-
     lr = td.finetune_schedule(0.02, steps=200, warmup=0.1, keras3=True)
     assert isinstance(lr, keras3.optimizers.schedules.LearningRateSchedule)
     want = _values(td.finetune_schedule(0.02, steps=200, warmup=0.1), 200)
