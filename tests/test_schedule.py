@@ -2,6 +2,7 @@
 
 import math
 
+import keras as keras3
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -39,6 +40,17 @@ def test_drives_an_optimizer():
     assert float(var.numpy()) == pytest.approx(0.5)  # the first step uses the peak
 
 
+def test_keras3_schedule_is_the_same_and_drives_a_keras3_optimizer():
+    lr = td.finetune_schedule(0.02, steps=200, warmup=0.1, keras3=True)
+    assert isinstance(lr, keras3.optimizers.schedules.LearningRateSchedule)
+    want = _values(td.finetune_schedule(0.02, steps=200, warmup=0.1), 200)
+    np.testing.assert_allclose(_values(lr, 200), want, rtol=1e-6, atol=1e-12)
+    var = keras3.Variable(1.0)
+    opt = keras3.optimizers.SGD(td.finetune_schedule(0.5, steps=10, warmup=0, keras3=True))
+    opt.apply_gradients([(keras3.ops.ones(()), var)])
+    assert float(keras3.ops.convert_to_numpy(var.value)) == pytest.approx(0.5)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
@@ -49,6 +61,7 @@ def test_drives_an_optimizer():
         ({"peak_lr": 1e-3, "steps": 2.5}, "steps"),
         ({"peak_lr": 1e-3, "steps": 10, "warmup": 1.0}, "warmup"),
         ({"peak_lr": 1e-3, "steps": 10, "warmup": -0.1}, "warmup"),
+        ({"peak_lr": 1e-3, "steps": 10, "keras3": "yes"}, "keras3"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, name):

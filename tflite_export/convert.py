@@ -14,7 +14,7 @@ import tensorflow_model_optimization as tfmot
 from ai_edge_quantizer import qtyping, quantizer, recipe_manager
 
 import tfmot_discrete as td
-from tflite_export import compat, files, keras3
+from tflite_export import compat, exact, files, keras3
 from tflite_export.compat import QuantizeLayer
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
@@ -94,13 +94,58 @@ def _quiet():
         yield
 
 
+def _name(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def in_keras_order(model_bytes: bytes, model) -> bytes:
+    """`model_bytes` with the file's inputs and outputs in `model`'s order.
+
+    The converter lists a file's inputs and outputs in an order of its own
+    (neither the Keras model's nor by name); its signature names each one after
+    the Keras input or output. Reordering the subgraph's lists by those names
+    makes input (output) `i` of the file the Keras model's input (output) `i`
+    for every interpreter and caller. A file of one input and one output, or
+    whose signature does not name every input and output, comes back as it is.
+
+    Args:
+        model_bytes: A `.tflite` file converted from `model`.
+        model: The tf_keras model it was converted from.
+
+    Returns:
+        The file, reordered.
+    """
+    wanted = (list(model.input_names), list(model.output_names))
+    if len(wanted[0]) < 2 and len(wanted[1]) < 2:
+        return model_bytes
+    fb = exact.read(model_bytes)
+    if not fb.signatureDefs:
+        return model_bytes
+    sig = fb.signatureDefs[0]
+    sg = fb.subgraphs[sig.subgraphIndex or 0]
+    order = []
+    for names, maps, listed in (
+        (wanted[0], sig.inputs, sg.inputs),
+        (wanted[1], sig.outputs, sg.outputs),
+    ):
+        index = {_name(m.name): int(m.tensorIndex) for m in maps or []}
+        tensors = [index.get(n) for n in names]
+        if None in tensors or sorted(tensors) != sorted(int(t) for t in listed):
+            return model_bytes
+        order.append(tensors)
+    if [list(map(int, sg.inputs)), list(map(int, sg.outputs))] == order:
+        return model_bytes
+    sg.inputs, sg.outputs = np.asarray(order[0], np.int32), np.asarray(order[1], np.int32)
+    return exact.write(fb)
+
+
 @_returns_freed_memory
 def float_tflite(plain) -> bytes:
     """float32 weights and activations."""
     conv = tf.lite.TFLiteConverter.from_keras_model(plain)
     compat.keep_input_multiplications(conv)
     with _quiet():
-        return bytes(conv.convert())
+        return in_keras_order(bytes(conv.convert()), plain)
 
 
 @_returns_freed_memory
@@ -109,10 +154,13 @@ def full_int8_tflite(plain, representative) -> bytes:
 
     # Integer inputs (token ids of an Embedding) keep their integer type.
     dtypes = [t.dtype.as_numpy_dtype for t in plain.inputs]
+    names = list(plain.input_names)
 
     def gen():
         for sample in representative:
-            yield [np.asarray(s, dtype=d)[None] for s, d in zip(sample, dtypes)]
+            arrays = [np.asarray(s, dtype=d)[None] for s, d in zip(sample, dtypes)]
+            # Several inputs go by name: the converter's own input order is not the model's.
+            yield dict(zip(names, arrays)) if len(arrays) > 1 else arrays
 
     conv = tf.lite.TFLiteConverter.from_keras_model(plain)
     compat.keep_input_multiplications(conv)
@@ -122,7 +170,7 @@ def full_int8_tflite(plain, representative) -> bytes:
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
     with _quiet():
-        return bytes(conv.convert())
+        return in_keras_order(bytes(conv.convert()), plain)
 
 
 @_returns_freed_memory
@@ -192,10 +240,11 @@ def baked_qat_copy(qat):
 @_returns_freed_memory
 def full_int8_from_qat(qat) -> bytes:
     """full_int8 with the activation ranges the QAT model learned (no calibration)."""
-    conv = tf.lite.TFLiteConverter.from_keras_model(baked_qat_copy(qat))
+    baked = baked_qat_copy(qat)
+    conv = tf.lite.TFLiteConverter.from_keras_model(baked)
     compat.keep_input_multiplications(conv)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
     with _quiet():
-        return bytes(conv.convert())
+        return in_keras_order(bytes(conv.convert()), baked)

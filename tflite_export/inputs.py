@@ -86,17 +86,19 @@ def representative(model, data, what="representative_data") -> list[np.ndarray] 
 
 def random_inputs(model, n=32, seed=0) -> list[np.ndarray]:
     """Random inputs for a Keras model: normal floats; for integer inputs, ids
-    below the first layer's `input_dim` (an Embedding's vocabulary)."""
+    below the smallest `input_dim` of its layers (an Embedding's vocabulary),
+    valid whichever of several inputs feeds which table."""
     rng = np.random.default_rng(seed)
+    vocabularies = [
+        int(layer.input_dim)
+        for layer in model.layers
+        if isinstance(getattr(layer, "input_dim", None), int) and layer.input_dim > 0
+    ]
+    high = min(vocabularies, default=2)
     out = []
     for layer_shape, dtype in input_specs(model):
         shape = (n, *layer_shape[1:])
         if dtype.is_integer:
-            high = 2
-            for layer in model.layers:
-                if hasattr(layer, "input_dim"):
-                    high = layer.input_dim
-                    break
             out.append(rng.integers(0, high, size=shape).astype(dtype.as_numpy_dtype))
         else:
             out.append(rng.normal(size=shape).astype(np.float32))

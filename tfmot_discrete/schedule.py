@@ -16,7 +16,7 @@ from tfmot_discrete._keras import keras
 WARMUP_START = 0.01
 
 
-def finetune_schedule(peak_lr, steps, warmup=0.1):
+def finetune_schedule(peak_lr, steps, warmup=0.1, *, keras3=False):
     """Linear warmup to `peak_lr`, then cosine decay to 0, over `steps` steps.
 
     Use the peak learning rate the float model was trained with, and as many
@@ -28,9 +28,13 @@ def finetune_schedule(peak_lr, steps, warmup=0.1):
             e.g. `epochs * ceil(len(x_train) / batch_size)`.
         warmup: Share of `steps` spent rising linearly from 1 % of `peak_lr`
             to `peak_lr`, in `[0, 1)`. Defaults to 0.1.
+        keras3: Build the schedule with Keras 3 (`import keras`), for a Keras 3
+            optimizer on any backend, instead of with tf_keras. Defaults to
+            `False`.
 
     Returns:
-        A `keras.optimizers.schedules.CosineDecay`.
+        A `CosineDecay` learning-rate schedule of tf_keras, or of Keras 3 for
+        `keras3=True`.
 
     Raises:
         ValueError: If an argument is outside the range above.
@@ -42,6 +46,11 @@ def finetune_schedule(peak_lr, steps, warmup=0.1):
     >>> [round(float(lr(s)), 5) for s in (0, 100, 550, 1000)]
     [0.0001, 0.01, 0.005, 0.0]
     >>> optimizer = td.keras.optimizers.Adam(lr)
+
+    For a Keras 3 model (`td.quantize_model` of a Keras 3 model):
+
+    >>> import keras
+    >>> optimizer = keras.optimizers.Adam(td.finetune_schedule(1e-2, 1000, keras3=True))
     """
     if (
         isinstance(peak_lr, bool)
@@ -54,10 +63,17 @@ def finetune_schedule(peak_lr, steps, warmup=0.1):
         raise ValueError(f"`steps` must be an int >= 1. Received: steps={steps!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, numbers.Real) or not 0 <= warmup < 1:
         raise ValueError(f"`warmup` must be a number in [0, 1). Received: warmup={warmup!r}")
+    if not isinstance(keras3, bool):
+        raise ValueError(f"`keras3` must be True or False. Received: keras3={keras3!r}")
+    schedules = keras.optimizers.schedules
+    if keras3:
+        import keras as keras_3  # noqa: PLC0415  (Keras 3, only when asked for)
+
+        schedules = keras_3.optimizers.schedules
     peak, steps = float(peak_lr), int(steps)
     warm = int(warmup * steps)
     if not warm:
-        return keras.optimizers.schedules.CosineDecay(peak, steps)
-    return keras.optimizers.schedules.CosineDecay(
+        return schedules.CosineDecay(peak, steps)
+    return schedules.CosineDecay(
         peak * WARMUP_START, steps - warm, warmup_target=peak, warmup_steps=warm
     )
