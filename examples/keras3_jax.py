@@ -6,8 +6,9 @@ The recipe of `from_trained_model.py` in plain Keras 3, trained with JAX
 1. train the float Conv1D CNN (Adam, cosine decay);
 2. `td.quantize_model` with the first convolution and the logits at `"int8"`
    and every other layer ternary: a Keras 3 model comes back;
-3. fine-tune it with Keras 3's own optimizer and schedule (Adam at the float
-   peak learning rate, 10 % warmup, cosine decay to 0), jit-compiled by JAX;
+3. fine-tune it with a Keras 3 optimizer (Adam at the float peak learning
+   rate, `td.finetune_schedule(..., keras3=True)`: 10 % warmup, cosine decay
+   to 0), jit-compiled by JAX;
    `td.keras3.recalibrate_batchnorm` re-estimates the BatchNorm statistics;
 4. export to `int4` (`tflite_export` takes the Keras 3 model as it is) and
    check that LiteRT scores the file as Keras scores the model.
@@ -47,19 +48,10 @@ def cnn():
     return keras.Model(inp, L.Dense(10, name="logits")(x), name="mnist1d_cnn")
 
 
-def schedule(steps):
-    """Warmup from 1 % of the peak over 10 % of the steps, cosine decay to 0
-    (`td.finetune_schedule`'s shape, built with Keras 3's schedule)."""
-    warm = steps // 10
-    return keras.optimizers.schedules.CosineDecay(
-        PEAK_LR * 0.01, steps - warm, warmup_target=PEAK_LR, warmup_steps=warm
-    )
-
-
 def train(model, x, y, epochs):
     steps = epochs * math.ceil(len(x) / BATCH)
     model.compile(
-        keras.optimizers.Adam(schedule(steps)),
+        keras.optimizers.Adam(td.finetune_schedule(PEAK_LR, steps, keras3=True)),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )

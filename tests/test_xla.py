@@ -153,8 +153,7 @@ def test_xla_trained_model_strips_and_exports_the_same(trained, tmp_path):
     for la, lb in zip(plain_default.layers, plain_xla.layers):
         for wa, wb in zip(la.get_weights(), lb.get_weights()):
             np.testing.assert_allclose(wa, wb, atol=2e-6, rtol=1e-6, err_msg=la.name)
-    # Same weights, same file: the compile mode leaves no trace. (A one-input model:
-    # the export's output check assumes the file orders several inputs as Keras does.)
+    # Same weights, same file: the compile mode leaves no trace.
     models = {}
     for jit in (False, True):
         keras.utils.set_random_seed(0)
