@@ -10,6 +10,7 @@ from tfmot_discrete.keras3._k3 import is_graph_model, keras, ops
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.wrapper import LAYER_WEIGHTS, QuantizeWrapper, quantizable_weights
 from tfmot_discrete.quantizers import CodebookQuantizer
+from tfmot_discrete.summary import indices_of
 
 #: The Keras 3 classes of `annotate.FLOAT_LAYERS`: float by design.
 _FLOAT_LAYERS = tuple(getattr(keras.layers, c.__name__) for c in annotate.FLOAT_LAYERS)
@@ -257,3 +258,16 @@ def strip_quantization(model):
 
 def _named(layer):
     return [(w.name.split("/")[-1], ops.convert_to_numpy(w.value)) for w in layer.weights]
+
+
+def codebook_codes(model) -> list[tuple[str, CodebookQuantizer, np.ndarray]]:
+    """`("<layer>/<weight>", quantizer, codes)` per codebook weight of a Keras 3
+    model: `codes` is the index of the codebook value each weight projects to,
+    as inference computes it (read through `summary.indices_of`, as on tf_keras)."""
+    out = []
+    for layer, weight, var, state in items(model):
+        if isinstance(state.quantizer, CodebookQuantizer):
+            value = var.value
+            codes = indices_of(state.quantizer, projected(state, value), k3q.scale_of(state, value))
+            out.append((f"{layer}/{weight}", state.quantizer, codes))
+    return out
