@@ -8,9 +8,9 @@ final, projected weights removes that gap.
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
+from tfmot_discrete import _keras, moments
 from tfmot_discrete._keras import keras
 from tfmot_discrete.data import DEFAULT_BATCH_SIZE, check_positive_int, input_batches
 from tfmot_discrete.distill import Distiller
@@ -27,13 +27,7 @@ class _Accumulator:
     own statistics (as in training) and sums them, weighted by sample count."""
 
     def __init__(self, layer):
-        for attr, off in (("renorm", False), ("virtual_batch_size", None), ("adjustment", None)):
-            if getattr(layer, attr, off) not in (off,):
-                raise ValueError(
-                    f"BatchNormalization layer {layer.name!r} sets `{attr}`, which "
-                    f"recalibrate_batchnorm does not support. Received: {attr}="
-                    f"{getattr(layer, attr)!r}"
-                )
+        moments.check_supported(layer)
         self.layer = layer
         shape = tuple(layer.moving_mean.shape)
         self.total = tf.Variable(tf.zeros(shape, tf.float64), trainable=False)
@@ -67,11 +61,10 @@ class _Accumulator:
             return tf.cast(tf.identity(y), inputs.dtype)
 
     def assign(self):
-        count = float(self.count.numpy())
-        if count == 0:
+        stats = moments.statistics(self.total.numpy(), self.total_sq.numpy(), self.count.numpy())
+        if stats is None:
             return
-        mean = self.total.numpy() / count
-        var = np.maximum(self.total_sq.numpy() / count - np.square(mean), 0.0)
+        mean, var = stats
         dtype = self.layer.moving_mean.dtype.as_numpy_dtype
         self.layer.moving_mean.assign(mean.astype(dtype))
         self.layer.moving_variance.assign(var.astype(dtype))
@@ -99,8 +92,11 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
     end of `fit`.
 
     Args:
-        model: A tf_keras model: from `quantize_model`, stripped, or plain;
-            for a `Distiller`, its student.
+        model: A tf_keras or Keras 3 model: from `quantize_model`,
+            stripped, or plain; for a `Distiller`, its student. A Keras 3
+            model (any backend) runs eagerly through
+            `tfmot_discrete.keras3.recalibrate_batchnorm`, with the same
+            statistics.
         data: Inputs: an array (a list of arrays for several inputs), a
             tuple `(x, y)` (`y` is ignored) or a `tf.data.Dataset` of inputs
             or of `(x, y)` tuples, batched or not. A few thousand training
@@ -114,7 +110,7 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
         The number of batches used.
 
     Raises:
-        ValueError: For a model that is not a tf_keras model, data that does
+        ValueError: For a model that is not a Keras model, data that does
             not fit it, or a bad `steps` or `batch_size`.
 
     Example:
@@ -134,11 +130,15 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
         Ioffe and Szegedy, Batch Normalization (2015), section 3.1 (inference
         statistics over the training set after training).
     """
+    if _keras.is_keras3_object(model):
+        from tfmot_discrete.keras3 import batchnorm as k3  # noqa: PLC0415  (imports Keras 3)
+
+        return k3.recalibrate_batchnorm(model, data, steps=steps, batch_size=batch_size)
     if isinstance(model, Distiller):
         model = model.student
     if not isinstance(model, keras.Model):
         raise ValueError(
-            "`model` must be a tf_keras model. Received: model of type "
+            "`model` must be a tf_keras or Keras 3 model. Received: model of type "
             f"{type(model).__module__}.{type(model).__name__}"
         )
     batches = input_batches(model, data, batch_size=batch_size, steps=steps)
@@ -164,7 +164,7 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
     """Calls `recalibrate_batchnorm` on the trained model at the end of `fit`.
 
     With a `Distiller`, its student is recalibrated (the teacher is left
-    alone).
+    alone). It goes to the `fit` of tf_keras and Keras 3 models alike.
 
     Args:
         data: Inputs, as for `recalibrate_batchnorm`.
