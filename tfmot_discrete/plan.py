@@ -438,7 +438,9 @@ def plan(
     fronts.
 
     Args:
-        model: The trained float tf_keras model (or a Keras 3 one).
+        model: The trained float tf_keras model. A Keras 3 model raises a
+            `ValueError`: plan `td.to_tf_keras(model)` (same layer names)
+            and quantize the Keras 3 model with the plan's mapping.
         data: `(x, y)` arrays (or a `tf.data.Dataset` of `(x, y)`) the losses
             are measured on; a few hundred samples suffice.
         flash: Bytes of flash for the `.tflite` file, or None for no limit.
@@ -473,7 +475,13 @@ def plan(
     """
     start = time.perf_counter()
     if _keras.is_keras3_object(model):
-        model = _keras.from_keras3(model)
+        raise ValueError(
+            "`model` is a Keras 3 model: `td.plan`'s byte model reads tf_keras layers. Plan "
+            "its tf_keras twin, whose layers have the same names: `p = td.plan(td.to_tf_keras("
+            "model), data, ...)`; `p.mapping` then goes to `td.quantize_model(model, "
+            "p.mapping)` of the Keras 3 model as it is. Received: model of type "
+            f"{type(model).__module__}.{type(model).__name__}"
+        )
     if not isinstance(model, _keras.keras.Model):
         raise ValueError(
             "`model` must be a tf_keras model. Received: model of type "

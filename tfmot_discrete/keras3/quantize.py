@@ -271,3 +271,9 @@ def codebook_codes(model) -> list[tuple[str, CodebookQuantizer, np.ndarray]]:
             codes = indices_of(state.quantizer, projected(state, value), k3q.scale_of(state, value))
             out.append((f"{layer}/{weight}", state.quantizer, codes))
     return out
+
+
+def weight_count(layer) -> int:
+    """How many weights of a Keras 3 layer `quantize_model` puts on a codebook."""
+    names = quantizable_weights(layer) or {}
+    return sum(int(np.prod(v.shape)) for v in layer.weights if v.name.split("/")[-1] in names)
