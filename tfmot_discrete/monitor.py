@@ -77,7 +77,7 @@ class CodebookMonitor(keras.callbacks.Callback):
         if _keras.is_keras3_object(model):
             from tfmot_discrete.keras3 import quantize as k3  # noqa: PLC0415  (imports Keras 3)
 
-            return {label: (q, codes) for label, q, codes in k3.codebook_codes(model)}
+            return {w.label: (w.quantizer, w.codes) for w in k3.codebook_weights(model)}
         return {
             item.label: (
                 item.quantizer,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from tfmot_discrete import annotate, int8, scheme
@@ -260,16 +262,47 @@ def _named(layer):
     return [(w.name.split("/")[-1], ops.convert_to_numpy(w.value)) for w in layer.weights]
 
 
-def codebook_codes(model) -> list[tuple[str, CodebookQuantizer, np.ndarray]]:
-    """`("<layer>/<weight>", quantizer, codes)` per codebook weight of a Keras 3
-    model: `codes` is the index of the codebook value each weight projects to,
-    as inference computes it (read through `summary.indices_of`, as on tf_keras)."""
+@dataclasses.dataclass(frozen=True)
+class CodebookWeight:
+    """One codebook weight of a Keras 3 model, read as NumPy arrays.
+
+    Attributes:
+        label: `"<layer>/<weight>"`, as tables and logs show it.
+        quantizer: Its `CodebookQuantizer` (with the weight's channel axes).
+        latent: The latent (float) values that training updates.
+        projected: The values inference computes with (codebook x scale).
+        scale: The scale the weight was projected with (ones without one).
+    """
+
+    label: str
+    quantizer: CodebookQuantizer
+    latent: np.ndarray
+    projected: np.ndarray
+    scale: np.ndarray
+
+    @property
+    def codes(self) -> np.ndarray:
+        """The index of the codebook value each weight projects to (read
+        through `summary.indices_of`, as on the tf_keras path)."""
+        return indices_of(self.quantizer, self.projected, self.scale)
+
+
+def codebook_weights(model) -> list[CodebookWeight]:
+    """One `CodebookWeight` per codebook weight of a Keras 3 model (its 8-bit
+    weights left out), layer by layer."""
     out = []
     for layer, weight, var, state in items(model):
         if isinstance(state.quantizer, CodebookQuantizer):
             value = var.value
-            codes = indices_of(state.quantizer, projected(state, value), k3q.scale_of(state, value))
-            out.append((f"{layer}/{weight}", state.quantizer, codes))
+            out.append(
+                CodebookWeight(
+                    f"{layer}/{weight}",
+                    state.quantizer,
+                    ops.convert_to_numpy(value),
+                    projected(state, value),
+                    k3q.scale_of(state, value),
+                )
+            )
     return out
 
 
