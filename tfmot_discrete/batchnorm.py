@@ -22,17 +22,16 @@ def batchnorm_layers(model) -> list:
     return [m for m in model.submodules if isinstance(m, keras.layers.BatchNormalization)]
 
 
-class _Accumulator:
+class _Accumulator(moments.MomentSums):
     """Stands in for a BatchNormalization's `call`: normalizes with the batch's
-    own statistics (as in training) and sums them, weighted by sample count."""
+    own statistics (as in training) and sums them, weighted by sample count
+    (in variables, as it runs inside a `tf.function`)."""
 
-    def __init__(self, layer):
-        moments.check_supported(layer)
-        self.layer = layer
-        shape = tuple(layer.moving_mean.shape)
-        self.total = tf.Variable(tf.zeros(shape, tf.float64), trainable=False)
-        self.total_sq = tf.Variable(tf.zeros(shape, tf.float64), trainable=False)
-        self.count = tf.Variable(tf.zeros((), tf.float64), trainable=False)
+    def zeros(self, shape):
+        return tf.Variable(tf.zeros(shape, tf.float64), trainable=False)
+
+    def read(self, value):
+        return value.numpy()
 
     def __call__(self, inputs, training=None, **kwargs):
         layer = self.layer
@@ -59,15 +58,6 @@ class _Accumulator:
         ]
         with tf.control_dependencies(updates):
             return tf.cast(tf.identity(y), inputs.dtype)
-
-    def assign(self):
-        stats = moments.statistics(self.total.numpy(), self.total_sq.numpy(), self.count.numpy())
-        if stats is None:
-            return
-        mean, var = stats
-        dtype = self.layer.moving_mean.dtype.as_numpy_dtype
-        self.layer.moving_mean.assign(mean.astype(dtype))
-        self.layer.moving_variance.assign(var.astype(dtype))
 
 
 def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE) -> int:
@@ -138,7 +128,7 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
         model = model.student
     if not isinstance(model, keras.Model):
         raise ValueError(
-            "`model` must be a tf_keras or Keras 3 model. Received: model of type "
+            "`model` must be a tf_keras model or a Keras 3 model. Received: model of type "
             f"{type(model).__module__}.{type(model).__name__}"
         )
     batches = input_batches(model, data, batch_size=batch_size, steps=steps)

@@ -25,15 +25,6 @@ _TF_OPS = types.SimpleNamespace(
 )
 
 
-def _check_model(name, model):
-    if not isinstance(model, keras.Model):
-        raise ValueError(
-            f"`{name}` must be a tf_keras or Keras 3 model (e.g. from `td.quantize_model`), "
-            "the student and the teacher of the same Keras. Received: "
-            f"{name} of type {type(model).__module__}.{type(model).__name__}"
-        )
-
-
 class Distiller(keras.Model):
     """A model that trains `student` on `teacher`'s softened outputs and the labels.
 
@@ -115,14 +106,8 @@ class Distiller(keras.Model):
         from_logits=True,
         **kwargs,
     ):
-        _check_model("student", student)
-        _check_model("teacher", teacher)
         temperature, alpha, from_logits = distill_loss.check_arguments(
-            temperature,
-            alpha,
-            from_logits,
-            student.output_shape if student.built else None,
-            teacher.output_shape if teacher.built else None,
+            student, teacher, keras.Model, "tf_keras", temperature, alpha, from_logits
         )
         super().__init__(**kwargs)
         self.student = student

@@ -29,9 +29,23 @@ def check_number(name, value, low, high, low_open) -> float:
     return float(value)
 
 
-def check_arguments(temperature, alpha, from_logits, student_shape, teacher_shape):
-    """`(temperature, alpha, from_logits)` checked; the output shapes (None
-    when unknown) must agree past the batch axis."""
+def _output_shape(model):
+    outputs = getattr(model, "outputs", None) if model.built else None
+    return tuple(outputs[0].shape) if outputs else None
+
+
+def check_arguments(student, teacher, model_class, keras_name, temperature, alpha, from_logits):
+    """`(temperature, alpha, from_logits)` checked, and the two models: both
+    instances of `model_class` (the Keras called `keras_name`), with outputs
+    (when known) of the same shape past the batch axis."""
+    for name, model in (("student", student), ("teacher", teacher)):
+        if not isinstance(model, model_class):
+            raise ValueError(
+                f"`{name}` must be a {keras_name} model (e.g. from `td.quantize_model`): the "
+                "student and the teacher must be models of the same Keras (tf_keras or Keras 3). "
+                f"Received: {name} of type {type(model).__module__}.{type(model).__name__}"
+            )
+    student_shape, teacher_shape = _output_shape(student), _output_shape(teacher)
     temperature = check_number("temperature", temperature, 0.0, None, low_open=True)
     alpha = check_number("alpha", alpha, 0.0, 1.0, low_open=False)
     if not isinstance(from_logits, (bool, np.bool_)):
@@ -39,11 +53,11 @@ def check_arguments(temperature, alpha, from_logits, student_shape, teacher_shap
     if (
         student_shape is not None
         and teacher_shape is not None
-        and tuple(student_shape)[1:] != tuple(teacher_shape)[1:]
+        and student_shape[1:] != teacher_shape[1:]
     ):
         raise ValueError(
             "`student` and `teacher` must have outputs of the same shape. Received: "
-            f"student output {tuple(student_shape)}, teacher output {tuple(teacher_shape)}"
+            f"student output {student_shape}, teacher output {teacher_shape}"
         )
     return temperature, alpha, bool(from_logits)
 

@@ -46,3 +46,36 @@ def statistics(total, total_sq, count) -> tuple[np.ndarray, np.ndarray] | None:
     mean = np.asarray(total, np.float64) / count
     var = np.maximum(np.asarray(total_sq, np.float64) / count - np.square(mean), 0.0)
     return mean, var
+
+
+class MomentSums:
+    """Per-channel sums of `n x batch mean`, `n x batch second moment` and
+    `n` for one BatchNormalization layer, and their assignment to its moving
+    statistics. Each path's accumulator derives from it and says how its sums
+    are held (`zeros`) and read back (`read`)."""
+
+    def __init__(self, layer):
+        check_supported(layer)
+        self.layer = layer
+        shape = tuple(layer.moving_mean.shape)
+        self.total = self.zeros(shape)
+        self.total_sq = self.zeros(shape)
+        self.count = self.zeros(())
+
+    def zeros(self, shape):
+        """A zero sum of `shape` (float64)."""
+        return np.zeros(shape, np.float64)
+
+    def read(self, value) -> np.ndarray:
+        """A sum as a NumPy array."""
+        return np.asarray(value)
+
+    def assign(self) -> None:
+        """Sets the layer's moving mean and variance from the sums (nothing
+        when no sample was counted)."""
+        stats = statistics(self.read(self.total), self.read(self.total_sq), self.read(self.count))
+        if stats is None:
+            return
+        dtype = np.asarray(self.read(self.layer.moving_mean)).dtype
+        for variable, value in zip((self.layer.moving_mean, self.layer.moving_variance), stats):
+            variable.assign(value.astype(dtype))

@@ -235,7 +235,7 @@ def sensitivity(
         path = _tf_keras_path()
     else:
         raise ValueError(
-            "`model` must be a tf_keras or Keras 3 model. Received: model of type "
+            "`model` must be a tf_keras model or a Keras 3 model. Received: model of type "
             f"{type(model).__module__}.{type(model).__name__}"
         )
     if isinstance(quantizer, dict) or quantizer is None:

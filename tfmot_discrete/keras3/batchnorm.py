@@ -22,17 +22,12 @@ def batchnorm_layers(model) -> list:
     return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
-class _Accumulator:
+class _Accumulator(moments.MomentSums):
     """Stands in for a BatchNormalization's `call`: normalizes with the batch's
-    own moments (as in training) and sums them, weighted by sample count."""
+    own moments (as in training) and adds them to the sums (NumPy, eagerly)."""
 
-    def __init__(self, layer):
-        moments.check_supported(layer)
-        self.layer = layer
-        shape = tuple(layer.moving_mean.shape)
-        self.total = np.zeros(shape, np.float64)
-        self.total_sq = np.zeros(shape, np.float64)
-        self.count = 0.0
+    def read(self, value):
+        return ops.convert_to_numpy(value)
 
     def __call__(self, inputs, training=None, mask=None):
         layer = self.layer
@@ -56,15 +51,6 @@ class _Accumulator:
         self.total_sq += n * (v64 + np.square(m64))
         self.count += n
         return ops.cast(y, inputs.dtype)
-
-    def assign(self):
-        stats = moments.statistics(self.total, self.total_sq, self.count)
-        if stats is None:
-            return
-        mean, var = stats
-        dtype = self.layer.moving_mean.dtype
-        self.layer.moving_mean.assign(mean.astype(dtype))
-        self.layer.moving_variance.assign(var.astype(dtype))
 
 
 def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE) -> int:

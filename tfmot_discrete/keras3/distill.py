@@ -20,15 +20,6 @@ class _Untracked:
         self.model = model
 
 
-def _check_model(name, model):
-    if not isinstance(model, keras.Model):
-        raise ValueError(
-            f"`{name}` must be a Keras 3 model like the other one (e.g. from "
-            "`td.quantize_model`); the student and the teacher must be of the same Keras. "
-            f"Received: {name} of type {type(model).__module__}.{type(model).__name__}"
-        )
-
-
 class Distiller(keras.Model):
     """`td.Distiller` for Keras 3 models: the same loss, arguments and logs.
 
@@ -52,14 +43,8 @@ class Distiller(keras.Model):
         from_logits=True,
         **kwargs,
     ):
-        _check_model("student", student)
-        _check_model("teacher", teacher)
         temperature, alpha, from_logits = distill_loss.check_arguments(
-            temperature,
-            alpha,
-            from_logits,
-            student.outputs[0].shape if student.built and student.outputs else None,
-            teacher.outputs[0].shape if teacher.built and teacher.outputs else None,
+            student, teacher, keras.Model, "Keras 3", temperature, alpha, from_logits
         )
         super().__init__(**kwargs)
         self.student = student
