@@ -2,7 +2,7 @@
 
     KERAS_BACKEND=jax python keras3_tools_worker.py OUT_DIR
 
-Checks `td.CodebookMonitor`, `td.Distiller`, `td.sensitivity`,
+Checks `td.CodebookMonitor`, `td.Distiller`, `td.sensitivity`, `td.plan`,
 `td.recalibrate_batchnorm` / `td.RecalibrateBatchNorm` and `td.plot_weights`
 on the backend set in `KERAS_BACKEND`, against numbers computed here by hand,
 raising on the first failed check. Rebuilding a model in tf_keras is made to
@@ -181,7 +181,7 @@ def _distiller():
     np.testing.assert_allclose(npy(teacher.get_layer("bn").moving_variance), 2.0)
 
 
-@check("sensitivity_rows_are_single_layer_quantizations")
+@check("sensitivity_and_plan_rows_are_single_layer_quantizations")
 def _sensitivity():
     model = float_model()
     model.get_layer("bn").moving_mean.assign(np.full(8, 0.3, "float32"))
@@ -194,13 +194,18 @@ def _sensitivity():
     assert [r.layer for r in rows] == ["a", "b"], rows
     assert [r.weights for r in rows] == [6 * 8, 8 * 3], rows
     base = xent(Y, npy(model(X, training=False)))
-    for r in rows:
+    # td.plan scores each layer with the same single-layer projections.
+    plan = td.plan(model, (X, Y), candidates=[q], metric=loss, print_fn=None)
+    assert [p.layer for p in plan.rows] == ["a", "b"] and plan.mapping == {"a": q, "b": q}
+    for r, p in zip(rows, plan.rows):
         np.testing.assert_allclose(r.baseline, base, rtol=1e-5)
         with warnings.catch_warnings():  # the other layer stays float, on purpose
             warnings.simplefilter("ignore", QuantizationWarning)
             single = td.strip_quantization(td.quantize_model(model, {re.escape(r.layer): q}))
         kernel = single.get_layer(r.layer).kernel.numpy()
         assert np.unique(np.abs(kernel), axis=None).size <= kernel.shape[-1], r.layer
+        projected = xent(Y, npy(single(X, training=False)))
+        np.testing.assert_allclose(p.loss, projected - base, rtol=1e-4, atol=1e-6)
         if recal:
             td.recalibrate_batchnorm(single, X)
         np.testing.assert_allclose(

@@ -116,39 +116,60 @@ def accuracy(y, p):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Path:
-    """What the scan does on one Keras: which layers it scans, how many
-    weights each has, and the model with one layer projected."""
+class Path:
+    """What a per-layer scan does on one Keras: which layers it can quantize,
+    how many weights each has, and the model with some layers projected.
+    `sensitivity` and `plan` take it from `path_of(model)`."""
 
+    keras3: bool
     quantizable: object  # layer -> {weight name: channel axes} | None
     weight_count: object  # layer -> int
     quantize_model: object
     strip_quantization: object
     supported: tuple  # the layer classes quantize_model quantizes
-    check: object = None  # model -> model, raising for a model the path cannot take
+    copy: object  # model -> a copy with the same weights
 
 
-def _tf_keras_path() -> _Path:
-    return _Path(
+def _copy_tf_keras(model):
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def path_of(model) -> Path:
+    """The `Path` of a tf_keras or (checked) Keras 3 model.
+
+    Raises:
+        ValueError: For anything else, or a Keras 3 model the Keras 3 path
+            does not take (subclassed, not built).
+    """
+    if _keras.is_keras3_object(model):
+        from tfmot_discrete.keras3 import quantize as k3  # noqa: PLC0415  (imports Keras 3)
+        from tfmot_discrete.keras3 import wrapper  # noqa: PLC0415
+
+        k3.check_model(model)
+        return Path(
+            True,
+            wrapper.quantizable_weights,
+            k3.weight_count,
+            k3.quantize_model,
+            k3.strip_quantization,
+            tuple(wrapper.LAYER_WEIGHTS),
+            k3.copy_model,
+        )
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            "`model` must be a tf_keras model or a Keras 3 model. Received: model of type "
+            f"{type(model).__module__}.{type(model).__name__}"
+        )
+    return Path(
+        False,
         configs.quantizable_weights,
         configs.weight_count,
         quantize_model,
         strip_quantization,
         tuple(configs.LAYER_WEIGHTS),
-    )
-
-
-def _keras3_path() -> _Path:
-    from tfmot_discrete.keras3 import quantize as k3  # noqa: PLC0415  (imports Keras 3)
-    from tfmot_discrete.keras3 import wrapper  # noqa: PLC0415
-
-    return _Path(
-        wrapper.quantizable_weights,
-        k3.weight_count,
-        k3.quantize_model,
-        k3.strip_quantization,
-        tuple(wrapper.LAYER_WEIGHTS),
-        k3.check_model,
+        _copy_tf_keras,
     )
 
 
@@ -228,23 +249,14 @@ def sensitivity(
     >>> [(r.layer, r.metric) for r in rows]
     [('a', 'accuracy'), ('b', 'accuracy')]
     """
-    if _keras.is_keras3_object(model):
-        path = _keras3_path()
-        path.check(model)
-    elif isinstance(model, keras.Model):
-        path = _tf_keras_path()
-    else:
-        raise ValueError(
-            "`model` must be a tf_keras model or a Keras 3 model. Received: model of type "
-            f"{type(model).__module__}.{type(model).__name__}"
-        )
+    path = path_of(model)
     if isinstance(quantizer, dict) or quantizer is None:
         raise ValueError(
             "`quantizer` must be one quantizer (a CodebookQuantizer, a preset name, a list "
             f'of values or "int8"), not a mapping. Received: quantizer={quantizer!r}'
         )
     scheme.resolve_quantizer_spec(quantizer)  # raises for anything else
-    if not _keras.is_keras3_object(model):
+    if not path.keras3:
         model = nested.flatten(model, scope=quantize_scope)  # a backbone's layers count one by one
     name, fn = _metric_fn(model, metric)
     xs, y = labelled_batches(model, data, batch_size)

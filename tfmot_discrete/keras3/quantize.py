@@ -310,3 +310,10 @@ def weight_count(layer) -> int:
     """How many weights of a Keras 3 layer `quantize_model` puts on a codebook."""
     names = quantizable_weights(layer) or {}
     return sum(int(np.prod(v.shape)) for v in layer.weights if v.name.split("/")[-1] in names)
+
+
+def copy_model(model):
+    """A copy of a Keras 3 model (new layers, the same weights)."""
+    copy = clone(model, _fresh)
+    copy.set_weights(model.get_weights())
+    return copy
