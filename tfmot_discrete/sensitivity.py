@@ -116,7 +116,7 @@ def accuracy(y, p):
 
 
 @dataclasses.dataclass(frozen=True)
-class Path:
+class ScanPath:
     """What a per-layer scan does on one Keras: which layers it can quantize,
     how many weights each has, and the model with some layers projected.
     `sensitivity` and `plan` take it from `path_of(model)`."""
@@ -136,8 +136,8 @@ def _copy_tf_keras(model):
     return clone
 
 
-def path_of(model) -> Path:
-    """The `Path` of a tf_keras or (checked) Keras 3 model.
+def path_of(model) -> ScanPath:
+    """The `ScanPath` of a tf_keras or (checked) Keras 3 model.
 
     Raises:
         ValueError: For anything else, or a Keras 3 model the Keras 3 path
@@ -148,7 +148,7 @@ def path_of(model) -> Path:
         from tfmot_discrete.keras3 import wrapper  # noqa: PLC0415
 
         k3.check_model(model)
-        return Path(
+        return ScanPath(
             True,
             wrapper.quantizable_weights,
             k3.weight_count,
@@ -162,7 +162,7 @@ def path_of(model) -> Path:
             "`model` must be a tf_keras model or a Keras 3 model. Received: model of type "
             f"{type(model).__module__}.{type(model).__name__}"
         )
-    return Path(
+    return ScanPath(
         False,
         configs.quantizable_weights,
         configs.weight_count,
