@@ -11,12 +11,12 @@ import subprocess
 import sys
 
 import keras as keras3
-import numpy as np
 import pytest
 
 import tfmot_discrete as td
 from tfmot_discrete import keras
 from tfmot_discrete import quantize as tf_keras_path
+from tfmot_discrete.plan import estimate_bytes
 
 WORKER = pathlib.Path(__file__).with_name("keras3_tools_worker.py")
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -63,35 +63,27 @@ def test_keras3_model_is_not_rebuilt_silently_by_the_tf_keras_path(workers):
         tf_keras_path.quantize_model(_model3(), td.ternary())
 
 
-def test_plan_of_a_keras3_model_is_its_tf_keras_twins_plan():
+def test_plan_estimates_a_keras3_model_as_its_tf_keras_twin():
+    """`td.plan`'s byte model reads Keras 3 layers as their tf_keras twins (which
+    `tflite_export` converts); its losses are checked on every backend by the workers."""
     inp = keras3.Input((8, 8, 2))
-    h = keras3.layers.Conv2D(6, 3, name="conv")(inp)
+    h = keras3.layers.Conv2D(16, 3, name="conv")(inp)
     h = keras3.layers.BatchNormalization(name="bn")(h)
     h = keras3.layers.ReLU()(h)
-    h = keras3.layers.SeparableConv2D(8, 3, name="sep")(h)
+    h = keras3.layers.SeparableConv2D(16, 3, name="sep")(h)
     h = keras3.layers.GlobalAveragePooling2D()(h)
     m3 = keras3.Model(inp, keras3.layers.Dense(3, name="logits")(h))
-    rng = np.random.default_rng(0)
-    data = (rng.normal(size=(32, 8, 8, 2)).astype("float32"), rng.integers(0, 3, 32))
-    kwargs = {
-        "candidates": [td.ternary(), td.binary(scale="mean_abs")],
-        "metric": keras3.losses.SparseCategoricalCrossentropy(from_logits=True),
-        "print_fn": None,
-    }
-    plan3 = td.plan(m3, data, **kwargs)
-    plan2 = td.plan(td.to_tf_keras(m3), data, **kwargs)
-    assert plan3.mapping == plan2.mapping and plan3.export_kwargs == plan2.export_kwargs
-    assert (plan3.flash_bytes, plan3.ram_bytes) == (plan2.flash_bytes, plan2.ram_bytes)
-    assert plan3.loss == pytest.approx(plan2.loss, abs=1e-5) and plan3.loss != 0
-    for r3, r2 in zip(plan3.rows, plan2.rows, strict=True):
-        assert (r3.layer, r3.choice, r3.packed, r3.flash_bytes) == (
-            r2.layer,
-            r2.choice,
-            r2.packed,
-            r2.flash_bytes,
-        )
-        assert r3.loss == pytest.approx(r2.loss, abs=1e-5)
-    assert isinstance(td.quantize_model(m3, plan3.mapping), keras3.Model)
+    twin = td.to_tf_keras(m3)
+    # (file, arena) bytes the tf_keras path estimated before Keras 3 models
+    # were planned, for the tf_keras twin of this model.
+    for choices, want in (
+        ({"conv": (None, False), "sep": (None, False), "logits": (None, False)}, (5540, 3290)),
+        ({"conv": (3, True), "sep": (2, True), "logits": (None, False)}, (3793, 4138)),
+        ({"conv": (2, False), "sep": (4, True), "logits": (2, True)}, (4020, 4138)),
+    ):
+        for model in (m3, twin):
+            est = estimate_bytes(model, choices)
+            assert (est.flash_bytes, est.ram_bytes) == want, (model.name, choices)
 
 
 def test_distiller_dispatches_on_the_models_keras():
