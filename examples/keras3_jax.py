@@ -8,8 +8,8 @@ The recipe of `from_trained_model.py` in plain Keras 3, trained with JAX
    and every other layer ternary: a Keras 3 model comes back;
 3. fine-tune it with a Keras 3 optimizer (Adam at the float peak learning
    rate, `td.finetune_schedule(..., keras3=True)`: 10 % warmup, cosine decay
-   to 0), jit-compiled by JAX;
-   `td.keras3.recalibrate_batchnorm` re-estimates the BatchNorm statistics;
+   to 0), jit-compiled by JAX; `td.recalibrate_batchnorm` re-estimates the
+   BatchNorm statistics;
 4. export to `int4` (`tflite_export` takes the Keras 3 model as it is) and
    check that LiteRT scores the file as Keras scores the model.
 
@@ -76,7 +76,7 @@ def _run(args) -> int:
     qat = td.quantize_model(model, {"conv_0": "int8", "logits": "int8", ".*": td.ternary()})
     assert isinstance(qat, keras.Model)  # Keras 3, trained on this backend
     train(qat, x, y, args.epochs)
-    td.keras3.recalibrate_batchnorm(qat, x)  # statistics of the final weights
+    td.recalibrate_batchnorm(qat, x, steps=40, batch_size=128)  # for the final weights
     keras_acc = accuracy(qat.predict(x_test, verbose=0), y_test)
     print(f"ternary (int8 edges): test accuracy {keras_acc:.2f}%")
     td.summary(qat)

@@ -8,9 +8,9 @@ final, projected weights removes that gap.
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
+from tfmot_discrete import _keras, moments
 from tfmot_discrete._keras import keras
 from tfmot_discrete.data import DEFAULT_BATCH_SIZE, check_positive_int, input_batches
 from tfmot_discrete.distill import Distiller
@@ -22,23 +22,16 @@ def batchnorm_layers(model) -> list:
     return [m for m in model.submodules if isinstance(m, keras.layers.BatchNormalization)]
 
 
-class _Accumulator:
+class _Accumulator(moments.MomentSums):
     """Stands in for a BatchNormalization's `call`: normalizes with the batch's
-    own statistics (as in training) and sums them, weighted by sample count."""
+    own statistics (as in training) and sums them, weighted by sample count
+    (in variables, as it runs inside a `tf.function`)."""
 
-    def __init__(self, layer):
-        for attr, off in (("renorm", False), ("virtual_batch_size", None), ("adjustment", None)):
-            if getattr(layer, attr, off) not in (off,):
-                raise ValueError(
-                    f"BatchNormalization layer {layer.name!r} sets `{attr}`, which "
-                    f"recalibrate_batchnorm does not support. Received: {attr}="
-                    f"{getattr(layer, attr)!r}"
-                )
-        self.layer = layer
-        shape = tuple(layer.moving_mean.shape)
-        self.total = tf.Variable(tf.zeros(shape, tf.float64), trainable=False)
-        self.total_sq = tf.Variable(tf.zeros(shape, tf.float64), trainable=False)
-        self.count = tf.Variable(tf.zeros((), tf.float64), trainable=False)
+    def zeros(self, shape):
+        return tf.Variable(tf.zeros(shape, tf.float64), trainable=False)
+
+    def read(self, value):
+        return value.numpy()
 
     def __call__(self, inputs, training=None, **kwargs):
         layer = self.layer
@@ -66,16 +59,6 @@ class _Accumulator:
         with tf.control_dependencies(updates):
             return tf.cast(tf.identity(y), inputs.dtype)
 
-    def assign(self):
-        count = float(self.count.numpy())
-        if count == 0:
-            return
-        mean = self.total.numpy() / count
-        var = np.maximum(self.total_sq.numpy() / count - np.square(mean), 0.0)
-        dtype = self.layer.moving_mean.dtype.as_numpy_dtype
-        self.layer.moving_mean.assign(mean.astype(dtype))
-        self.layer.moving_variance.assign(var.astype(dtype))
-
 
 def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE) -> int:
     """Re-estimates every BatchNormalization's moving mean and variance.
@@ -99,8 +82,11 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
     end of `fit`.
 
     Args:
-        model: A tf_keras model: from `quantize_model`, stripped, or plain;
-            for a `Distiller`, its student.
+        model: A tf_keras or Keras 3 model: from `quantize_model`,
+            stripped, or plain; for a `Distiller`, its student. A Keras 3
+            model (any backend) runs eagerly through
+            `tfmot_discrete.keras3.recalibrate_batchnorm`, with the same
+            statistics.
         data: Inputs: an array (a list of arrays for several inputs), a
             tuple `(x, y)` (`y` is ignored) or a `tf.data.Dataset` of inputs
             or of `(x, y)` tuples, batched or not. A few thousand training
@@ -114,7 +100,7 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
         The number of batches used.
 
     Raises:
-        ValueError: For a model that is not a tf_keras model, data that does
+        ValueError: For a model that is not a Keras model, data that does
             not fit it, or a bad `steps` or `batch_size`.
 
     Example:
@@ -134,11 +120,15 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
         Ioffe and Szegedy, Batch Normalization (2015), section 3.1 (inference
         statistics over the training set after training).
     """
+    if _keras.is_keras3_object(model):
+        from tfmot_discrete.keras3 import batchnorm as k3  # noqa: PLC0415  (imports Keras 3)
+
+        return k3.recalibrate_batchnorm(model, data, steps=steps, batch_size=batch_size)
     if isinstance(model, Distiller):
         model = model.student
     if not isinstance(model, keras.Model):
         raise ValueError(
-            "`model` must be a tf_keras model. Received: model of type "
+            "`model` must be a tf_keras model or a Keras 3 model. Received: model of type "
             f"{type(model).__module__}.{type(model).__name__}"
         )
     batches = input_batches(model, data, batch_size=batch_size, steps=steps)
@@ -164,7 +154,7 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
     """Calls `recalibrate_batchnorm` on the trained model at the end of `fit`.
 
     With a `Distiller`, its student is recalibrated (the teacher is left
-    alone).
+    alone). It goes to the `fit` of tf_keras and Keras 3 models alike.
 
     Args:
         data: Inputs, as for `recalibrate_batchnorm`.

@@ -2,36 +2,27 @@
 
 from __future__ import annotations
 
-import numpy as np
+import types
+
 import tensorflow as tf
 
-from tfmot_discrete import compat
+from tfmot_discrete import _keras, compat, distill_loss
 from tfmot_discrete._keras import keras
 
-#: Softmax temperature of the teacher's and the student's outputs.
-DEFAULT_TEMPERATURE = 4.0
-#: Weight of the label loss; the distillation term gets `1 - alpha`.
-DEFAULT_ALPHA = 0.5
+DEFAULT_TEMPERATURE = distill_loss.DEFAULT_TEMPERATURE
+DEFAULT_ALPHA = distill_loss.DEFAULT_ALPHA
 
-
-def _check_model(name, model):
-    if not isinstance(model, keras.Model):
-        raise ValueError(
-            f"`{name}` must be a tf_keras model (e.g. from `td.quantize_model`). "
-            f"Received: {name} of type {type(model).__module__}.{type(model).__name__}"
-        )
-
-
-def _check_number(name, value, low, high, low_open):
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    ok = ok and np.isfinite(value) and (value > low if low_open else value >= low)
-    ok = ok and (high is None or value <= high)
-    if not ok:
-        accepted = f"a number {'>' if low_open else '>='} {low}" + (
-            f" and <= {high}" if high is not None else ""
-        )
-        raise ValueError(f"`{name}` must be {accepted}. Received: {name}={value!r}")
-    return float(value)
+#: TensorFlow's functions under the names `distill_loss.kl_loss` calls.
+_TF_OPS = types.SimpleNamespace(
+    cast=tf.cast,
+    log=tf.math.log,
+    maximum=tf.maximum,
+    log_softmax=tf.nn.log_softmax,
+    exp=tf.exp,
+    sum=tf.reduce_sum,
+    mean=tf.reduce_mean,
+    reshape=tf.reshape,
+)
 
 
 class Distiller(keras.Model):
@@ -54,6 +45,12 @@ class Distiller(keras.Model):
     student as usual (`td.RecalibrateBatchNorm` given to `fit` recalibrates
     the student, not the teacher).
 
+    Keras 3 models: given Keras 3 models, `td.Distiller(...)` returns a
+    `tfmot_discrete.keras3.distill.Distiller` instead (`__new__` picks the
+    class by the models' Keras): a Keras 3 model with the same arguments,
+    loss and logs, that trains on the TensorFlow, JAX and PyTorch backends.
+    It is not an instance of this (tf_keras) class.
+
     Args:
         student: The model to train, e.g. from `td.quantize_model`.
         teacher: The trained model to learn from, e.g. the float model the
@@ -69,7 +66,7 @@ class Distiller(keras.Model):
         **kwargs: Passed to `keras.Model` (e.g. `name`).
 
     Raises:
-        ValueError: For a model that is not a tf_keras model, outputs of
+        ValueError: For a model that is not a Keras model, outputs of
             different shapes, or a temperature or alpha out of range.
 
     Example:
@@ -92,6 +89,14 @@ class Distiller(keras.Model):
         distillation and quantization (2018).
     """
 
+    def __new__(cls, student=None, teacher=None, *args, **kwargs):
+        # Keras 3 models get the Keras 3 Distiller (a Keras 3 model, any backend).
+        if _keras.is_keras3_object(student) or _keras.is_keras3_object(teacher):
+            from tfmot_discrete.keras3 import distill as k3  # noqa: PLC0415  (imports Keras 3)
+
+            return k3.Distiller(student, teacher, *args, **kwargs)
+        return super().__new__(cls, student, teacher, *args, **kwargs)
+
     def __init__(
         self,
         student,
@@ -101,25 +106,15 @@ class Distiller(keras.Model):
         from_logits=True,
         **kwargs,
     ):
-        _check_model("student", student)
-        _check_model("teacher", teacher)
-        temperature = _check_number("temperature", temperature, 0.0, None, low_open=True)
-        alpha = _check_number("alpha", alpha, 0.0, 1.0, low_open=False)
-        if not isinstance(from_logits, (bool, np.bool_)):
-            raise ValueError(f"`from_logits` must be a bool. Received: from_logits={from_logits!r}")
-        s_shape = tuple(student.output_shape) if student.built else None
-        t_shape = tuple(teacher.output_shape) if teacher.built else None
-        if s_shape is not None and t_shape is not None and s_shape[1:] != t_shape[1:]:
-            raise ValueError(
-                "`student` and `teacher` must have outputs of the same shape. Received: "
-                f"student output {s_shape}, teacher output {t_shape}"
-            )
+        temperature, alpha, from_logits = distill_loss.check_arguments(
+            student, teacher, keras.Model, "tf_keras", temperature, alpha, from_logits
+        )
         super().__init__(**kwargs)
         self.student = student
         self.teacher = teacher
         self.temperature = temperature
         self.alpha = alpha
-        self.from_logits = bool(from_logits)
+        self.from_logits = from_logits
         self._total_tracker = keras.metrics.Mean(name="total_loss")
         self._label_tracker = keras.metrics.Mean(name="label_loss")
         self._distill_tracker = keras.metrics.Mean(name="distillation_loss")
@@ -127,22 +122,11 @@ class Distiller(keras.Model):
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
 
-    def _log_probs(self, outputs):
-        outputs = tf.cast(outputs, tf.float32)
-        logits = outputs if self.from_logits else tf.math.log(tf.maximum(outputs, 1e-12))
-        return tf.nn.log_softmax(logits / self.temperature, axis=-1)
-
     def distillation_loss(self, teacher_out, student_out, sample_weight=None):
         """`KL(softmax(t / T) || softmax(s / T))`, averaged over the batch."""
-        log_p = self._log_probs(teacher_out)
-        log_q = self._log_probs(student_out)
-        kl = tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
-        kl = tf.reshape(kl, [tf.shape(kl)[0], -1])
-        kl = tf.reduce_mean(kl, axis=-1)
-        if sample_weight is None:
-            return tf.reduce_mean(kl)
-        w = tf.reshape(tf.cast(sample_weight, kl.dtype), [-1])
-        return tf.reduce_sum(kl * w) / tf.maximum(tf.reduce_sum(w), 1e-12)
+        return distill_loss.kl_loss(
+            _TF_OPS, teacher_out, student_out, self.temperature, self.from_logits, sample_weight
+        )
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
         """The label loss (plus the student's regularization losses)."""

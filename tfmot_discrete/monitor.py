@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfmot_discrete import _keras
 from tfmot_discrete._keras import keras
 from tfmot_discrete.quantizers import CodebookQuantizer
 from tfmot_discrete.summary import codebook_indices, value_shares
@@ -31,6 +32,11 @@ class CodebookMonitor(keras.callbacks.Callback):
       numbers `td.summary` shows.
 
     With `verbose=1`, one progress line per epoch sums it up.
+
+    The same class goes to the `fit` of a tf_keras model and of a Keras 3
+    model (on any backend: Keras 3 calls a tf_keras callback's hooks alike);
+    a Keras 3 model's weights are read through the Keras 3 path's
+    projection. Given to a `Distiller`'s `fit`, it monitors the student.
 
     Args:
         verbose: `0` for silence, `1` for one line per epoch. Defaults to `1`.
@@ -66,12 +72,18 @@ class CodebookMonitor(keras.callbacks.Callback):
         self._previous: dict[str, np.ndarray] = {}
 
     def _snapshot(self) -> dict[str, tuple[CodebookQuantizer, np.ndarray]]:
+        # A Distiller trains its student: the codebook weights are the student's.
+        model = getattr(self.model, "student", self.model)
+        if _keras.is_keras3_object(model):
+            from tfmot_discrete.keras3 import quantize as k3  # noqa: PLC0415  (imports Keras 3)
+
+            return {w.label: (w.quantizer, w.codes) for w in k3.codebook_weights(model)}
         return {
             item.label: (
                 item.quantizer,
                 codebook_indices(item.quantizer, item.latent, item.qvars),
             )
-            for item in codebook_items(self.model)
+            for item in codebook_items(model)
         }
 
     def measure(self) -> dict[str, float]:

@@ -43,9 +43,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfmot_discrete import _keras, configs, quantizers, scheme, sensitivity, text
+from tfmot_discrete import quantizers, scheme, sensitivity, text
 from tfmot_discrete.int8 import INT8
-from tfmot_discrete.quantize import quantize_model, strip_quantization
 from tfmot_discrete.quantizers import CodebookQuantizer
 
 #: Widest index TFLM's LUT decoder reads (K <= 128 values).
@@ -68,17 +67,21 @@ _ARENA_PER_OP = 250
 _ARENA_PER_CHANNEL = 8  # int32 multiplier + shift per output channel
 _ARENA_PER_PACKED = 224  # DECODE operator state
 
-# Keras layers that become no TFLite operator of their own in a full_int8 file.
-_NO_OP = (
-    _keras.keras.layers.InputLayer,
-    _keras.keras.layers.BatchNormalization,
-    _keras.keras.layers.Dropout,
-    _keras.keras.layers.SpatialDropout1D,
-    _keras.keras.layers.SpatialDropout2D,
-    _keras.keras.layers.GaussianNoise,
-    _keras.keras.layers.ReLU,
-    _keras.keras.layers.Activation,
+# Keras layers that become no TFLite operator of their own in a full_int8 file
+# (by class name: the same classes of tf_keras and of Keras 3).
+_NO_OP = frozenset(
+    (
+        "InputLayer",
+        "BatchNormalization",
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "GaussianNoise",
+        "ReLU",
+        "Activation",
+    )
 )
+_TWO_OPS = frozenset(("SeparableConv1D", "SeparableConv2D"))
 
 
 class PlanError(ValueError):
@@ -195,23 +198,23 @@ def _shape_bytes(tensors) -> int:
 
 
 def _op_count(layer) -> int:
-    if isinstance(layer, _NO_OP):
+    names = {klass.__name__ for klass in type(layer).__mro__}
+    if names & _NO_OP:
         return 0
-    separable = (_keras.keras.layers.SeparableConv1D, _keras.keras.layers.SeparableConv2D)
-    return 2 if isinstance(layer, separable) else 1
+    return 2 if names & _TWO_OPS else 1
 
 
-def _describe(model) -> tuple[list[_Layer], list[tuple[int, int]]]:
+def _describe(model, path) -> tuple[list[_Layer], list[tuple[int, int]]]:
     """Quantizable layers, and `(io bytes, ops)` of every other layer."""
     layers, others = [], []
     for layer in model.layers:
-        if isinstance(layer, _keras.keras.layers.InputLayer):
+        if type(layer).__name__ == "InputLayer":
             continue
         try:
             io = _shape_bytes(layer.input) + _shape_bytes(layer.output)
         except (AttributeError, ValueError):
             io = 0
-        axes = configs.quantizable_weights(layer)
+        axes = path.quantizable(layer)
         if axes is None or not layer.trainable_weights:
             others.append((io if _op_count(layer) else 0, _op_count(layer)))
             continue
@@ -310,13 +313,13 @@ class _Evaluator:
         return loss, distortion
 
 
-def _losses(model, layers, candidates, evaluator) -> np.ndarray:
+def _losses(model, layers, candidates, evaluator, path) -> np.ndarray:
     """`[layer, candidate] -> (loss, distortion)`: `sensitivity`'s one-layer-at-a-time
     number, with each candidate projected into every layer in one `quantize_model`."""
     out = np.zeros((len(layers), len(candidates), 2))
     names = {re.escape(layer.name): None for layer in layers}
     for j, c in enumerate(candidates):
-        projected = strip_quantization(quantize_model(model, dict.fromkeys(names, c)))
+        projected = path.strip_quantization(path.quantize_model(model, dict.fromkeys(names, c)))
         for i, layer in enumerate(layers):
             values = projected.get_layer(layer.name).get_weights()
             out[i, j] = evaluator.with_weights(layer.name, values)
@@ -438,7 +441,9 @@ def plan(
     fronts.
 
     Args:
-        model: The trained float tf_keras model (or a Keras 3 one).
+        model: The trained float tf_keras or Keras 3 model (a Keras 3
+            model is planned on the Keras 3 path, on its backend; its file
+            is estimated as `tflite_export` writes it, through tf_keras).
         data: `(x, y)` arrays (or a `tf.data.Dataset` of `(x, y)`) the losses
             are measured on; a few hundred samples suffice.
         flash: Bytes of flash for the `.tflite` file, or None for no limit.
@@ -472,13 +477,7 @@ def plan(
     True
     """
     start = time.perf_counter()
-    if _keras.is_keras3_object(model):
-        model = _keras.from_keras3(model)
-    if not isinstance(model, _keras.keras.Model):
-        raise ValueError(
-            "`model` must be a tf_keras model. Received: model of type "
-            f"{type(model).__module__}.{type(model).__name__}"
-        )
+    path = sensitivity.path_of(model)
     flash = _check_budget("flash", flash)
     ram = _check_budget("ram", ram)
     if candidates is None:
@@ -489,11 +488,11 @@ def plan(
             INT8,
         ]
     candidates = _check_candidates(candidates)
-    layers, others = _describe(model)
+    layers, others = _describe(model, path)
     if not layers:
         raise ValueError(f"Model {model.name!r} has no layer that quantize_model can quantize.")
-    evaluator = _Evaluator(_copy_model(model), data, metric, batch_size)
-    losses = _losses(model, layers, candidates, evaluator)
+    evaluator = _Evaluator(path.copy(model), data, metric, batch_size)
+    losses = _losses(model, layers, candidates, evaluator, path)
     result = _choose(layers, others, candidates, losses, flash, ram)
     rows, est, packed_layers, picked = result
     total = float(sum(r.loss for r in rows))
@@ -522,12 +521,6 @@ def plan(
     if print_fn is not None:
         print_fn(p.table())
     return p
-
-
-def _copy_model(model):
-    clone = _keras.keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    return clone
 
 
 def _choose(layers, others, candidates, losses, flash, ram):
@@ -613,7 +606,7 @@ def estimate_bytes(model, mapping_choices: dict) -> Estimate:
         mapping_choices: `{layer name: (K or None for int8, packed)}` for every
             quantizable layer.
     """
-    layers, others = _describe(model)
+    layers, others = _describe(model, sensitivity.path_of(model))
     any_packed = any(p for _, p in mapping_choices.values())
     file_fixed, arena_fixed, other_io = _fixed_costs(layers, others, any_packed)
     flash, ram, n = file_fixed, 0, 0

@@ -7,6 +7,7 @@ import pathlib
 
 import numpy as np
 
+from tfmot_discrete import _keras
 from tfmot_discrete.weights import codebook_items
 
 
@@ -24,13 +25,33 @@ def _pyplot():
     return plt
 
 
-def _panel(label, latent, q, qvars):
+def _weights(model) -> list[tuple[str, object, np.ndarray, np.ndarray | None]]:
+    """`(label, quantizer, latent values, scale or None)` per codebook weight,
+    read on the model's Keras path."""
+    if _keras.is_keras3_object(model):
+        from tfmot_discrete.keras3 import quantize as k3  # noqa: PLC0415  (imports Keras 3)
+
+        return [(w.label, w.quantizer, w.latent, w.scale) for w in k3.codebook_weights(model)]
+    return [
+        (
+            item.label,
+            item.quantizer,
+            item.latent.numpy(),
+            None
+            if item.quantizer.scale is None
+            else item.quantizer.quantized_scale(item.latent, item.qvars),
+        )
+        for item in codebook_items(model)
+    ]
+
+
+def _panel(label, q, latent, scale):
     """`(values to histogram, codebook line positions, title)` of one weight."""
-    w = np.asarray(latent.numpy(), np.float64)
+    w = np.asarray(latent, np.float64)
     values = np.asarray(q.codebook.values, np.float64)
     if q.scale is None:
         return w.reshape(-1), values, f"{label}: latent weights (lines: codebook)"
-    s = np.broadcast_to(np.asarray(q.quantized_scale(latent, qvars), np.float64), w.shape)
+    s = np.broadcast_to(np.asarray(scale, np.float64), w.shape)
     if np.unique(s).size == 1:
         return (
             w.reshape(-1),
@@ -62,8 +83,8 @@ def plot_weights(model, path, bins=80) -> str:
     here, with the non-interactive Agg backend.
 
     Args:
-        model: A model from `quantize_model`, or any model holding
-            `DiscreteMultiplier` layers.
+        model: A model from `quantize_model` (tf_keras or Keras 3), or any
+            model holding `DiscreteMultiplier` layers.
         path: The image file to write (`.png`, `.pdf`, `.svg`: any format
             matplotlib knows from the suffix).
         bins: Histogram bins per panel. Defaults to `80`.
@@ -75,7 +96,7 @@ def plot_weights(model, path, bins=80) -> str:
         ValueError: If the model has no codebook weight.
         ImportError: If matplotlib is not installed.
     """
-    items = codebook_items(model)
+    items = _weights(model)
     if not items:
         raise ValueError(
             f"Model {model.name!r} has no codebook weights to plot: pass a model from "
@@ -88,7 +109,7 @@ def plot_weights(model, path, bins=80) -> str:
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
     try:
         for ax, item in zip(axes.flat, items):
-            data, lines, title = _panel(item.label, item.latent, item.quantizer, item.qvars)
+            data, lines, title = _panel(*item)
             ax.hist(data, bins=bins, color="tab:blue", alpha=0.8)
             for x in lines:
                 ax.axvline(x, color="tab:red", linewidth=1.2)

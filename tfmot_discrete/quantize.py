@@ -88,12 +88,16 @@ def quantize_scope(*args):
 
 def _check_model(model, argname="model"):
     if _keras.is_keras3_object(model):
-        return _keras.from_keras3(model)
+        raise ValueError(
+            f"`{argname}` is a Keras 3 model, and this is the tf_keras (TF-MOT) path: pass it "
+            "to `td.quantize_model` / `td.strip_quantization`, which keep it a Keras 3 model, "
+            f"or rebuild it in tf_keras first with `td.to_tf_keras({argname})`. Received: "
+            f"{argname} of type {type(model).__module__}.{type(model).__name__}"
+        )
     if not isinstance(model, keras.Model):
         raise ValueError(
-            f"`{argname}` must be a tf_keras Sequential or Functional model (or a Keras 3 "
-            f"one, which is rebuilt in tf_keras). Received: {argname} of type "
-            f"{type(model).__module__}.{type(model).__name__}"
+            f"`{argname}` must be a tf_keras Sequential or Functional model. Received: "
+            f"{argname} of type {type(model).__module__}.{type(model).__name__}"
         )
     if not isinstance(model, keras.Sequential) and not compat.is_graph_network(model):
         raise ValueError(
@@ -175,8 +179,9 @@ def quantize_model(model, quantizer, activations=None, strict=False):
     `DiscreteQuantizeScheme`; the result trains with `fit` like any model.
 
     Args:
-        model: A built tf_keras Sequential or Functional model, or a Keras 3
-            model (rebuilt in tf_keras with the same weights).
+        model: A built tf_keras Sequential or Functional model; through
+            `td.quantize_model`, also a Keras 3 one (a Keras 3 model back,
+            see `tfmot_discrete.keras3.quantize_model`).
         quantizer: A `CodebookQuantizer` (or a list of values, or a preset
             name) for every supported layer, or a mapping
             `{layer-name regex: quantizer | "int8" | DiscreteQuantizeConfig |

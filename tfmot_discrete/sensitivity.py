@@ -70,7 +70,14 @@ def labelled_batches(model, data, batch_size):
 
 
 def predict(model, xs):
-    return np.concatenate([np.asarray(model(b, training=False)) for b in xs])
+    """The model's outputs on each batch of `xs`, as one NumPy array (a Keras 3
+    model's tensors converted on its backend)."""
+    to_numpy = np.asarray
+    if _keras.is_keras3_object(model):
+        from tfmot_discrete.keras3._k3 import ops  # noqa: PLC0415  (imports Keras 3)
+
+        to_numpy = ops.convert_to_numpy
+    return np.concatenate([to_numpy(model(b, training=False)) for b in xs])
 
 
 def _metric_fn(model, metric):
@@ -108,20 +115,76 @@ def accuracy(y, p):
     return float(np.mean(p.argmax(-1).reshape(-1) == labels.reshape(-1)))
 
 
-def _quantizable(model):
+@dataclasses.dataclass(frozen=True)
+class ScanPath:
+    """What a per-layer scan does on one Keras: which layers it can quantize,
+    how many weights each has, and the model with some layers projected.
+    `sensitivity` and `plan` take it from `path_of(model)`."""
+
+    keras3: bool
+    quantizable: object  # layer -> {weight name: channel axes} | None
+    weight_count: object  # layer -> int
+    quantize_model: object
+    strip_quantization: object
+    supported: tuple  # the layer classes quantize_model quantizes
+    copy: object  # model -> a copy with the same weights
+
+
+def _copy_tf_keras(model):
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def path_of(model) -> ScanPath:
+    """The `ScanPath` of a tf_keras or (checked) Keras 3 model.
+
+    Raises:
+        ValueError: For anything else, or a Keras 3 model the Keras 3 path
+            does not take (subclassed, not built).
+    """
+    if _keras.is_keras3_object(model):
+        from tfmot_discrete.keras3 import quantize as k3  # noqa: PLC0415  (imports Keras 3)
+        from tfmot_discrete.keras3 import wrapper  # noqa: PLC0415
+
+        k3.check_model(model)
+        return ScanPath(
+            True,
+            wrapper.quantizable_weights,
+            k3.weight_count,
+            k3.quantize_model,
+            k3.strip_quantization,
+            tuple(wrapper.LAYER_WEIGHTS),
+            k3.copy_model,
+        )
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            "`model` must be a tf_keras model or a Keras 3 model. Received: model of type "
+            f"{type(model).__module__}.{type(model).__name__}"
+        )
+    return ScanPath(
+        False,
+        configs.quantizable_weights,
+        configs.weight_count,
+        quantize_model,
+        strip_quantization,
+        tuple(configs.LAYER_WEIGHTS),
+        _copy_tf_keras,
+    )
+
+
+def _quantizable(model, path):
     """The layers `quantize_model` would quantize, built, trainable or not (the
     scan projects weights without training them)."""
     return [
-        layer
-        for layer in model.layers
-        if configs.quantizable_weights(layer) is not None and layer.weights
+        layer for layer in model.layers if path.quantizable(layer) is not None and layer.weights
     ]
 
 
-def _nothing_to_scan(model) -> ValueError:
+def _nothing_to_scan(model, path) -> ValueError:
     """The error for a model without a layer to scan, naming its layers' classes."""
     layers = [f"{layer.name!r} ({type(layer).__name__})" for layer in model.layers]
-    supported = sorted(c.__name__ for c in configs.LAYER_WEIGHTS)
+    supported = sorted(c.__name__ for c in path.supported)
     return ValueError(
         f"Model {model.name!r} has no layer of a class quantize_model quantizes: nothing to "
         f"scan. Supported classes: {', '.join(supported)}. Received: a model whose layers are "
@@ -150,7 +213,9 @@ def sensitivity(
     is trained here.
 
     Args:
-        model: A trained float tf_keras model (or a Keras 3 one).
+        model: A trained float tf_keras or Keras 3 model. A Keras 3 model
+            (any backend) is scanned on the Keras 3 path: each layer
+            quantized by `td.quantize_model` and stripped, as Keras 3 models.
         quantizer: What each layer is quantized with: a `CodebookQuantizer`
             (or anything `quantize_model` takes for one layer, `"int8"` too).
         data: A tuple `(x, y)` of arrays or a `tf.data.Dataset` of `(x, y)`.
@@ -184,25 +249,20 @@ def sensitivity(
     >>> [(r.layer, r.metric) for r in rows]
     [('a', 'accuracy'), ('b', 'accuracy')]
     """
-    if _keras.is_keras3_object(model):
-        model = _keras.from_keras3(model)
-    if not isinstance(model, keras.Model):
-        raise ValueError(
-            "`model` must be a tf_keras model. Received: model of type "
-            f"{type(model).__module__}.{type(model).__name__}"
-        )
+    path = path_of(model)
     if isinstance(quantizer, dict) or quantizer is None:
         raise ValueError(
             "`quantizer` must be one quantizer (a CodebookQuantizer, a preset name, a list "
             f'of values or "int8"), not a mapping. Received: quantizer={quantizer!r}'
         )
     scheme.resolve_quantizer_spec(quantizer)  # raises for anything else
-    model = nested.flatten(model, scope=quantize_scope)  # a backbone's layers count one by one
+    if not path.keras3:
+        model = nested.flatten(model, scope=quantize_scope)  # a backbone's layers count one by one
     name, fn = _metric_fn(model, metric)
     xs, y = labelled_batches(model, data, batch_size)
-    layers = _quantizable(model)
+    layers = _quantizable(model, path)
     if not layers:
-        raise _nothing_to_scan(model)
+        raise _nothing_to_scan(model, path)
     baseline = fn(y, predict(model, xs))
     rows = []
     for layer in layers:
@@ -211,15 +271,15 @@ def sensitivity(
             # start, does not matter to the scan; the other layers stay float
             # on purpose.
             warnings.simplefilter("ignore", QuantizationWarning)
-            qat = quantize_model(model, {re.escape(layer.name): quantizer})
-        plain = strip_quantization(qat)
+            qat = path.quantize_model(model, {re.escape(layer.name): quantizer})
+        plain = path.strip_quantization(qat)
         if recalibration_data is not None:
             batchnorm.recalibrate_batchnorm(plain, recalibration_data, batch_size=batch_size)
         rows.append(
             LayerSensitivity(
                 layer=layer.name,
                 layer_class=type(layer).__name__,
-                weights=configs.weight_count(layer),
+                weights=path.weight_count(layer),
                 metric=name,
                 baseline=baseline,
                 quantized=fn(y, predict(plain, xs)),

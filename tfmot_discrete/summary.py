@@ -39,8 +39,25 @@ class WeightReport:
 
 def codebook_indices(quantizer: CodebookQuantizer, latent, qvars) -> np.ndarray:
     """Index of the codebook value each weight projects to."""
-    q = np.asarray(quantizer(latent, False, weights=qvars), dtype=np.float64)
-    s = np.asarray(quantizer.quantized_scale(latent, qvars), dtype=np.float64)
+    return indices_of(
+        quantizer,
+        quantizer(latent, False, weights=qvars),
+        quantizer.quantized_scale(latent, qvars),
+    )
+
+
+def indices_of(quantizer: CodebookQuantizer, projected, scale) -> np.ndarray:
+    """Index of the codebook value of each projected weight, given the scale
+    it was projected with (both paths read their codes through it).
+
+    Example:
+
+    >>> q = CodebookQuantizer([1, -1, 0.5, -0.5])
+    >>> indices_of(q, np.array([[0.5, -2.0]]), np.array([1.0, 2.0])).tolist()
+    [[2, 0]]
+    """
+    q = np.asarray(projected, dtype=np.float64)
+    s = np.asarray(scale, dtype=np.float64)
     return quantizer.codebook.index_numpy(q / s)
 
 

@@ -1,11 +1,19 @@
 """`recalibrate_batchnorm` for Keras 3 models: BatchNormalization statistics
-for the weights as they are now, on every backend."""
+for the weights as they are now, on every backend.
+
+The same statistics as the tf_keras path's (`tfmot_discrete.moments`): each
+BatchNormalization normalizes with its batch's own moments while the model
+runs in inference mode, and its moving mean and variance become the mean and
+variance of its input over all the samples seen.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from tfmot_discrete.keras3._k3 import keras
+from tfmot_discrete import moments
+from tfmot_discrete.data import DEFAULT_BATCH_SIZE, input_batches
+from tfmot_discrete.keras3._k3 import keras, ops
 
 
 def batchnorm_layers(model) -> list:
@@ -14,49 +22,67 @@ def batchnorm_layers(model) -> list:
     return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
-def recalibrate_batchnorm(model, x, batch_size=128, max_batches=40) -> int:
-    """Re-estimates every BatchNormalization's moving mean and variance.
+class _Accumulator(moments.MomentSums):
+    """Stands in for a BatchNormalization's `call`: normalizes with the batch's
+    own moments (as in training) and adds them to the sums (NumPy, eagerly)."""
 
-    Resets them, then runs training-mode forward passes over up to
-    `max_batches` batches of `x` with the momentum of batch `i` set to
-    `i / (i + 1)`, so each moving statistic ends as the plain average over the
-    batches; no weight changes (a stochastic codebook layer is sampled as in
-    training). The Keras 3 counterpart of `td.recalibrate_batchnorm`.
+    def read(self, value):
+        return ops.convert_to_numpy(value)
 
-    Args:
-        model: A Keras 3 model (QAT or float).
-        x: Inputs, an array `(N, ...)` (or a list of arrays for several inputs).
-        batch_size: Samples per forward pass. Defaults to 128.
-        max_batches: At most this many passes. Defaults to 40.
+    def __call__(self, inputs, training=None, mask=None):
+        layer = self.layer
+        x = ops.cast(inputs, "float32")
+        rank = len(x.shape)
+        axis = layer.axis % rank
+        reduce = [i for i in range(rank) if i != axis]
+        mean = ops.mean(x, axis=reduce, keepdims=True)
+        var = ops.var(x, axis=reduce, keepdims=True)
+        y = (x - mean) * ops.rsqrt(var + layer.epsilon)
+        shape = [1] * rank
+        shape[axis] = -1
+        if layer.gamma is not None:
+            y = y * ops.reshape(ops.cast(layer.gamma, "float32"), shape)
+        if layer.beta is not None:
+            y = y + ops.reshape(ops.cast(layer.beta, "float32"), shape)
+        n = float(np.prod([x.shape[i] for i in reduce]))
+        m64 = ops.convert_to_numpy(mean).astype(np.float64).reshape(self.total.shape)
+        v64 = ops.convert_to_numpy(var).astype(np.float64).reshape(self.total.shape)
+        self.total += n * m64
+        self.total_sq += n * (v64 + np.square(m64))
+        self.count += n
+        return ops.cast(y, inputs.dtype)
 
-    Returns:
-        The number of batches used.
 
-    Raises:
-        ValueError: For a model without BatchNormalization or an empty `x`.
+def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE) -> int:
+    """`td.recalibrate_batchnorm` for a Keras 3 model (QAT, stripped or float).
+
+    Runs the model eagerly over `data` in inference mode (the codebook
+    weights projected, no dropout), each BatchNormalization normalizing with
+    its batch's moments, and sets its moving mean and variance to the mean
+    and variance of its input over all the samples seen. No other variable
+    changes. Arguments, return value and errors as in
+    `td.recalibrate_batchnorm`; for a Keras 3 `Distiller`, its student is
+    recalibrated.
     """
+    model = getattr(model, "student", model)
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            "`model` must be a Keras 3 model. Received: model of type "
+            f"{type(model).__module__}.{type(model).__name__}"
+        )
+    batches = input_batches(model, data, batch_size=batch_size, steps=steps)
     layers = batchnorm_layers(model)
     if not layers:
-        raise ValueError(f"Model {model.name!r} has no BatchNormalization layer to recalibrate.")
-    arrays = list(x) if isinstance(x, list | tuple) else [x]
-    n = len(arrays[0])
-    if n == 0:
-        raise ValueError(f"`x` holds no samples. Received: x of length {n}")
-    momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.moving_mean.assign(np.zeros(layer.moving_mean.shape))
-        layer.moving_variance.assign(np.zeros(layer.moving_variance.shape))
-    used = 0
+        return len(batches)
+    accumulators = [_Accumulator(layer) for layer in layers]
+    for layer, acc in zip(layers, accumulators):
+        object.__setattr__(layer, "call", acc)
     try:
-        for start in range(0, n, batch_size):
-            if used == max_batches:
-                break
-            for layer in layers:
-                layer.momentum = used / (used + 1)
-            batch = [a[start : start + batch_size] for a in arrays]
-            model(batch if len(batch) > 1 else batch[0], training=True)
-            used += 1
+        for b in batches:
+            model(b, training=False)
     finally:
-        for layer, momentum in zip(layers, momenta):
-            layer.momentum = momentum
-    return used
+        for layer in layers:
+            object.__delattr__(layer, "call")
+    for acc in accumulators:
+        acc.assign()
+    return len(batches)

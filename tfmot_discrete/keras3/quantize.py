@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from tfmot_discrete import annotate, int8, scheme
@@ -10,6 +12,7 @@ from tfmot_discrete.keras3._k3 import is_graph_model, keras, ops
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.wrapper import LAYER_WEIGHTS, QuantizeWrapper, quantizable_weights
 from tfmot_discrete.quantizers import CodebookQuantizer
+from tfmot_discrete.summary import indices_of
 
 #: The Keras 3 classes of `annotate.FLOAT_LAYERS`: float by design.
 _FLOAT_LAYERS = tuple(getattr(keras.layers, c.__name__) for c in annotate.FLOAT_LAYERS)
@@ -257,3 +260,60 @@ def strip_quantization(model):
 
 def _named(layer):
     return [(w.name.split("/")[-1], ops.convert_to_numpy(w.value)) for w in layer.weights]
+
+
+@dataclasses.dataclass(frozen=True)
+class CodebookWeight:
+    """One codebook weight of a Keras 3 model, read as NumPy arrays.
+
+    Attributes:
+        label: `"<layer>/<weight>"`, as tables and logs show it.
+        quantizer: Its `CodebookQuantizer` (with the weight's channel axes).
+        latent: The latent (float) values that training updates.
+        projected: The values inference computes with (codebook x scale).
+        scale: The scale the weight was projected with (ones without one).
+    """
+
+    label: str
+    quantizer: CodebookQuantizer
+    latent: np.ndarray
+    projected: np.ndarray
+    scale: np.ndarray
+
+    @property
+    def codes(self) -> np.ndarray:
+        """The index of the codebook value each weight projects to (read
+        through `summary.indices_of`, as on the tf_keras path)."""
+        return indices_of(self.quantizer, self.projected, self.scale)
+
+
+def codebook_weights(model) -> list[CodebookWeight]:
+    """One `CodebookWeight` per codebook weight of a Keras 3 model (its 8-bit
+    weights left out), layer by layer."""
+    out = []
+    for layer, weight, var, state in items(model):
+        if isinstance(state.quantizer, CodebookQuantizer):
+            value = var.value
+            out.append(
+                CodebookWeight(
+                    f"{layer}/{weight}",
+                    state.quantizer,
+                    ops.convert_to_numpy(value),
+                    projected(state, value),
+                    k3q.scale_of(state, value),
+                )
+            )
+    return out
+
+
+def weight_count(layer) -> int:
+    """How many weights of a Keras 3 layer `quantize_model` puts on a codebook."""
+    names = quantizable_weights(layer) or {}
+    return sum(int(np.prod(v.shape)) for v in layer.weights if v.name.split("/")[-1] in names)
+
+
+def copy_model(model):
+    """A copy of a Keras 3 model (new layers, the same weights)."""
+    copy = clone(model, _fresh)
+    copy.set_weights(model.get_weights())
+    return copy

@@ -1,0 +1,107 @@
+"""The toolbox on Keras 3 models: `CodebookMonitor`, `Distiller`,
+`sensitivity`, `plan`, `recalibrate_batchnorm` / `RecalibrateBatchNorm` and
+`plot_weights` on the TensorFlow, JAX and PyTorch backends (each in its own
+process, `keras3_tools_worker.py`), and the tf_keras path refusing Keras 3
+models instead of rebuilding them."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras as keras3
+import pytest
+
+import tfmot_discrete as td
+from tfmot_discrete import keras
+from tfmot_discrete import quantize as tf_keras_path
+from tfmot_discrete.plan import estimate_bytes
+
+WORKER = pathlib.Path(__file__).with_name("keras3_tools_worker.py")
+BACKENDS = ("tensorflow", "jax", "torch")
+CHECKS = {
+    "monitor_shares_and_flips",
+    "distiller_loss_and_frozen_teacher",
+    "sensitivity_and_plan_rows_are_single_layer_quantizations",
+    "recalibrate_batchnorm_and_callback",
+    "plot_weights_reads_the_keras3_weights",
+}
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory):
+    """The three backends' workers, started side by side: `{backend: (process, dir)}`."""
+    runs = {}
+    for backend in BACKENDS:
+        out = tmp_path_factory.mktemp(f"tools_{backend}")
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+        env["PYTHONPATH"] = os.pathsep.join([str(WORKER.parent.parent), env.get("PYTHONPATH", "")])
+        with open(out / "stderr.txt", "w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, str(WORKER), str(out)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        runs[backend] = (proc, out)
+    yield runs
+    for proc, _ in runs.values():
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _model3():
+    return keras3.Sequential(
+        [keras3.Input((6,)), keras3.layers.Dense(8, name="a"), keras3.layers.Dense(3, name="b")]
+    )
+
+
+def test_keras3_model_is_not_rebuilt_silently_by_the_tf_keras_path(workers):
+    # (`workers` first: the backends' processes run while the checks below do.)
+    with pytest.raises(ValueError, match=r"Keras 3 model.*td\.to_tf_keras\(model\)"):
+        tf_keras_path.quantize_model(_model3(), td.ternary())
+
+
+def test_plan_estimates_a_keras3_model_as_its_tf_keras_twin():
+    """`td.plan`'s byte model reads Keras 3 layers as their tf_keras twins (which
+    `tflite_export` converts); its losses are checked on every backend by the workers."""
+    inp = keras3.Input((8, 8, 2))
+    h = keras3.layers.Conv2D(16, 3, name="conv")(inp)
+    h = keras3.layers.BatchNormalization(name="bn")(h)
+    h = keras3.layers.ReLU()(h)
+    h = keras3.layers.SeparableConv2D(16, 3, name="sep")(h)
+    h = keras3.layers.GlobalAveragePooling2D()(h)
+    m3 = keras3.Model(inp, keras3.layers.Dense(3, name="logits")(h))
+    twin = td.to_tf_keras(m3)
+    # (file, arena) bytes the tf_keras path estimated before Keras 3 models
+    # were planned, for the tf_keras twin of this model.
+    for choices, want in (
+        ({"conv": (None, False), "sep": (None, False), "logits": (None, False)}, (5540, 3290)),
+        ({"conv": (3, True), "sep": (2, True), "logits": (None, False)}, (3793, 4138)),
+        ({"conv": (2, False), "sep": (4, True), "logits": (2, True)}, (4020, 4138)),
+    ):
+        for model in (m3, twin):
+            est = estimate_bytes(model, choices)
+            assert (est.flash_bytes, est.ram_bytes) == want, (model.name, choices)
+
+
+def test_distiller_dispatches_on_the_models_keras():
+    m3, m2 = _model3(), keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    dist = td.Distiller(td.quantize_model(m3, td.ternary()), teacher=m3)
+    assert isinstance(dist, keras3.Model) and not isinstance(dist, td.Distiller)
+    assert isinstance(td.Distiller(m2, m2), td.Distiller)  # tf_keras models: the tf_keras class
+    with pytest.raises(ValueError, match=r"`student` must be a Keras 3 model.*tf_keras"):
+        td.Distiller(m2, teacher=m3)
+    with pytest.raises(ValueError, match=r"`alpha` must be a number >= 0.0 and <= 1.0"):
+        td.Distiller(m3, teacher=m3, alpha=2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_toolbox_on_backend(workers, backend):
+    proc, out = workers[backend]
+    rc = proc.wait(timeout=600)
+    assert rc == 0, (out / "stderr.txt").read_text()[-4000:]
+    report = json.loads((out / "checks.json").read_text())
+    assert report["backend"] == backend
+    assert set(report["passed"]) == CHECKS
