@@ -152,6 +152,10 @@ values = set(np.unique(plain.get_layer("d").kernel.numpy()).tolist())
 assert values <= {-1.0, -0.5, 0.5, 1.0}, values
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 print("loaded:", loaded)
+# The Keras 3 path loads on first use of `td.keras3`, with no import of its own.
+assert "tfmot_discrete.keras3" not in sys.modules
+assert td.keras3.DiscreteMultiplier([1, -1]).quantizer.codebook.values.tolist() == [-1.0, 1.0]
+print("td.keras3:", td.keras3.__name__)
 """
 
 
@@ -165,6 +169,7 @@ def test_core_imports_and_quantizes_without_export_demo_packages():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "loaded: []" in result.stdout
+    assert "td.keras3: tfmot_discrete.keras3" in result.stdout
 
 
 def test_python_m_tfmot_discrete_points_to_the_demo():

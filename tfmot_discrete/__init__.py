@@ -19,6 +19,15 @@ from tfmot_discrete.sensitivity import sensitivity
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # `td.keras3` (the Keras 3 path) imports Keras 3 on first use, not with `td`.
+    if name == "keras3":
+        import importlib  # noqa: PLC0415
+
+        return importlib.import_module("tfmot_discrete.keras3")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "Codebook",
     "CodebookMonitor",
