@@ -28,6 +28,7 @@ def __getattr__(name):
         return importlib.import_module("tfmot_discrete.keras3")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
     "Codebook",
     "CodebookMonitor",
