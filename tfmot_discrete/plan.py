@@ -403,21 +403,25 @@ def _pareto(points):
     return out
 
 
-def _solve(option_lists, capacity):
+def _solve(option_lists, capacity, need_packed=False):
     """Exact multiple-choice knapsack: one option per layer, total flash <=
-    capacity, smallest total score. Returns the chosen indices or None."""
-    front = [(0, 0.0, ())]
+    capacity, smallest total score; with `need_packed`, at least one option
+    packed. Returns the chosen indices or None."""
+    # One Pareto front per "something packed yet" flag: a cheap unpacked
+    # prefix must not push out the packed one that the constraint needs.
+    fronts = {False: [(0, 0.0, ())], True: []}
     for opts in option_lists:
-        nxt = [
-            (f + o.flash, s + o.score, (*choice, i))
-            for f, s, choice in front
-            for i, o in enumerate(opts)
-            if f + o.flash <= capacity
-        ]
-        front = _pareto(nxt)
-        if not front:
-            return None
-    return min(front, key=lambda p: (p[1], p[0]))[2]
+        nxt = {False: [], True: []}
+        for packed_yet, front in fronts.items():
+            for f, s, choice in front:
+                for i, o in enumerate(opts):
+                    if f + o.flash <= capacity:
+                        nxt[packed_yet or o.packed].append((f + o.flash, s + o.score, (*choice, i)))
+        fronts = {k: _pareto(v) for k, v in nxt.items()}
+    ends = fronts[True] if need_packed else fronts[False] + fronts[True]
+    if not ends:
+        return None
+    return min(ends, key=lambda p: (p[1], p[0]))[2]
 
 
 def plan(
@@ -550,12 +554,12 @@ def _choose(layers, others, candidates, losses, flash, ram):
         min_flash = file_fixed + sum(min(o.flash for o in a) for a in allowed)
         minima.append((min_flash, smallest_ram))
         capacity = math.inf if flash is None else flash - file_fixed
-        picked = _solve(allowed, capacity)
+        # The packed layout needs a packed layer (the unpacked one is priced
+        # exactly in the other pass, with its smaller fixed costs).
+        picked = _solve(allowed, capacity, need_packed=any_packed)
         if picked is None:
             continue
         chosen = [a[i] for a, i in zip(allowed, picked)]
-        if any_packed and not any(o.packed for o in chosen):
-            continue  # the unpacked layout was priced exactly in the other pass
         score = sum(o.score for o in chosen)
         if best is None or score < best[0] - 1e-12:
             best = (score, any_packed, chosen, file_fixed, arena_fixed, other_io)
