@@ -80,7 +80,6 @@ def test_no_plan_fits_names_the_smallest_achievable(trained, free):
     assert e.value.min_ram == free.ram_bytes  # nothing packed: the smallest arena
 
 
-
 def test_a_budget_just_below_the_unpacked_file_packs_a_layer(trained, free):
     """Every unpacked layout costs `free.flash_bytes` (int8 storage whatever the
     codebook); one byte less must be met by packing, even where the cheapest
@@ -89,6 +88,7 @@ def test_a_budget_just_below_the_unpacked_file_packs_a_layer(trained, free):
     p = _plan(trained, flash=budget_bytes)
     assert p.flash_bytes <= budget_bytes
     assert any(r.packed for r in p.rows) and p.export_kwargs["format"] == "tflm_packed"
+
 
 def test_losses_are_sensitivitys_numbers(trained):
     model, x, y = trained
