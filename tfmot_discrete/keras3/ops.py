@@ -8,15 +8,23 @@ to the same bits.
 
 The straight-through estimators use `keras.ops.custom_gradient` (a custom
 gradient on every backend): the forward pass computes the projection and
-nothing else, the backward pass one select.
+nothing else, the backward pass one select. TensorFlow (XLA) and JAX fuse
+these selects into one loop over the weight; PyTorch's eager mode runs each
+operation as its own pass, and its selects on bool masks are slow (several
+times a float multiply). So on PyTorch `project_straight_through` computes the
+same values with float arithmetic in a `torch.autograd.Function` (see
+`_step_plan`): a comparison written into a float buffer per midpoint, an
+exact sum of codebook steps, one multiply by the scale.
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from tfmot_discrete.codebook import midpoints
-from tfmot_discrete.keras3._k3 import keras, ops
+from tfmot_discrete.keras3._k3 import backend, keras, ops
 from tfmot_discrete.ops import GRADIENTS, WHERE_CHAIN_MAX_K, reduce_axes
 
 __all__ = [
@@ -26,6 +34,7 @@ __all__ = [
     "fake_quant_int8",
     "mean_abs_scale",
     "project",
+    "project_straight_through",
     "stochastic_project",
     "straight_through",
 ]
@@ -158,6 +167,134 @@ def straight_through(forward, x, low, high, gradient, gate=None):
         return forward(t), grad
 
     return _fwd_gated(x, ops.stop_gradient(gate))
+
+
+def project_straight_through(x, values, low, high, gradient, scale=None, finite=None):
+    """`project(x, values, scale, finite)` with a straight-through gradient.
+
+    The same values and gradients as
+    `straight_through(lambda t: project(t, values, scale, finite), x, low,
+    high, gradient)`, bit for bit; on PyTorch, for a select-chain codebook
+    whose steps add up exactly (`_step_plan`), computed by one
+    `torch.autograd.Function` in a few float passes.
+
+    Args:
+        x: A float tensor of any shape.
+        values: Sorted, distinct codebook values.
+        low: Lower end of the clipped estimator's window.
+        high: Upper end of the window.
+        gradient: `"clipped_ste"` or `"ste"`.
+        scale: Optional positive tensor broadcastable against `x` (no
+            gradient flows to it). Defaults to `None` (a scale of 1).
+        finite: Optional scalar bool tensor, whether `x` is all finite.
+            Defaults to `None`: computed from `x`.
+
+    Returns:
+        The projection of `x` (times `scale`).
+    """
+    if gradient not in GRADIENTS:
+        raise ValueError(f"`gradient` must be one of {GRADIENTS}. Received: gradient={gradient!r}")
+    dtype = _np_dtype(x)
+    plan = _step_plan(tuple(np.asarray(values, np.float64).tolist()), str(dtype))
+    if _TorchProjection is not None and plan is not None:
+        # The window's ends in `x`'s dtype, as `straight_through` compares them.
+        low, high = (float(np.asarray(a, dtype)) for a in (low, high))
+        args = (plan, low, high, gradient, finite)
+        return _TorchProjection.apply(ops.convert_to_tensor(x), scale, *args)
+    return straight_through(
+        lambda t: project(t, values, scale=scale, finite=finite), x, low, high, gradient
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _step_plan(values: tuple, dtype: str):
+    """`(midpoints, v_0, steps)` in `dtype` when the select chain's result
+    `v_j` (`j` = how many midpoints are `<= x`) is exactly
+    `((s_0 [x >= m_0] + s_1 [x >= m_1]) + ...) + v_0` computed in `dtype`,
+    with `s_i = v_{i+1} - v_i`; else None (too many values, another dtype, or
+    a sum that rounds). True of the usual codebooks (binary, ternary, the
+    power-of-two and evenly spaced ones with dyadic values)."""
+    v = np.asarray(values, np.float64)
+    if not 2 <= v.size <= WHERE_CHAIN_MAX_K or dtype not in ("float32", "float64"):
+        return None
+    vd = v.astype(dtype)
+    steps = np.diff(vd)
+    for j in range(v.size):
+        ind = (np.arange(v.size - 1) < j).astype(dtype)
+        acc = ind[0] * steps[0]
+        for i in range(1, v.size - 1):
+            acc = acc + ind[i] * steps[i]
+        acc = acc + vd[0]
+        if acc.dtype != vd.dtype or acc.tobytes() != vd[j].tobytes():
+            return None
+    mids = midpoints(v).astype(dtype)
+    return tuple(mids.tolist()), float(vd[0]), tuple(steps.tolist())
+
+
+def _make_torch_projection():
+    import torch  # noqa: PLC0415  (the PyTorch backend only)
+
+    class TorchProjection(torch.autograd.Function):
+        """The projection and its straight-through gradient on PyTorch.
+
+        Forward: `torch.ge(x, m_i, out=<float buffer>)` gives each midpoint's
+        0/1 indicator as a float (a bool mask costs more to make and far more
+        to select with), the steps add them up to `v_j` exactly
+        (`_step_plan`), then one multiply by the scale gives `v_j * scale`, the
+        product the select chain takes. Thresholds are `scale * m_i`, the
+        chain's. Backward: the window test into a float buffer, then
+        `threshold_backward` (the ReLU's gradient select: `dy` where the
+        indicator is 1, else 0, whatever `dy` holds).
+        """
+
+        @staticmethod
+        def forward(ctx, x, scale, plan, low, high, gradient, finite):
+            mids, v0, steps = plan
+            if scale is not None:
+                scale = scale.detach()
+            out = torch.empty_like(x)
+            tmp = torch.empty_like(x) if len(mids) > 1 else None
+            for i, (m, step) in enumerate(zip(mids, steps)):
+                t = m if scale is None else scale * m
+                if i == 0:
+                    torch.ge(x, t, out=out)
+                    out.mul_(step)
+                else:
+                    torch.ge(x, t, out=tmp)
+                    out.add_(tmp, alpha=step)
+            out.add_(v0)
+            if scale is not None:
+                out.mul_(scale)
+            if finite is None:
+                ok = bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+            else:
+                ok = bool(finite)
+            if not ok:
+                out.fill_(float("nan"))
+            ctx.window = None if gradient == "ste" else (low, high)
+            if ctx.window is not None:
+                ctx.save_for_backward(x)
+            return out
+
+        @staticmethod
+        def backward(ctx, dy):
+            if ctx.window is None:
+                return dy, None, None, None, None, None, None
+            (x,) = ctx.saved_tensors
+            low, high = ctx.window
+            if low == -high:  # one comparison instead of two
+                inside = torch.abs(x)
+                torch.le(inside, high, out=inside)
+            else:
+                inside = torch.ge(x, low, out=torch.empty_like(x))
+                inside.mul_(torch.le(x, high, out=torch.empty_like(x)))
+            dx = torch.ops.aten.threshold_backward(dy, inside, 0.5)
+            return dx, None, None, None, None, None, None
+
+    return TorchProjection
+
+
+_TorchProjection = _make_torch_projection() if backend() == "torch" else None
 
 
 def mean_abs_scale(w, channel_axes):

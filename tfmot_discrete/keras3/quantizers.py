@@ -101,7 +101,7 @@ def quantize(state: WeightState, w, training, seed=None):
             return qops.straight_through(
                 lambda t: qops.stochastic_project(t, values, seed), w, lo, hi, q.gradient
             )
-        return qops.straight_through(lambda t: qops.project(t, values), w, lo, hi, q.gradient)
+        return qops.project_straight_through(w, values, lo, hi, q.gradient)
     axes = channel_axes(q, len(w.shape))
     sigma = qops.mean_abs_scale(w, axes)
     if q.scale == "mean_abs" and stochastic:
@@ -117,9 +117,7 @@ def quantize(state: WeightState, w, training, seed=None):
             * sigma
         )
     finite = qops.all_finite(sigma)
-    out = qops.straight_through(
-        lambda t: qops.project(t, values, scale=sigma, finite=finite), w, lo, hi, q.gradient
-    )
+    out = qops.project_straight_through(w, values, lo, hi, q.gradient, scale=sigma, finite=finite)
     if q.scale == "mean_abs":
         return out
     s = ops.exp(ops.cast(state.variables["log_scale"], w.dtype) * LOG_SCALE_STEP)
