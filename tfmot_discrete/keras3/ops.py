@@ -12,14 +12,14 @@ nothing else, the backward pass one select. TensorFlow (XLA) and JAX fuse
 these selects into one loop over the weight; PyTorch's eager mode runs each
 operation as its own pass, and its selects on bool masks are slow (several
 times a float multiply). So on PyTorch `project_straight_through` computes the
-same values with float arithmetic in a `torch.autograd.Function` (see
-`_step_plan`): a comparison written into a float buffer per midpoint, an
-exact sum of codebook steps, one multiply by the scale.
+same values in a `torch.autograd.Function` with a few float passes over the
+weight (`_torch_projection`).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -172,11 +172,11 @@ def straight_through(forward, x, low, high, gradient, gate=None):
 def project_straight_through(x, values, low, high, gradient, scale=None, finite=None):
     """`project(x, values, scale, finite)` with a straight-through gradient.
 
-    The same values and gradients as
+    The values and gradients of
     `straight_through(lambda t: project(t, values, scale, finite), x, low,
-    high, gradient)`, bit for bit; on PyTorch, for a select-chain codebook
-    whose steps add up exactly (`_step_plan`), computed by one
-    `torch.autograd.Function` in a few float passes.
+    high, gradient)`; on PyTorch, for a finite `x` and a select-chain
+    codebook, computed by `_torch_projection` in `K` passes or so over `x`
+    instead of four or five per value.
 
     Args:
         x: A float tensor of any shape.
@@ -187,119 +187,149 @@ def project_straight_through(x, values, low, high, gradient, scale=None, finite=
         scale: Optional positive tensor broadcastable against `x` (no
             gradient flows to it). Defaults to `None` (a scale of 1).
         finite: Optional scalar bool tensor, whether `x` is all finite.
-            Defaults to `None`: computed from `x`.
+            Defaults to `None`: whether `scale` is, when given (a
+            `mean_abs_scale` of `x` is finite exactly when `x` is, unless a
+            channel's mean overflows, which then counts as non-finite), else
+            whether `x` is.
 
     Returns:
         The projection of `x` (times `scale`).
     """
     if gradient not in GRADIENTS:
         raise ValueError(f"`gradient` must be one of {GRADIENTS}. Received: gradient={gradient!r}")
-    dtype = _np_dtype(x)
-    plan = _step_plan(tuple(np.asarray(values, np.float64).tolist()), str(dtype))
-    if _TorchProjection is not None and plan is not None:
-        # The window's ends in `x`'s dtype, as `straight_through` compares them.
-        low, high = (float(np.asarray(a, dtype)) for a in (low, high))
-        args = (plan, low, high, gradient, finite)
-        return _TorchProjection.apply(ops.convert_to_tensor(x), scale, *args)
+    if _TORCH is not None and len(values) <= WHERE_CHAIN_MAX_K:
+        out = _torch_projection(x, values, low, high, gradient, scale, finite)
+        if out is not None:
+            return out
+    if finite is None and scale is not None:
+        finite = all_finite(scale)
     return straight_through(
         lambda t: project(t, values, scale=scale, finite=finite), x, low, high, gradient
     )
 
 
-@functools.lru_cache(maxsize=64)
-def _step_plan(values: tuple, dtype: str):
-    """`(midpoints, v_0, steps)` in `dtype` when the select chain's result
-    `v_j` (`j` = how many midpoints are `<= x`) is exactly
-    `((s_0 [x >= m_0] + s_1 [x >= m_1]) + ...) + v_0` computed in `dtype`,
-    with `s_i = v_{i+1} - v_i`; else None (too many values, another dtype, or
-    a sum that rounds). True of the usual codebooks (binary, ternary, the
-    power-of-two and evenly spaced ones with dyadic values)."""
-    v = np.asarray(values, np.float64)
-    if not 2 <= v.size <= WHERE_CHAIN_MAX_K or dtype not in ("float32", "float64"):
+def _torch_projection(x, values, low, high, gradient, scale, finite):
+    """The select chain of `project` on PyTorch, or None when `x` is not
+    finite (or said not to be) or a scaled codebook could overflow: the
+    general path then runs.
+
+    `torch.where` on a bool mask is a slow kernel on CPU, and every eager
+    operation is one more pass over the weight; here the chain is a
+    comparison written into a reused float buffer (0 or 1) and a `torch.lerp`
+    between two codebook values (times the scale) per midpoint: `lerp(a, b,
+    0)` is `a` and `lerp(a, b, 1)` is `b`, exactly, when `b - a` is finite.
+    One `aminmax` tells whether `x` is finite and inside the estimator's
+    window; inside it (the clipping constraint keeps it there) the gradient is
+    `dy` itself, outside one `hardtanh_backward` (the gradient select of
+    `clamp`, open window) on the window widened by one ulp, which for finite
+    `x` is the closed window of `straight_through`.
+    """
+    torch = _TORCH
+    x = x if isinstance(x, torch.Tensor) else ops.convert_to_tensor(x)
+    dtype = _TORCH_FLOATS.get(x.dtype)
+    if dtype is None or not x.ndim or (finite is not None and not bool(finite)):
         return None
-    vd = v.astype(dtype)
-    steps = np.diff(vd)
-    for j in range(v.size):
-        ind = (np.arange(v.size - 1) < j).astype(dtype)
-        acc = ind[0] * steps[0]
-        for i in range(1, v.size - 1):
-            acc = acc + ind[i] * steps[i]
-        acc = acc + vd[0]
-        if acc.dtype != vd.dtype or acc.tobytes() != vd[j].tobytes():
+    v, mids, window = _chain_constants(
+        tuple(np.asarray(values, np.float64).tolist()), dtype, low, high
+    )
+    with torch.no_grad():
+        x_min, x_max = (float(a) for a in torch.aminmax(x))  # NaN if x holds one
+        if not (math.isfinite(x_min) and math.isfinite(x_max)):
             return None
-    mids = midpoints(v).astype(dtype)
-    return tuple(mids.tolist()), float(vd[0]), tuple(steps.tolist())
+        if scale is None:
+            # Rows along the last axis: `lerp` broadcasts a 0-d tensor slowly.
+            shape = x.shape[-1:]
+            rows = [torch.full(shape, a, dtype=x.dtype, device=x.device) for a in v]
+            thresholds = mids
+        else:
+            scale = ops.convert_to_tensor(scale).detach()
+            # `v * scale` and the differences `lerp` takes must stay finite
+            # (a NaN or inf scale fails this too).
+            largest = float(np.finfo(dtype).max)
+            if not float(scale.max()) * max(abs(v[0]), abs(v[-1])) * 2 < largest:
+                return None
+            rows = [scale * a for a in v]
+            thresholds = [scale * m for m in mids]
+    if gradient == "ste" or window[0] < x_min <= x_max < window[1]:
+        window = None  # the gradient is `dy` everywhere
+    return _TorchSelectChain.apply(x, thresholds, rows, window)
 
 
-def _make_torch_projection():
-    import torch  # noqa: PLC0415  (the PyTorch backend only)
+@functools.lru_cache(maxsize=64)
+def _chain_constants(values: tuple, dtype: str, low: float, high: float):
+    """The codebook values and midpoints in `dtype` (as Python floats), and
+    the estimator's window `[low, high]` in `dtype`, one ulp wider each side."""
+    dt = np.dtype(dtype).type
+    v = np.asarray(values, np.float64)
+    window = (
+        float(np.nextafter(dt(low), dt(-np.inf))),
+        float(np.nextafter(dt(high), dt(np.inf))),
+    )
+    return v.astype(dt).tolist(), midpoints(v).astype(dt).tolist(), window
 
-    class TorchProjection(torch.autograd.Function):
-        """The projection and its straight-through gradient on PyTorch.
 
-        Forward: `torch.ge(x, m_i, out=<float buffer>)` gives each midpoint's
-        0/1 indicator as a float (a bool mask costs more to make and far more
-        to select with), the steps add them up to `v_j` exactly
-        (`_step_plan`), then one multiply by the scale gives `v_j * scale`, the
-        product the select chain takes. Thresholds are `scale * m_i`, the
-        chain's. Backward: the window test into a float buffer, then
-        `threshold_backward` (the ReLU's gradient select: `dy` where the
-        indicator is 1, else 0, whatever `dy` holds).
-        """
+def _make_torch_select_chain(torch):
+    class TorchSelectChain(torch.autograd.Function):
+        """`project`'s select chain for a finite `x` (see `_torch_projection`)."""
 
         @staticmethod
-        def forward(ctx, x, scale, plan, low, high, gradient, finite):
-            mids, v0, steps = plan
-            if scale is not None:
-                scale = scale.detach()
-            out = torch.empty_like(x)
-            tmp = torch.empty_like(x) if len(mids) > 1 else None
-            for i, (m, step) in enumerate(zip(mids, steps)):
-                t = m if scale is None else scale * m
-                if i == 0:
-                    torch.ge(x, t, out=out)
-                    out.mul_(step)
-                else:
-                    torch.ge(x, t, out=tmp)
-                    out.add_(tmp, alpha=step)
-            out.add_(v0)
-            if scale is not None:
-                out.mul_(scale)
-            if finite is None:
-                ok = bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
-            else:
-                ok = bool(finite)
-            if not ok:
-                out.fill_(float("nan"))
-            ctx.window = None if gradient == "ste" else (low, high)
-            if ctx.window is not None:
+        def forward(ctx, x, thresholds, rows, window):
+            ind = _scratch_like(x)
+            torch.ge(x, thresholds[0], out=ind)
+            out = torch.lerp(rows[0], rows[1], ind)
+            for t, row in zip(thresholds[1:], rows[2:]):
+                torch.ge(x, t, out=ind)
+                out.lerp_(row, ind)
+            ctx.window = window
+            if window is not None:
                 ctx.save_for_backward(x)
             return out
 
         @staticmethod
         def backward(ctx, dy):
             if ctx.window is None:
-                return dy, None, None, None, None, None, None
+                return dy, None, None, None
             (x,) = ctx.saved_tensors
-            low, high = ctx.window
-            if low == -high:  # one comparison instead of two
-                inside = torch.abs(x)
-                torch.le(inside, high, out=inside)
-            else:
-                inside = torch.ge(x, low, out=torch.empty_like(x))
-                inside.mul_(torch.le(x, high, out=torch.empty_like(x)))
-            dx = torch.ops.aten.threshold_backward(dy, inside, 0.5)
-            return dx, None, None, None, None, None, None
+            return torch.ops.aten.hardtanh_backward(dy, x, *ctx.window), None, None, None
 
-    return TorchProjection
+    return TorchSelectChain
 
 
-_TorchProjection = _make_torch_projection() if backend() == "torch" else None
+def _scratch_like(x):
+    """A buffer of `x`'s shape for values that never leave the function using
+    it: one per thread, dtype and device, grown to the largest size asked
+    (a fresh buffer per call costs page faults on every training step)."""
+    cache = _SCRATCH.__dict__
+    key = (x.dtype, x.device)
+    buf = cache.get(key)
+    if buf is None or buf.numel() < x.numel():
+        buf = cache[key] = _TORCH.empty(x.numel(), dtype=x.dtype, device=x.device)
+    return buf[: x.numel()].view(x.shape)
+
+
+if backend() == "torch":
+    import threading
+
+    import torch as _TORCH
+
+    _SCRATCH = threading.local()
+    _TORCH_FLOATS = {_TORCH.float32: "float32", _TORCH.float64: "float64"}
+    _TorchSelectChain = _make_torch_select_chain(_TORCH)
+else:
+    _TORCH = None
 
 
 def mean_abs_scale(w, channel_axes):
     """XNOR-Net's per-channel `mean|w|` (1 for a zero channel), no gradient."""
     axes = reduce_axes(len(w.shape), channel_axes)
+    if _TORCH is not None and axes:
+        w = ops.convert_to_tensor(w)
+        if w.dtype in _TORCH_FLOATS:
+            # What `ops.mean` and `ops.where` run on PyTorch, with `|w|` in the
+            # reused buffer instead of a new one.
+            with _TORCH.no_grad():
+                s = _TORCH.mean(_TORCH.abs(w, out=_scratch_like(w)), axes, True)
+                return _TORCH.where(s == 0, 1.0, s)
     s = ops.mean(ops.abs(w), axis=axes, keepdims=True) if axes else ops.abs(w)
     s = ops.where(ops.equal(s, 0), ops.ones_like(s), s)
     return ops.stop_gradient(s)
