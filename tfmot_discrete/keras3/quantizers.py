@@ -43,7 +43,14 @@ class ClipToRange(keras.constraints.Constraint):
         if backend() == "torch":
             # `ops.clip` turns the bounds into tensors; PyTorch clamps several
             # times faster with number bounds (the same values).
-            return ops.convert_to_tensor(w).clamp(self.low, self.high)
+            import torch  # noqa: PLC0415  (the PyTorch backend only)
+
+            t = ops.convert_to_tensor(w)
+            if isinstance(w, keras.Variable) and not torch.is_grad_enabled():
+                # The optimizer's update (under `no_grad`) assigns the result
+                # to `w` next: clamped in place, that assignment copies nothing.
+                return t.clamp_(self.low, self.high)
+            return t.clamp(self.low, self.high)
         return ops.clip(w, self.low, self.high)
 
     def get_config(self):
