@@ -324,9 +324,10 @@ def mean_abs_scale(w, channel_axes):
     axes = reduce_axes(len(w.shape), channel_axes)
     if _TORCH is not None and axes:
         w = ops.convert_to_tensor(w)
-        if w.dtype in _TORCH_FLOATS:
-            # What `ops.mean` and `ops.where` run on PyTorch, with `|w|` in the
-            # reused buffer instead of a new one.
+        if w.dtype == _TORCH.float32:
+            # What `ops.mean` and `ops.where` run on PyTorch for float32 (they
+            # compute float64 in float32), with `|w|` in the reused buffer
+            # instead of a new one.
             with _TORCH.no_grad():
                 s = _TORCH.mean(_TORCH.abs(w, out=_scratch_like(w)), axes, True)
                 return _TORCH.where(s == 0, 1.0, s)
