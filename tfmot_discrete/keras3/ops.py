@@ -8,15 +8,23 @@ to the same bits.
 
 The straight-through estimators use `keras.ops.custom_gradient` (a custom
 gradient on every backend): the forward pass computes the projection and
-nothing else, the backward pass one select.
+nothing else, the backward pass one select. TensorFlow (XLA) and JAX fuse
+these selects into one loop over the weight; PyTorch's eager mode runs each
+operation as its own pass, and its selects on bool masks are slow (several
+times a float multiply). So on PyTorch `project_straight_through` computes the
+same values in a `torch.autograd.Function` with a few float passes over the
+weight (`_torch_projection`).
 """
 
 from __future__ import annotations
 
+import functools
+import math
+
 import numpy as np
 
 from tfmot_discrete.codebook import midpoints
-from tfmot_discrete.keras3._k3 import keras, ops
+from tfmot_discrete.keras3._k3 import backend, keras, ops
 from tfmot_discrete.ops import GRADIENTS, WHERE_CHAIN_MAX_K, reduce_axes
 
 __all__ = [
@@ -26,6 +34,7 @@ __all__ = [
     "fake_quant_int8",
     "mean_abs_scale",
     "project",
+    "project_straight_through",
     "stochastic_project",
     "straight_through",
 ]
@@ -160,9 +169,168 @@ def straight_through(forward, x, low, high, gradient, gate=None):
     return _fwd_gated(x, ops.stop_gradient(gate))
 
 
+def project_straight_through(x, values, low, high, gradient, scale=None, finite=None):
+    """`project(x, values, scale, finite)` with a straight-through gradient.
+
+    The values and gradients of
+    `straight_through(lambda t: project(t, values, scale, finite), x, low,
+    high, gradient)`; on PyTorch, for a finite `x` and a select-chain
+    codebook, computed by `_torch_projection` in `K` passes or so over `x`
+    instead of four or five per value.
+
+    Args:
+        x: A float tensor of any shape.
+        values: Sorted, distinct codebook values.
+        low: Lower end of the clipped estimator's window.
+        high: Upper end of the window.
+        gradient: `"clipped_ste"` or `"ste"`.
+        scale: Optional positive tensor broadcastable against `x` (no
+            gradient flows to it). Defaults to `None` (a scale of 1).
+        finite: Optional scalar bool tensor, whether `x` is all finite.
+            Defaults to `None`: whether `scale` is, when given (a
+            `mean_abs_scale` of `x` is finite exactly when `x` is, unless a
+            channel's mean overflows, which then counts as non-finite), else
+            whether `x` is.
+
+    Returns:
+        The projection of `x` (times `scale`).
+    """
+    if gradient not in GRADIENTS:
+        raise ValueError(f"`gradient` must be one of {GRADIENTS}. Received: gradient={gradient!r}")
+    if _TORCH is not None and len(values) <= WHERE_CHAIN_MAX_K:
+        out = _torch_projection(x, values, low, high, gradient, scale, finite)
+        if out is not None:
+            return out
+    if finite is None and scale is not None:
+        finite = all_finite(scale)
+    return straight_through(
+        lambda t: project(t, values, scale=scale, finite=finite), x, low, high, gradient
+    )
+
+
+def _torch_projection(x, values, low, high, gradient, scale, finite):
+    """The select chain of `project` on PyTorch, or None when `x` is not
+    finite (or said not to be) or a scaled codebook could overflow: the
+    general path then runs.
+
+    `torch.where` on a bool mask is a slow kernel on CPU, and every eager
+    operation is one more pass over the weight; here the chain is a
+    comparison written into a reused float buffer (0 or 1) and a `torch.lerp`
+    between two codebook values (times the scale) per midpoint: `lerp(a, b,
+    0)` is `a` and `lerp(a, b, 1)` is `b`, exactly, when `b - a` is finite.
+    One `aminmax` tells whether `x` is finite and inside the estimator's
+    window; inside it (the clipping constraint keeps it there) the gradient is
+    `dy` itself, outside one `hardtanh_backward` (the gradient select of
+    `clamp`, open window) on the window widened by one ulp, which for finite
+    `x` is the closed window of `straight_through`.
+    """
+    torch = _TORCH
+    x = x if isinstance(x, torch.Tensor) else ops.convert_to_tensor(x)
+    dtype = _TORCH_FLOATS.get(x.dtype)
+    if dtype is None or not x.ndim or (finite is not None and not bool(finite)):
+        return None
+    v, mids, window = _chain_constants(
+        tuple(np.asarray(values, np.float64).tolist()), dtype, low, high
+    )
+    with torch.no_grad():
+        x_min, x_max = (float(a) for a in torch.aminmax(x))  # NaN if x holds one
+        if not (math.isfinite(x_min) and math.isfinite(x_max)):
+            return None
+        if scale is None:
+            # Rows along the last axis: `lerp` broadcasts a 0-d tensor slowly.
+            shape = x.shape[-1:]
+            rows = [torch.full(shape, a, dtype=x.dtype, device=x.device) for a in v]
+            thresholds = mids
+        else:
+            scale = ops.convert_to_tensor(scale).detach()
+            # `v * scale` and the differences `lerp` takes must stay finite
+            # (a NaN or inf scale fails this too).
+            largest = float(np.finfo(dtype).max)
+            if not float(scale.max()) * max(abs(v[0]), abs(v[-1])) * 2 < largest:
+                return None
+            rows = [scale * a for a in v]
+            thresholds = [scale * m for m in mids]
+    if gradient == "ste" or window[0] < x_min <= x_max < window[1]:
+        window = None  # the gradient is `dy` everywhere
+    return _TorchSelectChain.apply(x, thresholds, rows, window)
+
+
+@functools.lru_cache(maxsize=64)
+def _chain_constants(values: tuple, dtype: str, low: float, high: float):
+    """The codebook values and midpoints in `dtype` (as Python floats), and
+    the estimator's window `[low, high]` in `dtype`, one ulp wider each side."""
+    dt = np.dtype(dtype).type
+    v = np.asarray(values, np.float64)
+    window = (
+        float(np.nextafter(dt(low), dt(-np.inf))),
+        float(np.nextafter(dt(high), dt(np.inf))),
+    )
+    return v.astype(dt).tolist(), midpoints(v).astype(dt).tolist(), window
+
+
+def _make_torch_select_chain(torch):
+    class TorchSelectChain(torch.autograd.Function):
+        """`project`'s select chain for a finite `x` (see `_torch_projection`)."""
+
+        @staticmethod
+        def forward(ctx, x, thresholds, rows, window):
+            ind = _scratch_like(x)
+            torch.ge(x, thresholds[0], out=ind)
+            out = torch.lerp(rows[0], rows[1], ind)
+            for t, row in zip(thresholds[1:], rows[2:]):
+                torch.ge(x, t, out=ind)
+                out.lerp_(row, ind)
+            ctx.window = window
+            if window is not None:
+                ctx.save_for_backward(x)
+            return out
+
+        @staticmethod
+        def backward(ctx, dy):
+            if ctx.window is None:
+                return dy, None, None, None
+            (x,) = ctx.saved_tensors
+            return torch.ops.aten.hardtanh_backward(dy, x, *ctx.window), None, None, None
+
+    return TorchSelectChain
+
+
+def _scratch_like(x):
+    """A buffer of `x`'s shape for values that never leave the function using
+    it: one per thread, dtype and device, grown to the largest size asked
+    (a fresh buffer per call costs page faults on every training step)."""
+    cache = _SCRATCH.__dict__
+    key = (x.dtype, x.device)
+    buf = cache.get(key)
+    if buf is None or buf.numel() < x.numel():
+        buf = cache[key] = _TORCH.empty(x.numel(), dtype=x.dtype, device=x.device)
+    return buf[: x.numel()].view(x.shape)
+
+
+if backend() == "torch":
+    import threading
+
+    import torch as _TORCH
+
+    _SCRATCH = threading.local()
+    _TORCH_FLOATS = {_TORCH.float32: "float32", _TORCH.float64: "float64"}
+    _TorchSelectChain = _make_torch_select_chain(_TORCH)
+else:
+    _TORCH = None
+
+
 def mean_abs_scale(w, channel_axes):
     """XNOR-Net's per-channel `mean|w|` (1 for a zero channel), no gradient."""
     axes = reduce_axes(len(w.shape), channel_axes)
+    if _TORCH is not None and axes:
+        w = ops.convert_to_tensor(w)
+        if w.dtype == _TORCH.float32:
+            # What `ops.mean` and `ops.where` run on PyTorch for float32 (they
+            # compute float64 in float32), with `|w|` in the reused buffer
+            # instead of a new one.
+            with _TORCH.no_grad():
+                s = _TORCH.mean(_TORCH.abs(w, out=_scratch_like(w)), axes, True)
+                return _TORCH.where(s == 0, 1.0, s)
     s = ops.mean(ops.abs(w), axis=axes, keepdims=True) if axes else ops.abs(w)
     s = ops.where(ops.equal(s, 0), ops.ones_like(s), s)
     return ops.stop_gradient(s)

@@ -15,7 +15,7 @@ import numpy as np
 
 from tfmot_discrete import int8
 from tfmot_discrete.keras3 import ops as qops
-from tfmot_discrete.keras3._k3 import keras, ops
+from tfmot_discrete.keras3._k3 import backend, keras, ops
 from tfmot_discrete.quantizers import LOG_SCALE_STEP, CodebookQuantizer
 
 
@@ -40,6 +40,17 @@ class ClipToRange(keras.constraints.Constraint):
         self.low, self.high = float(low), float(high)
 
     def __call__(self, w):
+        if backend() == "torch":
+            # `ops.clip` turns the bounds into tensors; PyTorch clamps several
+            # times faster with number bounds (the same values).
+            import torch  # noqa: PLC0415  (the PyTorch backend only)
+
+            t = ops.convert_to_tensor(w)
+            if isinstance(w, keras.Variable) and not torch.is_grad_enabled():
+                # The optimizer's update (under `no_grad`) assigns the result
+                # to `w` next: clamped in place, that assignment copies nothing.
+                return t.clamp_(self.low, self.high)
+            return t.clamp(self.low, self.high)
         return ops.clip(w, self.low, self.high)
 
     def get_config(self):
@@ -101,7 +112,7 @@ def quantize(state: WeightState, w, training, seed=None):
             return qops.straight_through(
                 lambda t: qops.stochastic_project(t, values, seed), w, lo, hi, q.gradient
             )
-        return qops.straight_through(lambda t: qops.project(t, values), w, lo, hi, q.gradient)
+        return qops.project_straight_through(w, values, lo, hi, q.gradient)
     axes = channel_axes(q, len(w.shape))
     sigma = qops.mean_abs_scale(w, axes)
     if q.scale == "mean_abs" and stochastic:
@@ -116,10 +127,7 @@ def quantize(state: WeightState, w, training, seed=None):
             )
             * sigma
         )
-    finite = qops.all_finite(sigma)
-    out = qops.straight_through(
-        lambda t: qops.project(t, values, scale=sigma, finite=finite), w, lo, hi, q.gradient
-    )
+    out = qops.project_straight_through(w, values, lo, hi, q.gradient, scale=sigma)
     if q.scale == "mean_abs":
         return out
     s = ops.exp(ops.cast(state.variables["log_scale"], w.dtype) * LOG_SCALE_STEP)
