@@ -102,7 +102,7 @@ def _plan(model, spec) -> tuple[dict, list]:
         names = _spec_names(layer)
         kernels = [names.get(id(v), v.name) for v in layer.weights if _is_kernel_like(v)]
         if specs is None:
-            if spec.from_mapping and found and value is not None and kernels:
+            if spec.from_mapping and found and value is not None and layer.trainable_weights:
                 raise ValueError(
                     f"Layer {layer.name!r} of class {type(layer).__name__} cannot be quantized "
                     f"to a codebook on Keras 3 (supported: {SUPPORTED}, DiscreteMultiplier)."
