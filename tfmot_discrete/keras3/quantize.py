@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfmot_discrete import annotate, configs, int8, scheme
+from tfmot_discrete.keras3 import nested
 from tfmot_discrete.keras3 import quantizers as k3q
 from tfmot_discrete.keras3._k3 import is_graph_model, keras, ops
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
@@ -163,7 +164,8 @@ def quantize_model(model, quantizer, activations=None, strict=False):
     Every supported layer (`wrapper.weight_specs`) is wrapped in a
     `QuantizeWrapper` named `"quant_" + name`; the other layers are copied.
     The model trains with `keras.ops` on the TensorFlow, JAX and PyTorch
-    backends. Arguments as in `td.quantize_model`; `activations="int8"` is
+    backends. A model used as a layer (a backbone) is flattened first
+    (`keras3.nested`): its layers become the returned model's. Arguments as in `td.quantize_model`; `activations="int8"` is
     tf_keras only (use `td.to_tf_keras` first). A layer whose kernel-like
     weights stay float gets a `QuantizationWarning`, or with `strict=True` a
     `ValueError`.
@@ -175,6 +177,7 @@ def quantize_model(model, quantizer, activations=None, strict=False):
         )
     check_model(model)
     spec = scheme.resolve_quantizer_spec(quantizer)
+    model = nested.flatten(model)
     if not isinstance(strict, bool):
         raise ValueError(f"`strict` must be a bool. Received: strict={strict!r}")
     plan, float_weights = _plan(model, spec)
