@@ -11,6 +11,7 @@ two to the same bits).
 from __future__ import annotations
 
 import re
+import warnings
 
 from tfmot_discrete import _keras, configs, weights
 from tfmot_discrete import quantize as tfk_quantize
@@ -19,6 +20,7 @@ from tfmot_discrete.keras3._k3 import keras, ops
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.wrapper import QuantizeWrapper
 from tfmot_discrete.layers import DiscreteMultiplier as TfKerasMultiplier
+from tfmot_discrete.weights import QuantizationWarning
 
 
 def _latent(model):
@@ -76,7 +78,10 @@ def to_tf_keras(model):
     for layer in plain.layers:
         if layer.name in plan:
             mapping[re.escape(layer.name)] = configs.config_for_layer(layer, plan[layer.name])
-    qat = tfk_quantize.quantize_model(plain, mapping or None)
+    with warnings.catch_warnings():
+        # The Keras 3 model's `quantize_model` told of its float weights already.
+        warnings.simplefilter("ignore", QuantizationWarning)
+        qat = tfk_quantize.quantize_model(plain, mapping or None)
     _copy_state(model, qat)
     return qat
 
