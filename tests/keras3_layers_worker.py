@@ -25,6 +25,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from keras3_cases import assert_on_codebook
+
 import tfmot_discrete as td
 from tfmot_discrete import configs
 from tfmot_discrete.keras3 import quantize as k3
@@ -136,6 +139,13 @@ def data(n=8):
     return rng.normal(size=(n, 6, 3)).astype("float32"), rng.normal(size=(n, 2)).astype("float32")
 
 
+def codes(var, state):
+    """The codebook index of each value of a projected weight."""
+    return state.quantizer.codebook.index_numpy(
+        k3.projected(state, var.value) / k3q.scale_of(state, var.value)
+    )
+
+
 def compile_for_backend(model, lr):
     # JAX compiled (eager JAX compiles every operation); TensorFlow and
     # PyTorch eager (tracing costs more than two steps).
@@ -182,7 +192,8 @@ def _train():
     qat = DATA["qat"]
     x, y = data()
     before = {v.path: npy(v.value).copy() for v in qat.trainable_variables}
-    projected_before = {f"{la}/{w}": k3.projected(s, v.value) for la, w, v, s in k3.items(qat)}
+    gru_kernel = next((v, s) for la, w, v, s in k3.items(qat) if (la, w) == ("gru", "kernel"))
+    codes_before = codes(*gru_kernel)
     compile_for_backend(qat, 0.1)
     hist = qat.fit(x, y, batch_size=4, epochs=1, verbose=0)
     assert np.all(np.isfinite(hist.history["loss"]))
@@ -193,8 +204,9 @@ def _train():
             lat = npy(var.value)
             assert lat.min() >= state.quantizer.codebook.low - 1e-6, name
             assert lat.max() <= state.quantizer.codebook.high + 1e-6, name
-    after = {f"{la}/{w}": k3.projected(s, v.value) for la, w, v, s in k3.items(qat)}
-    assert not np.array_equal(after["gru/kernel"], projected_before["gru/kernel"]), "GRU codes"
+    changed = np.mean(codes(*gru_kernel) != codes_before)
+    print(f"GRU kernel: {changed:.0%} of its codebook values changed", file=sys.stderr)
+    assert changed > 0, "training did not change the GRU's projected kernel"
     plain = td.strip_quantization(qat)
     assert not any(isinstance(la, td.keras3.QuantizeWrapper) for la in plain.layers)
     out = run(qat, x)
@@ -205,11 +217,7 @@ def _train():
         path = {s.name: s.path for s in td.keras3.wrapper.weight_specs(stripped)}[weight]
         owner, attr = configs.resolve(stripped, path)
         np.testing.assert_array_equal(npy(getattr(owner, attr)), want, err_msg=f"{layer}/{weight}")
-        q = state.quantizer
-        if not isinstance(q, td.int8.Int8WeightQuantizer):
-            s = k3q.scale_of(state, var.value)
-            idx = q.codebook.index_numpy(want / s)
-            np.testing.assert_allclose(want, q.codebook.values[idx] * s, rtol=1e-6)
+        assert_on_codebook(state, var.value, want)
     path = OUT / "layers.keras"
     qat.save(path)
     loaded = keras.saving.load_model(path)

@@ -4,12 +4,10 @@ codebook on the TensorFlow, JAX and PyTorch backends (each in its own process,
 run side by side), as on the tf_keras path; exported exactly."""
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
+from keras3_cases import run_workers
 
 WORKER = pathlib.Path(__file__).with_name("keras3_layers_worker.py")
 #: Each backend's worker flags: the summary (a tf_keras rebuild of the whole
@@ -28,25 +26,7 @@ FLAG_CHECKS = {"--summary": "summary", "--export": "export_gru_attention_int8_in
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory):
     """The three backends' workers, run side by side: `{backend: (rc, stderr, dir)}`."""
-    runs = {}
-    for backend, flags in BACKENDS.items():
-        out = tmp_path_factory.mktemp(backend)
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-        env["PYTHONPATH"] = os.pathsep.join([str(WORKER.parent.parent), env.get("PYTHONPATH", "")])
-        err = open(out / "stderr.txt", "w")
-        proc = subprocess.Popen(
-            [sys.executable, str(WORKER), str(out), *flags],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-        runs[backend] = (proc, err, out)
-    done = {}
-    for backend, (proc, err, out) in runs.items():
-        rc = proc.wait(timeout=600)
-        err.close()
-        done[backend] = (rc, (out / "stderr.txt").read_text(), out)
-    return done
+    return run_workers(WORKER, BACKENDS, tmp_path_factory)
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))

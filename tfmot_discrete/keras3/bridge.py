@@ -15,6 +15,7 @@ import warnings
 
 from tfmot_discrete import _keras, configs, weights
 from tfmot_discrete import quantize as tfk_quantize
+from tfmot_discrete.keras3 import nested
 from tfmot_discrete.keras3 import quantize as k3_quantize
 from tfmot_discrete.keras3._k3 import keras, ops
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
@@ -56,7 +57,8 @@ def to_tf_keras(model):
     and `td.DiscreteMultiplier`s holding the same latent weights, learned
     scales and 8-bit ranges), ready for `tflite_export.export`,
     `td.summary` or more training with tf_keras and TF-MOT. Runs on every
-    Keras 3 backend (weights travel as NumPy arrays).
+    Keras 3 backend (weights travel as NumPy arrays). A model used as a
+    layer comes back flattened into the outer model (`keras3.nested`).
 
     Args:
         model: A built Keras 3 Sequential or Functional model.
@@ -68,7 +70,7 @@ def to_tf_keras(model):
         ValueError: Naming the first layer that tf_keras cannot rebuild.
     """
     k3_quantize.check_model(model)
-    plain3, plan, multipliers = _latent(model)
+    plain3, plan, multipliers = _latent(nested.flatten(model))
     plain = _keras.from_keras3(plain3)
     if multipliers:
         plain = _with_multipliers(plain, multipliers)

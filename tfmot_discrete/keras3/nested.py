@@ -96,17 +96,10 @@ class _Flattener:
 
 
 def flatten(model):
-    """`model` with the layers of every model inside it moved into its graph.
-
-    Args:
-        model: A built Keras 3 Sequential or Functional model.
-
-    Returns:
-        `model` itself when no layer of it is a model; else a new Functional
-        model computing the same function, whose layers are the outer
-        model's and the nested models' (recursively), with the same weights,
-        trainable flags and names (an inner name that is already taken gets
-        the prefix `<nested model name>_`).
+    """`tfmot_discrete.nested.flatten` for a built Keras 3 Sequential or
+    Functional model: `model` itself without nested models, else a new
+    Functional model of the same function, weights, trainable flags and
+    names (a taken inner name gets the prefix `<nested model name>_`).
 
     Raises:
         ValueError: For a nested model called more than once.
