@@ -228,6 +228,28 @@ def _train():
         np.testing.assert_array_equal(k3.projected(s2, v2.value), want, err_msg=f"{la}/{w}")
 
 
+def _masking():
+    """An Embedding's mask reaches a wrapped GRU through the wrappers."""
+
+    def model(mask_zero):
+        inp = keras.Input((5,), dtype="int32")
+        h = L.Embedding(10, 4, mask_zero=mask_zero, name="emb")(inp)
+        return keras.Model(inp, L.Dense(2, name="out")(L.GRU(3, name="gru")(h)))
+
+    x = np.array([[1, 2, 3, 0, 0], [4, 5, 0, 0, 0]], "int32")
+    qat = td.quantize_model(model(True), td.ternary())
+    weights = td.strip_quantization(qat).get_weights()
+    masked, unmasked = model(True), model(False)
+    masked.set_weights(weights)
+    unmasked.set_weights(weights)
+    np.testing.assert_allclose(npy(qat(x)), npy(masked(x)), atol=1e-6)
+    assert np.abs(npy(unmasked(x)) - npy(masked(x))).max() > 1e-4  # the mask matters
+
+
+if BACKEND != "jax":  # (eager calls; the wrapper's masks do not depend on the backend)
+    passes("masks_reach_wrapped_layers", _masking)
+
+
 @check("gru_parity_with_tf_keras")
 def _gru():
     """A GRU trained here projects, through `td.to_tf_keras`, to the same

@@ -269,7 +269,8 @@ def strip_quantization(model):
             cfg["values"] = layer.folded_quantizer().get_config()
             new_weights[layer.name] = [projected(layer.state, layer.kernel.value)]
             return DiscreteMultiplier.from_config(cfg)
-        new_weights[layer.name] = layer.get_weights()
+        if getattr(layer, "weights", None):  # (a graph may hold plain operations)
+            new_weights[layer.name] = layer.get_weights()
         return _fresh(layer)
 
     plain = clone(model, _strip)

@@ -127,6 +127,7 @@ class QuantizeWrapper(keras.layers.Layer):
             object.__setattr__(self, "call", self._call_without_mask)
         super().__init__(**kwargs)
         self.layer = layer
+        self.supports_masking = layer.supports_masking  # (an Embedding's mask_zero)
         self.quantizer = _quantizer_from(quantizer)
         if isinstance(self.quantizer, dict):
             unknown = set(self.quantizer) - {s.name for s in specs}
