@@ -7,8 +7,8 @@ tf_keras path supports beyond plain kernels (LSTM, GRU, SimpleRNN,
 RNN(LSTMCell), Bidirectional, MultiHeadAttention, EinsumDense,
 TimeDistributed, ConvLSTM1D/2D, a model used as a layer) is quantized with a
 per-weight mapping, trained two steps, stripped, saved and loaded, raising on
-the first failed check; a GRU trained here projects to the weights the
-tf_keras path gives it (`td.to_tf_keras`). With `--summary`, `td.summary` of
+the first failed check; the trained model's weights project to what the
+tf_keras path gives them (`td.to_tf_keras`). With `--summary`, `td.summary` of
 the layer model; with `--export`, a GRU and attention model exported exactly.
 Writes `checks.json` (the names of the checks that passed).
 """
@@ -29,7 +29,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from keras3_cases import assert_on_codebook
 
 import tfmot_discrete as td
-from tfmot_discrete import configs
+from tfmot_discrete import configs, weights
 from tfmot_discrete.keras3 import quantize as k3
 from tfmot_discrete.keras3 import quantizers as k3q
 
@@ -211,6 +211,7 @@ def _train():
     assert not any(isinstance(la, td.keras3.QuantizeWrapper) for la in plain.layers)
     out = run(qat, x)
     np.testing.assert_allclose(run(plain, x), out, atol=1e-5, rtol=1e-5)
+    DATA["out"] = out
     for layer, weight, var, state in k3.items(qat):
         want = k3.projected(state, var.value)
         stripped = plain.get_layer(layer)
@@ -250,32 +251,29 @@ if BACKEND != "jax":  # (eager calls; the wrapper's masks do not depend on the b
     passes("masks_reach_wrapped_layers", _masking)
 
 
-@check("gru_parity_with_tf_keras")
-def _gru():
-    """A GRU trained here projects, through `td.to_tf_keras`, to the same
-    weights on the tf_keras path (learned scales included)."""
-    inp = keras.Input((5, 3), name="x")
-    model = keras.Model(inp, L.Dense(2, **ZERO, name="out")(L.GRU(4, **RNN, name="gru")(inp)))
-    randomize(model, seed=1)
-    qat = td.quantize_model(model, {"gru": td.ternary(scale="learned"), "out": td.binary()})
-    x, y = data()
-    x = x[:, :5]
-    compile_for_backend(qat, 0.05)
-    qat.fit(x, y, batch_size=8, epochs=1, verbose=0)
+@check("parity_with_tf_keras")
+def _parity():
+    """The trained model's tf_keras twin (`td.to_tf_keras`: TF-MOT wrappers of
+    the same quantizers, latent weights, learned scales and 8-bit ranges)
+    names the same weights, projects each to what this backend projects it
+    to, and computes the same outputs."""
+    qat = DATA["qat"]
     twin = td.to_tf_keras(qat)
     assert isinstance(twin, td.keras.Model)
-    mine = td.strip_quantization(qat).get_layer("gru")
-    theirs = td.strip_quantization(twin).get_layer("gru")
-    for w3, w2 in zip(mine.weights, theirs.weights, strict=True):
-        got, want = npy(w3.value), w2.numpy()
-        if BACKEND != "tensorflow":
-            # A channel's mean|w| (summed in another order) and its learned
-            # scale (XLA's or PyTorch's exp) may each be one ulp off TensorFlow's.
-            np.testing.assert_array_max_ulp(got, want, maxulp=2)
+    items = weights.codebook_items(twin) + weights.int8_items(twin)
+    theirs = {it.label: it.quantizer(it.latent, False, weights=it.qvars).numpy() for it in items}
+    mine = {f"{la}/{w}": k3.projected(s, v.value) for la, w, v, s in k3.items(qat)}
+    assert set(theirs) == set(mine) == QUANTIZED, sorted(set(theirs) ^ set(mine))
+    for name, want in theirs.items():
+        if BACKEND == "tensorflow":
+            np.testing.assert_array_equal(mine[name], want, err_msg=name)
         else:
-            np.testing.assert_array_equal(got, want, err_msg=w3.name)
-    if BACKEND != "jax":  # (one more compilation on JAX)
-        np.testing.assert_allclose(twin(x).numpy(), run(qat, x), atol=1e-5)
+            # A channel's mean|w| (summed in another order) and a learned
+            # scale (XLA's or PyTorch's exp) may each be one ulp off TensorFlow's.
+            np.testing.assert_array_max_ulp(mine[name], want, maxulp=2)
+    x, _ = data()
+    np.testing.assert_allclose(twin(x).numpy(), DATA["out"], atol=1e-5)
+    DATA["twin"] = twin
 
 
 def _export():
@@ -300,7 +298,7 @@ def _export():
 
 
 def _summary():
-    table = td.summary(DATA["qat"], print_fn=None)
+    table = td.summary(DATA["twin"], print_fn=None)  # as `td.summary(qat)`, rebuilt once
     for name in QUANTIZED:
         assert f"{name} " in table, (name, table)
     assert "lstm/recurrent_kernel" in table and "float" in table, table

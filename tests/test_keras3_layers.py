@@ -18,7 +18,7 @@ CHECKS = {
     "float_notice_and_strict",
     "layer_types_wrap",
     "layer_types_train_strip_save",
-    "gru_parity_with_tf_keras",
+    "parity_with_tf_keras",
 }
 #: Checks that run on some backends only.
 BACKEND_CHECKS = {
