@@ -119,7 +119,6 @@ class QuantizeWrapper(keras.layers.Layer):
             )
         kwargs.setdefault("name", f"quant_{layer.name}")
         params = inspect.signature(layer.call).parameters
-        self._takes_training = "training" in params
         if "mask" not in params:
             # Keras passes (and records) a `mask` argument when `call` has one:
             # without it, a clone can put the inner layer in the wrapper's place
@@ -127,6 +126,7 @@ class QuantizeWrapper(keras.layers.Layer):
             object.__setattr__(self, "call", self._call_without_mask)
         super().__init__(**kwargs)
         self.layer = layer
+        self._takes_training = "training" in params
         self.supports_masking = layer.supports_masking  # (an Embedding's mask_zero)
         self.quantizer = _quantizer_from(quantizer)
         if isinstance(self.quantizer, dict):
@@ -196,6 +196,9 @@ class QuantizeWrapper(keras.layers.Layer):
     def compute_output_spec(self, *args, **kwargs):
         kwargs.pop("training", None)
         return self.layer.compute_output_spec(*args, **kwargs)
+
+    def compute_output_shape(self, *args, **kwargs):
+        return self.layer.compute_output_shape(*args, **kwargs)
 
     def compute_mask(self, inputs, mask=None):
         return self.layer.compute_mask(inputs, mask)
