@@ -10,7 +10,12 @@ import tfmot_discrete as td
 
 # Scripts the tests run in child processes (one Keras backend each), not test
 # modules: `--doctest-modules` must not import them.
-collect_ignore = ["keras3_worker.py", "keras3_cases.py", "keras3_tools_worker.py"]
+collect_ignore = [
+    "keras3_worker.py",
+    "keras3_cases.py",
+    "keras3_layers_worker.py",
+    "keras3_tools_worker.py",
+]
 
 # Property tests draw the same examples on every run and machine: a CI run never
 # depends on luck. Set HYPOTHESIS_PROFILE=explore locally to draw new ones.

@@ -1,5 +1,10 @@
-"""What the Keras 3 worker and the parity test share: the quantizer table and
-the latent weights."""
+"""What the Keras 3 tests and their workers share: the quantizer table, the
+latent weights, running the workers, and the codebook check."""
+
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 from conftest import QUANTIZERS
@@ -32,3 +37,42 @@ def parity_cases():
         if isinstance(q, str) or q.scale is None:
             out.append((f"{name}/random", q, latent(11, dyadic=False)))
     return out
+
+
+def run_workers(worker, backends, tmp_path_factory) -> dict:
+    """Runs the script `worker` once per backend of `{backend: flags}`, side
+    by side, each with its own output folder: `{backend: (return code,
+    stderr, folder)}`."""
+    runs = {}
+    for backend, flags in backends.items():
+        out = tmp_path_factory.mktemp(backend)
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+        root = str(pathlib.Path(worker).parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+        err = open(out / "stderr.txt", "w")
+        proc = subprocess.Popen(
+            [sys.executable, str(worker), str(out), *flags],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        runs[backend] = (proc, err, out)
+    done = {}
+    for backend, (proc, err, out) in runs.items():
+        rc = proc.wait(timeout=600)
+        err.close()
+        done[backend] = (rc, (out / "stderr.txt").read_text(), out)
+    return done
+
+
+def assert_on_codebook(state, latent, projected) -> None:
+    """A projected Keras 3 weight is its codebook's values times its scale
+    (an 8-bit weight is not checked here)."""
+    from tfmot_discrete.keras3 import quantizers as k3q  # noqa: PLC0415  (imports Keras 3)
+
+    q = state.quantizer
+    if isinstance(q, td.int8.Int8WeightQuantizer):
+        return
+    s = k3q.scale_of(state, latent)
+    idx = q.codebook.index_numpy(projected / s)
+    np.testing.assert_allclose(projected, q.codebook.values[idx] * s, rtol=1e-6)

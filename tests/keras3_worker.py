@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from keras3_cases import TABLE, latent, parity_cases
+from keras3_cases import TABLE, assert_on_codebook, latent, parity_cases
 
 import tfmot_discrete as td
 from tfmot_discrete.keras3 import quantizers as k3q
@@ -251,11 +251,7 @@ def _models():
         stripped = {w.name: npy(w.value) for w in plain.get_layer(layer).weights}[weight]
         want = td.keras3.quantize.projected(state, var.value)
         np.testing.assert_array_equal(stripped, want, err_msg=f"{layer}/{weight}")
-        q = state.quantizer
-        if not isinstance(q, td.int8.Int8WeightQuantizer):
-            s = k3q.scale_of(state, var.value)
-            idx = q.codebook.index_numpy(want / s)
-            np.testing.assert_allclose(want, q.codebook.values[idx] * s, rtol=1e-6)
+        assert_on_codebook(state, var.value, want)
     path = out_dir / "layer_model.keras"
     qat.save(path)
     loaded = keras.saving.load_model(path)

@@ -3,16 +3,13 @@ backends (each in its own process), the same projection as the tf_keras path
 bit for bit, rebuilt in tf_keras on request, exported exactly."""
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import keras as keras3
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras3_cases import parity_cases
+from keras3_cases import parity_cases, run_workers
 
 import tflite_export
 import tfmot_discrete as td
@@ -38,25 +35,7 @@ CHECKS = {
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory):
     """The three backends' workers, run side by side: `{backend: (rc, stderr, dir)}`."""
-    runs = {}
-    for backend, flags in BACKENDS.items():
-        out = tmp_path_factory.mktemp(backend)
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-        env["PYTHONPATH"] = os.pathsep.join([str(WORKER.parent.parent), env.get("PYTHONPATH", "")])
-        err = open(out / "stderr.txt", "w")
-        proc = subprocess.Popen(
-            [sys.executable, str(WORKER), str(out), *flags],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-        runs[backend] = (proc, err, out)
-    done = {}
-    for backend, (proc, err, out) in runs.items():
-        rc = proc.wait(timeout=600)
-        err.close()
-        done[backend] = (rc, (out / "stderr.txt").read_text(), out)
-    return done
+    return run_workers(WORKER, BACKENDS, tmp_path_factory)
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))

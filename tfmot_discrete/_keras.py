@@ -45,6 +45,11 @@ _BASE_KWARGS = {
 }
 
 
+# Keyword arguments a tf_keras class takes from its `**kwargs` (not in its
+# signature): a Keras 3 `Bidirectional` writes its layers' `zero_output_for_mask`.
+_POPPED_KWARGS = {"RNN": {"zero_output_for_mask"}}
+
+
 def _bridge_error(layer, why):
     return ValueError(
         f"Cannot rebuild Keras 3 layer {layer.name!r} ({type(layer).__module__}."
@@ -60,6 +65,7 @@ def _drop_defaults(cls, cfg, what):
     for klass in cls.__mro__:
         if "__init__" in vars(klass):
             accepted |= set(inspect.signature(klass.__init__).parameters)
+        accepted |= _POPPED_KWARGS.get(klass.__name__, set())
     if cls is not None and issubclass(cls, keras.layers.Layer):
         accepted |= _BASE_KWARGS
     for key in list(cfg):
@@ -80,7 +86,7 @@ def _convert_value(value):
             if name in ("DTypePolicy", "FloatDTypePolicy"):
                 return value["config"]["name"]
             cfg = _convert_value(value["config"])
-            for ns in (keras.initializers, keras.regularizers, keras.constraints):
+            for ns in (keras.initializers, keras.regularizers, keras.constraints, keras.layers):
                 cls = getattr(ns, name, None)
                 if isinstance(cls, type) and isinstance(cfg, dict):
                     cfg = _drop_defaults(cls, cfg, name)
@@ -104,6 +110,14 @@ def _tf_keras_layer(layer3):
         cfg = _drop_defaults(cls, _convert_value(layer3.get_config()), "its")
     except ValueError as e:
         raise _bridge_error(layer3, str(e)) from e
+    if cls_name == "MultiHeadAttention":
+        # tf_keras builds its projections from shapes in the config; Keras 3
+        # keeps them in its build config (no key shape: the value's).
+        shapes = (layer3.get_build_config() or {}).get("shapes_dict", {})
+        value = shapes.get("value_shape")
+        cfg["query_shape"] = shapes.get("query_shape")
+        cfg["value_shape"] = value
+        cfg["key_shape"] = shapes.get("key_shape", value)
     try:
         return cls.from_config(cfg)
     except Exception as e:

@@ -50,7 +50,11 @@ RECURRENT_LAYERS = {
 }
 _RECURRENT_WEIGHTS = ("kernel", "recurrent_kernel")
 # `keras.layers.RNN(cell)` with one of these cells reads the same weights.
-_STANDARD_CELLS = (_L.LSTMCell, _L.GRUCell, _L.SimpleRNNCell)
+_STANDARD_CELLS = ("LSTMCell", "GRUCell", "SimpleRNNCell")
+# The tables by class name (what `weight_specs` matches in a namespace).
+_RECURRENT_CELLS = {
+    c.__name__: None if cell is None else cell.__name__ for c, cell in RECURRENT_LAYERS.items()
+}
 
 # MultiHeadAttention's projections: (weight name, path, channel axes). The
 # query/key/value kernels are (dim, heads, head_dim); the output one is
@@ -104,32 +108,52 @@ def _einsum_axes(equation: str) -> tuple[int, ...]:
     return tuple(i - rank for i, c in enumerate(kernel) if c in output)
 
 
-def weight_specs(layer) -> list[WeightSpec] | None:
+def weight_specs(layer, layers=None, plain=None) -> list[WeightSpec] | None:
     """The weights of `layer` that go on a codebook, or None for a layer we
     do not know.
 
     Subclasses of a known layer class are not matched (their `call` may read
     weights differently): give them a `DiscreteQuantizeConfig` explicitly.
+
+    Args:
+        layer: A layer.
+        layers: The `layers` namespace whose classes are matched, by name and
+            then exactly. Defaults to tf_keras's; `tfmot_discrete.keras3`
+            passes Keras 3's, so that both paths read this one table.
+        plain: `{class: {weight: axes}}` of the layers holding their own
+            weights, in that namespace. Defaults to `LAYER_WEIGHTS`.
     """
+    layers = _L if layers is None else layers
+    plain = LAYER_WEIGHTS if plain is None else plain
     cls = type(layer)
-    if cls in LAYER_WEIGHTS:
-        return [WeightSpec(a, a, tuple(axes)) for a, axes in LAYER_WEIGHTS[cls].items()]
-    if cls in RECURRENT_LAYERS or cls is _L.RNN:
-        cell_class = RECURRENT_LAYERS.get(cls)
-        if cls is _L.RNN and type(layer.cell) not in _STANDARD_CELLS:
+    if cls is not getattr(layers, cls.__name__, None):
+        return None  # not a class of this namespace (a subclass, a custom layer)
+    if cls in plain:
+        return [WeightSpec(a, a, tuple(axes)) for a, axes in plain[cls].items()]
+    name = cls.__name__
+
+    def inner(sub):
+        return weight_specs(sub, layers, plain)
+
+    if name in _RECURRENT_CELLS or name == "RNN":
+        cell = type(layer.cell)
+        if name == "RNN" and not (
+            cell.__name__ in _STANDARD_CELLS and cell is getattr(layers, cell.__name__)
+        ):
             return None  # stacked or custom cells: name their weights in a config
-        if cell_class is not None and type(layer.cell) is not cell_class:
+        cell_name = _RECURRENT_CELLS.get(name)
+        if cell_name is not None and cell is not getattr(layers, cell_name):
             return None
         return [WeightSpec(a, f"cell.{a}", (-1,)) for a in _RECURRENT_WEIGHTS]
-    if cls is _L.EinsumDense:
+    if name == "EinsumDense":
         return [WeightSpec("kernel", "kernel", _einsum_axes(layer.equation))]
-    if cls is _L.MultiHeadAttention:
+    if name == "MultiHeadAttention":
         return [WeightSpec(*w) for w in _ATTENTION_WEIGHTS]
-    if cls is _L.TimeDistributed:
-        inner = weight_specs(layer.layer)
-        return None if inner is None else [s.nested("", "layer.") for s in inner]
-    if cls is _L.Bidirectional:
-        fwd, bwd = weight_specs(layer.forward_layer), weight_specs(layer.backward_layer)
+    if name == "TimeDistributed":
+        specs = inner(layer.layer)
+        return None if specs is None else [s.nested("", "layer.") for s in specs]
+    if name == "Bidirectional":
+        fwd, bwd = inner(layer.forward_layer), inner(layer.backward_layer)
         if fwd is None or bwd is None:
             return None
         return [s.nested("forward/", "forward_layer.") for s in fwd] + [
@@ -144,10 +168,11 @@ def quantizable_weights(layer) -> dict | None:
     return None if specs is None else {s.name: list(s.axes) for s in specs}
 
 
-def weight_count(layer) -> int:
-    """How many weights of `layer` `weight_specs` puts on a codebook."""
+def weight_count(layer, specs=None) -> int:
+    """How many weights of `layer` go on a codebook: those of `specs`, by
+    default `weight_specs(layer)`."""
     total = 0
-    for spec in weight_specs(layer) or ():
+    for spec in (weight_specs(layer) if specs is None else specs) or ():
         owner, attr = resolve(layer, spec.path)
         total += int(np.prod(getattr(owner, attr).shape))
     return total
@@ -160,10 +185,21 @@ def _child(obj, segment: str):
     value = getattr(obj, segment, None)
     if value is not None:
         return value
-    for sub in getattr(obj, "submodules", ()):
-        if isinstance(sub, keras.layers.Layer) and sub.name == segment:
+    for sub in _held(obj):
+        if hasattr(sub, "weights") and getattr(sub, "name", None) == segment:
             return sub
     return None
+
+
+def _held(obj):
+    """What `obj` holds that may be a sub-layer: tf.Module's `submodules`
+    (tf_keras), torch.nn.Module's `children()` (Keras 3 on PyTorch), and its
+    attributes (Keras 3 keeps attention's projections as `_query_dense`, ...)."""
+    yield from getattr(obj, "submodules", ())
+    children = getattr(obj, "children", None)
+    if callable(children):
+        yield from children()
+    yield from vars(obj).values()
 
 
 def resolve(layer, path: str):

@@ -11,14 +11,17 @@ two to the same bits).
 from __future__ import annotations
 
 import re
+import warnings
 
 from tfmot_discrete import _keras, configs, weights
 from tfmot_discrete import quantize as tfk_quantize
+from tfmot_discrete.keras3 import nested
 from tfmot_discrete.keras3 import quantize as k3_quantize
 from tfmot_discrete.keras3._k3 import keras, ops
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.wrapper import QuantizeWrapper
 from tfmot_discrete.layers import DiscreteMultiplier as TfKerasMultiplier
+from tfmot_discrete.weights import QuantizationWarning
 
 
 def _latent(model):
@@ -54,7 +57,8 @@ def to_tf_keras(model):
     and `td.DiscreteMultiplier`s holding the same latent weights, learned
     scales and 8-bit ranges), ready for `tflite_export.export`,
     `td.summary` or more training with tf_keras and TF-MOT. Runs on every
-    Keras 3 backend (weights travel as NumPy arrays).
+    Keras 3 backend (weights travel as NumPy arrays). A model used as a
+    layer comes back flattened into the outer model (`keras3.nested`).
 
     Args:
         model: A built Keras 3 Sequential or Functional model.
@@ -66,7 +70,7 @@ def to_tf_keras(model):
         ValueError: Naming the first layer that tf_keras cannot rebuild.
     """
     k3_quantize.check_model(model)
-    plain3, plan, multipliers = _latent(model)
+    plain3, plan, multipliers = _latent(nested.flatten(model))
     plain = _keras.from_keras3(plain3)
     if multipliers:
         plain = _with_multipliers(plain, multipliers)
@@ -76,7 +80,10 @@ def to_tf_keras(model):
     for layer in plain.layers:
         if layer.name in plan:
             mapping[re.escape(layer.name)] = configs.config_for_layer(layer, plan[layer.name])
-    qat = tfk_quantize.quantize_model(plain, mapping or None)
+    with warnings.catch_warnings():
+        # The Keras 3 model's `quantize_model` told of its float weights already.
+        warnings.simplefilter("ignore", QuantizationWarning)
+        qat = tfk_quantize.quantize_model(plain, mapping or None)
     _copy_state(model, qat)
     return qat
 

@@ -6,11 +6,12 @@ import dataclasses
 
 import numpy as np
 
-from tfmot_discrete import annotate, int8, scheme
+from tfmot_discrete import annotate, configs, int8, scheme
+from tfmot_discrete.keras3 import nested
 from tfmot_discrete.keras3 import quantizers as k3q
 from tfmot_discrete.keras3._k3 import is_graph_model, keras, ops
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
-from tfmot_discrete.keras3.wrapper import LAYER_WEIGHTS, QuantizeWrapper, quantizable_weights
+from tfmot_discrete.keras3.wrapper import SUPPORTED, QuantizeWrapper, weight_specs
 from tfmot_discrete.quantizers import CodebookQuantizer
 from tfmot_discrete.summary import indices_of
 
@@ -39,56 +40,109 @@ def check_model(model, argname="model"):
     return model
 
 
-def _plan(model, spec) -> dict:
-    """`{layer name: CodebookQuantizer | "int8"}` of the layers to wrap."""
-    plan = {}
-    names = [layer.name for layer in model.layers]
-    if spec.from_mapping:
-        for rx, pattern, _ in spec.rules:
-            if not any(rx.fullmatch(n) for n in names):
-                raise ValueError(
-                    f"Quantizer mapping key {pattern!r} matches no layer of model "
-                    f"{model.name!r} (matched with re.fullmatch). Layer names: {names}"
+def _check_keys(layers, spec) -> None:
+    """Every key of a user's mapping names a layer or one of its weights."""
+    if not spec.from_mapping:
+        return
+    names = [layer.name for layer in layers]
+    weights = {layer.name: [s.name for s in weight_specs(layer) or ()] for layer in layers}
+    for rx, pattern, _ in spec.rules:
+        if not any(spec.matches(rx, n, weights[n]) for n in names):
+            raise ValueError(
+                f"Quantizer mapping key {pattern!r} matches no layer (and no '<layer>/<weight>' "
+                f"name) of the model (matched with re.fullmatch). Layer names: {names}"
+            )
+
+
+def _check_value(layer, value) -> None:
+    if not (isinstance(value, CodebookQuantizer) or value == int8.INT8):
+        raise ValueError(
+            f"Layer {layer.name!r}: on Keras 3 a mapping value is a quantizer, 'int8' or "
+            f"None; TF-MOT QuantizeConfigs are tf_keras only. Received: {value!r}"
+        )
+
+
+def _is_kernel_like(variable) -> bool:
+    """As `annotate.is_kernel_like`: trainable, rank 2 or more, not a bias."""
+    return variable.trainable and len(variable.shape) >= 2 and not variable.name.endswith("bias")
+
+
+def _spec_names(layer) -> dict[int, str]:
+    """`{id(variable): weight name}` of the weights `weight_specs` names."""
+    out = {}
+    for spec in weight_specs(layer) or ():
+        owner, attr = configs.resolve(layer, spec.path)
+        out[id(getattr(owner, attr))] = spec.name
+    return out
+
+
+def _plan(model, spec) -> tuple[dict, list]:
+    """`{layer name: quantizer | "int8" | {weight name: quantizer | "int8"}}`
+    of the layers to wrap, and the `annotate.FloatWeights` of the layers whose
+    kernel-like weights stay float."""
+    plan, float_weights = {}, []
+    _check_keys(model.layers, spec)
+
+    def left_float(layer, names, reason):
+        if names:
+            float_weights.append(
+                annotate.FloatWeights(
+                    layer.name, type(layer).__name__, tuple(names), reason, tuple(SUPPORTED)
                 )
+            )
+
     for layer in model.layers:
-        found, value = spec.lookup(layer.name)
-        if not found or value is None or isinstance(layer, keras.layers.InputLayer):
+        if isinstance(layer, (keras.layers.InputLayer, *_FLOAT_LAYERS)):
             continue
-        if isinstance(layer, keras.Model):
-            raise ValueError(
-                f"Layer {layer.name!r} is a nested model ({type(layer).__name__}); flatten "
-                "it into the outer model first."
-            )
-        if not (isinstance(value, CodebookQuantizer) or value == int8.INT8):
-            raise ValueError(
-                f"Layer {layer.name!r}: on Keras 3 a mapping value is a quantizer, 'int8' or "
-                f"None; TF-MOT QuantizeConfigs are tf_keras only. Received: {value!r}"
-            )
+        found, value = spec.lookup(layer.name)
         if isinstance(layer, DiscreteMultiplier):
-            if spec.from_mapping and value != layer.quantizer:
+            if spec.from_mapping and found and value is not None and value != layer.quantizer:
                 raise ValueError(
                     f"Layer {layer.name!r} is a DiscreteMultiplier: it carries its own "
                     f"codebook ({layer.quantizer!r}); set it there instead of in the mapping."
                 )
             continue
-        if quantizable_weights(layer) is None:
-            if (
-                spec.from_mapping
-                and layer.trainable_weights
-                and not isinstance(layer, _FLOAT_LAYERS)
-            ):
+        specs = weight_specs(layer)
+        names = _spec_names(layer)
+        kernels = [names.get(id(v), v.name) for v in layer.weights if _is_kernel_like(v)]
+        if specs is None:
+            if spec.from_mapping and found and value is not None and layer.trainable_weights:
                 raise ValueError(
                     f"Layer {layer.name!r} of class {type(layer).__name__} cannot be quantized "
-                    "to a codebook on Keras 3 (supported: "
-                    f"{sorted(c.__name__ for c in LAYER_WEIGHTS)}, DiscreteMultiplier)."
+                    f"to a codebook on Keras 3 (supported: {SUPPORTED}, DiscreteMultiplier)."
                 )
+            left_float(layer, kernels, annotate.UNSUPPORTED)
             continue
-        plan[layer.name] = value
-    return plan
+        chosen = spec.lookup_weights(layer.name, [s.name for s in specs])
+        kept = {}
+        for name, v in chosen.items():
+            if v is not None:
+                _check_value(layer, v)
+                kept[name] = v
+        values = list(kept.values())
+        if len(kept) == len(specs) and all(v == values[0] for v in values):
+            plan[layer.name] = values[0]
+        elif kept:
+            plan[layer.name] = kept
+        rest = [n for n in kernels if n not in kept]
+        left_float(layer, [n for n in rest if n in chosen], annotate.MAPPED_TO_NONE)
+        left_float(layer, [n for n in rest if n not in chosen], annotate.UNNAMED)
+    return plan, float_weights
 
 
 def _fresh(layer):
     return layer.__class__.from_config(layer.get_config())
+
+
+def _fresh_built(layer):
+    """A copy of `layer` from its config, built as `layer` is (a
+    `MultiHeadAttention` builds from its query and value shapes, which a
+    wrapper's `build` does not get)."""
+    new = _fresh(layer)
+    build_config = layer.get_build_config()
+    if build_config is not None:
+        new.build_from_config(build_config)
+    return new
 
 
 def clone(model, clone_function):
@@ -107,42 +161,14 @@ def clone(model, clone_function):
     )
 
 
-def _float_weights(model, spec, plan) -> list:
-    """`annotate.FloatWeights` of the layers whose kernel-like weights stay float."""
-    supported = tuple(sorted(c.__name__ for c in LAYER_WEIGHTS))
-    out = []
-    for layer in model.layers:
-        if layer.name in plan or isinstance(
-            layer, (keras.layers.InputLayer, DiscreteMultiplier, *_FLOAT_LAYERS)
-        ):
-            continue
-        names = [
-            v.name
-            for v in layer.weights
-            if v.trainable and len(v.shape) >= 2 and not v.name.endswith("bias")
-        ]
-        if not names:
-            continue
-        found, value = spec.lookup(layer.name)
-        if quantizable_weights(layer) is None:
-            reason = annotate.UNSUPPORTED
-        elif found and value is None:
-            reason = annotate.MAPPED_TO_NONE
-        else:
-            reason = annotate.UNNAMED
-        out.append(
-            annotate.FloatWeights(layer.name, type(layer).__name__, tuple(names), reason, supported)
-        )
-    return out
-
-
 def quantize_model(model, quantizer, activations=None, strict=False):
     """`td.quantize_model` for a Keras 3 model: a Keras 3 model back.
 
-    Every supported layer (`wrapper.LAYER_WEIGHTS`) is wrapped in a
+    Every supported layer (`wrapper.weight_specs`) is wrapped in a
     `QuantizeWrapper` named `"quant_" + name`; the other layers are copied.
     The model trains with `keras.ops` on the TensorFlow, JAX and PyTorch
-    backends. Arguments as in `td.quantize_model`; `activations="int8"` is
+    backends. A model used as a layer (a backbone) is flattened first
+    (`keras3.nested`): its layers become the returned model's. Arguments as in `td.quantize_model`; `activations="int8"` is
     tf_keras only (use `td.to_tf_keras` first). A layer whose kernel-like
     weights stay float gets a `QuantizationWarning`, or with `strict=True` a
     `ValueError`.
@@ -154,14 +180,15 @@ def quantize_model(model, quantizer, activations=None, strict=False):
         )
     check_model(model)
     spec = scheme.resolve_quantizer_spec(quantizer)
-    plan = _plan(model, spec)
+    model = nested.flatten(model)
     if not isinstance(strict, bool):
         raise ValueError(f"`strict` must be a bool. Received: strict={strict!r}")
-    annotate.report(_float_weights(model, spec, plan), strict)
+    plan, float_weights = _plan(model, spec)
+    annotate.report(float_weights, strict)
 
     def _clone(layer):
         if layer.name in plan:
-            return QuantizeWrapper(_fresh(layer), plan[layer.name])
+            return QuantizeWrapper(_fresh_built(layer), plan[layer.name])
         return _fresh(layer)
 
     qat = clone(model, _clone)
@@ -234,17 +261,19 @@ def strip_quantization(model):
     def _strip(layer):
         if isinstance(layer, QuantizeWrapper):
             inner = layer.layer
-            values = {name: w for name, w in _named(inner)}
-            for var, state in layer.states:
-                values[state.name] = projected(state, var.value)
-            new_weights[inner.name] = [values[name] for name, _ in _named(inner)]
+            states = {id(var): state for var, state in layer.states}
+            new_weights[inner.name] = [
+                projected(states[id(w)], w.value) if id(w) in states else npy(w)
+                for w in inner.weights
+            ]
             return _fresh(inner)
         if isinstance(layer, DiscreteMultiplier):
             cfg = layer.get_config()
             cfg["values"] = layer.folded_quantizer().get_config()
             new_weights[layer.name] = [projected(layer.state, layer.kernel.value)]
             return DiscreteMultiplier.from_config(cfg)
-        new_weights[layer.name] = layer.get_weights()
+        if getattr(layer, "weights", None):  # (a graph may hold plain operations)
+            new_weights[layer.name] = layer.get_weights()
         return _fresh(layer)
 
     plain = clone(model, _strip)
@@ -258,8 +287,8 @@ def strip_quantization(model):
     return plain
 
 
-def _named(layer):
-    return [(w.name.split("/")[-1], ops.convert_to_numpy(w.value)) for w in layer.weights]
+def npy(variable) -> np.ndarray:
+    return ops.convert_to_numpy(variable.value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,8 +337,7 @@ def codebook_weights(model) -> list[CodebookWeight]:
 
 def weight_count(layer) -> int:
     """How many weights of a Keras 3 layer `quantize_model` puts on a codebook."""
-    names = quantizable_weights(layer) or {}
-    return sum(int(np.prod(v.shape)) for v in layer.weights if v.name.split("/")[-1] in names)
+    return configs.weight_count(layer, weight_specs(layer))
 
 
 def copy_model(model):

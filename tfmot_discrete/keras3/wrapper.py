@@ -1,5 +1,12 @@
 """`QuantizeWrapper`: a Keras 3 layer computing with its inner layer's weights
-projected to a codebook (or rounded to 8 bits)."""
+projected to a codebook (or rounded to 8 bits).
+
+Which weights of which layer, their names and channel axes come from
+`tfmot_discrete.configs.weight_specs` (the tf_keras path's table), matched on
+Keras 3's classes: a recurrent layer's weights are its cell's, a
+`Bidirectional`'s its two layers' cells', a `MultiHeadAttention`'s its
+projection sub-layers'.
+"""
 
 from __future__ import annotations
 
@@ -31,13 +38,32 @@ LAYER_WEIGHTS = {
 LAYER_WEIGHTS[_L.DepthwiseConv1D] = {"kernel": [-2, -1]}
 
 
+#: The Keras 3 classes `weight_specs` knows, for messages.
+SUPPORTED = sorted({c.__name__ for c in LAYER_WEIGHTS} | set(configs.SUPPORTED))
+
+
+def weight_specs(layer) -> list[configs.WeightSpec] | None:
+    """`configs.weight_specs` on Keras 3 classes: the weights of `layer` that
+    go on a codebook (name, attribute path, channel axes), or None for a layer
+    we do not know (subclasses are not matched: their `call` may read weights
+    differently)."""
+    return configs.weight_specs(layer, layers=_L, plain=LAYER_WEIGHTS)
+
+
 def quantizable_weights(layer) -> dict | None:
-    """`{weight name: channel axes}` for a Keras 3 layer class we know, else None
-    (subclasses are not matched: their `call` may read weights differently)."""
-    return LAYER_WEIGHTS.get(type(layer))
+    """`{weight name: channel axes}` for a Keras 3 layer we know, else None."""
+    specs = weight_specs(layer)
+    return None if specs is None else {s.name: list(s.axes) for s in specs}
+
+
+def _is_per_weight(value) -> bool:
+    """A `{weight name: quantizer}` dict (not a quantizer's config)."""
+    return isinstance(value, dict) and "values" not in value and "class_name" not in value
 
 
 def _quantizer_config(quantizer):
+    if isinstance(quantizer, dict):
+        return {name: _quantizer_config(q) for name, q in quantizer.items()}
     return quantizer if isinstance(quantizer, str) else quantizer.get_config()
 
 
@@ -46,6 +72,8 @@ def _quantizer_from(value):
         return value
     if isinstance(value, CodebookQuantizer):
         return value
+    if _is_per_weight(value):
+        return {name: _quantizer_from(q) for name, q in value.items()}
     return CodebookQuantizer.from_config(value)
 
 
@@ -53,8 +81,8 @@ def per_weight_quantizer(quantizer, axes):
     """The quantizer of one weight: the codebook one with the weight's channel
     axes, or 8-bit per channel when the last axis is a channel axis."""
     if isinstance(quantizer, str):
-        return int8.quantizer_for(axes)
-    return quantizer.with_channel_axes(axes)
+        return int8.quantizer_for(list(axes))
+    return quantizer.with_channel_axes(list(axes))
 
 
 @register(package="tfmot_discrete")
@@ -62,14 +90,20 @@ class QuantizeWrapper(keras.layers.Layer):
     """Runs `layer` with its kernel-like weights quantized on every call.
 
     The inner layer keeps its float latent weights; before its `call` the
-    wrapper puts the quantized tensors where `call` reads them (the attribute
-    holding each variable) and puts the variables back after. Gradients reach
-    the latent weights through the quantizer's straight-through estimator.
+    wrapper puts the quantized tensors where that `call` reads them (the
+    attribute holding each variable, on the object that holds it: the layer,
+    its cell, a `Bidirectional`'s direction's cell, an attention projection)
+    and puts the variables back after. Gradients reach the latent weights
+    through the quantizer's straight-through estimator.
 
     Args:
-        layer: A built or unbuilt Keras 3 layer of a class in `LAYER_WEIGHTS`.
+        layer: A Keras 3 layer of a class `weight_specs` knows (built, or
+            buildable from the wrapper's input shape).
         quantizer: A `CodebookQuantizer`, or `"int8"` for 8-bit weights
-            (symmetric, narrow range, per output channel).
+            (symmetric, narrow range, per output channel), for each weight of
+            the layer; or `{weight name: quantizer | "int8"}` (a weight left
+            out stays float), the names of `weight_specs`
+            (`"recurrent_kernel"`, `"forward/kernel"`, `"query/kernel"`).
         **kwargs: Base layer arguments. The name defaults to
             `"quant_" + layer.name`.
     """
@@ -77,57 +111,97 @@ class QuantizeWrapper(keras.layers.Layer):
     def __init__(self, layer, quantizer, **kwargs):
         if isinstance(layer, dict):
             layer = keras.saving.deserialize_keras_object(layer)
-        weights = quantizable_weights(layer)
-        if weights is None:
+        specs = weight_specs(layer)
+        if specs is None:
             raise ValueError(
                 f"QuantizeWrapper cannot quantize layer {layer.name!r} of class "
-                f"{type(layer).__name__}; supported: "
-                f"{sorted(c.__name__ for c in LAYER_WEIGHTS)}. Received: layer={layer!r}"
+                f"{type(layer).__name__}; supported: {SUPPORTED}. Received: layer={layer!r}"
             )
         kwargs.setdefault("name", f"quant_{layer.name}")
+        params = inspect.signature(layer.call).parameters
+        if "mask" not in params:
+            # Keras passes (and records) a `mask` argument when `call` has one:
+            # without it, a clone can put the inner layer in the wrapper's place
+            # (`strip_quantization`). Keras reads the signature in `__init__`.
+            object.__setattr__(self, "call", self._call_without_mask)
         super().__init__(**kwargs)
         self.layer = layer
+        self._takes_training = "training" in params
+        self.supports_masking = layer.supports_masking  # (an Embedding's mask_zero)
         self.quantizer = _quantizer_from(quantizer)
-        self._weight_axes = weights
-        self._states = []
-        self._takes_training = "training" in inspect.signature(layer.call).parameters
+        if isinstance(self.quantizer, dict):
+            unknown = set(self.quantizer) - {s.name for s in specs}
+            if unknown:
+                raise ValueError(
+                    f"Layer {layer.name!r} has no weight(s) {sorted(unknown)} to quantize; its "
+                    f"weights are {[s.name for s in specs]}. Received: quantizer={quantizer!r}"
+                )
+            specs = [s for s in specs if s.name in self.quantizer]
+        self._specs = specs
+        # (owner, attribute, variable, WeightState), not tracked by Keras (the
+        # variables are the inner layer's, the state's the wrapper's own).
+        object.__setattr__(self, "_states", [])
         self.seed_generator = keras.random.SeedGenerator(0)
+
+    def _quantizer_of(self, name):
+        return self.quantizer[name] if isinstance(self.quantizer, dict) else self.quantizer
 
     def build(self, input_shape):
         if not self.layer.built:
             self.layer.build(input_shape)
-        by_name = {v.name.split("/")[-1]: v for v in self.layer.weights}
-        self._states = []
-        for name, axes in self._weight_axes.items():
-            var = by_name[name]
-            attr = next(k for k, v in vars(self.layer).items() if v is var)
-            state = k3q.make_state(self, var, per_weight_quantizer(self.quantizer, axes))
-            self._states.append((attr, var, state))
+        states = []
+        for spec in self._specs:
+            owner, attr = configs.resolve(self.layer, spec.path)
+            var = getattr(owner, attr)
+            # The attribute holding the variable: `call` may read it through a
+            # property (Keras 3's `Dense.kernel` returns `self._kernel`).
+            attr = next(k for k, v in vars(owner).items() if v is var)
+            q = per_weight_quantizer(self._quantizer_of(spec.name), spec.axes)
+            state = k3q.make_state(self, var, q)
+            state.name = spec.name  # "forward/kernel": the name reports and mappings use
+            states.append((owner, attr, var, state))
+        object.__setattr__(self, "_states", states)
         self.built = True
 
     @property
     def states(self) -> list[tuple[object, k3q.WeightState]]:
         """`(latent variable, WeightState)` of each quantized weight."""
-        return [(var, state) for _, var, state in self._states]
+        return [(var, state) for _, _, var, state in self._states]
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, *args, training=None, mask=None, **kwargs):
+        if mask is not None:
+            kwargs["mask"] = mask
+        return self._run(inputs, args, kwargs, training)
+
+    def _call_without_mask(self, inputs, *args, training=None, **kwargs):
+        return self._run(inputs, args, kwargs, training)
+
+    def _run(self, inputs, args, kwargs, training):
+        """The inner layer's `call` on the quantized weights."""
         training = bool(training)
         swapped = [
-            (attr, k3q.quantize(state, var.value, training, self.seed_generator))
-            for attr, var, state in self._states
+            (owner, attr, k3q.quantize(state, var.value, training, self.seed_generator))
+            for owner, attr, var, state in self._states
         ]
-        for attr, tensor in swapped:
-            object.__setattr__(self.layer, attr, tensor)
+        for owner, attr, tensor in swapped:
+            object.__setattr__(owner, attr, tensor)
+        if self._takes_training:
+            kwargs["training"] = training
         try:
-            if self._takes_training:
-                return self.layer.call(inputs, training=training)
-            return self.layer.call(inputs)
+            return self.layer.call(inputs, *args, **kwargs)
         finally:
-            for attr, var, _ in self._states:
-                object.__setattr__(self.layer, attr, var)
+            for owner, attr, var, _ in self._states:
+                object.__setattr__(owner, attr, var)
 
-    def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
+    def compute_output_spec(self, *args, **kwargs):
+        kwargs.pop("training", None)
+        return self.layer.compute_output_spec(*args, **kwargs)
+
+    def compute_output_shape(self, *args, **kwargs):
+        return self.layer.compute_output_shape(*args, **kwargs)
+
+    def compute_mask(self, inputs, mask=None):
+        return self.layer.compute_mask(inputs, mask)
 
     def get_config(self):
         config = super().get_config()
