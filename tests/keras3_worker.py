@@ -286,6 +286,61 @@ def parity_weights():
     return out
 
 
+def _fused(t, q, s):
+    qops = td.keras3.ops
+    cb = q.codebook
+    return qops.project_straight_through(t, cb.values, cb.low, cb.high, q.gradient, scale=s)
+
+
+def _chain(t, q, s):
+    qops = td.keras3.ops
+    cb, finite = q.codebook, None if s is None else qops.all_finite(s)
+    return qops.straight_through(
+        lambda u: qops.project(u, cb.values, scale=s, finite=finite), t, cb.low, cb.high, q.gradient
+    )
+
+
+def torch_chain_is_the_keras_ops_chain():
+    """PyTorch's fused projection (`project_straight_through`) gives the bits
+    of the `keras.ops` chain it replaces, values and gradients: every
+    deterministic codebook of up to 8 values, both estimators, float32 and
+    float64, with and without a scale, ties and the window's ends included."""
+    import functools  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    from tfmot_discrete.codebook import midpoints  # noqa: PLC0415
+
+    rng = np.random.default_rng(6)
+    cases = 0
+    for name, q in TABLE.items():
+        cb = q.codebook
+        if q.stochastic or len(cb.values) > 8:
+            continue
+        for dtype in ("float32", "float64"):
+            w = rng.uniform(1.5 * cb.low, 1.5 * cb.high, size=(6, 5)).astype(dtype)
+            mids = midpoints(np.asarray(cb.values, np.float64)).astype(dtype)
+            w[0, : min(5, mids.size)] = mids[:5]  # ties go up
+            w[1, :2] = cb.low, cb.high  # the window is closed
+            g = rng.normal(size=w.shape).astype(dtype)
+            for scaled in (False, True):
+                s = td.keras3.ops.mean_abs_scale(ops.convert_to_tensor(w), [-1]) if scaled else None
+                fused = functools.partial(_fused, q=q, s=s)
+                chain = functools.partial(_chain, q=q, s=s)
+                node = fused(torch.tensor(w, requires_grad=True)).grad_fn
+                assert "TorchSelectChain" in type(node).__name__, (name, node)  # the fused path
+                x = ops.convert_to_tensor(w)
+                for got, want in (
+                    (npy(fused(x)), npy(chain(x))),
+                    (grad(fused, w, g), grad(chain, w, g)),
+                ):
+                    assert got.dtype == want.dtype == np.dtype(dtype)
+                    bits = np.dtype(f"uint{8 * want.itemsize}")
+                    np.testing.assert_array_equal(got.view(bits), want.view(bits), err_msg=name)
+                cases += 1
+    assert cases >= 24, cases
+
+
 if __name__ == "__main__":
     out_dir = pathlib.Path(sys.argv[1])
     np.savez(out_dir / "parity.npz", **parity_weights())
@@ -295,21 +350,17 @@ if __name__ == "__main__":
         for layer, _weight, _, _ in td.keras3.quantize.items(QAT["model"]):
             assert f"{layer}/" in table, (layer, table)
         PASSED.append("summary")
+    if "--torch-chain" in sys.argv:
+        torch_chain_is_the_keras_ops_chain()
+        PASSED.append("torch_chain_is_the_keras_ops_chain")
     if "--export" in sys.argv:
         import tflite_export  # only with --export
 
-        # One input (the export's sample inputs do not follow a two-input
-        # model's order yet), trained here, on this backend.
-        L = keras.layers
-        model = keras.Sequential(
-            [keras.Input((6, 6, 2)), L.Conv2D(3, 3, name="c"), L.Flatten(), L.Dense(2, name="d")]
-        )
-        qat = td.quantize_model(model, {"c": td.ternary(), "d": td.binary(scale="mean_abs")})
-        x = np.random.default_rng(0).normal(size=(8, 6, 6, 2)).astype("float32")
-        qat.compile("adam", "mse", jit_compile=BACKEND != "torch")
-        qat.fit(x, np.zeros((8, 2), "float32"), verbose=0)
-        report = tflite_export.export(qat, out_dir / "image.tflite", format="int8")
+        # The two-input model of the layer table, trained above on this backend.
+        qat, x = QAT["model"], QAT["x"]
+        report = tflite_export.export(qat, out_dir / "layer_model.tflite", format="int8")
         assert report.ok and report.exact, report
+        assert len(report.weights) == len(td.keras3.quantize.items(qat)), report
         twin = td.to_tf_keras(qat)
         np.testing.assert_allclose(twin(x).numpy(), npy(qat(x)), atol=1e-5)
         PASSED.append("export_int8_exact")

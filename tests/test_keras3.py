@@ -19,7 +19,11 @@ WORKER = pathlib.Path(__file__).with_name("keras3_worker.py")
 #: The flags of each backend's worker: the full layer table on TensorFlow and
 #: PyTorch; on JAX (where each eager operation on a new shape compiles) one
 #: layer of each kind, and the export of a JAX-trained model.
-BACKENDS = {"tensorflow": ["--summary"], "torch": [], "jax": ["--small", "--export"]}
+BACKENDS = {
+    "tensorflow": ["--summary"],
+    "torch": ["--torch-chain"],
+    "jax": ["--small", "--export"],
+}
 CHECKS = {
     "projection_in_codebook_and_exact",
     "ties_go_up_and_nan_spreads",
@@ -47,6 +51,9 @@ def test_quantizer_and_layer_tables_pass_on_backend(workers, backend):
     want = set(CHECKS)
     want |= {"summary"} if "--summary" in BACKENDS[backend] else set()
     want |= {"export_int8_exact"} if "--export" in BACKENDS[backend] else set()
+    want |= (
+        {"torch_chain_is_the_keras_ops_chain"} if "--torch-chain" in BACKENDS[backend] else set()
+    )
     assert set(report["passed"]) == want
 
 

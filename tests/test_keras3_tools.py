@@ -5,13 +5,11 @@ process, `keras3_tools_worker.py`), and the tf_keras path refusing Keras 3
 models instead of rebuilding them."""
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import keras as keras3
 import pytest
+from keras3_cases import run_workers
 
 import tfmot_discrete as td
 from tfmot_discrete import keras
@@ -31,24 +29,8 @@ CHECKS = {
 
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory):
-    """The three backends' workers, started side by side: `{backend: (process, dir)}`."""
-    runs = {}
-    for backend in BACKENDS:
-        out = tmp_path_factory.mktemp(f"tools_{backend}")
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-        env["PYTHONPATH"] = os.pathsep.join([str(WORKER.parent.parent), env.get("PYTHONPATH", "")])
-        with open(out / "stderr.txt", "w") as err:
-            proc = subprocess.Popen(
-                [sys.executable, str(WORKER), str(out)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-        runs[backend] = (proc, out)
-    yield runs
-    for proc, _ in runs.values():
-        if proc.poll() is None:
-            proc.kill()
+    """The three backends' workers, run side by side: `{backend: (rc, stderr, dir)}`."""
+    return run_workers(WORKER, dict.fromkeys(BACKENDS, []), tmp_path_factory)
 
 
 def _model3():
@@ -57,8 +39,7 @@ def _model3():
     )
 
 
-def test_keras3_model_is_not_rebuilt_silently_by_the_tf_keras_path(workers):
-    # (`workers` first: the backends' processes run while the checks below do.)
+def test_keras3_model_is_not_rebuilt_silently_by_the_tf_keras_path():
     with pytest.raises(ValueError, match=r"Keras 3 model.*td\.to_tf_keras\(model\)"):
         tf_keras_path.quantize_model(_model3(), td.ternary())
 
@@ -99,9 +80,8 @@ def test_distiller_dispatches_on_the_models_keras():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_toolbox_on_backend(workers, backend):
-    proc, out = workers[backend]
-    rc = proc.wait(timeout=600)
-    assert rc == 0, (out / "stderr.txt").read_text()[-4000:]
+    rc, stderr, out = workers[backend]
+    assert rc == 0, stderr[-4000:]
     report = json.loads((out / "checks.json").read_text())
     assert report["backend"] == backend
     assert set(report["passed"]) == CHECKS
