@@ -1,6 +1,7 @@
 """What the Keras 3 tests and their workers share: the quantizer table, the
 latent weights, running the workers, and the codebook check."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -63,6 +64,16 @@ def run_workers(worker, backends, tmp_path_factory) -> dict:
         err.close()
         done[backend] = (rc, (out / "stderr.txt").read_text(), out)
     return done
+
+
+def passed_checks(workers: dict, backend: str) -> set:
+    """The names of the checks the `backend` worker of `run_workers` passed
+    (after asserting that it ended well, on that backend)."""
+    rc, stderr, out = workers[backend]
+    assert rc == 0, stderr[-4000:]
+    report = json.loads((out / "checks.json").read_text())
+    assert report["backend"] == backend
+    return set(report["passed"])
 
 
 def assert_on_codebook(state, latent, projected) -> None:
