@@ -59,6 +59,9 @@ SLOW_FILES = (
     "test_distributed.py",
     "test_examples.py",
     "test_export.py",
+    "test_keras3.py",
+    "test_keras3_layers.py",
+    "test_keras3_tools.py",
     "test_summary_demo_api.py",
     "test_xla.py",
 )
