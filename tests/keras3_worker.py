@@ -339,6 +339,8 @@ def torch_chain_is_the_keras_ops_chain():
                     np.testing.assert_array_equal(got.view(bits), want.view(bits), err_msg=name)
                 cases += 1
     assert cases >= 24, cases
+    # An empty weight (a zero-unit layer) projects to an empty tensor, as on the chain.
+    assert tuple(_fused(torch.zeros(0, 4), td.binary(), None).shape) == (0, 4)
 
 
 if __name__ == "__main__":

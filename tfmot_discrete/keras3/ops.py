@@ -237,7 +237,7 @@ def _torch_projection(x, values, low, high, gradient, scale, finite):
     torch = _TORCH
     x = x if isinstance(x, torch.Tensor) else ops.convert_to_tensor(x)
     dtype = _TORCH_FLOATS.get(x.dtype)
-    if dtype is None or not x.ndim or (finite is not None and not bool(finite)):
+    if dtype is None or not x.ndim or not x.numel() or (finite is not None and not bool(finite)):
         return None
     v, mids, window = _chain_constants(
         tuple(np.asarray(values, np.float64).tolist()), dtype, low, high
