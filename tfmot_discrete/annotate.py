@@ -117,12 +117,13 @@ def _quantized_ids(layer, config) -> set[int] | None:
     return out
 
 
-def check_mapping_keys(layers, spec) -> None:
-    """Every key of a user's mapping must name a layer or one of its weights."""
+def check_mapping_keys(layers, spec, weight_specs=configs.weight_specs) -> None:
+    """Every key of a user's mapping must name a layer or one of its weights
+    (`weight_specs(layer)` gives a layer's weights: the Keras 3 path passes its own)."""
     if not spec.from_mapping:
         return
     names = [layer.name for layer in layers]
-    weights = {layer.name: [s.name for s in configs.weight_specs(layer) or ()] for layer in layers}
+    weights = {layer.name: [s.name for s in weight_specs(layer) or ()] for layer in layers}
     for rx, pattern, _ in spec.rules:
         if not any(spec.matches(rx, n, weights[n]) for n in names):
             raise ValueError(

@@ -40,20 +40,6 @@ def check_model(model, argname="model"):
     return model
 
 
-def _check_keys(layers, spec) -> None:
-    """Every key of a user's mapping names a layer or one of its weights."""
-    if not spec.from_mapping:
-        return
-    names = [layer.name for layer in layers]
-    weights = {layer.name: [s.name for s in weight_specs(layer) or ()] for layer in layers}
-    for rx, pattern, _ in spec.rules:
-        if not any(spec.matches(rx, n, weights[n]) for n in names):
-            raise ValueError(
-                f"Quantizer mapping key {pattern!r} matches no layer (and no '<layer>/<weight>' "
-                f"name) of the model (matched with re.fullmatch). Layer names: {names}"
-            )
-
-
 def _check_value(layer, value) -> None:
     if not (isinstance(value, CodebookQuantizer) or value == int8.INT8):
         raise ValueError(
@@ -81,7 +67,7 @@ def _plan(model, spec) -> tuple[dict, list]:
     of the layers to wrap, and the `annotate.FloatWeights` of the layers whose
     kernel-like weights stay float."""
     plan, float_weights = {}, []
-    _check_keys(model.layers, spec)
+    annotate.check_mapping_keys(model.layers, spec, weight_specs)
 
     def left_float(layer, names, reason):
         if names:
