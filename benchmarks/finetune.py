@@ -17,8 +17,8 @@ import tensorflow as tf
 
 import tfmot_discrete as td
 from tfmot_discrete import keras
-from tfmot_discrete import quantizers as quantizers_mod
-from tfmot_discrete.weights import wrapper_weights
+from tfmot_discrete.tfk import quantizers as quantizers_mod
+from tfmot_discrete.tfk.weights import wrapper_weights
 
 #: INQ's shares (Zhou et al. 2017): half of each kernel, then 75, 87.5 and 100 %.
 INQ_SHARES = (0.5, 0.75, 0.875, 1.0)

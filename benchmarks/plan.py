@@ -31,9 +31,9 @@ import tflite_export
 import tfmot_discrete as td
 from benchmarks import accuracy, common, finetune
 from tflite_export import convert, runners
-from tfmot_discrete import configs
-from tfmot_discrete._keras import keras
-from tfmot_discrete.plan import PlanError
+from tfmot_discrete.tfk import configs
+from tfmot_discrete.tfk._keras import keras
+from tfmot_discrete.tools.plan import PlanError
 
 HERE = pathlib.Path(__file__).resolve().parent
 #: Flash budgets, as fractions of the float file. The MNIST-1D CNN's smallest file

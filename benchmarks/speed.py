@@ -272,7 +272,7 @@ import numpy as np
 import tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
-from tfmot_discrete import ops
+from tfmot_discrete.tfk import ops
 
 def hwm():
     for line in open("/proc/self/status"):

@@ -30,7 +30,7 @@ from from_trained_model import accuracy, compile_and_fit
 import tflite_export
 import tfmot_discrete as td
 from tflite_export import budget, runners
-from tfmot_discrete.plan import PlanError
+from tfmot_discrete.tools.plan import PlanError
 from tfmot_discrete_demo.digits import load_digits_split
 
 keras = td.keras

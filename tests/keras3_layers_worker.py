@@ -29,9 +29,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from keras3_cases import assert_on_codebook
 
 import tfmot_discrete as td
-from tfmot_discrete import configs, weights
 from tfmot_discrete.keras3 import quantize as k3
 from tfmot_discrete.keras3 import quantizers as k3q
+from tfmot_discrete.tfk import configs, weights
 
 L = keras.layers
 BACKEND = keras.backend.backend()

@@ -24,8 +24,9 @@ import keras
 import numpy as np
 
 import tfmot_discrete as td
-from tfmot_discrete import _keras, plotting
-from tfmot_discrete.weights import QuantizationWarning
+from tfmot_discrete.tfk import _keras
+from tfmot_discrete.tfk.weights import QuantizationWarning
+from tfmot_discrete.tools import plotting
 
 ops = keras.ops
 L = keras.layers

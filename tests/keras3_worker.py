@@ -309,7 +309,7 @@ def torch_chain_is_the_keras_ops_chain():
 
     import torch  # noqa: PLC0415
 
-    from tfmot_discrete.codebook import midpoints  # noqa: PLC0415
+    from tfmot_discrete.core.codebook import midpoints  # noqa: PLC0415
 
     rng = np.random.default_rng(6)
     cases = 0

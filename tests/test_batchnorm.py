@@ -6,7 +6,7 @@ import tensorflow as tf
 
 import tfmot_discrete as td
 from tfmot_discrete import keras
-from tfmot_discrete.batchnorm import batchnorm_layers
+from tfmot_discrete.tfk.batchnorm import batchnorm_layers
 
 L = keras.layers
 

@@ -173,7 +173,7 @@ def test_seed_gather_reaches_only_two_values():
 def test_progressive_puts_the_largest_share_on_the_codebook_and_holds_it():
     import tfmot_discrete as td  # noqa: PLC0415
     from tfmot_discrete import keras  # noqa: PLC0415
-    from tfmot_discrete.weights import wrapper_weights  # noqa: PLC0415
+    from tfmot_discrete.tfk.weights import wrapper_weights  # noqa: PLC0415
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, name="d")])

@@ -4,8 +4,8 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tfmot_discrete import ops
-from tfmot_discrete.codebook import FLOAT32_TINY, MAX_SIZE, Codebook
+from tfmot_discrete.core.codebook import FLOAT32_TINY, MAX_SIZE, Codebook
+from tfmot_discrete.tfk import ops
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 import tflite_export
 import tfmot_discrete as td
 from tfmot_discrete import keras
-from tfmot_discrete.weights import codebook_items
+from tfmot_discrete.tfk.weights import codebook_items
 
 L = keras.layers
 

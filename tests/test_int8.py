@@ -9,8 +9,9 @@ import tflite_export
 import tfmot_discrete as td
 from tflite_export import exact, verify
 from tflite_export.schema import storage_name
-from tfmot_discrete import int8, keras
-from tfmot_discrete.weights import int8_items, wrapper_weights
+from tfmot_discrete import keras
+from tfmot_discrete.tfk import int8
+from tfmot_discrete.tfk.weights import int8_items, wrapper_weights
 
 L = keras.layers
 MAPPING = {"conv_0": "int8", "logits": "int8", ".*": td.ternary()}

@@ -12,7 +12,8 @@ from keras3_cases import parity_cases, passed_checks, run_workers
 
 import tflite_export
 import tfmot_discrete as td
-from tfmot_discrete import int8, keras
+from tfmot_discrete import keras
+from tfmot_discrete.tfk import int8
 
 WORKER = pathlib.Path(__file__).with_name("keras3_worker.py")
 #: The flags of each backend's worker: the full layer table on TensorFlow and

@@ -12,8 +12,8 @@ from keras3_cases import passed_checks, run_workers
 
 import tfmot_discrete as td
 from tfmot_discrete import keras
-from tfmot_discrete import quantize as tf_keras_path
-from tfmot_discrete.plan import estimate_bytes
+from tfmot_discrete.tfk import quantize as tf_keras_path
+from tfmot_discrete.tools.plan import estimate_bytes
 
 WORKER = pathlib.Path(__file__).with_name("keras3_tools_worker.py")
 BACKENDS = ("tensorflow", "jax", "torch")

@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 import tfmot_discrete as td
-from tfmot_discrete import annotate, configs, nested, scheme
-from tfmot_discrete.weights import QuantizationWarning, codebook_items, int8_items
+from tfmot_discrete.tfk import annotate, configs, nested, scheme
+from tfmot_discrete.tfk.weights import QuantizationWarning, codebook_items, int8_items
 
 k = td.keras
 L = k.layers

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import tfmot_discrete as td
-from tfmot_discrete.summary import weight_reports
-from tfmot_discrete.weights import wrapper_weights
+from tfmot_discrete.tfk.weights import wrapper_weights
+from tfmot_discrete.tools.summary import weight_reports
 
 keras = td.keras
 

@@ -8,8 +8,9 @@ import tensorflow as tf
 
 import tflite_export
 import tfmot_discrete as td
-from tfmot_discrete import keras, ops
-from tfmot_discrete.weights import wrapper_weights
+from tfmot_discrete import keras
+from tfmot_discrete.tfk import ops
+from tfmot_discrete.tfk.weights import wrapper_weights
 
 L = keras.layers
 

@@ -13,7 +13,7 @@ from benchmarks import export as bench_export
 from tflite_export import __main__ as cli
 from tflite_export import convert, exact, micro, packed, pipeline, runners, schema
 from tfmot_discrete import keras
-from tfmot_discrete.weights import codebook_items
+from tfmot_discrete.tfk.weights import codebook_items
 
 L = keras.layers
 CODEBOOKS = {

@@ -8,7 +8,7 @@ import pytest
 
 import tfmot_discrete as td
 from tfmot_discrete import keras
-from tfmot_discrete.weights import QuantizationWarning, codebook_items
+from tfmot_discrete.tfk.weights import QuantizationWarning, codebook_items
 
 L = keras.layers
 FOUR = [1, -1, 0.5, -0.5]

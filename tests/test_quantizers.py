@@ -4,9 +4,10 @@ import tensorflow as tf
 from conftest import QUANTIZERS
 
 import tfmot_discrete as td
-from tfmot_discrete import keras, ops, quantizers
-from tfmot_discrete.quantizers import LOG_SCALE_STEP
-from tfmot_discrete.weights import wrapper_weights
+from tfmot_discrete import keras
+from tfmot_discrete.tfk import ops, quantizers
+from tfmot_discrete.tfk.quantizers import LOG_SCALE_STEP
+from tfmot_discrete.tfk.weights import wrapper_weights
 
 
 def _wrapped_dense(quantizer, units=6, inputs=5):

@@ -18,9 +18,10 @@ import tflite_export
 import tfmot_discrete as td
 from tflite_export import __main__ as cli
 from tflite_export import verify
-from tfmot_discrete import keras, ops
-from tfmot_discrete.codebook import Codebook
-from tfmot_discrete.weights import wrapper_weights
+from tfmot_discrete import keras
+from tfmot_discrete.core.codebook import Codebook
+from tfmot_discrete.tfk import ops
+from tfmot_discrete.tfk.weights import wrapper_weights
 
 L = keras.layers
 

@@ -4,9 +4,10 @@ where a BatchNormalization follows, the function unchanged."""
 import numpy as np
 
 import tfmot_discrete as td
-from tfmot_discrete import keras, rescale, scheme
-from tfmot_discrete.summary import weight_reports
-from tfmot_discrete.weights import wrapper_weights
+from tfmot_discrete import keras
+from tfmot_discrete.tfk import rescale, scheme
+from tfmot_discrete.tfk.weights import wrapper_weights
+from tfmot_discrete.tools.summary import weight_reports
 
 L = keras.layers
 FOUR = td.CodebookQuantizer([1, -1, 0.5, -0.5])

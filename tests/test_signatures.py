@@ -6,7 +6,7 @@ import pytest
 import tensorflow_model_optimization as tfmot
 
 import tfmot_discrete as td
-from tfmot_discrete import int8
+from tfmot_discrete.tfk import int8
 
 _qk = tfmot.quantization.keras
 

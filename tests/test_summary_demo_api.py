@@ -10,7 +10,7 @@ import pytest
 import tflite_export
 import tfmot_discrete as td
 from tfmot_discrete import keras
-from tfmot_discrete.weights import wrapper_weights
+from tfmot_discrete.tfk.weights import wrapper_weights
 from tfmot_discrete_demo import __main__ as cli
 from tfmot_discrete_demo import digits as demo
 

@@ -19,8 +19,8 @@ import tensorflow as tf
 import tflite_export
 import tfmot_discrete as td
 from tflite_export import exact
-from tfmot_discrete import ops
-from tfmot_discrete.weights import codebook_items
+from tfmot_discrete.tfk import ops
+from tfmot_discrete.tfk.weights import codebook_items
 
 keras = td.keras
 L = keras.layers

@@ -149,7 +149,7 @@ class BudgetReport:
         return flash_ok and ram_ok
 
     def __str__(self) -> str:
-        from tfmot_discrete import text  # noqa: PLC0415
+        from tfmot_discrete.core import text  # noqa: PLC0415
 
         rows = [("weight", "stored", "flash B", "RAM B while it runs")]
         rows += [

@@ -17,7 +17,7 @@ __all__ = [
 # TF-MOT exports no `QuantizeLayer` (the input fake-quant layer that
 # `quantize_apply` inserts, which marks a QAT model with int8 activations);
 # the core's compat module holds its private import path, written once.
-from tfmot_discrete.compat import QuantizeLayer
+from tfmot_discrete.tfk.compat import QuantizeLayer
 
 
 def drop_quantization(tensor) -> None:

@@ -19,10 +19,10 @@ from tflite_export.compat import QuantizeLayer
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
 from tfmot_discrete import keras
-from tfmot_discrete.int8 import Int8WeightQuantizer
-from tfmot_discrete.layers import DiscreteMultiplier
-from tfmot_discrete.quantizers import CodebookQuantizer
-from tfmot_discrete.weights import wrapper_weights
+from tfmot_discrete.tfk.int8 import Int8WeightQuantizer
+from tfmot_discrete.tfk.layers import DiscreteMultiplier
+from tfmot_discrete.tfk.quantizers import CodebookQuantizer
+from tfmot_discrete.tfk.weights import wrapper_weights
 
 
 def _returns_freed_memory(fn):

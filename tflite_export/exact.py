@@ -22,9 +22,9 @@ from tflite_export.schema import (
     BuiltinOperator,
     TensorType,
 )
-from tfmot_discrete import int8
-from tfmot_discrete.codebook import Codebook
-from tfmot_discrete.weights import codebook_items, int8_items
+from tfmot_discrete.core.codebook import Codebook
+from tfmot_discrete.tfk import int8
+from tfmot_discrete.tfk.weights import codebook_items, int8_items
 
 _qk = tfmot.quantization.keras
 

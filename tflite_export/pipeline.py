@@ -32,7 +32,7 @@ from tflite_export.logs import library_logs
 from tflite_export.progress import Progress
 from tflite_export.report import TFLM_LSB, Report, RoundedWeight
 from tflite_export.schema import INTEGER_TYPES, QMAX, TensorType, storage_name
-from tfmot_discrete.weights import check_finite, codebook_items, int8_items, is_quantized
+from tfmot_discrete.tfk.weights import check_finite, codebook_items, int8_items, is_quantized
 
 #: Weight-only files must agree with the Keras model within this share of the
 #: output range.

@@ -15,7 +15,7 @@ from tflite_export.budget import BudgetReport
 from tflite_export.errors import ExportError
 from tflite_export.packed import TflmComparison
 from tflite_export.verify import WeightCheck
-from tfmot_discrete import text
+from tfmot_discrete.core import text
 
 #: TFLM and LiteRT may round differently by this many int8 steps per
 #: requantizing layer (their kernels round differently); the differences add

@@ -20,9 +20,9 @@ from tflite_export.schema import (
     BuiltinOperator,
     storage_name,
 )
-from tfmot_discrete import text
-from tfmot_discrete.codebook import Codebook
-from tfmot_discrete.weights import is_quantized
+from tfmot_discrete.core import text
+from tfmot_discrete.core.codebook import Codebook
+from tfmot_discrete.tfk.weights import is_quantized
 
 
 def litert_weights(it, indices, dtype=np.float64) -> dict[int, np.ndarray]:

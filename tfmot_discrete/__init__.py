@@ -1,21 +1,21 @@
 """tfmot-discrete: train Keras weights to a codebook through TF-MOT."""
 
-from tfmot_discrete import quantizers
-from tfmot_discrete._keras import keras
 from tfmot_discrete.api import quantize_model, strip_quantization, summary, to_tf_keras
-from tfmot_discrete.batchnorm import RecalibrateBatchNorm, recalibrate_batchnorm
-from tfmot_discrete.codebook import Codebook
-from tfmot_discrete.configs import DiscreteQuantizeConfig
-from tfmot_discrete.distill import Distiller
-from tfmot_discrete.layers import DiscreteMultiplier
-from tfmot_discrete.monitor import CodebookMonitor
-from tfmot_discrete.plan import plan
-from tfmot_discrete.plotting import plot_weights
-from tfmot_discrete.quantize import initialize_learned_scales, quantize_scope
-from tfmot_discrete.quantizers import CodebookQuantizer, binary, power_of_two, ternary
-from tfmot_discrete.schedule import finetune_schedule
-from tfmot_discrete.scheme import DiscreteQuantizeRegistry, DiscreteQuantizeScheme
-from tfmot_discrete.sensitivity import sensitivity
+from tfmot_discrete.core.codebook import Codebook
+from tfmot_discrete.tfk import quantizers
+from tfmot_discrete.tfk._keras import keras
+from tfmot_discrete.tfk.batchnorm import RecalibrateBatchNorm, recalibrate_batchnorm
+from tfmot_discrete.tfk.configs import DiscreteQuantizeConfig
+from tfmot_discrete.tfk.distill import Distiller
+from tfmot_discrete.tfk.layers import DiscreteMultiplier
+from tfmot_discrete.tfk.quantize import initialize_learned_scales, quantize_scope
+from tfmot_discrete.tfk.quantizers import CodebookQuantizer, binary, power_of_two, ternary
+from tfmot_discrete.tfk.scheme import DiscreteQuantizeRegistry, DiscreteQuantizeScheme
+from tfmot_discrete.tools.monitor import CodebookMonitor
+from tfmot_discrete.tools.plan import plan
+from tfmot_discrete.tools.plotting import plot_weights
+from tfmot_discrete.tools.schedule import finetune_schedule
+from tfmot_discrete.tools.sensitivity import sensitivity
 
 __version__ = "0.1.0"
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import functools
 
-from tfmot_discrete import _keras
-from tfmot_discrete import quantize as _tfk
-from tfmot_discrete.summary import summary as _summary
+from tfmot_discrete.tfk import _keras
+from tfmot_discrete.tfk import quantize as _tfk
+from tfmot_discrete.tools.summary import summary as _summary
 
 
 def _is_keras3(model) -> bool:

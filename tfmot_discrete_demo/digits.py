@@ -19,7 +19,8 @@ import tensorflow as tf
 import tflite_export
 import tfmot_discrete as td
 from tflite_export import runners
-from tfmot_discrete import keras, text
+from tfmot_discrete import keras
+from tfmot_discrete.core import text
 
 
 def load_digits_split(seed: int = 0):

@@ -1,7 +1,7 @@
 """`recalibrate_batchnorm` for Keras 3 models: BatchNormalization statistics
 for the weights as they are now, on every backend.
 
-The same statistics as the tf_keras path's (`tfmot_discrete.moments`): each
+The same statistics as the tf_keras path's (`tfmot_discrete.core.moments`): each
 BatchNormalization normalizes with its batch's own moments while the model
 runs in inference mode, and its moving mean and variance become the mean and
 variance of its input over all the samples seen.
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfmot_discrete import moments
-from tfmot_discrete.data import DEFAULT_BATCH_SIZE, input_batches
+from tfmot_discrete.core import moments
 from tfmot_discrete.keras3._k3 import keras, ops
+from tfmot_discrete.tools.data import DEFAULT_BATCH_SIZE, input_batches
 
 
 def batchnorm_layers(model) -> list:

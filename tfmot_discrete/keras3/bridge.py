@@ -13,15 +13,15 @@ from __future__ import annotations
 import re
 import warnings
 
-from tfmot_discrete import _keras, configs, weights
-from tfmot_discrete import quantize as tfk_quantize
 from tfmot_discrete.keras3 import nested
 from tfmot_discrete.keras3 import quantize as k3_quantize
 from tfmot_discrete.keras3._k3 import keras, ops
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.wrapper import QuantizeWrapper
-from tfmot_discrete.layers import DiscreteMultiplier as TfKerasMultiplier
-from tfmot_discrete.weights import QuantizationWarning
+from tfmot_discrete.tfk import _keras, configs, weights
+from tfmot_discrete.tfk import quantize as tfk_quantize
+from tfmot_discrete.tfk.layers import DiscreteMultiplier as TfKerasMultiplier
+from tfmot_discrete.tfk.weights import QuantizationWarning
 
 
 def _latent(model):

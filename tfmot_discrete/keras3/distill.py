@@ -8,7 +8,7 @@ than a backend's own `train_step`.
 
 from __future__ import annotations
 
-from tfmot_discrete import distill_loss
+from tfmot_discrete.core import distill_loss
 from tfmot_discrete.keras3._k3 import keras, ops
 
 

@@ -1,6 +1,6 @@
 """Keras 3 models used as layers: their layers moved into the outer model's graph.
 
-What `tfmot_discrete.nested` does on tf_keras, on a Keras 3 model: the outer
+What `tfmot_discrete.tfk.nested` does on tf_keras, on a Keras 3 model: the outer
 graph is replayed node by node from its config, and where a nested model was
 called its own layers are called instead (recursively), copies of them with
 the same weights. The QAT model, `strip_quantization`'s result and the
@@ -96,7 +96,7 @@ class _Flattener:
 
 
 def flatten(model):
-    """`tfmot_discrete.nested.flatten` for a built Keras 3 Sequential or
+    """`tfmot_discrete.tfk.nested.flatten` for a built Keras 3 Sequential or
     Functional model: `model` itself without nested models, else a new
     Functional model of the same function, weights, trainable flags and
     names (a taken inner name gets the prefix `<nested model name>_`).

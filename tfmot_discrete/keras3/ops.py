@@ -1,6 +1,6 @@
 """Projection to a codebook and its estimators, written once in `keras.ops`.
 
-The same forward map and gradients as `tfmot_discrete.ops` (the tf_keras
+The same forward map and gradients as `tfmot_discrete.tfk.ops` (the tf_keras
 path), on every Keras 3 backend: ties go to the larger value, a NaN or inf
 entry makes every entry NaN, the clipped straight-through estimator passes the
 gradient only where `c_0 <= w <= c_{K-1}`. A parity test holds the two paths
@@ -23,9 +23,9 @@ import math
 
 import numpy as np
 
-from tfmot_discrete.codebook import midpoints
+from tfmot_discrete.core.codebook import midpoints
 from tfmot_discrete.keras3._k3 import backend, keras, ops
-from tfmot_discrete.ops import GRADIENTS, WHERE_CHAIN_MAX_K, reduce_axes
+from tfmot_discrete.tfk.ops import GRADIENTS, WHERE_CHAIN_MAX_K, reduce_axes
 
 __all__ = [
     "GRADIENTS",
@@ -81,7 +81,7 @@ def bucket(x, thresholds):
 def project(x, values, scale=None, finite=None):
     """Nearest codebook value for every entry of `x` (ties go up), in `keras.ops`.
 
-    The formulation of `tfmot_discrete.ops.project`: up to `WHERE_CHAIN_MAX_K`
+    The formulation of `tfmot_discrete.tfk.ops.project`: up to `WHERE_CHAIN_MAX_K`
     values a chain of selects on the midpoints (with a `scale`, compared as
     `x >= scale * m_i`); above, the index of each entry's interval and one
     gather.
@@ -348,7 +348,7 @@ def mean_abs_scale(w, channel_axes):
 
 def stochastic_project(x, values, seed):
     """BinaryConnect's stochastic rounding to any codebook (see
-    `tfmot_discrete.ops.stochastic_project`); `seed` is a
+    `tfmot_discrete.tfk.ops.stochastic_project`); `seed` is a
     `keras.random.SeedGenerator` (or an int)."""
     v = np.asarray(values, np.float64)
     dtype = _np_dtype(x)

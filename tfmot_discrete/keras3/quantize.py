@@ -6,14 +6,14 @@ import dataclasses
 
 import numpy as np
 
-from tfmot_discrete import annotate, configs, int8, scheme
 from tfmot_discrete.keras3 import nested
 from tfmot_discrete.keras3 import quantizers as k3q
 from tfmot_discrete.keras3._k3 import is_graph_model, keras, ops
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.wrapper import SUPPORTED, QuantizeWrapper, weight_specs
-from tfmot_discrete.quantizers import CodebookQuantizer
-from tfmot_discrete.summary import indices_of
+from tfmot_discrete.tfk import annotate, configs, int8, scheme
+from tfmot_discrete.tfk.quantizers import CodebookQuantizer
+from tfmot_discrete.tools.summary import indices_of
 
 #: The Keras 3 classes of `annotate.FLOAT_LAYERS`: float by design.
 _FLOAT_LAYERS = tuple(getattr(keras.layers, c.__name__) for c in annotate.FLOAT_LAYERS)

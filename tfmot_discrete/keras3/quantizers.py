@@ -13,10 +13,10 @@ import dataclasses
 
 import numpy as np
 
-from tfmot_discrete import int8
 from tfmot_discrete.keras3 import ops as qops
 from tfmot_discrete.keras3._k3 import backend, keras, ops
-from tfmot_discrete.quantizers import LOG_SCALE_STEP, CodebookQuantizer
+from tfmot_discrete.tfk import int8
+from tfmot_discrete.tfk.quantizers import LOG_SCALE_STEP, CodebookQuantizer
 
 
 def channel_axes(quantizer: CodebookQuantizer, rank: int) -> list[int]:

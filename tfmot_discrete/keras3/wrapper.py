@@ -2,7 +2,7 @@
 projected to a codebook (or rounded to 8 bits).
 
 Which weights of which layer, their names and channel axes come from
-`tfmot_discrete.configs.weight_specs` (the tf_keras path's table), matched on
+`tfmot_discrete.tfk.configs.weight_specs` (the tf_keras path's table), matched on
 Keras 3's classes: a recurrent layer's weights are its cell's, a
 `Bidirectional`'s its two layers' cells', a `MultiHeadAttention`'s its
 projection sub-layers'.
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import inspect
 
-from tfmot_discrete import configs, int8
 from tfmot_discrete.keras3 import quantizers as k3q
 from tfmot_discrete.keras3._k3 import keras, register
-from tfmot_discrete.quantizers import CodebookQuantizer
+from tfmot_discrete.tfk import configs, int8
+from tfmot_discrete.tfk.quantizers import CodebookQuantizer
 
 _L = keras.layers
 
@@ -29,7 +29,7 @@ def _keras3_names(tf_keras_class, weights: dict) -> dict:
 
 
 #: Keras 3 layer class -> {weight name: output-channel axes of that weight}:
-#: the plain layers of `tfmot_discrete.configs.LAYER_WEIGHTS`, by class name,
+#: the plain layers of `tfmot_discrete.tfk.configs.LAYER_WEIGHTS`, by class name,
 #: and DepthwiseConv1D, which only Keras 3 has among them.
 LAYER_WEIGHTS = {
     getattr(_L, cls.__name__): _keras3_names(cls, weights)

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete._keras import register
+from tfmot_discrete.tfk._keras import register
 
 _qk = tfmot.quantization.keras
 

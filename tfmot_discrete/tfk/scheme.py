@@ -7,8 +7,8 @@ import re
 
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete import configs, int8
-from tfmot_discrete import quantizers as quantizers_mod
+from tfmot_discrete.tfk import configs, int8
+from tfmot_discrete.tfk import quantizers as quantizers_mod
 
 _qk = tfmot.quantization.keras
 

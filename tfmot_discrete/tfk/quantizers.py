@@ -6,9 +6,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete import compat, ops, text
-from tfmot_discrete._keras import keras, register
-from tfmot_discrete.codebook import Codebook
+from tfmot_discrete.core import text
+from tfmot_discrete.core.codebook import Codebook
+from tfmot_discrete.tfk import compat, ops
+from tfmot_discrete.tfk._keras import keras, register
 
 SCALES = (None, "mean_abs", "learned")
 

@@ -9,13 +9,23 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete import _keras, annotate, compat, configs, int8, nested, rescale, scheme, wrapper
-from tfmot_discrete import quantizers as quantizers_mod
-from tfmot_discrete._keras import keras
-from tfmot_discrete.compat import QuantizeLayer
-from tfmot_discrete.layers import DiscreteMultiplier
-from tfmot_discrete.quantizers import weight_key
-from tfmot_discrete.weights import (
+from tfmot_discrete.tfk import (
+    _keras,
+    annotate,
+    compat,
+    configs,
+    int8,
+    nested,
+    rescale,
+    scheme,
+    wrapper,
+)
+from tfmot_discrete.tfk import quantizers as quantizers_mod
+from tfmot_discrete.tfk._keras import keras
+from tfmot_discrete.tfk.compat import QuantizeLayer
+from tfmot_discrete.tfk.layers import DiscreteMultiplier
+from tfmot_discrete.tfk.quantizers import weight_key
+from tfmot_discrete.tfk.weights import (
     check_finite,
     codebook_items,
     int8_items,

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfmot_discrete import _keras, moments
-from tfmot_discrete._keras import keras
-from tfmot_discrete.data import DEFAULT_BATCH_SIZE, check_positive_int, input_batches
-from tfmot_discrete.distill import Distiller
+from tfmot_discrete.core import moments
+from tfmot_discrete.tfk import _keras
+from tfmot_discrete.tfk._keras import keras
+from tfmot_discrete.tfk.distill import Distiller
+from tfmot_discrete.tools.data import DEFAULT_BATCH_SIZE, check_positive_int, input_batches
 
 
 def batchnorm_layers(model) -> list:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfmot_discrete import _keras
-from tfmot_discrete._keras import keras
-from tfmot_discrete.quantizers import CodebookQuantizer
-from tfmot_discrete.summary import codebook_indices, value_shares
-from tfmot_discrete.weights import codebook_items
+from tfmot_discrete.tfk import _keras
+from tfmot_discrete.tfk._keras import keras
+from tfmot_discrete.tfk.quantizers import CodebookQuantizer
+from tfmot_discrete.tfk.weights import codebook_items
+from tfmot_discrete.tools.summary import codebook_indices, value_shares
 
 
 def _fmt_value(v: float) -> str:

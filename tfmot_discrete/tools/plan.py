@@ -43,9 +43,11 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfmot_discrete import quantizers, scheme, sensitivity, text
-from tfmot_discrete.int8 import INT8
-from tfmot_discrete.quantizers import CodebookQuantizer
+from tfmot_discrete.core import text
+from tfmot_discrete.tfk import quantizers, scheme
+from tfmot_discrete.tfk.int8 import INT8
+from tfmot_discrete.tfk.quantizers import CodebookQuantizer
+from tfmot_discrete.tools import sensitivity
 
 #: Widest index TFLM's LUT decoder reads (K <= 128 values).
 MAX_INDEX_BITS = 7

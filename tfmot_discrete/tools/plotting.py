@@ -7,8 +7,8 @@ import pathlib
 
 import numpy as np
 
-from tfmot_discrete import _keras
-from tfmot_discrete.weights import codebook_items
+from tfmot_discrete.tfk import _keras
+from tfmot_discrete.tfk.weights import codebook_items
 
 
 def _pyplot():

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfmot_discrete import quantizers as quantizers_mod
-from tfmot_discrete._keras import keras, register
+from tfmot_discrete.tfk import quantizers as quantizers_mod
+from tfmot_discrete.tfk._keras import keras, register
 
 
 def vector_length(name: str, input_shape) -> int:

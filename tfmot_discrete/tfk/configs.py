@@ -15,9 +15,9 @@ import re
 import numpy as np
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete import compat, int8
-from tfmot_discrete import quantizers as quantizers_mod
-from tfmot_discrete._keras import keras, register
+from tfmot_discrete.tfk import compat, int8
+from tfmot_discrete.tfk import quantizers as quantizers_mod
+from tfmot_discrete.tfk._keras import keras, register
 
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 

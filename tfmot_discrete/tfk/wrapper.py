@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete import compat, configs
+from tfmot_discrete.tfk import compat, configs
 
 _qk = tfmot.quantization.keras
 

@@ -16,9 +16,9 @@ import dataclasses
 
 import numpy as np
 
-from tfmot_discrete import compat, configs
-from tfmot_discrete._keras import keras
-from tfmot_discrete.quantizers import CodebookQuantizer
+from tfmot_discrete.tfk import compat, configs
+from tfmot_discrete.tfk._keras import keras
+from tfmot_discrete.tfk.quantizers import CodebookQuantizer
 
 #: Layers are rescaled only when their weights are at least this many times
 #: smaller than the codebook (median of the channel factors): weights

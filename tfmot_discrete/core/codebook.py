@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from tfmot_discrete import text
+from tfmot_discrete.core import text
 
 #: Largest number of distinct values a codebook may hold.
 MAX_SIZE = 65536

@@ -6,9 +6,10 @@ import dataclasses
 
 import numpy as np
 
-from tfmot_discrete import annotate, int8, text
-from tfmot_discrete.quantizers import CodebookQuantizer
-from tfmot_discrete.weights import check_finite, codebook_items, int8_items
+from tfmot_discrete.core import text
+from tfmot_discrete.tfk import annotate, int8
+from tfmot_discrete.tfk.quantizers import CodebookQuantizer
+from tfmot_discrete.tfk.weights import check_finite, codebook_items, int8_items
 
 
 @dataclasses.dataclass

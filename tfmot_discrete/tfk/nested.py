@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 
-from tfmot_discrete._keras import keras
+from tfmot_discrete.tfk._keras import keras
 
 _MODEL_CLASSES = ("Functional", "Sequential", "Model")
 

@@ -14,9 +14,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete import compat, configs, int8, rescale, text
-from tfmot_discrete.layers import DiscreteMultiplier
-from tfmot_discrete.quantizers import CodebookQuantizer, weight_key
+from tfmot_discrete.core import text
+from tfmot_discrete.tfk import compat, configs, int8, rescale
+from tfmot_discrete.tfk.layers import DiscreteMultiplier
+from tfmot_discrete.tfk.quantizers import CodebookQuantizer, weight_key
 
 _QuantizeWrapper = tfmot.quantization.keras.QuantizeWrapper
 

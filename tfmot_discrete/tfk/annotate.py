@@ -13,11 +13,11 @@ import warnings
 
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete import compat, configs
-from tfmot_discrete._keras import keras
-from tfmot_discrete.layers import DiscreteMultiplier
-from tfmot_discrete.quantizers import weight_key
-from tfmot_discrete.weights import QuantizationWarning
+from tfmot_discrete.tfk import compat, configs
+from tfmot_discrete.tfk._keras import keras
+from tfmot_discrete.tfk.layers import DiscreteMultiplier
+from tfmot_discrete.tfk.quantizers import weight_key
+from tfmot_discrete.tfk.weights import QuantizationWarning
 
 _qk = tfmot.quantization.keras
 

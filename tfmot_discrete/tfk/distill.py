@@ -6,8 +6,9 @@ import types
 
 import tensorflow as tf
 
-from tfmot_discrete import _keras, compat, distill_loss
-from tfmot_discrete._keras import keras
+from tfmot_discrete.core import distill_loss
+from tfmot_discrete.tfk import _keras, compat
+from tfmot_discrete.tfk._keras import keras
 
 DEFAULT_TEMPERATURE = distill_loss.DEFAULT_TEMPERATURE
 DEFAULT_ALPHA = distill_loss.DEFAULT_ALPHA

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfmot_discrete import compat
-from tfmot_discrete.codebook import midpoints
+from tfmot_discrete.core.codebook import midpoints
+from tfmot_discrete.tfk import compat
 
 #: Codebooks up to this size use a chain of `tf.where` (cheapest for small K);
 #: larger ones a sorted search, O(N log K) time and O(N) memory.

@@ -9,11 +9,11 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from tfmot_discrete import _keras, batchnorm, configs, nested, scheme
-from tfmot_discrete import data as data_mod
-from tfmot_discrete._keras import keras
-from tfmot_discrete.quantize import quantize_model, quantize_scope, strip_quantization
-from tfmot_discrete.weights import QuantizationWarning
+from tfmot_discrete.tfk import _keras, batchnorm, configs, nested, scheme
+from tfmot_discrete.tfk._keras import keras
+from tfmot_discrete.tfk.quantize import quantize_model, quantize_scope, strip_quantization
+from tfmot_discrete.tfk.weights import QuantizationWarning
+from tfmot_discrete.tools import data as data_mod
 
 METRICS = ("accuracy", "loss")
 
