@@ -27,7 +27,12 @@ import sys
 import numpy as np
 
 from tflite_export import budget, files
-from tflite_export.errors import ExportError, VerificationError, require_extras
+from tflite_export.errors import (
+    ExportError,
+    MissingDataError,
+    VerificationError,
+    require_extras,
+)
 from tflite_export.formats import FORMATS, TARGETS
 from tflite_export.logs import library_logs
 
@@ -171,6 +176,12 @@ def _main_export(argv, verbose: bool) -> int:
     except VerificationError as e:
         print(str(e), file=sys.stderr)
         return 1
+    except MissingDataError as e:
+        return _fail(
+            f"--format {e.format} needs --representative-data FILE.npy: sample inputs "
+            f"(N, ...) to calibrate activation ranges on{e.reason}. Save a few hundred "
+            "training inputs with numpy.save and pass that file."
+        )
     except ExportError as e:
         if e.log.strip():  # what the libraries printed before they failed
             print(e.log.rstrip(), file=sys.stderr)
