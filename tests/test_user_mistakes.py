@@ -205,3 +205,30 @@ def test_exporting_an_lstm_model_prints_nothing(tmp_path):
     assert "Generating Quantization Parameters" not in res.stderr
     assert "it/s]" not in res.stderr
     assert res.stdout == ""
+
+
+# --- verify --json ----------------------------------------------------------------------
+
+
+def test_verify_writes_its_check_as_json(saved_model, tmp_path):
+    import json  # noqa: PLC0415
+
+    import tflite_export  # noqa: PLC0415
+
+    keras = td.keras
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="d")])
+    path = tmp_path / "t.tflite"
+    tflite_export.export(td.quantize_model(model, td.ternary()), path, format="int4")
+    out = tmp_path / "check.json"
+    res = _cli("verify", str(path), "--codebook", "-1,0,1", "--json", str(out))
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    assert data["ok"] is True and data["exact"] is True
+    assert data["codebook"] == [-1.0, 0.0, 1.0]
+    assert data["size_bytes"] == path.stat().st_size
+    assert [w["storage"] for w in data["weights"]] == ["int4"]
+    assert data["weights"][0]["count"] == 32 and data["weights"][0]["exact"] is True
+    bad = _cli("verify", str(path), "--codebook", "1,-1", "--json", str(tmp_path / "bad.json"))
+    assert bad.returncode == 1
+    assert json.loads((tmp_path / "bad.json").read_text())["exact"] is False
