@@ -232,3 +232,37 @@ def test_verify_writes_its_check_as_json(saved_model, tmp_path):
     bad = _cli("verify", str(path), "--codebook", "1,-1", "--json", str(tmp_path / "bad.json"))
     assert bad.returncode == 1
     assert json.loads((tmp_path / "bad.json").read_text())["exact"] is False
+
+
+# --- budgets: every figure and the next step ----------------------------------------------
+
+
+def test_budget_error_says_what_to_change():
+    from tflite_export import budget  # noqa: PLC0415
+
+    rows = [
+        budget.WeightBytes("conv/kernel", "int8", 9216, 0),
+        budget.WeightBytes("dense/kernel", "1-bit index", 200, 12800),
+    ]
+    report = budget.BudgetReport(8000, 10000, 9800, 14000, None, rows)
+    with pytest.raises(budget.BudgetError) as e:
+        budget.check(report)
+    message = str(e.value)
+    assert "flash: the file is 9,800 bytes, 1,800 over flash=8,000. Give flash >= 9,800" in message
+    assert "conv/kernel (9,216 B)" in message  # the int8 weight to pack or shrink
+    assert "ram: TFLM's arena is 14,000 bytes, 4,000 over ram=10,000" in message
+    assert "dense/kernel (12,800 B decoded)" in message  # the packed weight to unpack
+    fits = budget.BudgetReport(10000, 20000, 9800, 14000, None, rows)
+    budget.check(fits)  # no error
+    assert budget.next_steps(fits) == []
+
+
+def test_plan_error_message_has_every_figure_and_no_empty_one():
+    from tfmot_discrete.tools import plan  # noqa: PLC0415
+
+    ram_only = plan._no_plan_message(None, 64, None, 900)  # noqa: SLF001
+    assert "smallest achievable arena" in ram_only and "Give ram >= 900" in ram_only
+    assert " - " not in ram_only and "None" not in ram_only
+    both = plan._no_plan_message(1000, 6000, 4200, 5000)  # noqa: SLF001
+    assert "4,200 bytes" in both and "3,200 over flash=1,000" in both
+    assert "give flash >= 4,200" in both and "over ram" not in both
