@@ -10,6 +10,7 @@ import sys
 import warnings
 import zipfile
 
+import numpy as np
 import pytest
 
 import tfmot_discrete as td
@@ -266,3 +267,32 @@ def test_plan_error_message_has_every_figure_and_no_empty_one():
     both = plan._no_plan_message(1000, 6000, 4200, 5000)  # noqa: SLF001
     assert "4,200 bytes" in both and "3,200 over flash=1,000" in both
     assert "give flash >= 4,200" in both and "over ram" not in both
+
+
+# --- the CLI's own refusals come alone ------------------------------------------------------
+
+
+def test_a_refusal_shows_no_tensorflow_startup_lines(saved_model, tmp_path):
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.default_rng(0).random((16, 8), dtype=np.float32))
+    res = _cli(
+        str(saved_model), "-o", str(tmp_path / "m.tflite"), "--format", "tflm_packed",
+        "--representative-data", str(data),
+    )  # fmt: skip
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("tflite-export: error: format='tflm_packed' stores codebook")
+
+
+def test_startup_lines_are_dropped_and_others_kept():
+    from tflite_export.logs import without_startup_lines  # noqa: PLC0415
+
+    text = (
+        "E0000 00:00:1.0 1 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n"
+        "I0000 00:00:1.0 1 cudart_stub.cc:31] Could not find cuda drivers on your machine\n"
+        "error: 'tfl.fully_connected' op operand #0 must be tensor\n"
+    )
+    assert (
+        without_startup_lines(text) == "error: 'tfl.fully_connected' op operand #0 must be tensor\n"
+    )

@@ -28,7 +28,7 @@ from tflite_export import (
 )
 from tflite_export.errors import ExportError, MissingDataError, VerificationError
 from tflite_export.formats import TARGETS
-from tflite_export.logs import library_logs
+from tflite_export.logs import library_logs, without_startup_lines
 from tflite_export.progress import Progress
 from tflite_export.report import TFLM_LSB, Report, RoundedWeight
 from tflite_export.schema import INTEGER_TYPES, QMAX, TensorType, storage_name
@@ -480,7 +480,7 @@ def export(
     except ExportError as e:
         # The libraries' output explains a failure of theirs, not a failed check.
         if not verbose and not isinstance(e, VerificationError):
-            e.log = captured.text
+            e.log = without_startup_lines(captured.text)
         raise
 
 
