@@ -230,6 +230,9 @@ def test_verify_writes_its_check_as_json(saved_model, tmp_path):
     assert data["size_bytes"] == path.stat().st_size
     assert [w["storage"] for w in data["weights"]] == ["int4"]
     assert data["weights"][0]["count"] == 32 and data["weights"][0]["exact"] is True
+    # Named as in Keras where the converter's tensor name allows it.
+    assert data["weights"][0]["name"] == "d/kernel"
+    assert data["weights"][0]["tensor"].endswith("/d/MatMul")
     bad = _cli("verify", str(path), "--codebook", "1,-1", "--json", str(tmp_path / "bad.json"))
     assert bad.returncode == 1
     assert json.loads((tmp_path / "bad.json").read_text())["exact"] is False

@@ -21,6 +21,7 @@ from tflite_export.schema import (
     OUTPUT_CHANNEL_DIM,
     BuiltinOperator,
     storage_name,
+    weight_label,
 )
 from tfmot_discrete.core import text
 from tfmot_discrete.core.codebook import Codebook
@@ -98,6 +99,7 @@ class WeightCheck:
     index_bits: int | None = None  # tflm_packed: bits of each stored index
     table: np.ndarray | None = None  # tflm_packed: int8 value table (first channel's)
     tables: int = 0  # tflm_packed: 1 (one table for the tensor) or one per channel
+    tensor: str | None = None  # `verify_file`: the tensor's name in the file
 
     @property
     def stored_bits(self) -> int:
@@ -119,6 +121,7 @@ class WeightCheck:
             "max_error": json_number(self.max_error),
             "value_table": None if self.table is None else [int(v) for v in self.table],
             "tables": int(self.tables),
+            "tensor": self.tensor,
         }
 
 
@@ -172,9 +175,11 @@ def _check_litert_codebook(model_bytes: bytes, codebook: Codebook) -> list[Weigh
             v = exact.dequantize(fb, tensor)
         dim = _channel_dim(code, tensor)
         units, worst = channel_fit(v, codebook, dim)
+        tensor_name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
         out.append(
             WeightCheck(
-                name=tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name),
+                name=weight_label(tensor_name, code),
+                tensor=tensor_name,
                 codebook=codebook.values,
                 bits=codebook.bits,
                 storage=storage_name(tensor),
