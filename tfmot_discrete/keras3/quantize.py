@@ -386,7 +386,10 @@ def _from_config(model):
     """
     try:
         new = type(model).from_config(model.get_config())
-        build_config = model.get_build_config()
+        build_config = dict(model.get_build_config() or {})
+        # (Keras keeps a model's build config whole: our record would end up
+        # among its input shapes.)
+        build_config.pop(RECORD_KEY, None)
         if build_config:
             new.build_from_config(build_config)
             # A subclassed model is built by a symbolic run, which makes its

@@ -153,7 +153,13 @@ def plan(model, spec, graph: bool) -> Plan:
             kernels = own_kernels(layer)
             leaf = not tree.sublayers(layer)
             candidates_seen += [relative_path(w, model) for w in kernels]
-            if spec.from_mapping and found and value is not None and kernels and leaf:
+            if (
+                spec.from_mapping
+                and found
+                and value is not None
+                and leaf
+                and layer.trainable_weights
+            ):
                 raise ValueError(
                     f"Layer {layer.name!r} of class {type(layer).__name__} cannot be quantized "
                     f"to a codebook on Keras 3 (supported: {SUPPORTED}, DiscreteMultiplier, "

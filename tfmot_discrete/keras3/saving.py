@@ -31,7 +31,9 @@ def _record(path):
             f"`filepath` must be a `.keras` file saved by Keras 3 ({type(e).__name__}: {e}). "
             f"Received: filepath={str(path)!r}"
         ) from e
-    return config, (config.get("build_config") or {}).get(k3.RECORD_KEY)
+    # Taken out of the build config that Keras builds the model from (Keras
+    # keeps that config whole, and would read the record as an input shape).
+    return config, (config.get("build_config") or {}).pop(k3.RECORD_KEY, None)
 
 
 def load_model(filepath, custom_objects=None, compile=True):

@@ -256,12 +256,16 @@ class QuantizeWrapper(keras.layers.Layer):
         # A parent may read its sub-layer's public attributes (KerasHub's
         # `TokenAndPositionEmbedding.get_config` reads
         # `self.token_embedding.tie_weights`): the wrapper in the sub-layer's
-        # place answers with the inner layer's. (Called only for names the
-        # wrapper itself lacks.)
-        inner = self.__dict__.get("layer")
-        if name.startswith("_") or inner is None:
+        # place answers with the inner layer's. Called only for names the
+        # wrapper lacks; the base class's lookup goes first (on PyTorch a
+        # layer's sub-layers live in `torch.nn.Module._modules`).
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            pass
+        if name.startswith("_") or name == "layer":
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return getattr(inner, name)
+        return getattr(self.layer, name)
 
     def _quantizer_of(self, name):
         return self.quantizer[name] if isinstance(self.quantizer, dict) else self.quantizer
