@@ -207,5 +207,9 @@ def test_keras3_arguments_are_checked():
         def call(self, x):
             return x
 
-    with pytest.raises(ValueError, match="subclassed Keras 3 model"):
+    with pytest.raises(ValueError, match=r"'sub'.*is not built.*call it on a batch"):
         td.quantize_model(Sub(), td.binary())
+    with pytest.raises(ValueError, match=r"`in_place` must be a bool"):
+        td.quantize_model(m3, td.binary(), in_place=1)
+    with pytest.raises(ValueError, match=r"`in_place=True` is for models.*Sequential"):
+        td.quantize_model(m3, td.binary(), in_place=True)

@@ -19,11 +19,19 @@ def _is_keras3(model) -> bool:
 
 
 @functools.wraps(_tfk.quantize_model)
-def quantize_model(model, quantizer, activations=None, strict=False):
+def quantize_model(model, quantizer, activations=None, strict=False, in_place=False):
+    # `in_place`: Keras 3 models only (see `tfmot_discrete.keras3.quantize_model`).
     if _is_keras3(model):
         from tfmot_discrete.keras3 import quantize as k3  # noqa: PLC0415  (imports Keras 3)
 
-        return k3.quantize_model(model, quantizer, activations=activations, strict=strict)
+        return k3.quantize_model(
+            model, quantizer, activations=activations, strict=strict, in_place=in_place
+        )
+    if in_place is not False:
+        raise ValueError(
+            "`in_place=True` is for Keras 3 models; a tf_keras model is always rebuilt by "
+            f"TF-MOT. Received: in_place={in_place!r}"
+        )
     return _tfk.quantize_model(model, quantizer, activations=activations, strict=strict)
 
 

@@ -4,22 +4,27 @@
 models and dispatch here; `td.to_tf_keras` rebuilds one in tf_keras (for
 TF-MOT and the TFLite export). The layers are Keras 3 serializables
 (`tfmot_discrete>QuantizeWrapper`, `tfmot_discrete>DiscreteMultiplier`): a
-saved model loads with `keras.saving.load_model` once this module is imported.
+saved model loads with `keras.saving.load_model` once this module is imported;
+a QAT model with wrappers below its own layers (a user's layer, a subclassed
+or KerasHub model) with `td.keras3.load_model`.
 """
 
 from tfmot_discrete.keras3.batchnorm import recalibrate_batchnorm
 from tfmot_discrete.keras3.bridge import to_tf_keras
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.quantize import is_quantized, quantize_model, strip_quantization
-from tfmot_discrete.keras3.wrapper import LAYER_WEIGHTS, QuantizeWrapper
+from tfmot_discrete.keras3.saving import load_model
+from tfmot_discrete.keras3.wrapper import LAYER_WEIGHTS, QuantizeWrapper, register_weights
 
 __all__ = [
     "LAYER_WEIGHTS",
     "DiscreteMultiplier",
     "QuantizeWrapper",
     "is_quantized",
+    "load_model",
     "quantize_model",
     "recalibrate_batchnorm",
+    "register_weights",
     "strip_quantization",
     "to_tf_keras",
 ]

@@ -26,3 +26,72 @@ def is_model(obj) -> bool:
 def is_graph_model(model) -> bool:
     """A Sequential or Functional Keras 3 model (rebuildable from its config)."""
     return isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"
+
+
+def is_functional(model) -> bool:
+    """A model computed by a graph of layer calls (Functional, or a class
+    derived from it, as KerasHub's backbones and tasks are)."""
+    return isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth")
+
+
+def tracked_layers(layer) -> list:
+    """The sub-layers `layer` tracks, in order. Keras 3 keeps them in the
+    private `_layers` list (what `Layer._flatten_layers` walks); there is no
+    public list of a layer's direct children."""
+    return list(getattr(layer, "_layers", ()))
+
+
+def replace_tracked_layer(parent, old, new) -> bool:
+    """Puts `new` in `old`'s place in `parent`'s tracked layers (the private
+    `_layers` list: `weights`, `trainable_variables` and saving walk it; a
+    public `setattr` would append `new` after a built layer's state is locked)."""
+    held = getattr(parent, "_layers", None)
+    if held is None:
+        return False
+    found = False
+    for i, layer in enumerate(held):
+        if layer is old:
+            held[i] = new
+            found = True
+    return found
+
+
+def replace_graph_operation(model, old, new) -> bool:
+    """Puts `new` in `old`'s place in a Functional model's graph: the private
+    `_operations` list (`model.layers`) and each node whose `operation` is
+    `old` (`Functional.call` runs `node.operation`). Keras has no public way
+    to swap a layer of a built graph in place."""
+    found = False
+    ops_list = model._operations  # noqa: SLF001  (see the docstring)
+    for i, op in enumerate(ops_list):
+        if op is old:
+            ops_list[i] = new
+            found = True
+    for nodes in model._nodes_by_depth.values():  # noqa: SLF001
+        for node in nodes:
+            if node.operation is old:
+                node.operation = new
+                found = True
+    return found
+
+
+def flatten_layers(layer) -> list:
+    """Every layer below `layer` (not itself), as Keras's private
+    `_flatten_layers` lists them (`Model.quantize` walks the same list)."""
+    return layer._flatten_layers(include_self=False)  # noqa: SLF001  (see the docstring)
+
+
+def add_to_build_config(layer, key, value) -> None:
+    """Makes `layer.get_build_config()` return `value` under `key` too (this
+    object only). What a saved model's `build_config` holds reaches the
+    loader before any weight is read, which no other part of a `.keras` file
+    does for a class the user wrote; Keras's own `build_from_config` ignores
+    keys it does not know."""
+    base = type(layer).get_build_config
+
+    def get_build_config():
+        config = dict(base(layer) or {})
+        config[key] = value
+        return config
+
+    object.__setattr__(layer, "get_build_config", get_build_config)

@@ -69,7 +69,7 @@ def to_tf_keras(model):
     Raises:
         ValueError: Naming the first layer that tf_keras cannot rebuild.
     """
-    k3_quantize.check_model(model)
+    k3_quantize.check_graph_model(model)
     plain3, plan, multipliers = _latent(nested.flatten(model))
     plain = _keras.from_keras3(plain3)
     if multipliers:

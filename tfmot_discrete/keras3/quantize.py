@@ -6,114 +6,46 @@ import dataclasses
 
 import numpy as np
 
-from tfmot_discrete.keras3 import nested
+from tfmot_discrete.keras3 import _k3, nested, reach, tree
 from tfmot_discrete.keras3 import quantizers as k3q
 from tfmot_discrete.keras3._k3 import is_graph_model, keras, ops
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
-from tfmot_discrete.keras3.wrapper import SUPPORTED, QuantizeWrapper, weight_specs
-from tfmot_discrete.tfk import annotate, configs, int8, scheme
+from tfmot_discrete.keras3.wrapper import QuantizeWrapper, quantizer_config, weight_specs
+from tfmot_discrete.tfk import annotate, configs, scheme
 from tfmot_discrete.tfk.quantizers import CodebookQuantizer
 from tfmot_discrete.tools.summary import indices_of
 
-#: The Keras 3 classes of `annotate.FLOAT_LAYERS`: float by design.
-_FLOAT_LAYERS = tuple(getattr(keras.layers, c.__name__) for c in annotate.FLOAT_LAYERS)
+#: The key of a QAT model's build config listing its wrappers below its
+#: config (`keras3.saving`).
+RECORD_KEY = "tfmot_discrete_wrappers"
 
 
 def check_model(model, argname="model"):
-    """Raises unless `model` is a built Keras 3 Sequential or Functional model."""
+    """Raises unless `model` is a built Keras 3 model (of any class)."""
     if not isinstance(model, keras.Model):
         raise ValueError(
-            f"`{argname}` must be a Keras 3 Sequential or Functional model. Received: "
+            f"`{argname}` must be a Keras 3 model. Received: "
             f"{argname} of type {type(model).__module__}.{type(model).__name__}"
         )
-    if not is_graph_model(model):
+    if not model.built or (is_graph_model(model) and not getattr(model, "inputs", None)):
         raise ValueError(
-            f"`{argname}` is a subclassed Keras 3 model ({type(model).__name__}); only "
-            "Sequential and Functional models can be quantized, because the model is "
-            "rebuilt from its config with wrapped layers. Rewrite it with the Functional API."
-        )
-    if not model.built or not getattr(model, "inputs", None):
-        raise ValueError(
-            f"`{argname}` ({model.name!r}) is not built: give it a `keras.Input` before "
-            "quantizing it."
+            f"`{argname}` ({model.name!r}) is not built: give it a `keras.Input`, or call it "
+            "on a batch of data, before quantizing it."
         )
     return model
 
 
-def _check_value(layer, value) -> None:
-    if not (isinstance(value, CodebookQuantizer) or value == int8.INT8):
+def check_graph_model(model, argname="model"):
+    """Raises unless `model` is a built Keras 3 Sequential or Functional model
+    (what a tf_keras rebuild takes)."""
+    check_model(model, argname)
+    if not is_graph_model(model):
         raise ValueError(
-            f"Layer {layer.name!r}: on Keras 3 a mapping value is a quantizer, 'int8' or "
-            f"None; TF-MOT QuantizeConfigs are tf_keras only. Received: {value!r}"
+            f"`{argname}` is a {type(model).__name__} ({type(model).__module__}), not a "
+            "Sequential or Functional model: only those are rebuilt in tf_keras "
+            f"(`td.to_tf_keras`). Received: {argname}={model.name!r}"
         )
-
-
-def _is_kernel_like(variable) -> bool:
-    """As `annotate.is_kernel_like`: trainable, rank 2 or more, not a bias."""
-    return variable.trainable and len(variable.shape) >= 2 and not variable.name.endswith("bias")
-
-
-def _spec_names(layer) -> dict[int, str]:
-    """`{id(variable): weight name}` of the weights `weight_specs` names."""
-    out = {}
-    for spec in weight_specs(layer) or ():
-        owner, attr = configs.resolve(layer, spec.path)
-        out[id(getattr(owner, attr))] = spec.name
-    return out
-
-
-def _plan(model, spec) -> tuple[dict, list]:
-    """`{layer name: quantizer | "int8" | {weight name: quantizer | "int8"}}`
-    of the layers to wrap, and the `annotate.FloatWeights` of the layers whose
-    kernel-like weights stay float."""
-    plan, float_weights = {}, []
-    annotate.check_mapping_keys(model.layers, spec, weight_specs)
-
-    def left_float(layer, names, reason):
-        if names:
-            float_weights.append(
-                annotate.FloatWeights(
-                    layer.name, type(layer).__name__, tuple(names), reason, tuple(SUPPORTED)
-                )
-            )
-
-    for layer in model.layers:
-        if isinstance(layer, (keras.layers.InputLayer, *_FLOAT_LAYERS)):
-            continue
-        found, value = spec.lookup(layer.name)
-        if isinstance(layer, DiscreteMultiplier):
-            if spec.from_mapping and found and value is not None and value != layer.quantizer:
-                raise ValueError(
-                    f"Layer {layer.name!r} is a DiscreteMultiplier: it carries its own "
-                    f"codebook ({layer.quantizer!r}); set it there instead of in the mapping."
-                )
-            continue
-        specs = weight_specs(layer)
-        names = _spec_names(layer)
-        kernels = [names.get(id(v), v.name) for v in layer.weights if _is_kernel_like(v)]
-        if specs is None:
-            if spec.from_mapping and found and value is not None and layer.trainable_weights:
-                raise ValueError(
-                    f"Layer {layer.name!r} of class {type(layer).__name__} cannot be quantized "
-                    f"to a codebook on Keras 3 (supported: {SUPPORTED}, DiscreteMultiplier)."
-                )
-            left_float(layer, kernels, annotate.UNSUPPORTED)
-            continue
-        chosen = spec.lookup_weights(layer.name, [s.name for s in specs])
-        kept = {}
-        for name, v in chosen.items():
-            if v is not None:
-                _check_value(layer, v)
-                kept[name] = v
-        values = list(kept.values())
-        if len(kept) == len(specs) and all(v == values[0] for v in values):
-            plan[layer.name] = values[0]
-        elif kept:
-            plan[layer.name] = kept
-        rest = [n for n in kernels if n not in kept]
-        left_float(layer, [n for n in rest if n in chosen], annotate.MAPPED_TO_NONE)
-        left_float(layer, [n for n in rest if n not in chosen], annotate.UNNAMED)
-    return plan, float_weights
+    return model
 
 
 def _fresh(layer):
@@ -147,17 +79,43 @@ def clone(model, clone_function):
     )
 
 
-def quantize_model(model, quantizer, activations=None, strict=False):
-    """`td.quantize_model` for a Keras 3 model: a Keras 3 model back.
+def quantize_model(model, quantizer, activations=None, strict=False, in_place=False):
+    """`td.quantize_model` for a Keras 3 model of any class: a Keras 3 model back.
 
-    Every supported layer (`wrapper.weight_specs`) is wrapped in a
-    `QuantizeWrapper` named `"quant_" + name`; the other layers are copied.
-    The model trains with `keras.ops` on the TensorFlow, JAX and PyTorch
-    backends. A model used as a layer (a backbone) is flattened first
-    (`keras3.nested`): its layers become the returned model's. Arguments as in `td.quantize_model`; `activations="int8"` is
-    tf_keras only (use `td.to_tf_keras` first). A layer whose kernel-like
-    weights stay float gets a `QuantizationWarning`, or with `strict=True` a
-    `ValueError`.
+    Every layer `QuantizeWrapper` can wrap (`wrapper.weight_specs`), wherever
+    it sits in the layer tree, is replaced where its parent holds it by a
+    `QuantizeWrapper` named `"quant_" + name` (`reach`, `tree`). The model
+    trains with `keras.ops` on the TensorFlow, JAX and PyTorch backends.
+
+    Two ways of putting the wrappers in, by model class:
+
+    - Sequential and Functional models are rebuilt from their config (a
+      model used as a layer is flattened first, `keras3.nested`), their own
+      layers replaced by wrappers in the new graph; layers below them (a
+      user's layer of `Dense` sub-layers) get theirs in the rebuilt layer.
+      The rebuild stays for these models because the wrappers are then
+      nodes of the graph: the model's config holds them, so a `.keras` file
+      of the QAT model reloads as a QAT model. (Swapping a node's layer in a
+      built graph leaves Keras's serialized node references behind.)
+    - Any other model (subclassed `keras.Model`, Functional subclasses such
+      as KerasHub backbones and tasks) is copied through its config and
+      weights (or, with `in_place=True`, changed itself), then each layer is
+      replaced in its parent: attribute, list or dict attribute, graph node.
+
+    Args:
+        model: A built Keras 3 model.
+        quantizer: As in `td.quantize_model`; mapping keys also match paths
+            in the layer tree and Keras 3 weight paths (`reach`).
+        activations: `"int8"` is tf_keras only (use `td.to_tf_keras` first).
+        strict: With True, kernel-like weights that would stay float raise.
+            Defaults to `False` (a `QuantizationWarning`).
+        in_place: Wrap the layers of `model` itself rather than of a copy.
+            Needed for a subclassed model that cannot be re-created from its
+            config. Graph models are always rebuilt. Defaults to `False`.
+
+    Raises:
+        ValueError: For bad arguments, an unbuilt model, a model that cannot
+            be copied (naming `in_place=True`), and as `td.quantize_model`.
     """
     if activations is not None:
         raise ValueError(
@@ -165,16 +123,84 @@ def quantize_model(model, quantizer, activations=None, strict=False):
             f"with `td.to_tf_keras(model)` first. Received: activations={activations!r}"
         )
     check_model(model)
-    spec = scheme.resolve_quantizer_spec(quantizer)
-    model = nested.flatten(model)
     if not isinstance(strict, bool):
         raise ValueError(f"`strict` must be a bool. Received: strict={strict!r}")
-    plan, float_weights = _plan(model, spec)
-    annotate.report(float_weights, strict)
+    if not isinstance(in_place, bool):
+        raise ValueError(f"`in_place` must be a bool. Received: in_place={in_place!r}")
+    graph = is_graph_model(model)
+    if graph and in_place:
+        raise ValueError(
+            f"`in_place=True` is for models that are not Sequential or Functional; "
+            f"{model.name!r} is {type(model).__name__}, which is rebuilt (the float model is "
+            "never changed). Received: in_place=True"
+        )
+    spec = scheme.resolve_quantizer_spec(quantizer)
+    if graph:
+        model = nested.flatten(model)
+    found = reach.plan(model, spec, graph)
+    annotate.report(found.float_weights, strict)
+    if graph:
+        return _quantize_graph(model, found)
+    qat = model if in_place else copy_model(model)
+    targets = reach.places(qat, graph=False) if qat is not model else found.places
+    _wrap_places(found, targets, skip_top=None)
+    _record_wrappers(qat, graph=False)
+    return qat
+
+
+def _wrap_places(found, targets, skip_top):
+    """Wraps, in the tree of `targets` (places matching `found.places` one to
+    one), the layers `found` names; a place whose parent is `skip_top` (a
+    graph model wrapping its own layers) is left out."""
+    for i, value in found.wrap.items():
+        source, place = found.places[i], targets[i]
+        if place.parent is skip_top:
+            continue
+        if type(source.layer) is not type(place.layer):
+            raise ValueError(
+                f"The copy of layer {source.path!r} is a {type(place.layer).__name__}, not a "
+                f"{type(source.layer).__name__}: its class builds different sub-layers from "
+                "its config. Pass in_place=True."
+            )
+        wrap_place(place, value, initialize=True)
+
+
+def wrap_place(place, value, initialize):
+    """Puts a `QuantizeWrapper` of `value` in place of `place.layer` (built now,
+    so that no variable is made inside a traced step); with `initialize`, its
+    learned scales and 8-bit ranges are set from the weights."""
+    wrapper = QuantizeWrapper(place.layer, value)
+    wrapper.build(None)
+    if initialize:
+        for var, state in wrapper.states:
+            k3q.initialize(state, var.value)
+    tree.replace(place.parent, place.layer, wrapper)
+    return wrapper
+
+
+def _record_wrappers(qat, graph):
+    """Writes into `qat`'s build config where its tree holds wrappers that its
+    config does not (`keras3.saving.load_model` puts them back)."""
+    own = {id(layer) for layer in qat.layers} if graph else set()
+    record = [
+        {"place": i, "quantizer": quantizer_config(p.layer.quantizer)}
+        for i, p in enumerate(reach.places(qat, graph))
+        if isinstance(p.layer, QuantizeWrapper) and id(p.layer) not in own
+    ]
+    if record:
+        _k3.add_to_build_config(qat, RECORD_KEY, record)
+
+
+def _quantize_graph(model, found):
+    top = {
+        found.places[i].layer.name: v
+        for i, v in found.wrap.items()
+        if found.places[i].parent is model
+    }
 
     def _clone(layer):
-        if layer.name in plan:
-            return QuantizeWrapper(_fresh_built(layer), plan[layer.name])
+        if layer.name in top:
+            return QuantizeWrapper(_fresh_built(layer), top[layer.name])
         return _fresh(layer)
 
     qat = clone(model, _clone)
@@ -191,7 +217,21 @@ def quantize_model(model, quantizer, activations=None, strict=False):
         elif isinstance(layer, DiscreteMultiplier):
             for (_, src), (_, dst) in zip(_state_vars(source), _state_vars(layer)):
                 dst.assign(src.value)
+    if len(top) < len(found.wrap):
+        by_name = {getattr(layer, "layer", layer).name: layer for layer in qat.layers}
+        copies = [by_name[layer.name] for layer in model.layers]
+        copy = _CopyOf(qat, model, copies)
+        _wrap_places(found, reach.places(copy, graph=True), skip_top=copy)
+        _record_wrappers(qat, graph=True)
     return qat
+
+
+class _CopyOf:
+    """Stands for a rebuilt graph model in `reach.places`: its layers in the
+    order of the source model's, so that the places of both match one to one."""
+
+    def __init__(self, model, source, layers):
+        self.model, self.layers, self.name = model, layers, source.name
 
 
 def _state_vars(layer):
@@ -199,22 +239,69 @@ def _state_vars(layer):
     return sorted(state.variables.items()) if state is not None else []
 
 
+def _quantized_layers(model) -> list:
+    """The wrappers and multipliers anywhere in `model`'s layer tree, in
+    tracking order (a model's own layers in their order)."""
+    quantized = (QuantizeWrapper, DiscreteMultiplier)
+    places = tree.walk(model, lambda layer: isinstance(layer, quantized))
+    return [p.layer for p in places if isinstance(p.layer, quantized)]
+
+
 def is_quantized(model) -> bool:
-    """True when a Keras 3 model holds wrappers or DiscreteMultipliers."""
-    return any(isinstance(layer, QuantizeWrapper | DiscreteMultiplier) for layer in model.layers)
+    """True when a Keras 3 model holds wrappers or DiscreteMultipliers (anywhere)."""
+    return bool(_quantized_layers(model))
+
+
+def _nested_label(model, variable, weight) -> str:
+    """The layer part of a nested weight's label: its variable path without
+    the model's name and the weight's name (unique in the model, where layer
+    names need not be)."""
+    path = reach.relative_path(variable, model)
+    if path.endswith(f"/{weight}"):
+        return path[: -len(weight) - 1]
+    return path.rsplit("/", 1)[0]
 
 
 def items(model) -> list[tuple[str, str, object, k3q.WeightState]]:
-    """`(layer name, weight name, latent variable, WeightState)` per quantized
-    weight, layer by layer (wrappers by their inner layer's name)."""
+    """`(layer label, weight name, latent variable, WeightState)` per quantized
+    weight anywhere in the layer tree. A model's own wrapped layers are
+    labelled by their inner layer's name; deeper ones by the path of their
+    weight (`"block/dense_1"`), so that no two labels are alike."""
     out = []
-    for layer in model.layers:
-        if isinstance(layer, QuantizeWrapper) and layer.built:
-            for var, state in layer.states:
-                out.append((layer.layer.name, state.name, var, state))
-        elif isinstance(layer, DiscreteMultiplier) and layer.built:
-            out.append((layer.name, "kernel", layer.kernel, layer.state))
+    own = {id(layer) for layer in model.layers}
+    for layer in _quantized_layers(model):
+        if not layer.built:
+            continue
+        pairs = (
+            layer.states
+            if isinstance(layer, QuantizeWrapper)
+            else [(layer.kernel, dataclasses.replace(layer.state, name="kernel"))]
+        )
+        base = layer.layer.name if isinstance(layer, QuantizeWrapper) else layer.name
+        for var, state in pairs:
+            label = base if id(layer) in own else _nested_label(model, var, state.name)
+            if isinstance(layer, DiscreteMultiplier):
+                state = layer.state
+            out.append(
+                (label, state.name if isinstance(layer, QuantizeWrapper) else "kernel", var, state)
+            )
     return out
+
+
+def plain_values(layer) -> list[np.ndarray]:
+    """The values of `layer`'s weights as its float twin holds them: every
+    wrapper's latent weights projected, the wrappers' own variables (scales,
+    8-bit ranges) left out, in the order of the twin's `weights`."""
+    wrappers = [w for w in _k3.flatten_layers(layer) if isinstance(w, QuantizeWrapper)]
+    if isinstance(layer, QuantizeWrapper):
+        wrappers.append(layer)
+    states = {id(var): state for w in wrappers for var, state in w.states}
+    extra = {id(v) for w in wrappers for _, st in w.states for v in st.variables.values()}
+    return [
+        projected(states[id(w)], w.value) if id(w) in states else npy(w)
+        for w in layer.weights
+        if id(w) not in extra
+    ]
 
 
 def projected(state, latent) -> np.ndarray:
@@ -259,9 +346,11 @@ def strip_quantization(model):
             new_weights[layer.name] = [projected(layer.state, layer.kernel.value)]
             return DiscreteMultiplier.from_config(cfg)
         if getattr(layer, "weights", None):  # (a graph may hold plain operations)
-            new_weights[layer.name] = layer.get_weights()
+            new_weights[layer.name] = plain_values(layer)
         return _fresh(layer)
 
+    if not is_graph_model(model):
+        return _strip_by_config(model)
     plain = clone(model, _strip)
     for layer in plain.layers:
         values = new_weights.get(layer.name)
@@ -271,6 +360,50 @@ def strip_quantization(model):
             else:
                 layer.set_weights(values)
     return plain
+
+
+def _strip_by_config(model):
+    """A model that is not Sequential or Functional: its class re-created from
+    its config (which holds no wrappers), with the projected weights."""
+    plain = _from_config(model)
+    values = plain_values(model)
+    if [tuple(w.shape) for w in plain.weights] != [v.shape for v in values]:
+        raise ValueError(
+            f"Model {model.name!r} ({type(model).__name__}) re-created from its config does not "
+            "hold the weights of the quantized model (without its wrappers), so it cannot be "
+            "stripped into a new model. Strip the float model you quantized in place: "
+            "`td.strip_quantization` needs a class whose config re-creates its layers."
+        )
+    plain.set_weights(values)
+    return plain
+
+
+def _from_config(model):
+    """A new, built model of `model`'s class from its config.
+
+    Raises:
+        ValueError: Naming `in_place=True`, when the class cannot do it.
+    """
+    try:
+        new = type(model).from_config(model.get_config())
+        build_config = dict(model.get_build_config() or {})
+        # (Keras keeps a model's build config whole: our record would end up
+        # among its input shapes.)
+        build_config.pop(RECORD_KEY, None)
+        if build_config:
+            new.build_from_config(build_config)
+            # A subclassed model is built by a symbolic run, which makes its
+            # layers' weights but leaves its own flag down (`load_weights`
+            # then refuses it).
+            new.built = new.built or bool(new.weights)
+    except (NotImplementedError, TypeError, ValueError, KeyError) as e:
+        raise ValueError(
+            f"Model {model.name!r} ({type(model).__name__}) cannot be re-created from its config "
+            f"({type(e).__name__}: {e}). Quantize it in place with "
+            "`td.quantize_model(model, ..., in_place=True)` (its layers are wrapped, the model "
+            "object stays), or give the class a `get_config` returning its `__init__` arguments."
+        ) from e
+    return new
 
 
 def npy(variable) -> np.ndarray:
@@ -327,7 +460,22 @@ def weight_count(layer) -> int:
 
 
 def copy_model(model):
-    """A copy of a Keras 3 model (new layers, the same weights)."""
-    copy = clone(model, _fresh)
+    """A copy of a Keras 3 model (new layers, the same weights): a graph model
+    rebuilt, another class re-created from its config and built.
+
+    Raises:
+        ValueError: Naming `in_place=True`, for a model that cannot be copied.
+    """
+    if is_graph_model(model):
+        copy = clone(model, _fresh)
+        copy.set_weights(model.get_weights())
+        return copy
+    copy = _from_config(model)
+    if [tuple(w.shape) for w in copy.weights] != [tuple(w.shape) for w in model.weights]:
+        raise ValueError(
+            f"Model {model.name!r} ({type(model).__name__}) re-created from its config holds "
+            f"other weights ({len(copy.weights)} against {len(model.weights)}); it cannot be "
+            "copied. Quantize it in place with `td.quantize_model(model, ..., in_place=True)`."
+        )
     copy.set_weights(model.get_weights())
     return copy

@@ -38,16 +38,99 @@ LAYER_WEIGHTS = {
 LAYER_WEIGHTS[_L.DepthwiseConv1D] = {"kernel": [-2, -1]}
 
 
-#: The Keras 3 classes `weight_specs` knows, for messages.
+#: The Keras 3 classes `weight_specs` knows, for messages (and those given
+#: to `register_weights`).
 SUPPORTED = sorted({c.__name__ for c in LAYER_WEIGHTS} | set(configs.SUPPORTED))
+
+
+#: Custom layer class -> {attribute: channel axes}, from `register_weights`.
+REGISTERED: dict[type, dict[str, list[int]]] = {}
+
+
+def register_weights(layer_class, weights):
+    """Names the weights of a custom Keras 3 layer class that go on a codebook.
+
+    A layer of your own that makes its kernels with `add_weight` (not through
+    sub-layers such as `Dense`) is not known to `quantize_model`: its kernels
+    stay float with a notice. Registered, its layers are wrapped in a
+    `QuantizeWrapper`, which puts each named weight's projection in the
+    attribute during the layer's `call` (so `call` must read the weight as
+    `self.<attribute>`). Register before `quantize_model` and before loading
+    a saved QAT model.
+
+    Args:
+        layer_class: A subclass of `keras.layers.Layer`.
+        weights: `{attribute name: output-channel axes}`, e.g. `{"w": [-1]}`
+            (one scale per last-axis channel) or `{"w": []}` (one scale).
+
+    Returns:
+        `layer_class`, so that it can decorate the class.
+
+    Raises:
+        ValueError: For a class that is not a Keras 3 layer, or weights that
+            are not `{str: list of ints}`.
+
+    Example:
+
+    >>> class Scale(keras.layers.Layer):
+    ...     def build(self, shape):
+    ...         self.w = self.add_weight(shape=(shape[-1], 4))
+    ...     def call(self, x):
+    ...         return x @ self.w
+    >>> _ = register_weights(Scale, {"w": [-1]})
+    >>> [s.name for s in weight_specs(Scale())]
+    ['w']
+    """
+    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
+        raise ValueError(
+            f"`layer_class` must be a Keras 3 layer class. Received: layer_class={layer_class!r}"
+        )
+    ok = (
+        isinstance(weights, dict)
+        and weights
+        and all(
+            isinstance(k, str)
+            and isinstance(v, list | tuple)
+            and all(isinstance(a, int) for a in v)
+            for k, v in weights.items()
+        )
+    )
+    if not ok:
+        raise ValueError(
+            "`weights` must be a non-empty {attribute name: list of channel axes} dict, e.g. "
+            f"{{'w': [-1]}}. Received: weights={weights!r}"
+        )
+    REGISTERED[layer_class] = {k: list(v) for k, v in weights.items()}
+    return layer_class
 
 
 def weight_specs(layer) -> list[configs.WeightSpec] | None:
     """`configs.weight_specs` on Keras 3 classes: the weights of `layer` that
     go on a codebook (name, attribute path, channel axes), or None for a layer
     we do not know (subclasses are not matched: their `call` may read weights
-    differently)."""
+    differently). A class given to `register_weights` has the weights named there."""
+    registered = REGISTERED.get(type(layer)) or _keras_hub_weights(layer)
+    if registered is not None:
+        return [configs.WeightSpec(a, a, tuple(axes)) for a, axes in registered.items()]
     return configs.weight_specs(layer, layers=_L, plain=LAYER_WEIGHTS)
+
+
+def _keras_hub_weights(layer) -> dict | None:
+    """The embedding layers of KerasHub models (matched by module and class
+    name, so that KerasHub is not imported): `ReversibleEmbedding` (Keras's
+    or KerasHub's: an `Embedding` whose table, tied, also projects to the
+    vocabulary) and KerasHub's `PositionEmbedding` (a table of its own)."""
+    cls = type(layer)
+    if not cls.__module__.startswith(("keras_hub.", "keras.src.layers.core.reversible_embedding")):
+        return None
+    if cls.__name__ == "ReversibleEmbedding":
+        weights = {"embeddings": [0]}
+        if not getattr(layer, "tie_weights", True):
+            weights["reverse_embeddings"] = [-1]
+        return weights
+    if cls.__name__ == "PositionEmbedding":
+        return {"position_embeddings": [0]}
+    return None
 
 
 def quantizable_weights(layer) -> dict | None:
@@ -61,19 +144,21 @@ def _is_per_weight(value) -> bool:
     return isinstance(value, dict) and "values" not in value and "class_name" not in value
 
 
-def _quantizer_config(quantizer):
+def quantizer_config(quantizer):
+    """A wrapper's `quantizer` argument as JSON-able config (`quantizer_from` reads it)."""
     if isinstance(quantizer, dict):
-        return {name: _quantizer_config(q) for name, q in quantizer.items()}
+        return {name: quantizer_config(q) for name, q in quantizer.items()}
     return quantizer if isinstance(quantizer, str) else quantizer.get_config()
 
 
-def _quantizer_from(value):
+def quantizer_from(value):
+    """A wrapper's `quantizer` argument from itself or its config."""
     if isinstance(value, str) and value == int8.INT8:
         return value
     if isinstance(value, CodebookQuantizer):
         return value
     if _is_per_weight(value):
-        return {name: _quantizer_from(q) for name, q in value.items()}
+        return {name: quantizer_from(q) for name, q in value.items()}
     return CodebookQuantizer.from_config(value)
 
 
@@ -83,6 +168,29 @@ def per_weight_quantizer(quantizer, axes):
     if isinstance(quantizer, str):
         return int8.quantizer_for(list(axes))
     return quantizer.with_channel_axes(list(axes))
+
+
+def _call_like(inner_call, run):
+    """`run`, under the signature of `inner_call` with a keyword-only
+    `training` added when it has none."""
+    signature = inspect.signature(inner_call)
+    params = list(signature.parameters.values())
+    if "training" not in signature.parameters:
+        kinds = [p.kind for p in params]
+        at = (
+            kinds.index(inspect.Parameter.VAR_KEYWORD)
+            if inspect.Parameter.VAR_KEYWORD in kinds
+            else len(params)
+        )
+        params.insert(
+            at, inspect.Parameter("training", inspect.Parameter.KEYWORD_ONLY, default=None)
+        )
+
+    def call(*args, **kwargs):
+        return run(*args, **kwargs)
+
+    call.__signature__ = signature.replace(parameters=params)
+    return call
 
 
 @register(package="tfmot_discrete")
@@ -119,16 +227,17 @@ class QuantizeWrapper(keras.layers.Layer):
             )
         kwargs.setdefault("name", f"quant_{layer.name}")
         params = inspect.signature(layer.call).parameters
-        if "mask" not in params:
-            # Keras passes (and records) a `mask` argument when `call` has one:
-            # without it, a clone can put the inner layer in the wrapper's place
-            # (`strip_quantization`). Keras reads the signature in `__init__`.
-            object.__setattr__(self, "call", self._call_without_mask)
+        # The wrapper's `call` takes the inner layer's arguments, as the inner
+        # layer names them (a parent calls `self.attention(query=x, value=x)`),
+        # plus `training`. Keras reads the signature in `__init__`: it passes
+        # (and records) `mask` only when `call` has one, so that a clone can
+        # put the inner layer back in the wrapper's place (`strip_quantization`).
+        object.__setattr__(self, "call", _call_like(layer.call, self._run))
         super().__init__(**kwargs)
         self.layer = layer
         self._takes_training = "training" in params
         self.supports_masking = layer.supports_masking  # (an Embedding's mask_zero)
-        self.quantizer = _quantizer_from(quantizer)
+        self.quantizer = quantizer_from(quantizer)
         if isinstance(self.quantizer, dict):
             unknown = set(self.quantizer) - {s.name for s in specs}
             if unknown:
@@ -142,6 +251,21 @@ class QuantizeWrapper(keras.layers.Layer):
         # variables are the inner layer's, the state's the wrapper's own).
         object.__setattr__(self, "_states", [])
         self.seed_generator = keras.random.SeedGenerator(0)
+
+    def __getattr__(self, name):
+        # A parent may read its sub-layer's public attributes (KerasHub's
+        # `TokenAndPositionEmbedding.get_config` reads
+        # `self.token_embedding.tie_weights`): the wrapper in the sub-layer's
+        # place answers with the inner layer's. Called only for names the
+        # wrapper lacks; the base class's lookup goes first (on PyTorch a
+        # layer's sub-layers live in `torch.nn.Module._modules`).
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            pass
+        if name.startswith("_") or name == "layer":
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(self.layer, name)
 
     def _quantizer_of(self, name):
         return self.quantizer[name] if isinstance(self.quantizer, dict) else self.quantizer
@@ -168,15 +292,12 @@ class QuantizeWrapper(keras.layers.Layer):
         """`(latent variable, WeightState)` of each quantized weight."""
         return [(var, state) for _, _, var, state in self._states]
 
-    def call(self, inputs, *args, training=None, mask=None, **kwargs):
-        if mask is not None:
-            kwargs["mask"] = mask
-        return self._run(inputs, args, kwargs, training)
+    def call(self, *args, **kwargs):
+        """The inner layer's `call` on the quantized weights (each wrapper
+        replaces this method by one of the inner `call`'s signature)."""
+        return self._run(*args, **kwargs)
 
-    def _call_without_mask(self, inputs, *args, training=None, **kwargs):
-        return self._run(inputs, args, kwargs, training)
-
-    def _run(self, inputs, args, kwargs, training):
+    def _run(self, *args, training=None, **kwargs):
         """The inner layer's `call` on the quantized weights."""
         training = bool(training)
         swapped = [
@@ -188,7 +309,7 @@ class QuantizeWrapper(keras.layers.Layer):
         if self._takes_training:
             kwargs["training"] = training
         try:
-            return self.layer.call(inputs, *args, **kwargs)
+            return self.layer.call(*args, **kwargs)
         finally:
             for owner, attr, var, _ in self._states:
                 object.__setattr__(owner, attr, var)
@@ -208,7 +329,7 @@ class QuantizeWrapper(keras.layers.Layer):
         config.update(
             {
                 "layer": keras.saving.serialize_keras_object(self.layer),
-                "quantizer": _quantizer_config(self.quantizer),
+                "quantizer": quantizer_config(self.quantizer),
             }
         )
         return config

@@ -23,6 +23,34 @@ def is_keras3_object(obj) -> bool:
     return isinstance(obj, keras3.layers.Layer) and not isinstance(obj, keras.layers.Layer)
 
 
+def called_by_keras3(inputs) -> bool:
+    """True when a tf_keras layer is being called from a Keras 3 model: on
+    Keras 3 symbolic tensors or another backend's arrays, or inside a Keras 3
+    layer's `call` (a subclassed `keras.Model`, which Keras 3 runs eagerly on
+    TensorFlow tensors). Such a layer's weights are not the Keras 3 model's:
+    nothing would train them. Keras 3 keeps the call in progress in its
+    private `global_state` ("current_call_ctx"); no public API tells it."""
+    import sys  # noqa: PLC0415
+
+    keras3 = sys.modules.get("keras")
+    if keras3 is None or not hasattr(keras3, "KerasTensor"):
+        return False  # Keras 3 not imported: no Keras 3 model exists
+    from keras.src.backend.common import global_state  # noqa: PLC0415
+
+    if global_state.get_global_attribute("current_call_ctx") is not None:
+        return True
+    import tensorflow as tf  # noqa: PLC0415
+
+    for x in tf.nest.flatten(inputs):
+        if isinstance(x, keras3.KerasTensor) or type(x).__module__.split(".")[0] in (
+            "jax",
+            "jaxlib",
+            "torch",
+        ):
+            return True
+    return False
+
+
 _LEGACY_HINT = (
     "TF-MOT needs Keras 2 (tf_keras). Either build the model with `tf_keras` "
     "(`import tf_keras as keras`), or set the environment variable "

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmot_discrete.tfk import quantizers as quantizers_mod
-from tfmot_discrete.tfk._keras import keras, register
+from tfmot_discrete.tfk._keras import called_by_keras3, keras, register
 
 
 def vector_length(name: str, input_shape) -> int:
@@ -79,6 +79,20 @@ class DiscreteMultiplier(keras.layers.Layer):
             )
         self.quantizer = q.with_channel_axes([])
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def __call__(self, inputs, *args, **kwargs):
+        if called_by_keras3(inputs):
+            # A Keras 3 model does not track a tf_keras layer's weights: it
+            # would run, and its vector would never train.
+            raise ValueError(
+                f"DiscreteMultiplier {self.name!r} is the tf_keras layer (td.DiscreteMultiplier) "
+                "and is being called from a Keras 3 model (`keras`, or `tf.keras` on "
+                "TensorFlow >= 2.16), which would not train its vector. Use "
+                "`td.keras3.DiscreteMultiplier` (the same arguments) in Keras 3 models, or build "
+                "the model with tf_keras. Received: inputs of type "
+                f"{type(inputs).__module__}.{type(inputs).__name__}"
+            )
+        return super().__call__(inputs, *args, **kwargs)
 
     def build(self, input_shape):
         dim = vector_length(self.name, input_shape)
