@@ -128,6 +128,9 @@ class ScanPath:
     strip_quantization: object
     supported: tuple  # the layer classes quantize_model quantizes
     copy: object  # model -> a copy with the same weights
+    #: layer -> [WeightSpec] | None: the weights' names, attribute paths (read
+    #: on the object whose `call` reads them: a cell, a projection) and axes.
+    weight_specs: object = None
 
 
 def _copy_tf_keras(model):
@@ -156,6 +159,7 @@ def path_of(model) -> ScanPath:
             k3.strip_quantization,
             tuple(wrapper.LAYER_WEIGHTS),
             k3.copy_model,
+            wrapper.weight_specs,
         )
     if not isinstance(model, keras.Model):
         raise ValueError(
@@ -170,6 +174,7 @@ def path_of(model) -> ScanPath:
         strip_quantization,
         tuple(configs.LAYER_WEIGHTS),
         _copy_tf_keras,
+        configs.weight_specs,
     )
 
 
