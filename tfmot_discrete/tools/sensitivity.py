@@ -11,7 +11,12 @@ import tensorflow as tf
 
 from tfmot_discrete.tfk import _keras, batchnorm, configs, nested, scheme
 from tfmot_discrete.tfk._keras import keras
-from tfmot_discrete.tfk.quantize import quantize_model, quantize_scope, strip_quantization
+from tfmot_discrete.tfk.quantize import (
+    check_model,
+    quantize_model,
+    quantize_scope,
+    strip_quantization,
+)
 from tfmot_discrete.tfk.weights import QuantizationWarning
 from tfmot_discrete.tools import data as data_mod
 
@@ -166,6 +171,7 @@ def path_of(model) -> ScanPath:
             "`model` must be a tf_keras model or a Keras 3 model. Received: model of type "
             f"{type(model).__module__}.{type(model).__name__}"
         )
+    check_model(model)  # subclassed models: the tf_keras path cannot quantize them
     return ScanPath(
         False,
         configs.quantizable_weights,
