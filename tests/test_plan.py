@@ -189,3 +189,55 @@ def test_cli_flags(trained, tmp_path, capsys):
     assert "format must be one of" in capsys.readouterr().err
     assert cli.main([*args, "--format", "full_int8", "--flash", "1Q"]) == 2
     assert "Received: flash='1Q'" in capsys.readouterr().err
+
+
+def _sequence_models(k):
+    """Tiny LSTM, GRU, Bidirectional(LSTM) and MultiHeadAttention models of one
+    Keras (`k`: tf_keras or Keras 3), with the weights each recurrent or
+    attention layer puts on a codebook (cell kernels, projections)."""
+    lay = k.layers
+    i = k.Input((6, 4))
+    att = lay.MultiHeadAttention(2, 4, name="seq")(i, i)
+    head = lay.Dense(3, name="d")
+    return {
+        # kernel 4 x 20 + recurrent kernel 5 x 20
+        "lstm": (k.Sequential([k.Input((6, 4)), lay.LSTM(5, name="seq"), head]), 180),
+        "gru": (k.Sequential([k.Input((6, 4)), lay.GRU(5, name="seq"), lay.Dense(3)]), 135),
+        "bilstm": (
+            k.Sequential(
+                [k.Input((6, 4)), lay.Bidirectional(lay.LSTM(5), name="seq"), lay.Dense(3)]
+            ),
+            360,
+        ),
+        # query, key, value 4 x 2 x 4 each; output 2 x 4 x 4
+        "mha": (k.Model(i, lay.Dense(3)(lay.GlobalAveragePooling1D()(att))), 128),
+    }
+
+
+@pytest.mark.parametrize("which", ["tf_keras", "keras3"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "bilstm", "mha"])
+def test_plan_counts_recurrent_and_attention_weights_and_its_plan_exports(which, kind, tmp_path):
+    """The planner reads a recurrent layer's weights on its cell and attention's
+    on its projections (not `layer.kernel`); its mapping quantizes every
+    kernel (`strict=True`) and its export arguments write an exact file."""
+    import keras as keras3  # noqa: PLC0415  (the Keras 3 half only)
+
+    k = keras if which == "tf_keras" else keras3
+    if which == "keras3" and keras3.backend.backend() != "tensorflow":
+        pytest.skip("the Keras 3 export in process needs the TensorFlow backend")
+    k.utils.set_random_seed(0)
+    model, count = _sequence_models(k)[kind]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 6, 4)).astype("float32")
+    y = rng.integers(0, 3, 32)
+    p = td.plan(model, (x, y), candidates=[td.ternary()], print_fn=None)
+    rows = {r.layer: r for r in p.rows}
+    assert rows["seq"].weights == count
+    assert len(p.rows) == 2 and all(r.choice.startswith("{-1, 0, 1}") for r in p.rows)
+    qat = td.quantize_model(model, p.mapping, strict=True)
+    assert isinstance(qat, k.Model)
+    report = tflite_export.export(
+        qat, tmp_path / "m.tflite", representative_data=x[:8], **p.export_kwargs
+    )
+    assert report.format == "full_int8" and report.exact
+    assert len(report.weights) >= 2

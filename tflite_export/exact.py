@@ -23,7 +23,7 @@ from tflite_export.schema import (
     TensorType,
 )
 from tfmot_discrete.core.codebook import Codebook
-from tfmot_discrete.tfk import int8
+from tfmot_discrete.tfk import int8, sublayers
 from tfmot_discrete.tfk.weights import codebook_items, int8_items
 
 _qk = tfmot.quantization.keras
@@ -74,13 +74,14 @@ class CodebookWeight:
 def codebook_weights(model) -> list[CodebookWeight]:
     """Every codebook-quantized weight of a QAT model (or DiscreteMultiplier),
     then every weight trained with 8-bit fake quantization."""
-    classes = {}
+    inners = {}
     for layer in model.layers:
         inner = layer.layer if isinstance(layer, _qk.QuantizeWrapper) else layer
-        classes[inner.name] = sequence.layout_class(inner)
+        inners[inner.name] = inner
 
     def weight(item, codes, scales, **fields) -> list[CodebookWeight]:
-        cls = classes[item.layer]
+        # A user's layer of sub-layers: the layout of the sub-layer holding it.
+        cls = sequence.layout_class(sublayers.weight_owner(inners[item.layer], item.weight))
         # A convolutional recurrent kernel is stored as one tensor per gate.
         return [
             CodebookWeight(
@@ -148,6 +149,7 @@ def tflite_layout(cls: str, weight: str, a: np.ndarray) -> tuple[np.ndarray, int
     cls = sequence.conv_class(cls) or cls  # a convolutional recurrent gate kernel
     if sequence.handles(cls):
         return sequence.tflite_layout(cls, weight, a)
+    weight = weight.rsplit("/", 1)[-1]  # a sub-layer's weight in a user's layer: "d1/kernel"
     if cls == "Dense":
         return a.T, 0
     if cls in ("Conv2D",) or (cls == "SeparableConv2D" and weight == "pointwise_kernel"):

@@ -194,8 +194,10 @@ def plan(layers, spec) -> Plan:
         if cfg is not None:
             out.configs[layer.name] = cfg
         rest = _kernel_names(layer, quantized)
+        named = {s.name for s in specs}  # a user's layer's own kernels are not
         left_float(layer, [n for n in rest if n in chosen], MAPPED_TO_NONE)
-        left_float(layer, [n for n in rest if n not in chosen], UNNAMED)
+        left_float(layer, [n for n in rest if n not in chosen and n in named], UNNAMED)
+        left_float(layer, [n for n in rest if n not in named], UNSUPPORTED)
     return out
 
 

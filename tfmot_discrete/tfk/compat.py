@@ -22,6 +22,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 __all__ = [
     "QuantizeLayer",
     "attention_projections",
+    "build_input_shape",
     "rebind_attribute",
     "in_xla_context",
     "is_autocast",
@@ -154,3 +155,13 @@ def rebind_attribute(obj, name: str, value) -> None:
     tensor was written only needs the name rebound.
     """
     object.__setattr__(obj, name, value)
+
+
+def build_input_shape(layer):
+    """The input shape `layer.build` was called with, or None.
+
+    Reaches tf_keras' `Layer._build_input_shape`: a custom layer rebuilt from
+    its config is built without being called, and no public name gives the
+    shape its sub-layers must be built for.
+    """
+    return getattr(layer, "_build_input_shape", None)

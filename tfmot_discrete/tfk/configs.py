@@ -15,7 +15,7 @@ import re
 import numpy as np
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete.tfk import compat, int8
+from tfmot_discrete.tfk import compat, int8, sublayers
 from tfmot_discrete.tfk import quantizers as quantizers_mod
 from tfmot_discrete.tfk._keras import keras, register
 
@@ -113,7 +113,9 @@ def weight_specs(layer, layers=None, plain=None) -> list[WeightSpec] | None:
     do not know.
 
     Subclasses of a known layer class are not matched (their `call` may read
-    weights differently): give them a `DiscreteQuantizeConfig` explicitly.
+    weights differently): give them a `DiscreteQuantizeConfig` explicitly. A
+    user's own tf_keras layer (a direct `Layer` subclass) gets the weights of
+    the standard sub-layers it holds (`sublayers.nested_specs`).
 
     Args:
         layer: A layer.
@@ -127,6 +129,8 @@ def weight_specs(layer, layers=None, plain=None) -> list[WeightSpec] | None:
     plain = LAYER_WEIGHTS if plain is None else plain
     cls = type(layer)
     if cls is not getattr(layers, cls.__name__, None):
+        if layers is _L and sublayers.is_custom_layer(layer):  # a user's layer of sub-layers
+            return sublayers.nested_specs(layer, lambda sub: weight_specs(sub, layers, plain))
         return None  # not a class of this namespace (a subclass, a custom layer)
     if cls in plain:
         return [WeightSpec(a, a, tuple(axes)) for a, axes in plain[cls].items()]
@@ -306,6 +310,7 @@ class DiscreteQuantizeConfig(_QuantizeConfig):
         return [weight_name(layer, path) for path in self.weight_quantizers]
 
     def get_weights_and_quantizers(self, layer):
+        sublayers.build_sublayers(layer)  # a custom layer rebuilt from its config
         out = []
         for path, q in self.weight_quantizers.items():
             owner, attr = resolve(layer, path)

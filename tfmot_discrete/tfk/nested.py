@@ -31,6 +31,15 @@ def all_layers(model) -> list:
     return out
 
 
+def all_models(model) -> list:
+    """The models used as layers inside `model`, recursively."""
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            out += [layer, *all_models(layer)]
+    return out
+
+
 def _is_ref(x) -> bool:
     return (
         isinstance(x, list)
@@ -182,8 +191,8 @@ def flatten(model, scope=None):
         with scope():
             new = keras.Model.from_config(flat)
     for layer in new.layers:
-        if layer.name not in origins:
-            continue
+        if layer.name not in origins or isinstance(layer, keras.layers.InputLayer):
+            continue  # a Sequential's input is no layer of it (`get_layer` does not find it)
         source = model
         for name in origins[layer.name]:
             source = source.get_layer(name)

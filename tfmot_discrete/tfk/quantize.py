@@ -96,7 +96,9 @@ def quantize_scope(*args):
             yield
 
 
-def _check_model(model, argname="model"):
+def check_model(model, argname="model"):
+    """`model` if it is a built tf_keras Sequential or Functional model (with
+    no subclassed model inside), else a `ValueError` naming the way out."""
     if _keras.is_keras3_object(model):
         raise ValueError(
             f"`{argname}` is a Keras 3 model, and this is the tf_keras (TF-MOT) path: pass it "
@@ -109,13 +111,18 @@ def _check_model(model, argname="model"):
             f"`{argname}` must be a tf_keras Sequential or Functional model. Received: "
             f"{argname} of type {type(model).__module__}.{type(model).__name__}"
         )
-    if not isinstance(model, keras.Sequential) and not compat.is_graph_network(model):
-        raise ValueError(
-            f"`{argname}` is a subclassed model ({type(model).__name__}); only Sequential "
-            "and Functional models can be quantized, because TF-MOT rebuilds the model "
-            "from its config. Rewrite it with the Functional API, or quantize its layers "
-            "one by one with `tfmot.quantization.keras.quantize_annotate_layer`."
-        )
+    for m in [model, *nested.all_models(model)]:
+        if not isinstance(m, keras.Sequential) and not compat.is_graph_network(m):
+            where = "" if m is model else f" holds a subclassed model, {m.name!r}, as a layer"
+            raise ValueError(
+                f"`{argname}` ({model.name!r}){where or ' is a subclassed model'} "
+                f"({type(m).__name__}): TF-MOT's `quantize_apply` rebuilds a model from its "
+                "config, which a subclassed model's `call` is not part of, so it cannot be "
+                "quantized on the tf_keras path. Either rewrite it with the Functional API "
+                "(`keras.Input` and layer calls; a user's layer made of standard sub-layers "
+                "may stay as it is), or build it in Keras 3 (`import keras`), where "
+                "`td.quantize_model` takes subclassed models and reaches the layers they hold."
+            )
     if not model.built:
         raise ValueError(
             f"`{argname}` ({model.name!r}) is not built: give it an `Input` or call "
@@ -265,7 +272,7 @@ def quantize_model(model, quantizer, activations=None, strict=False):
         )
     if not isinstance(strict, bool):
         raise ValueError(f"`strict` must be a bool. Received: strict={strict!r}")
-    model = _check_model(model)
+    model = check_model(model)
     spec = scheme.resolve_quantizer_spec(quantizer)
     model = nested.flatten(model, scope=quantize_scope)
     if rescale.plan(model, spec):
@@ -407,7 +414,7 @@ def strip_quantization(model):
         ValueError: For a weight or codebook scale that is NaN or inf, or a
             codebook scale that is zero or negative (see `check_finite`).
     """
-    model = _check_model(model)
+    model = check_model(model)
     check_finite(model)
     # Each layer's new weights are computed when they are set, one layer at a
     # time: a large model's weights are not held twice more.

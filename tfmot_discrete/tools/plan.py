@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmot_discrete.core import text
-from tfmot_discrete.tfk import quantizers, scheme
+from tfmot_discrete.tfk import configs, quantizers, scheme
 from tfmot_discrete.tfk.int8 import INT8
 from tfmot_discrete.tfk.quantizers import CodebookQuantizer
 from tfmot_discrete.tools import sensitivity
@@ -248,14 +248,16 @@ def _describe(model, path) -> tuple[list[_Layer], list[tuple[int, int]]]:
             io = _shape_bytes(layer.input) + _shape_bytes(layer.output)
         except (AttributeError, ValueError):
             io = 0
-        axes = path.quantizable(layer)
-        if axes is None or not layer.trainable_weights:
+        specs = path.weight_specs(layer)
+        if specs is None or not layer.trainable_weights:
             others.append((io if _op_count(layer) else 0, _op_count(layer)))
             continue
         weights = []
-        for attr, channel_axes in axes.items():
-            shape = tuple(getattr(layer, attr).shape)
-            channels = int(np.prod([shape[a] for a in channel_axes])) if channel_axes else 1
+        for spec in specs:
+            # A recurrent layer's kernels are its cell's, attention's its projections'.
+            owner, attr = configs.resolve(layer, spec.path)
+            shape = tuple(getattr(owner, attr).shape)
+            channels = int(np.prod([shape[a] for a in spec.axes])) if spec.axes else 1
             weights.append((int(np.prod(shape)), channels))
         layers.append(_Layer(layer.name, type(layer).__name__, weights, io, _op_count(layer)))
     return layers, others

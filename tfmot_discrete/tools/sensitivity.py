@@ -11,7 +11,12 @@ import tensorflow as tf
 
 from tfmot_discrete.tfk import _keras, batchnorm, configs, nested, scheme
 from tfmot_discrete.tfk._keras import keras
-from tfmot_discrete.tfk.quantize import quantize_model, quantize_scope, strip_quantization
+from tfmot_discrete.tfk.quantize import (
+    check_model,
+    quantize_model,
+    quantize_scope,
+    strip_quantization,
+)
 from tfmot_discrete.tfk.weights import QuantizationWarning
 from tfmot_discrete.tools import data as data_mod
 
@@ -128,6 +133,9 @@ class ScanPath:
     strip_quantization: object
     supported: tuple  # the layer classes quantize_model quantizes
     copy: object  # model -> a copy with the same weights
+    #: layer -> [WeightSpec] | None: the weights' names, attribute paths (read
+    #: on the object whose `call` reads them: a cell, a projection) and axes.
+    weight_specs: object = None
 
 
 def _copy_tf_keras(model):
@@ -156,12 +164,14 @@ def path_of(model) -> ScanPath:
             k3.strip_quantization,
             tuple(wrapper.LAYER_WEIGHTS),
             k3.copy_model,
+            wrapper.weight_specs,
         )
     if not isinstance(model, keras.Model):
         raise ValueError(
             "`model` must be a tf_keras model or a Keras 3 model. Received: model of type "
             f"{type(model).__module__}.{type(model).__name__}"
         )
+    check_model(model)  # subclassed models: the tf_keras path cannot quantize them
     return ScanPath(
         False,
         configs.quantizable_weights,
@@ -170,6 +180,7 @@ def path_of(model) -> ScanPath:
         strip_quantization,
         tuple(configs.LAYER_WEIGHTS),
         _copy_tf_keras,
+        configs.weight_specs,
     )
 
 
