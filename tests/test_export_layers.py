@@ -10,11 +10,11 @@ PACKAGE = ROOT / "tflite_export"
 #: Bottom to top: a module imports only modules of earlier layers.
 LAYERS = [
     {"errors", "formats", "logs", "progress"},
-    {"files", "compat", "schema", "reading", "sequence", "keras3"},
+    {"files", "compat", "schema", "reading", "sequence"},
     {"micro", "exact", "isolation"},
-    {"runners", "packed"},
+    {"runners", "packed", "keras3"},
     {"inputs", "convert", "budget"},
-    {"verify"},
+    {"verify", "native"},
     {"report"},
     {"pipeline", "child"},
     {"__main__"},

@@ -21,6 +21,7 @@ from tflite_export import (
     inputs,
     keras3,
     micro,
+    native,
     packed,
     runners,
     sequence,
@@ -45,7 +46,11 @@ def _prepare(model, safe_mode):
         model = convert.load_model(model, safe_mode=safe_mode)
     if isinstance(model, bytes):
         raise ExportError("`model` must be a Keras model or a path; received bytes.")
-    model = keras3.as_tf_keras(model)  # a Keras 3 model: its tf_keras twin
+    if keras3.is_keras3_model(model):
+        r = keras3.route(model)
+        if r.native:  # tf_keras cannot rebuild it: converted as it is
+            return native.prepare(r), None
+        model = r.twin
     qat = model if is_quantized(model) else None
     try:
         check_finite(model)
@@ -189,9 +194,9 @@ def _write_lattices(fb, matches, allow_inexact, notes) -> None:
         notes.append(f"{m.cw.label}: no exact {storage} lattice; written inexact")
 
 
-def _check_packable(qat) -> None:
-    """`tflm_packed` needs codebook weights of at most 128 values."""
-    items = codebook_items(qat) if qat is not None else []
+def _check_packable(items) -> None:
+    """`tflm_packed` needs codebook weights of at most 128 values (`items`:
+    `(layer, weight, codebook)` of each codebook weight)."""
     if not items:
         raise ExportError(
             "format='tflm_packed' stores codebook weights as indices, and this model has none "
@@ -199,14 +204,13 @@ def _check_packable(qat) -> None:
             "fits: full_int8 for TFLM (int4 weight-only for LiteRT). Received: "
             "format='tflm_packed'"
         )
-    for item in items:
-        q, layer, weight = item.quantizer, item.layer, item.weight
-        k = q.codebook.size
+    for layer, weight, codebook in items:
+        k = codebook.size
         if k > packed.MAX_VALUES:
-            fits = "full_int8" if q.codebook.integer_step(127) is not None else "float"
+            fits = "full_int8" if codebook.integer_step(127) is not None else "float"
             raise ExportError(
                 f"Layer {layer!r} ({weight}): a codebook of {k} values needs "
-                f"{q.codebook.bits}-bit indices; tflm_packed stores at most "
+                f"{codebook.bits}-bit indices; tflm_packed stores at most "
                 f"{packed.MAX_BITS}-bit indices (K <= {packed.MAX_VALUES}). Smallest format "
                 f"that fits: {fits}. Received: format='tflm_packed', K={k}"
             )
@@ -230,9 +234,12 @@ def convert_bytes(
     fmt = convert.check_format(format)
     steps.stage("loading the model")
     plain, qat = _prepare(model, safe_mode)
+    if isinstance(plain, native.NativeModel):
+        return _convert_native(plain, fmt, representative_data, allow_inexact, steps)
     requested = fmt
     if fmt == "tflm_packed":
-        _check_packable(qat)
+        items = codebook_items(qat) if qat is not None else []
+        _check_packable([(i.layer, i.weight, i.quantizer.codebook) for i in items])
         fmt = "full_int8"  # packed by `export` once checked
     if fmt == "full_int8" and qat is not None:
         trained = {item.layer for item in codebook_items(qat) + int8_items(qat)}
@@ -286,6 +293,47 @@ def convert_bytes(
         matches=matches,
         reference=qat if from_qat else plain,
         inputs=rep if rep is not None else inputs.random_inputs(plain),
+        notes=notes,
+        rounded=rounded,
+    )
+
+
+def _convert_native(nm, fmt, representative_data, allow_inexact, steps) -> Conversion:
+    """`convert_bytes` of a Keras 3 model that tf_keras cannot rebuild
+    (`native`): its quantized weights read as data first, then converted."""
+    cws = keras3.quantized_weights(nm.model)
+    requested = fmt
+    if fmt == "tflm_packed":
+        _check_packable([(c.layer, c.weight, c.codebook) for c in cws if not c.trained_int8])
+        fmt = "full_int8"
+    if fmt == "full_int8":
+        native.check_gather_tables(cws)
+    rep = inputs.representative(nm, representative_data)
+    if fmt == "full_int8" and rep is None:
+        raise ExportError(
+            f"format={requested!r} needs `representative_data` (an array of sample inputs, or "
+            "a generator of them) to calibrate activation ranges."
+        )
+    steps.stage(f"converting ({fmt}, from Keras 3)")
+    with _failing(f"Converting the Keras 3 model to TFLite ({fmt})", _CONVERTER_TODO):
+        samples = list(zip(*rep)) if rep is not None else None
+        out, float_bytes = native.converted(nm, fmt, samples)
+    notes, matches = [f"converted from Keras 3 as it is (not rebuilt in tf_keras: {nm.why})"], []
+    steps.stage("finding the codebook weights")
+    if cws:
+        fb = exact.read(out)
+        matches = _find_codebook_weights(fb, out, float_bytes, cws)
+        del cws
+        _write_lattices(fb, matches, allow_inexact, notes)
+        out = exact.write(fb)
+        del fb
+    rounded = [] if fmt == "float" else _rounded_weights(out, float_bytes, matches)
+    return Conversion(
+        data=out,
+        float_size=len(float_bytes),
+        matches=matches,
+        reference=nm,
+        inputs=rep if rep is not None else inputs.random_inputs(nm),
         notes=notes,
         rounded=rounded,
     )
