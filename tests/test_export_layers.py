@@ -14,10 +14,10 @@ LAYERS = [
     {"micro", "exact", "isolation"},
     {"runners", "packed", "keras3"},
     {"inputs", "convert", "budget"},
-    {"verify", "native"},
+    {"verify", "native", "tfbackend"},
     {"report"},
     {"pipeline", "child"},
-    {"__main__"},
+    {"__main__", "tfbackend_child"},
 ]
 
 

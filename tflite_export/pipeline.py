@@ -25,6 +25,7 @@ from tflite_export import (
     packed,
     runners,
     sequence,
+    tfbackend,
     verify,
 )
 from tflite_export.errors import ExportError, VerificationError
@@ -504,6 +505,23 @@ def export(
         )
     budgets = budget.Budgets.of(format, flash, ram, pack)
     out = files.check_output_path(path, "path")
+    if tfbackend.needs_child(model):
+        # A JAX or PyTorch model that tf_keras cannot rebuild: exported under
+        # TensorFlow, in a child process, from its saved file.
+        arguments = dict(
+            format=format,
+            representative_data=representative_data,
+            allow_inexact=allow_inexact,
+            c_array=c_array,
+            safe_mode=safe_mode,
+            target=target,
+            verbose=verbose,
+            progress=progress,
+            flash=flash,
+            ram=ram,
+            pack=pack,
+        )
+        return tfbackend.export_in_child(model, out, arguments)
     show = verbose if progress is None else progress
     try:
         with library_logs(verbose) as captured:
