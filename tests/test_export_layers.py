@@ -16,6 +16,7 @@ LAYERS = [
     {"inputs", "convert", "budget"},
     {"verify", "native", "tfbackend"},
     {"report"},
+    {"lattice"},
     {"pipeline", "child"},
     {"__main__", "tfbackend_child"},
 ]

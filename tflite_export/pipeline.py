@@ -20,6 +20,7 @@ from tflite_export import (
     files,
     inputs,
     keras3,
+    lattice,
     micro,
     native,
     packed,
@@ -33,7 +34,6 @@ from tflite_export.formats import TARGETS
 from tflite_export.logs import library_logs
 from tflite_export.progress import Progress
 from tflite_export.report import TFLM_LSB, Report, RoundedWeight
-from tflite_export.schema import INTEGER_TYPES, QMAX, TensorType, storage_name
 from tfmot_discrete.tfk.weights import check_finite, codebook_items, int8_items, is_quantized
 
 #: Weight-only files must agree with the Keras model within this share of the
@@ -100,39 +100,6 @@ _CONVERTER_TODO = (
 _RUN_TODO = "Rerun with verbose=True for the interpreter's messages, or try another format."
 
 
-def _tensor_name(tensor) -> str:
-    name = tensor.name
-    return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
-
-
-def _rounded_weights(data: bytes, float_bytes: bytes, matches) -> list[RoundedWeight]:
-    """Integer weight tensors of `data` that hold no codebook weight: the
-    converter rounded them from float, with their largest error against the
-    float file's tensor of the same name (or of the same size, if only one)."""
-    fb, float_fb = exact.read(data), exact.read(float_bytes)
-    ours = {m.tensor for m in matches}
-    floats = [float_fb.subgraphs[0].tensors[t] for _, t in exact.weight_tensors(float_fb)]
-    by_name = {_tensor_name(t): t for t in floats}
-    out = []
-    for _, t in exact.weight_tensors(fb):
-        tensor = fb.subgraphs[0].tensors[t]
-        if t in ours or tensor.type not in INTEGER_TYPES:
-            continue
-        got = exact.dequantize(fb, tensor)
-        size = int(got.size)
-        ref_t = by_name.get(_tensor_name(tensor))
-        if ref_t is None:
-            same = [f for f in floats if int(np.prod(f.shape)) == size]
-            ref_t = same[0] if len(same) == 1 else None
-        ref = exact.dequantize(float_fb, ref_t) if ref_t is not None else None
-        err = None
-        if ref is not None and ref.size == size:
-            diff = got.reshape(-1).astype(np.float64) - ref.reshape(-1)
-            err = float(np.abs(diff).max(initial=0.0))
-        out.append(RoundedWeight(_tensor_name(tensor), storage_name(tensor), size, err))
-    return out
-
-
 def _converted(fmt, plain, qat, rep, from_qat) -> tuple[bytes, bytes]:
     """`(file in the format, float file)`, straight from the converters."""
     # Recurrent and attention layers: unrolled, one sample per batch.
@@ -147,52 +114,6 @@ def _converted(fmt, plain, qat, rep, from_qat) -> tuple[bytes, bytes]:
         return convert.full_int8_tflite(plain, zip(*rep)), float_bytes
     bits = 8 if fmt == "int8" else 4
     return convert.weight_only_tflite(float_bytes, bits), float_bytes
-
-
-def _tolerance_of(tensor, got) -> float:
-    """How far a stored tensor may be from its expected value to be the one:
-    half a step for integer tensors, float rounding for float ones."""
-    q = tensor.quantization
-    if tensor.type in QMAX and q is not None and q.scale is not None and len(q.scale):
-        return 0.51 * float(np.max(q.scale))
-    return exact.EXACT_RTOL * max(1e-30, exact.max_abs(got))
-
-
-def _find_codebook_weights(fb, out, float_bytes, cws) -> list[exact.TensorMatch]:
-    """Each codebook weight's tensor: matched in the float file, then located in `fb`."""
-    matches, missing = exact.match_weights(exact.read(float_bytes), cws)
-    if not missing and out is not float_bytes:
-        matches, missing = exact.locate(fb, matches, _tolerance_of)
-    if missing:
-        raise ExportError(
-            f"Could not find the codebook weights {missing} in the converted file; the "
-            "converter rewrote them beyond a per-channel factor."
-        )
-    return matches
-
-
-def _write_lattices(fb, matches, allow_inexact, notes) -> None:
-    """Rewrites each integer codebook tensor of `fb` on its exact lattice (in place)."""
-    for m in matches:
-        tensor = fb.subgraphs[0].tensors[m.tensor]
-        if tensor.type not in QMAX:
-            continue
-        # A weight trained at 8 bits stays int8 in an int4 file (write_exact).
-        qmax = QMAX[TensorType.INT8] if m.cw.trained_int8 else QMAX[tensor.type]
-        g = m.cw.codebook.integer_step(qmax)
-        if g is not None:
-            exact.write_exact(fb, m, g)
-            continue
-        storage = storage_name(tensor)
-        if not allow_inexact:
-            raise ExportError(
-                f"Layer {m.cw.layer!r} ({m.cw.weight}): codebook "
-                f"{[float(v) for v in m.cw.codebook.values]} has no exact {storage} "
-                f"lattice (no step makes every value an integer within ±{qmax}); "
-                f"smallest exact format: {exact.smallest_exact_format(m.cw.codebook)}. "
-                "Pass allow_inexact=True (--allow-inexact) to write it anyway."
-            )
-        notes.append(f"{m.cw.label}: no exact {storage} lattice; written inexact")
 
 
 def _check_packable(items) -> None:
@@ -272,12 +193,12 @@ def convert_bytes(
     notes, matches = [], []
     if cws:
         fb = exact.read(out)
-        matches = _find_codebook_weights(fb, out, float_bytes, cws)
+        matches = lattice.find_codebook_weights(fb, out, float_bytes, cws)
         del cws  # not held through patching and verifying
-        _write_lattices(fb, matches, allow_inexact, notes)
+        lattice.write_lattices(fb, matches, allow_inexact, notes)
         out = exact.write(fb)
         del fb
-    rounded = [] if fmt == "float" else _rounded_weights(out, float_bytes, matches)
+    rounded = [] if fmt == "float" else lattice.rounded_weights(out, float_bytes, matches)
     del float_bytes
     if from_qat:
         notes.append("activation ranges: learned in training (activations='int8'), not calibrated")
@@ -323,12 +244,12 @@ def _convert_native(nm, fmt, representative_data, allow_inexact, steps) -> Conve
     steps.stage("finding the codebook weights")
     if cws:
         fb = exact.read(out)
-        matches = _find_codebook_weights(fb, out, float_bytes, cws)
+        matches = lattice.find_codebook_weights(fb, out, float_bytes, cws)
         del cws
-        _write_lattices(fb, matches, allow_inexact, notes)
+        lattice.write_lattices(fb, matches, allow_inexact, notes)
         out = exact.write(fb)
         del fb
-    rounded = [] if fmt == "float" else _rounded_weights(out, float_bytes, matches)
+    rounded = [] if fmt == "float" else lattice.rounded_weights(out, float_bytes, matches)
     return Conversion(
         data=out,
         float_size=len(float_bytes),
