@@ -17,6 +17,8 @@ collect_ignore = [
     "keras3_tools_worker.py",
     "keras3_anymodel_worker.py",
     "keras3_distributed_worker.py",
+    "keras3_models.py",
+    "keras3_native_worker.py",
 ]
 
 # Property tests draw the same examples on every run and machine: a CI run never
@@ -64,6 +66,7 @@ SLOW_FILES = (
     "test_keras3.py",
     "test_keras3_anymodel.py",
     "test_keras3_layers.py",
+    "test_keras3_native_export.py",
     "test_keras3_tools.py",
     "test_summary_demo_api.py",
     "test_xla.py",

@@ -10,14 +10,15 @@ PACKAGE = ROOT / "tflite_export"
 #: Bottom to top: a module imports only modules of earlier layers.
 LAYERS = [
     {"errors", "formats", "logs", "progress"},
-    {"files", "compat", "schema", "reading", "sequence", "keras3"},
+    {"files", "compat", "schema", "reading", "sequence"},
     {"micro", "exact", "isolation"},
-    {"runners", "packed"},
+    {"runners", "packed", "keras3"},
     {"inputs", "convert", "budget"},
-    {"verify"},
+    {"verify", "native", "tfbackend"},
     {"report"},
+    {"lattice"},
     {"pipeline", "child"},
-    {"__main__"},
+    {"__main__", "tfbackend_child"},
 ]
 
 

@@ -14,7 +14,7 @@ import pytest
 
 import tflite_export
 import tfmot_discrete as td
-from tflite_export import convert, exact, packed, pipeline, runners, sequence, verify
+from tflite_export import convert, exact, lattice, packed, pipeline, runners, sequence, verify
 from tflite_export.report import TFLM_LSB
 from tfmot_discrete.core.codebook import Codebook
 from tfmot_discrete.tfk._keras import keras
@@ -203,8 +203,8 @@ class _Model:
             if fmt == "tflm_packed":
                 matches = self.files["full_int8"][1]
             else:
-                matches = pipeline._find_codebook_weights(fb, data, self.float_bytes, self.cws)  # noqa: SLF001
-                pipeline._write_lattices(fb, matches, False, [])  # noqa: SLF001
+                matches = lattice.find_codebook_weights(fb, data, self.float_bytes, self.cws)
+                lattice.write_lattices(fb, matches, False, [])
                 data = exact.write(fb)
             if fmt == "tflm_packed":
                 full = data

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 __all__ = [
     "QuantizeLayer",
+    "child_layers",
     "drop_name",
     "drop_quantization",
+    "input_signature",
     "keep_input_multiplications",
     "set_weight_vars",
 ]
@@ -60,3 +62,25 @@ def keep_input_multiplications(converter) -> None:
     `TFLiteConverter` offers no public one.
     """
     converter._experimental_disable_fuse_mul_and_fc = True  # noqa: SLF001 - see the docstring
+
+
+def child_layers(layer) -> list:
+    """The layers a Keras 3 layer (or model) holds directly, in tracking order.
+
+    Keras 3 walks a layer tree with the private `_flatten_layers` (its own
+    `Model.quantize` does); `Model.layers` lists a model's top level only,
+    and a plain `Layer` offers no public list of its sublayers.
+    """
+    return list(layer._flatten_layers(include_self=False, recursive=False))  # noqa: SLF001
+
+
+def input_signature(model):
+    """The input structure of a built Keras 3 model as `keras.InputSpec`s
+    (a dict for dict inputs), as Keras's own exporters infer it.
+
+    Keras offers it only as `keras.src.export.export_utils.get_input_signature`:
+    `ExportArchive` needs a signature, and a subclassed model has no `inputs`.
+    """
+    from keras.src.export.export_utils import get_input_signature  # noqa: PLC0415
+
+    return get_input_signature(model)

@@ -25,7 +25,7 @@ from tfmot_discrete.tfk.quantizers import CodebookQuantizer
 from tfmot_discrete.tfk.weights import wrapper_weights
 
 
-def _returns_freed_memory(fn):
+def returns_freed_memory(fn):
     """Decorates a converter: once it has run, the memory it freed goes back
     to the operating system.
 
@@ -58,7 +58,8 @@ def check_format(fmt) -> str:
 
 
 def load_model(path, safe_mode: bool = True):
-    """Loads a saved (QAT or plain) tf_keras model inside `td.quantize_scope()`.
+    """Loads a saved (QAT or plain) model: a tf_keras one inside
+    `td.quantize_scope()`, a `.keras` file written by Keras 3 as a Keras 3 model.
 
     Args:
         path: A `.keras` or `.h5` file, or a SavedModel directory.
@@ -72,7 +73,7 @@ def load_model(path, safe_mode: bool = True):
     kwargs = {"safe_mode": safe_mode} if p.suffix == ".keras" else {}
     try:
         if p.suffix == ".keras" and keras3.saved_with_keras3(p):
-            return keras3.load(p, safe_mode=safe_mode)
+            return keras3.load(p, safe_mode=safe_mode)  # a Keras 3 model
         with td.quantize_scope():
             return keras.models.load_model(str(p), compile=False, **kwargs)
     except Exception as e:
@@ -83,7 +84,7 @@ def load_model(path, safe_mode: bool = True):
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """Keeps the converter's Python `print`s (to `sys.stdout`) out of sight.
 
     Its C++ code writes to file descriptors 1 and 2 directly, which this does
@@ -139,16 +140,16 @@ def in_keras_order(model_bytes: bytes, model) -> bytes:
     return exact.write(fb)
 
 
-@_returns_freed_memory
+@returns_freed_memory
 def float_tflite(plain) -> bytes:
     """float32 weights and activations."""
     conv = tf.lite.TFLiteConverter.from_keras_model(plain)
     compat.keep_input_multiplications(conv)
-    with _quiet():
+    with quiet():
         return in_keras_order(bytes(conv.convert()), plain)
 
 
-@_returns_freed_memory
+@returns_freed_memory
 def full_int8_tflite(plain, representative) -> bytes:
     """int8 weights and activations, int8 input and output (for microcontrollers)."""
 
@@ -169,11 +170,11 @@ def full_int8_tflite(plain, representative) -> bytes:
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
-    with _quiet():
+    with quiet():
         return in_keras_order(bytes(conv.convert()), plain)
 
 
-@_returns_freed_memory
+@returns_freed_memory
 def weight_only_tflite(float_bytes: bytes, bits: int) -> bytes:
     """Weight-only per-channel int8 or int4 through ai-edge-quantizer.
 
@@ -190,7 +191,7 @@ def weight_only_tflite(float_bytes: bytes, bits: int) -> bytes:
     q.load_quantization_recipe(rm.get_quantization_recipe())
     # Its tqdm progress bars write to `sys.stderr` on models of 100 or more
     # operators, and one of them (applying the transformations) has no switch.
-    with _quiet(), contextlib.redirect_stderr(io.StringIO()):
+    with quiet(), contextlib.redirect_stderr(io.StringIO()):
         result = q.quantize(enable_progress_bar=False, enable_progress_report=False)
     return bytes(result.quantized_model)
 
@@ -239,7 +240,7 @@ def baked_qat_copy(qat):
     return copy
 
 
-@_returns_freed_memory
+@returns_freed_memory
 def full_int8_from_qat(qat) -> bytes:
     """full_int8 with the activation ranges the QAT model learned (no calibration)."""
     baked = baked_qat_copy(qat)
@@ -248,5 +249,5 @@ def full_int8_from_qat(qat) -> bytes:
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
-    with _quiet():
+    with quiet():
         return in_keras_order(bytes(conv.convert()), baked)

@@ -68,6 +68,14 @@ def representative(model, data, what="representative_data") -> list[np.ndarray] 
     specs = input_specs(model)
     if data is None:
         return None
+    if isinstance(data, dict):  # a model of named inputs (a dict of arrays)
+        names = list(getattr(model, "input_names", None) or [])
+        if sorted(data) != sorted(names):
+            raise ExportError(
+                f"`{what}` is a dict with keys {sorted(data)}; the model's inputs are named "
+                f"{sorted(names)}."
+            )
+        data = [data[n] for n in names]
     if not isinstance(data, (np.ndarray, list, tuple)) and hasattr(data, "__iter__"):
         arrays = _generator_arrays(data, specs, what)
     elif isinstance(data, (list, tuple)) and len(specs) > 1:

@@ -20,10 +20,13 @@ from tflite_export import (
     files,
     inputs,
     keras3,
+    lattice,
     micro,
+    native,
     packed,
     runners,
     sequence,
+    tfbackend,
     verify,
 )
 from tflite_export.errors import ExportError, MissingDataError, VerificationError
@@ -31,7 +34,6 @@ from tflite_export.formats import TARGETS
 from tflite_export.logs import library_logs, without_startup_lines
 from tflite_export.progress import Progress
 from tflite_export.report import TFLM_LSB, Report, RoundedWeight
-from tflite_export.schema import INTEGER_TYPES, QMAX, TensorType, storage_name
 from tfmot_discrete.tfk.weights import check_finite, codebook_items, int8_items, is_quantized
 
 #: Weight-only files must agree with the Keras model within this share of the
@@ -45,7 +47,11 @@ def _prepare(model, safe_mode):
         model = convert.load_model(model, safe_mode=safe_mode)
     if isinstance(model, bytes):
         raise ExportError("`model` must be a Keras model or a path; received bytes.")
-    model = keras3.as_tf_keras(model)  # a Keras 3 model: its tf_keras twin
+    if keras3.is_keras3_model(model):
+        r = keras3.route(model)
+        if r.native:  # tf_keras cannot rebuild it: converted as it is
+            return native.prepare(r), None
+        model = r.twin
     qat = model if is_quantized(model) else None
     try:
         check_finite(model)
@@ -94,39 +100,6 @@ _CONVERTER_TODO = (
 _RUN_TODO = "Rerun with verbose=True for the interpreter's messages, or try another format."
 
 
-def _tensor_name(tensor) -> str:
-    name = tensor.name
-    return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
-
-
-def _rounded_weights(data: bytes, float_bytes: bytes, matches) -> list[RoundedWeight]:
-    """Integer weight tensors of `data` that hold no codebook weight: the
-    converter rounded them from float, with their largest error against the
-    float file's tensor of the same name (or of the same size, if only one)."""
-    fb, float_fb = exact.read(data), exact.read(float_bytes)
-    ours = {m.tensor for m in matches}
-    floats = [float_fb.subgraphs[0].tensors[t] for _, t in exact.weight_tensors(float_fb)]
-    by_name = {_tensor_name(t): t for t in floats}
-    out = []
-    for _, t in exact.weight_tensors(fb):
-        tensor = fb.subgraphs[0].tensors[t]
-        if t in ours or tensor.type not in INTEGER_TYPES:
-            continue
-        got = exact.dequantize(fb, tensor)
-        size = int(got.size)
-        ref_t = by_name.get(_tensor_name(tensor))
-        if ref_t is None:
-            same = [f for f in floats if int(np.prod(f.shape)) == size]
-            ref_t = same[0] if len(same) == 1 else None
-        ref = exact.dequantize(float_fb, ref_t) if ref_t is not None else None
-        err = None
-        if ref is not None and ref.size == size:
-            diff = got.reshape(-1).astype(np.float64) - ref.reshape(-1)
-            err = float(np.abs(diff).max(initial=0.0))
-        out.append(RoundedWeight(_tensor_name(tensor), storage_name(tensor), size, err))
-    return out
-
-
 def _converted(fmt, plain, qat, rep, from_qat) -> tuple[bytes, bytes]:
     """`(file in the format, float file)`, straight from the converters."""
     # Recurrent and attention layers: unrolled, one sample per batch.
@@ -143,55 +116,9 @@ def _converted(fmt, plain, qat, rep, from_qat) -> tuple[bytes, bytes]:
     return convert.weight_only_tflite(float_bytes, bits), float_bytes
 
 
-def _tolerance_of(tensor, got) -> float:
-    """How far a stored tensor may be from its expected value to be the one:
-    half a step for integer tensors, float rounding for float ones."""
-    q = tensor.quantization
-    if tensor.type in QMAX and q is not None and q.scale is not None and len(q.scale):
-        return 0.51 * float(np.max(q.scale))
-    return exact.EXACT_RTOL * max(1e-30, exact.max_abs(got))
-
-
-def _find_codebook_weights(fb, out, float_bytes, cws) -> list[exact.TensorMatch]:
-    """Each codebook weight's tensor: matched in the float file, then located in `fb`."""
-    matches, missing = exact.match_weights(exact.read(float_bytes), cws)
-    if not missing and out is not float_bytes:
-        matches, missing = exact.locate(fb, matches, _tolerance_of)
-    if missing:
-        raise ExportError(
-            f"Could not find the codebook weights {missing} in the converted file; the "
-            "converter rewrote them beyond a per-channel factor."
-        )
-    return matches
-
-
-def _write_lattices(fb, matches, allow_inexact, notes) -> None:
-    """Rewrites each integer codebook tensor of `fb` on its exact lattice (in place)."""
-    for m in matches:
-        tensor = fb.subgraphs[0].tensors[m.tensor]
-        if tensor.type not in QMAX:
-            continue
-        # A weight trained at 8 bits stays int8 in an int4 file (write_exact).
-        qmax = QMAX[TensorType.INT8] if m.cw.trained_int8 else QMAX[tensor.type]
-        g = m.cw.codebook.integer_step(qmax)
-        if g is not None:
-            exact.write_exact(fb, m, g)
-            continue
-        storage = storage_name(tensor)
-        if not allow_inexact:
-            raise ExportError(
-                f"Layer {m.cw.layer!r} ({m.cw.weight}): codebook "
-                f"{[float(v) for v in m.cw.codebook.values]} has no exact {storage} "
-                f"lattice (no step makes every value an integer within ±{qmax}); "
-                f"smallest exact format: {exact.smallest_exact_format(m.cw.codebook)}. "
-                "Pass allow_inexact=True (--allow-inexact) to write it anyway."
-            )
-        notes.append(f"{m.cw.label}: no exact {storage} lattice; written inexact")
-
-
-def _check_packable(qat) -> None:
-    """`tflm_packed` needs codebook weights of at most 128 values."""
-    items = codebook_items(qat) if qat is not None else []
+def _check_packable(items) -> None:
+    """`tflm_packed` needs codebook weights of at most 128 values (`items`:
+    `(layer, weight, codebook)` of each codebook weight)."""
     if not items:
         raise ExportError(
             "format='tflm_packed' stores codebook weights as indices, and this model has none "
@@ -199,14 +126,13 @@ def _check_packable(qat) -> None:
             "fits: full_int8 for TFLM (int4 weight-only for LiteRT). Received: "
             "format='tflm_packed'"
         )
-    for item in items:
-        q, layer, weight = item.quantizer, item.layer, item.weight
-        k = q.codebook.size
+    for layer, weight, codebook in items:
+        k = codebook.size
         if k > packed.MAX_VALUES:
-            fits = "full_int8" if q.codebook.integer_step(127) is not None else "float"
+            fits = "full_int8" if codebook.integer_step(127) is not None else "float"
             raise ExportError(
                 f"Layer {layer!r} ({weight}): a codebook of {k} values needs "
-                f"{q.codebook.bits}-bit indices; tflm_packed stores at most "
+                f"{codebook.bits}-bit indices; tflm_packed stores at most "
                 f"{packed.MAX_BITS}-bit indices (K <= {packed.MAX_VALUES}). Smallest format "
                 f"that fits: {fits}. Received: format='tflm_packed', K={k}"
             )
@@ -230,9 +156,12 @@ def convert_bytes(
     fmt = convert.check_format(format)
     steps.stage("loading the model")
     plain, qat = _prepare(model, safe_mode)
+    if isinstance(plain, native.NativeModel):
+        return _convert_native(plain, fmt, representative_data, allow_inexact, steps)
     requested = fmt
     if fmt == "tflm_packed":
-        _check_packable(qat)
+        items = codebook_items(qat) if qat is not None else []
+        _check_packable([(i.layer, i.weight, i.quantizer.codebook) for i in items])
         fmt = "full_int8"  # packed by `export` once checked
     if fmt == "full_int8" and qat is not None:
         trained = {item.layer for item in codebook_items(qat) + int8_items(qat)}
@@ -266,12 +195,12 @@ def convert_bytes(
     notes, matches = [], []
     if cws:
         fb = exact.read(out)
-        matches = _find_codebook_weights(fb, out, float_bytes, cws)
+        matches = lattice.find_codebook_weights(fb, out, float_bytes, cws)
         del cws  # not held through patching and verifying
-        _write_lattices(fb, matches, allow_inexact, notes)
+        lattice.write_lattices(fb, matches, allow_inexact, notes)
         out = exact.write(fb)
         del fb
-    rounded = [] if fmt == "float" else _rounded_weights(out, float_bytes, matches)
+    rounded = [] if fmt == "float" else lattice.rounded_weights(out, float_bytes, matches)
     del float_bytes
     if from_qat:
         notes.append("activation ranges: learned in training (activations='int8'), not calibrated")
@@ -288,6 +217,47 @@ def convert_bytes(
         matches=matches,
         reference=qat if from_qat else plain,
         inputs=rep if rep is not None else inputs.random_inputs(plain),
+        notes=notes,
+        rounded=rounded,
+    )
+
+
+def _convert_native(nm, fmt, representative_data, allow_inexact, steps) -> Conversion:
+    """`convert_bytes` of a Keras 3 model that tf_keras cannot rebuild
+    (`native`): its quantized weights read as data first, then converted."""
+    cws = keras3.quantized_weights(nm.model)
+    requested = fmt
+    if fmt == "tflm_packed":
+        _check_packable([(c.layer, c.weight, c.codebook) for c in cws if not c.trained_int8])
+        fmt = "full_int8"
+    if fmt == "full_int8":
+        native.check_gather_tables(cws)
+    rep = inputs.representative(nm, representative_data)
+    if fmt == "full_int8" and rep is None:
+        raise ExportError(
+            f"format={requested!r} needs `representative_data` (an array of sample inputs, or "
+            "a generator of them) to calibrate activation ranges."
+        )
+    steps.stage(f"converting ({fmt}, from Keras 3)")
+    with _failing(f"Converting the Keras 3 model to TFLite ({fmt})", _CONVERTER_TODO):
+        samples = list(zip(*rep)) if rep is not None else None
+        out, float_bytes = native.converted(nm, fmt, samples)
+    notes, matches = [f"converted from Keras 3 as it is (not rebuilt in tf_keras: {nm.why})"], []
+    steps.stage("finding the codebook weights")
+    if cws:
+        fb = exact.read(out)
+        matches = lattice.find_codebook_weights(fb, out, float_bytes, cws)
+        del cws
+        lattice.write_lattices(fb, matches, allow_inexact, notes)
+        out = exact.write(fb)
+        del fb
+    rounded = [] if fmt == "float" else lattice.rounded_weights(out, float_bytes, matches)
+    return Conversion(
+        data=out,
+        float_size=len(float_bytes),
+        matches=matches,
+        reference=nm,
+        inputs=rep if rep is not None else inputs.random_inputs(nm),
         notes=notes,
         rounded=rounded,
     )
@@ -458,6 +428,23 @@ def export(
         )
     budgets = budget.Budgets.of(format, flash, ram, pack)
     out = files.check_output_path(path, "path")
+    if tfbackend.needs_child(model):
+        # A JAX or PyTorch model that tf_keras cannot rebuild: exported under
+        # TensorFlow, in a child process, from its saved file.
+        arguments = dict(
+            format=format,
+            representative_data=representative_data,
+            allow_inexact=allow_inexact,
+            c_array=c_array,
+            safe_mode=safe_mode,
+            target=target,
+            verbose=verbose,
+            progress=progress,
+            flash=flash,
+            ram=ram,
+            pack=pack,
+        )
+        return tfbackend.export_in_child(model, out, arguments)
     show = verbose if progress is None else progress
     try:
         with library_logs(verbose) as captured:

@@ -223,10 +223,10 @@ def _matrix(a: np.ndarray, contracted: int) -> np.ndarray:
     return a.reshape(int(np.prod(a.shape[:contracted])), -1).T
 
 
-def _contracted_axes(equation: str) -> int:
+def contracted_axes(equation: str) -> int:
     """How many leading kernel axes an `EinsumDense` equation sums over.
 
-    >>> _contracted_axes("abc,cde->abde"), _contracted_axes("abcd,cde->abe")
+    >>> contracted_axes("abc,cde->abde"), contracted_axes("abcd,cde->abe")
     (1, 2)
     """
     inputs, output = equation.split("->")
@@ -244,7 +244,7 @@ def layout_class(layer) -> str:
     if isinstance(layer, _L.TimeDistributed):
         return layout_class(layer.layer)
     if isinstance(layer, _L.EinsumDense):
-        return f"EinsumDense:{_contracted_axes(layer.equation)}"
+        return f"EinsumDense:{contracted_axes(layer.equation)}"
     return type(layer).__name__
 
 

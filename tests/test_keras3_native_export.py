@@ -1,0 +1,239 @@
+"""Keras 3 models that tf_keras cannot rebuild export natively (Keras's
+`ExportArchive` -> SavedModel -> TFLite builtin operators): a user's layer of
+Dense sublayers, `QuantizeWrapper`s inside such a layer, a subclassed model,
+KerasHub encoders; every quantized weight verified exact in the file, and the
+file's outputs held to Keras's."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import tflite_export
+import tfmot_discrete as td
+from tflite_export import __main__ as cli
+from tflite_export import keras3 as k3_export
+from tflite_export import runners
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="in-process native Keras 3 export runs on the TensorFlow backend",
+)
+import keras3_models as km  # noqa: E402
+
+#: Share of the output range within which int8 / int4 weight-only files match
+#: Keras (the converter rounds the float weights of the custom layers too).
+ROUNDED_RTOL = {"int8": 0.02, "int4": 0.15}
+
+
+def _x(seed=0, n=32, features=8):
+    return np.random.default_rng(seed).normal(size=(n, features)).astype("float32")
+
+
+def _quantize(model, mapping):
+    """`td.quantize_model`; a custom layer's kernels may stay float (a notice)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return td.quantize_model(model, mapping)
+
+
+@pytest.fixture(scope="module")
+def block():
+    """A Functional model with a user's `Block` (two Dense sublayers): the
+    top-level Dense layers on codebooks, the block's kernels float."""
+    keras.utils.set_random_seed(0)
+    mapping = {"d_in": td.ternary(), "head": td.CodebookQuantizer([1, -1, 0.5, -0.5], "learned")}
+    qat = _quantize(km.block_model(), mapping)
+    x = _x()
+    return km.train_steps(qat, x), x
+
+
+def _lite(data, x):
+    return runners.run_litert(data, x if isinstance(x, list) else [x])[0]
+
+
+def _check(report, qat, expected_weights):
+    """The report is OK and exact, and checked every quantized weight the
+    reader finds in the model (`expected_weights` among them)."""
+    assert report.ok and report.exact, report
+    found = [cw.label for cw in k3_export.quantized_weights(qat)]
+    assert set(expected_weights) <= set(found)
+    assert sorted(w.name for w in report.weights) == sorted(found)
+    assert all(w.exact for w in report.weights)
+    assert any("converted from Keras 3 as it is" in n for n in report.notes)
+    d = report.to_dict()
+    assert d["exact"] and len(d["weights"]) == len(found)
+
+
+def test_the_reader_finds_every_quantized_weight_as_data(block):
+    qat, _ = block
+    cws = k3_export.quantized_weights(qat)
+    assert {"d_in/kernel", "head/kernel"} <= {cw.label for cw in cws}
+    for cw in cws:
+        values = cw.values / np.asarray(cw.scales)
+        assert set(np.unique(cw.codes)) <= set(cw.codebook.values.tolist())
+        np.testing.assert_allclose(values, cw.codes, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_custom_block_model_exports_exact(block, fmt, tmp_path):
+    qat, x = block
+    path = tmp_path / f"block_{fmt}.tflite"
+    report = tflite_export.export(qat, path, format=fmt)
+    _check(report, qat, ["d_in/kernel", "head/kernel"])
+    want = np.asarray(qat(x))
+    span = float(want.max() - want.min())
+    assert np.abs(_lite(path.read_bytes(), x) - want).max() <= ROUNDED_RTOL[fmt] * span
+
+
+@pytest.mark.parametrize("fmt", ["full_int8", "tflm_packed"])
+def test_custom_block_model_full_integer(block, fmt, tmp_path):
+    qat, x = block
+    path = tmp_path / f"block_{fmt}.tflite"
+    report = tflite_export.export(qat, path, format=fmt, representative_data=x)
+    _check(report, qat, ["d_in/kernel", "head/kernel"])
+    assert report.tflm_agrees
+    want = np.asarray(qat(x))
+    got = runners.run_tflm(path.read_bytes(), [x], dequantize=True)[0]
+    assert np.abs(got - want).max() <= 0.05 * float(want.max() - want.min())
+
+
+def test_wrappers_inside_a_custom_layer_are_read_and_exported(tmp_path):
+    """`QuantizeWrapper`s made in a user's layer's `__init__`: found where they
+    sit (`qblock/d1`), the 8-bit one with its trained steps, both exact."""
+    keras.utils.set_random_seed(1)
+    model = km.quantized_block_model()
+    x = _x(1)
+    km.train_steps(model, x)
+    cws = k3_export.quantized_weights(model)
+    assert [(cw.label, cw.trained_int8) for cw in cws] == [
+        ("qblock/d1/kernel", False),
+        ("qblock/d2/kernel", True),
+    ]
+    assert len(np.unique(cws[1].codes)) > 3  # trained 8-bit codes, not one value
+    for fmt in ("int4",):  # the 8-bit weight stays int8 in an int4 file
+        path = tmp_path / f"q_{fmt}.tflite"
+        report = tflite_export.export(model, path, format=fmt, representative_data=x)
+        _check(report, model, ["qblock/d1/kernel", "qblock/d2/kernel"])
+
+
+@pytest.mark.parametrize("fmt", ["int4", "tflm_packed"])
+def test_subclassed_model_exports_exact(fmt, tmp_path):
+    keras.utils.set_random_seed(2)
+    model = km.Subclassed()
+    x = _x(2)
+    model(x)
+    km.train_steps(model, x)
+    path = tmp_path / f"sub_{fmt}.tflite"
+    report = tflite_export.export(model, path, format=fmt, representative_data=x)
+    _check(report, model, ["hidden/kernel", "signs/kernel"])
+    want = np.asarray(model(x))
+    span = float(want.max() - want.min())
+    if fmt in ("int8", "int4"):
+        assert np.abs(_lite(path.read_bytes(), x) - want).max() <= ROUNDED_RTOL[fmt] * span
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(3)
+    tokens = np.random.default_rng(3).integers(0, 20, (32, 6)).astype("int32")
+    qat = _quantize(km.encoder_model(), td.ternary())
+    return km.train_steps(qat, tokens), tokens
+
+
+@pytest.mark.parametrize("fmt", ["int8"])
+def test_keras_hub_encoder_exports_exact(encoder, fmt, tmp_path):
+    qat, tokens = encoder
+    path = tmp_path / f"enc_{fmt}.tflite"
+    report = tflite_export.export(qat, path, format=fmt, representative_data=tokens)
+    _check(report, qat, ["head/kernel"])
+    want = np.asarray(qat(tokens))
+    span = float(want.max() - want.min())
+    assert np.abs(_lite(path.read_bytes(), tokens) - want).max() <= ROUNDED_RTOL[fmt] * span
+
+
+def test_keras_hub_encoder_full_int8_refused_naming_the_tflm_operator(encoder, tmp_path):
+    qat, tokens = encoder
+    with pytest.raises(tflite_export.ExportError, match="SELECT"):
+        tflite_export.export(
+            qat, tmp_path / "e.tflite", format="full_int8", representative_data=tokens
+        )
+    assert not (tmp_path / "e.tflite").exists()
+    report = tflite_export.export(
+        qat, tmp_path / "e.tflite", format="full_int8", representative_data=tokens, target="litert"
+    )
+    _check(report, qat, ["head/kernel"])
+
+
+@pytest.mark.parametrize("fmt", ["int4"])
+def test_bert_backbone_with_dict_inputs_exports_exact(fmt, tmp_path):
+    pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(4)
+    model = km.bert_model()
+    rng = np.random.default_rng(4)
+    x = {
+        "padding_mask": np.ones((16, 6), "int32"),
+        "segment_ids": rng.integers(0, 2, (16, 6)).astype("int32"),
+        "token_ids": rng.integers(0, 30, (16, 6)).astype("int32"),
+    }
+    model(x)
+    path = tmp_path / f"bert_{fmt}.tflite"
+    report = tflite_export.export(model, path, format=fmt, representative_data=x)
+    _check(report, model, ["head/kernel"])
+    want = np.asarray(model(x))
+    got = _lite(path.read_bytes(), [x[k] for k in sorted(x)])  # the file's inputs: sorted names
+    span = float(want.max() - want.min())
+    assert np.abs(got - want).max() <= ROUNDED_RTOL[fmt] * span
+
+
+def test_cli_exports_a_saved_custom_layer_model(block, tmp_path):
+    qat, x = block
+    saved = tmp_path / "block.keras"
+    qat.save(saved)
+    out = tmp_path / "cli.tflite"
+    assert (
+        cli.main(
+            [str(saved), "-o", str(out), "--format", "int4", "--json", str(tmp_path / "r.json")]
+        )
+        == 0
+    )
+    want = np.asarray(qat(x))
+    assert np.abs(_lite(out.read_bytes(), x) - want).max() <= ROUNDED_RTOL["int4"] * float(
+        want.max() - want.min()
+    )
+    assert '"d_in/kernel"' in (tmp_path / "r.json").read_text()
+
+
+def test_jax_trained_custom_layer_model_exports_through_a_tensorflow_process(tmp_path):
+    """Trained on JAX (a worker process), exported by `export` there: saved,
+    converted by a TensorFlow child process, exact, and the file computes what
+    the JAX model computes."""
+    worker = pathlib.Path(__file__).with_name("keras3_native_worker.py")
+    root = str(worker.parent.parent)
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = os.pathsep.join([root, str(worker.parent), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, str(worker), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["backend"] == "jax"
+    report = result["report"]
+    assert report["exact"] and report["ok"]
+    assert {"d_in/kernel", "head/kernel"} <= {w["name"] for w in report["weights"]}
+    assert any("jax backend" in n for n in report["notes"])
+    x, want = np.load(tmp_path / "x.npy"), np.load(tmp_path / "keras.npy")
+    got = _lite((tmp_path / "block.tflite").read_bytes(), x)
+    assert np.abs(got - want).max() <= ROUNDED_RTOL["int4"] * float(want.max() - want.min())

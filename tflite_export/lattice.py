@@ -1,0 +1,94 @@
+"""Codebook weights in a converted file: found, rewritten on their exact
+integer lattice; and the other integer weights, which the converter rounded.
+
+The step of `export` between the converters and the checks, the same on the
+tf_keras and the native Keras 3 route.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tflite_export import exact
+from tflite_export.errors import ExportError
+from tflite_export.report import RoundedWeight
+from tflite_export.schema import INTEGER_TYPES, QMAX, TensorType, storage_name
+
+
+def tensor_name(tensor) -> str:
+    name = tensor.name
+    return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+
+
+def rounded_weights(data: bytes, float_bytes: bytes, matches) -> list[RoundedWeight]:
+    """Integer weight tensors of `data` that hold no codebook weight: the
+    converter rounded them from float, with their largest error against the
+    float file's tensor of the same name (or of the same size, if only one)."""
+    fb, float_fb = exact.read(data), exact.read(float_bytes)
+    ours = {m.tensor for m in matches}
+    floats = [float_fb.subgraphs[0].tensors[t] for _, t in exact.weight_tensors(float_fb)]
+    by_name = {tensor_name(t): t for t in floats}
+    out = []
+    for _, t in exact.weight_tensors(fb):
+        tensor = fb.subgraphs[0].tensors[t]
+        if t in ours or tensor.type not in INTEGER_TYPES:
+            continue
+        got = exact.dequantize(fb, tensor)
+        size = int(got.size)
+        ref_t = by_name.get(tensor_name(tensor))
+        if ref_t is None:
+            same = [f for f in floats if int(np.prod(f.shape)) == size]
+            ref_t = same[0] if len(same) == 1 else None
+        ref = exact.dequantize(float_fb, ref_t) if ref_t is not None else None
+        err = None
+        if ref is not None and ref.size == size:
+            diff = got.reshape(-1).astype(np.float64) - ref.reshape(-1)
+            err = float(np.abs(diff).max(initial=0.0))
+        out.append(RoundedWeight(tensor_name(tensor), storage_name(tensor), size, err))
+    return out
+
+
+def tolerance_of(tensor, got) -> float:
+    """How far a stored tensor may be from its expected value to be the one:
+    half a step for integer tensors, float rounding for float ones."""
+    q = tensor.quantization
+    if tensor.type in QMAX and q is not None and q.scale is not None and len(q.scale):
+        return 0.51 * float(np.max(q.scale))
+    return exact.EXACT_RTOL * max(1e-30, exact.max_abs(got))
+
+
+def find_codebook_weights(fb, out, float_bytes, cws) -> list[exact.TensorMatch]:
+    """Each codebook weight's tensor: matched in the float file, then located in `fb`."""
+    matches, missing = exact.match_weights(exact.read(float_bytes), cws)
+    if not missing and out is not float_bytes:
+        matches, missing = exact.locate(fb, matches, tolerance_of)
+    if missing:
+        raise ExportError(
+            f"Could not find the codebook weights {missing} in the converted file; the "
+            "converter rewrote them beyond a per-channel factor."
+        )
+    return matches
+
+
+def write_lattices(fb, matches, allow_inexact, notes) -> None:
+    """Rewrites each integer codebook tensor of `fb` on its exact lattice (in place)."""
+    for m in matches:
+        tensor = fb.subgraphs[0].tensors[m.tensor]
+        if tensor.type not in QMAX:
+            continue
+        # A weight trained at 8 bits stays int8 in an int4 file (write_exact).
+        qmax = QMAX[TensorType.INT8] if m.cw.trained_int8 else QMAX[tensor.type]
+        g = m.cw.codebook.integer_step(qmax)
+        if g is not None:
+            exact.write_exact(fb, m, g)
+            continue
+        storage = storage_name(tensor)
+        if not allow_inexact:
+            raise ExportError(
+                f"Layer {m.cw.layer!r} ({m.cw.weight}): codebook "
+                f"{[float(v) for v in m.cw.codebook.values]} has no exact {storage} "
+                f"lattice (no step makes every value an integer within ±{qmax}); "
+                f"smallest exact format: {exact.smallest_exact_format(m.cw.codebook)}. "
+                "Pass allow_inexact=True (--allow-inexact) to write it anyway."
+            )
+        notes.append(f"{m.cw.label}: no exact {storage} lattice; written inexact")
