@@ -52,8 +52,7 @@ def test_tf_keras_fixture_loads_and_predicts_the_same():
 KERAS3_LOAD = """
 import sys
 import numpy as np
-import keras
-import tfmot_discrete
+{imports}
 sys.path.insert(0, {fixtures!r})
 from make_fixtures import fixed_input
 loaded = keras.saving.load_model({path!r})
@@ -62,9 +61,14 @@ print("predicts the same")
 """
 
 
-@pytest.mark.xfail(strict=True, reason="needs `import tfmot_discrete.keras3` before loading")
-def test_keras3_fixture_loads_after_import_tfmot_discrete_and_predicts_the_same():
+@pytest.mark.parametrize(
+    "imports",
+    ["import keras\nimport tfmot_discrete", "import tfmot_discrete\nimport keras"],
+    ids=["keras_first", "tfmot_discrete_first"],
+)
+def test_keras3_fixture_loads_after_import_tfmot_discrete_and_predicts_the_same(imports):
     code = KERAS3_LOAD.format(
+        imports=imports,
         fixtures=str(FIXTURES),
         path=str(FIXTURES / "keras3_qat.keras"),
         npy=str(FIXTURES / "keras3_qat.npy"),

@@ -1,14 +1,15 @@
 """Codebook training on Keras 3 models, on the TensorFlow, JAX and PyTorch backends.
 
-`td.quantize_model`, `td.strip_quantization` and `td.summary` take Keras 3
-models and dispatch here; `td.to_tf_keras` rebuilds one in tf_keras (for
-TF-MOT and the TFLite export). The layers are Keras 3 serializables
+`td.quantize_model`, `td.strip_quantization`, `td.recalibrate_batchnorm` and
+`td.summary` take Keras 3 models and dispatch here; `td.to_tf_keras` rebuilds
+one in tf_keras (for TF-MOT and the TFLite export). Nothing here imports
+TensorFlow, tf_keras or TF-MOT. The layers are Keras 3 serializables
 (`tfmot_discrete>QuantizeWrapper`, `tfmot_discrete>DiscreteMultiplier`): a
-saved model loads with `keras.saving.load_model` once this module is imported.
+saved model loads with `keras.saving.load_model` after `import tfmot_discrete`.
 """
 
+from tfmot_discrete.keras3._k3 import backend, keras
 from tfmot_discrete.keras3.batchnorm import recalibrate_batchnorm
-from tfmot_discrete.keras3.bridge import to_tf_keras
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.quantize import is_quantized, quantize_model, strip_quantization
 from tfmot_discrete.keras3.wrapper import LAYER_WEIGHTS, QuantizeWrapper
@@ -17,9 +18,10 @@ __all__ = [
     "LAYER_WEIGHTS",
     "DiscreteMultiplier",
     "QuantizeWrapper",
+    "backend",
     "is_quantized",
+    "keras",
     "quantize_model",
     "recalibrate_batchnorm",
     "strip_quantization",
-    "to_tf_keras",
 ]

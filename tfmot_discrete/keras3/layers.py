@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfmot_discrete.core import quantizers as quantizers_mod
+from tfmot_discrete.core.specs import vector_length
 from tfmot_discrete.keras3 import quantizers as k3q
 from tfmot_discrete.keras3._k3 import keras, ops, register
-from tfmot_discrete.tfk import quantizers as quantizers_mod
-from tfmot_discrete.tfk.layers import vector_length
 
 
 @register(package="tfmot_discrete")

@@ -6,17 +6,16 @@ import dataclasses
 
 import numpy as np
 
+from tfmot_discrete.core import checks, rules, specs
+from tfmot_discrete.core.quantizers import CodebookQuantizer, indices_of, is_int8
 from tfmot_discrete.keras3 import nested
 from tfmot_discrete.keras3 import quantizers as k3q
 from tfmot_discrete.keras3._k3 import is_graph_model, keras, ops
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.wrapper import SUPPORTED, QuantizeWrapper, weight_specs
-from tfmot_discrete.tfk import annotate, configs, int8, scheme
-from tfmot_discrete.tfk.quantizers import CodebookQuantizer
-from tfmot_discrete.tools.summary import indices_of
 
-#: The Keras 3 classes of `annotate.FLOAT_LAYERS`: float by design.
-_FLOAT_LAYERS = tuple(getattr(keras.layers, c.__name__) for c in annotate.FLOAT_LAYERS)
+#: The Keras 3 classes of `core.specs.FLOAT_LAYERS`: float by design.
+_FLOAT_LAYERS = tuple(getattr(keras.layers, name) for name in specs.FLOAT_LAYERS)
 
 
 def check_model(model, argname="model"):
@@ -41,7 +40,7 @@ def check_model(model, argname="model"):
 
 
 def _check_value(layer, value) -> None:
-    if not (isinstance(value, CodebookQuantizer) or value == int8.INT8):
+    if not (isinstance(value, CodebookQuantizer) or is_int8(value)):
         raise ValueError(
             f"Layer {layer.name!r}: on Keras 3 a mapping value is a quantizer, 'int8' or "
             f"None; TF-MOT QuantizeConfigs are tf_keras only. Received: {value!r}"
@@ -57,22 +56,22 @@ def _spec_names(layer) -> dict[int, str]:
     """`{id(variable): weight name}` of the weights `weight_specs` names."""
     out = {}
     for spec in weight_specs(layer) or ():
-        owner, attr = configs.resolve(layer, spec.path)
+        owner, attr = specs.resolve(layer, spec.path)
         out[id(getattr(owner, attr))] = spec.name
     return out
 
 
 def _plan(model, spec) -> tuple[dict, list]:
     """`{layer name: quantizer | "int8" | {weight name: quantizer | "int8"}}`
-    of the layers to wrap, and the `annotate.FloatWeights` of the layers whose
+    of the layers to wrap, and the `rules.FloatWeights` of the layers whose
     kernel-like weights stay float."""
     plan, float_weights = {}, []
-    annotate.check_mapping_keys(model.layers, spec, weight_specs)
+    rules.check_mapping_keys(model.layers, spec, weight_specs)
 
     def left_float(layer, names, reason):
         if names:
             float_weights.append(
-                annotate.FloatWeights(
+                rules.FloatWeights(
                     layer.name, type(layer).__name__, tuple(names), reason, tuple(SUPPORTED)
                 )
             )
@@ -97,7 +96,7 @@ def _plan(model, spec) -> tuple[dict, list]:
                     f"Layer {layer.name!r} of class {type(layer).__name__} cannot be quantized "
                     f"to a codebook on Keras 3 (supported: {SUPPORTED}, DiscreteMultiplier)."
                 )
-            left_float(layer, kernels, annotate.UNSUPPORTED)
+            left_float(layer, kernels, rules.UNSUPPORTED)
             continue
         chosen = spec.lookup_weights(layer.name, [s.name for s in specs])
         kept = {}
@@ -111,8 +110,8 @@ def _plan(model, spec) -> tuple[dict, list]:
         elif kept:
             plan[layer.name] = kept
         rest = [n for n in kernels if n not in kept]
-        left_float(layer, [n for n in rest if n in chosen], annotate.MAPPED_TO_NONE)
-        left_float(layer, [n for n in rest if n not in chosen], annotate.UNNAMED)
+        left_float(layer, [n for n in rest if n in chosen], rules.MAPPED_TO_NONE)
+        left_float(layer, [n for n in rest if n not in chosen], rules.UNNAMED)
     return plan, float_weights
 
 
@@ -165,12 +164,12 @@ def quantize_model(model, quantizer, activations=None, strict=False):
             f"with `td.to_tf_keras(model)` first. Received: activations={activations!r}"
         )
     check_model(model)
-    spec = scheme.resolve_quantizer_spec(quantizer)
+    spec = rules.resolve_quantizer_spec(quantizer)
     model = nested.flatten(model)
     if not isinstance(strict, bool):
         raise ValueError(f"`strict` must be a bool. Received: strict={strict!r}")
     plan, float_weights = _plan(model, spec)
-    annotate.report(float_weights, strict)
+    rules.report(float_weights, strict)
 
     def _clone(layer):
         if layer.name in plan:
@@ -233,15 +232,7 @@ def strip_quantization(model):
         ValueError: For a NaN or inf weight or scale.
     """
     check_model(model)
-    for layer_name, weight, var, state in items(model):
-        bad = ~np.isfinite(ops.convert_to_numpy(var.value))
-        if state.variables.get("log_scale") is not None:
-            bad = bad.any() | ~np.isfinite(k3q.scale_of(state, var.value)).all()
-        if np.any(bad):
-            raise ValueError(
-                f"Layer {layer_name!r}, weight {weight!r}: values are NaN or inf; training "
-                "diverged or the weights were corrupted. Received: a model with non-finite weights"
-            )
+    check_finite(model)
     new_weights = {}
 
     def _strip(layer):
@@ -273,6 +264,28 @@ def strip_quantization(model):
     return plain
 
 
+def check_finite(model) -> None:
+    """`core.checks.check_finite` on a Keras 3 model: every weight finite, every
+    codebook scale finite and positive.
+
+    Raises:
+        ValueError: Naming the layer, the weight and the first bad entry.
+    """
+    codebook = (
+        checks.CodebookWeightValues(
+            layer,
+            weight,
+            npy(var),
+            state.quantizer.scale,
+            lambda var=var, state=state: k3q.scale_of(state, var.value),
+        )
+        for layer, weight, var, state in items(model)
+        if isinstance(state.quantizer, CodebookQuantizer)
+    )
+    every = ((layer.name, w.name, npy(w)) for layer in model.layers for w in layer.weights)
+    checks.check_finite(codebook, every)
+
+
 def npy(variable) -> np.ndarray:
     return ops.convert_to_numpy(variable.value)
 
@@ -298,7 +311,7 @@ class CodebookWeight:
     @property
     def codes(self) -> np.ndarray:
         """The index of the codebook value each weight projects to (read
-        through `summary.indices_of`, as on the tf_keras path)."""
+        through `core.quantizers.indices_of`, as on the tf_keras path)."""
         return indices_of(self.quantizer, self.projected, self.scale)
 
 
@@ -323,7 +336,7 @@ def codebook_weights(model) -> list[CodebookWeight]:
 
 def weight_count(layer) -> int:
     """How many weights of a Keras 3 layer `quantize_model` puts on a codebook."""
-    return configs.weight_count(layer, weight_specs(layer))
+    return specs.weight_count(layer, weight_specs(layer))
 
 
 def copy_model(model):
