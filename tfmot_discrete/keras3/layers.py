@@ -42,7 +42,10 @@ class DiscreteMultiplier(keras.layers.Layer):
             q = quantizers_mod.CodebookQuantizer(values)
         self.quantizer = q.with_channel_axes([])
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.seed_generator = keras.random.SeedGenerator(0)
+        # Its own seed (drawn from Python's `random`, which
+        # `keras.utils.set_random_seed` seeds): equal-shaped layers draw different
+        # rounding noise.
+        self.seed_generator = keras.random.SeedGenerator()
         self.state = None
 
     def build(self, input_shape):

@@ -141,7 +141,10 @@ class QuantizeWrapper(keras.layers.Layer):
         # (owner, attribute, variable, WeightState), not tracked by Keras (the
         # variables are the inner layer's, the state's the wrapper's own).
         object.__setattr__(self, "_states", [])
-        self.seed_generator = keras.random.SeedGenerator(0)
+        # Its own seed (drawn from Python's `random`, which
+        # `keras.utils.set_random_seed` seeds): equal-shaped layers draw different
+        # rounding noise.
+        self.seed_generator = keras.random.SeedGenerator()
 
     def _quantizer_of(self, name):
         return self.quantizer[name] if isinstance(self.quantizer, dict) else self.quantizer
