@@ -31,8 +31,7 @@ import tflite_export
 import tfmot_discrete as td
 from benchmarks import accuracy, common, finetune
 from tflite_export import convert, runners
-from tfmot_discrete.tfk import configs
-from tfmot_discrete.tfk._keras import keras
+from tfmot_discrete.tfk import configs, keras
 from tfmot_discrete.tools.plan import PlanError
 
 HERE = pathlib.Path(__file__).resolve().parent

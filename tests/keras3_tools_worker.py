@@ -24,7 +24,7 @@ import keras
 import numpy as np
 
 import tfmot_discrete as td
-from tfmot_discrete.tfk import _keras
+from tfmot_discrete import tfk
 from tfmot_discrete.tfk.weights import QuantizationWarning
 from tfmot_discrete.tools import plotting
 
@@ -41,7 +41,7 @@ def _no_rebuild(model):
     raise AssertionError(f"{model.name!r} was rebuilt in tf_keras")
 
 
-_keras.from_keras3 = _no_rebuild  # every tool must stay on the Keras 3 path
+tfk.from_keras3 = _no_rebuild  # every tool must stay on the Keras 3 path
 
 
 def check(name):

@@ -56,7 +56,9 @@ def _module_imports(package: str) -> dict[str, set[str]]:
                     for alias in node.names
                     if alias.name.split(".")[0] == package
                 ]
-                edges |= {".".join(t) or "__init__" for t in targets}
+                for t in targets:
+                    name = ".".join(t) or "__init__"
+                    edges.add(name if name in modules else f"{name}.__init__")
                 continue
             if not isinstance(node, ast.ImportFrom):
                 continue
@@ -71,6 +73,8 @@ def _module_imports(package: str) -> dict[str, set[str]]:
                 sub = ".".join([*base, alias.name])
                 if sub in modules:
                     edges.add(sub)
+                elif f"{sub}.__init__" in modules:  # a sub-package
+                    edges.add(f"{sub}.__init__")
                 elif ".".join(base) in modules:
                     edges.add(".".join(base))
                 else:
@@ -182,3 +186,201 @@ def test_python_m_tfmot_discrete_points_to_the_demo():
     )
     assert result.returncode == 2
     assert "tfmot-discrete demo" in result.stderr
+
+
+# The folders of `tfmot_discrete` are its architecture: a NumPy core, the TF-MOT
+# plugin on tf_keras (`tfk`), the Keras 3 path (`keras3`) and the tools serving
+# both, under `api.py` / `__init__.py`.
+PKG = ROOT / "tfmot_discrete"
+TF_STACK = {"tensorflow", "tf_keras", "tensorflow_model_optimization"}
+
+
+def _imports(path: pathlib.Path, module_level_only=False) -> set[str]:
+    """Dotted names `path` imports (absolute; relative ones resolved), with
+    `from a import b` giving `a.b`; function-level imports too unless asked."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    nodes = tree.body if module_level_only else list(ast.walk(tree))
+    here = list(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    out = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(here[: len(here) - (node.level - 1)] + [node.module or ""])
+            else:
+                base = node.module or ""
+            base = base.strip(".")
+            out.add(base)
+            out |= {f"{base}.{alias.name}" for alias in node.names}
+    return out
+
+
+def _files(folder: str) -> list[pathlib.Path]:
+    return sorted((PKG / folder).rglob("*.py"))
+
+
+def _offenders(folder, forbidden, module_level_only=False) -> dict:
+    found = {}
+    for path in _files(folder):
+        bad = sorted(
+            name
+            for name in _imports(path, module_level_only)
+            if any(name == f or name.startswith(f + ".") for f in forbidden)
+        )
+        if bad:
+            found[str(path.relative_to(ROOT))] = bad
+    return found
+
+
+def test_the_core_imports_no_framework_and_no_other_folder():
+    forbidden = TF_STACK | {"keras"} | {f"tfmot_discrete.{d}" for d in ("tfk", "keras3", "tools")}
+    assert _offenders("core", forbidden) == {}
+
+
+def test_only_tfk_and_tools_import_tf_keras_and_tfmot():
+    """TF-MOT and tf_keras are the plugin's (`tfk`); the tools reach them through it."""
+    for folder in ("core", "keras3", "tools"):
+        assert _offenders(folder, {"tf_keras", "tensorflow_model_optimization"}) == {}, folder
+    top = [p for p in sorted(PKG.glob("*.py"))]
+    for path in top:
+        assert not {
+            n
+            for n in _imports(path)
+            if n.split(".")[0] in {"tf_keras", "tensorflow_model_optimization"}
+        }, path.name
+
+
+def test_keras3_never_imports_tfk_tensorflow_or_the_tools():
+    """At module level: a Keras 3 user on JAX or PyTorch loads none of them
+    (`test_jax_flow_never_imports_tensorflow` proves it at run time); nor,
+    anywhere, the tfk plugin or the tools (which import the Keras 3 path)."""
+    assert _offenders("keras3", TF_STACK, module_level_only=True) == {}
+    assert _offenders("keras3", {"tfmot_discrete.tfk", "tfmot_discrete.tools"}) == {}
+
+
+def test_no_private_module_is_imported_from_outside_its_folder():
+    modules = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts): p.parent
+        for pkg in ("tfmot_discrete", "tflite_export")
+        for p in (ROOT / pkg).rglob("_*.py")
+        if not p.name.startswith("__")
+    }
+    offenders = {}
+    for folder in ("tfmot_discrete", "tflite_export", "tests", "examples", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for name in _imports(path):
+                if name in modules and modules[name] != path.parent:
+                    offenders.setdefault(str(path.relative_to(ROOT)), []).append(name)
+    assert offenders == {}
+
+
+def test_at_most_six_modules_at_the_package_top():
+    top = sorted(p.name for p in PKG.glob("*.py"))
+    assert len(top) <= 6, top
+    folders = sorted(p.name for p in PKG.iterdir() if (p / "__init__.py").exists())
+    assert folders == ["core", "keras3", "tfk", "tools"]
+
+
+JAX_FLOW = '''
+import importlib.abc
+import os
+import sys
+import tempfile
+
+HEAVY = ("tensorflow", "tf_keras", "tensorflow_model_optimization")
+ours = []
+
+
+class Blocker(importlib.abc.MetaPathFinder):
+    """Stands in for a machine without TensorFlow: Keras 3 itself probes for it
+    (`serialize_keras_object` checks `tf.available`) and takes the ImportError
+    as "not installed"; an import from tfmot_discrete is recorded and fails."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] not in HEAVY:
+            return None
+        frame = sys._getframe(1)
+        while frame is not None and (
+            frame.f_code.co_filename.startswith("<frozen")
+            or "importlib" in frame.f_code.co_filename
+        ):
+            frame = frame.f_back
+        if frame is not None and "tfmot_discrete" in frame.f_code.co_filename:
+            ours.append(f"{name} from {frame.f_code.co_filename}:{frame.f_lineno}")
+        raise ImportError(f"{name} is blocked")
+
+
+sys.meta_path.insert(0, Blocker())
+import keras
+import numpy as np
+
+import tfmot_discrete as td
+
+assert keras.backend.backend() == "jax", keras.backend.backend()
+L = keras.layers
+inp = keras.Input((6,))
+x = L.Dense(8, name="d1")(inp)
+x = L.BatchNormalization(name="bn")(x)
+x = td.keras3.DiscreteMultiplier([1, -1], name="mult")(x)
+out = L.Dense(3, name="out")(x)
+qat = td.quantize_model(
+    keras.Model(inp, out), {"d1": td.ternary(stochastic=True), "out": td.binary(scale="mean_abs")}
+)
+qat.compile("adam", "mse")
+rng = np.random.default_rng(0)
+xs = rng.normal(size=(16, 6)).astype("float32")
+ys = rng.normal(size=(16, 3)).astype("float32")
+qat.fit(xs, ys, epochs=1, batch_size=8, verbose=0)
+td.recalibrate_batchnorm(qat, xs)
+plain = td.strip_quantization(qat)
+folder = tempfile.mkdtemp()
+qat.save(os.path.join(folder, "qat.keras"))
+plain.save(os.path.join(folder, "plain.keras"))
+loaded = keras.saving.load_model(os.path.join(folder, "qat.keras"))
+np.testing.assert_allclose(loaded.predict(xs, verbose=0), qat.predict(xs, verbose=0), atol=1e-6)
+print("ours:", ours)
+print("loaded:", sorted(m for m in sys.modules if m.split(".")[0] in HEAVY))
+'''
+
+
+def test_jax_flow_never_imports_tensorflow():
+    """Quantize, train a step, recalibrate, strip, save and reload a Keras 3
+    model on JAX: TensorFlow, tf_keras and TF-MOT never load."""
+    env = {**__import__("os").environ, "KERAS_BACKEND": "jax"}
+    result = subprocess.run(
+        [sys.executable, "-c", JAX_FLOW],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ours: []" in result.stdout, result.stdout
+    assert "loaded: []" in result.stdout, result.stdout
+
+
+LIGHT_IMPORT = """
+import sys
+import tfmot_discrete as td
+heavy = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "keras")
+print("after import:", sorted(m for m in heavy if m in sys.modules))
+q = td.CodebookQuantizer([1, -1, 0.5, -0.5], scale="mean_abs")
+assert td.CodebookQuantizer.from_config(q.get_config()) == q and td.ternary() != td.binary()
+print("after quantizers:", sorted(m for m in heavy if m in sys.modules))
+import tensorflow_model_optimization as tfmot
+td.keras  # the TF-MOT side loads on first use
+assert isinstance(q, tfmot.quantization.keras.quantizers.Quantizer)
+print("quantizer is a TF-MOT Quantizer")
+"""
+
+
+def test_import_is_light_and_tf_names_load_on_first_use():
+    result = subprocess.run(
+        [sys.executable, "-c", LIGHT_IMPORT], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "after import: []" in result.stdout
+    assert "after quantizers: []" in result.stdout
+    assert "quantizer is a TF-MOT Quantizer" in result.stdout

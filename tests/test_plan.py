@@ -8,7 +8,7 @@ import tflite_export
 import tfmot_discrete as td
 from tflite_export import __main__ as cli
 from tflite_export import budget
-from tfmot_discrete.tfk._keras import keras
+from tfmot_discrete.tfk import keras
 from tfmot_discrete.tools.plan import PlanError
 
 L = keras.layers

@@ -17,7 +17,7 @@ import tfmot_discrete as td
 from tflite_export import convert, exact, lattice, packed, pipeline, runners, sequence, verify
 from tflite_export.report import TFLM_LSB
 from tfmot_discrete.core.codebook import Codebook
-from tfmot_discrete.tfk._keras import keras
+from tfmot_discrete.tfk import keras
 
 L = keras.layers
 TERNARY = Codebook([-1.0, 0.0, 1.0])

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from tflite_export.errors import ExportError
-from tfmot_discrete.tfk._keras import keras
+from tfmot_discrete.tfk import keras
 
 _L = keras.layers
 #: Recurrent layers Keras unrolls itself (`unroll=True`).

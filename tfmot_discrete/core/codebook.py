@@ -20,6 +20,14 @@ MAX_SIZE = 65536
 #: midpoint below it would project differently on the two paths.
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
+#: The straight-through estimators a quantizer's `gradient` names.
+GRADIENTS = ("clipped_ste", "ste")
+
+#: Codebooks up to this size project with a chain of selects on the midpoints
+#: (cheapest for small K); larger ones with a sorted search, O(N log K) time
+#: and O(N) memory. Both paths' `ops` follow it.
+WHERE_CHAIN_MAX_K = 8
+
 
 #: Preset names a user may pass as `values` by mistake, and the call they meant.
 PRESETS = {
@@ -87,6 +95,12 @@ def midpoints(values) -> np.ndarray:
     """Decision boundaries between sorted values (float64; no overflow for huge ones)."""
     v = np.asarray(values, dtype=np.float64)
     return v[:-1] / 2.0 + v[1:] / 2.0
+
+
+def reduce_axes(rank: int, channel_axes) -> list[int]:
+    """Axes to reduce over to get one number per channel (`channel_axes` kept)."""
+    keep = {a % rank for a in channel_axes} if rank else set()
+    return [a for a in range(rank) if a not in keep]
 
 
 def _check_not_subnormal(uniq: np.ndarray, values) -> None:

@@ -3,7 +3,8 @@
 `recalibrate_batchnorm` (tf_keras) and `tfmot_discrete.keras3.batchnorm`
 (Keras 3, every backend) sum each BatchNormalization input's per-channel
 first and second moments over the data, weighted by sample count; the
-statistics they set come from here.
+driver that runs the model (`recalibrate`) and the statistics they set come
+from here, each path passing its own accumulator and forward pass.
 """
 
 from __future__ import annotations
@@ -79,3 +80,35 @@ class MomentSums:
         dtype = np.asarray(self.read(self.layer.moving_mean)).dtype
         for variable, value in zip((self.layer.moving_mean, self.layer.moving_variance), stats):
             variable.assign(value.astype(dtype))
+
+
+def recalibrate(layers, batches, accumulator, forward) -> int:
+    """Sets the moving statistics of the BatchNormalization `layers` from the
+    model's inputs `batches`; returns the number of batches.
+
+    Each layer's `call` is stood in for by `accumulator(layer)` (a
+    `MomentSums` that normalizes with the batch's own moments and sums them)
+    while `forward(batch)` runs the model in inference mode over every
+    batch; then each accumulator assigns its statistics. The layers get
+    their own `call` back even when a batch fails.
+
+    Args:
+        layers: The BatchNormalization layers of the model.
+        batches: Model inputs, one per batch (from `data.input_batches`).
+        accumulator: The path's `MomentSums` subclass.
+        forward: Runs the model on one batch in inference mode.
+    """
+    if not layers:
+        return len(batches)
+    accumulators = [accumulator(layer) for layer in layers]
+    for layer, acc in zip(layers, accumulators):
+        object.__setattr__(layer, "call", acc)
+    try:
+        for b in batches:
+            forward(b)
+    finally:
+        for layer in layers:
+            object.__delattr__(layer, "call")
+    for acc in accumulators:
+        acc.assign()
+    return len(batches)

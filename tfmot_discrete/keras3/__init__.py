@@ -1,16 +1,17 @@
 """Codebook training on Keras 3 models, on the TensorFlow, JAX and PyTorch backends.
 
-`td.quantize_model`, `td.strip_quantization` and `td.summary` take Keras 3
-models and dispatch here; `td.to_tf_keras` rebuilds one in tf_keras (for
-TF-MOT and the TFLite export). The layers are Keras 3 serializables
+`td.quantize_model`, `td.strip_quantization`, `td.recalibrate_batchnorm` and
+`td.summary` take Keras 3 models and dispatch here; `td.to_tf_keras` rebuilds
+one in tf_keras (for TF-MOT and the TFLite export). Nothing here imports
+TensorFlow, tf_keras or TF-MOT. The layers are Keras 3 serializables
 (`tfmot_discrete>QuantizeWrapper`, `tfmot_discrete>DiscreteMultiplier`): a
-saved model loads with `keras.saving.load_model` once this module is imported;
+saved model loads with `keras.saving.load_model` after `import tfmot_discrete`;
 a QAT model with wrappers below its own layers (a user's layer, a subclassed
 or KerasHub model) with `td.keras3.load_model`.
 """
 
+from tfmot_discrete.keras3._k3 import backend, keras
 from tfmot_discrete.keras3.batchnorm import recalibrate_batchnorm
-from tfmot_discrete.keras3.bridge import to_tf_keras
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.quantize import is_quantized, quantize_model, strip_quantization
 from tfmot_discrete.keras3.saving import load_model
@@ -20,11 +21,12 @@ __all__ = [
     "LAYER_WEIGHTS",
     "DiscreteMultiplier",
     "QuantizeWrapper",
+    "backend",
     "is_quantized",
+    "keras",
     "load_model",
     "quantize_model",
     "recalibrate_batchnorm",
     "register_weights",
     "strip_quantization",
-    "to_tf_keras",
 ]

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from tfmot_discrete.core import moments
+from tfmot_discrete.core.data import DEFAULT_BATCH_SIZE, input_batches
 from tfmot_discrete.keras3._k3 import keras, ops
-from tfmot_discrete.tools.data import DEFAULT_BATCH_SIZE, input_batches
 
 
 def batchnorm_layers(model) -> list:
@@ -71,18 +71,6 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
             f"{type(model).__module__}.{type(model).__name__}"
         )
     batches = input_batches(model, data, batch_size=batch_size, steps=steps)
-    layers = batchnorm_layers(model)
-    if not layers:
-        return len(batches)
-    accumulators = [_Accumulator(layer) for layer in layers]
-    for layer, acc in zip(layers, accumulators):
-        object.__setattr__(layer, "call", acc)
-    try:
-        for b in batches:
-            model(b, training=False)
-    finally:
-        for layer in layers:
-            object.__delattr__(layer, "call")
-    for acc in accumulators:
-        acc.assign()
-    return len(batches)
+    return moments.recalibrate(
+        batchnorm_layers(model), batches, _Accumulator, lambda b: model(b, training=False)
+    )

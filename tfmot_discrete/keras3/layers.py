@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfmot_discrete.core import quantizers as quantizers_mod
+from tfmot_discrete.core.specs import vector_length
 from tfmot_discrete.keras3 import quantizers as k3q
 from tfmot_discrete.keras3._k3 import keras, ops, register
-from tfmot_discrete.tfk import quantizers as quantizers_mod
-from tfmot_discrete.tfk.layers import vector_length
 
 
 @register(package="tfmot_discrete")
@@ -42,7 +42,10 @@ class DiscreteMultiplier(keras.layers.Layer):
             q = quantizers_mod.CodebookQuantizer(values)
         self.quantizer = q.with_channel_axes([])
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.seed_generator = keras.random.SeedGenerator(0)
+        # Its own seed (drawn from Python's `random`, which
+        # `keras.utils.set_random_seed` seeds): equal-shaped layers draw different
+        # rounding noise.
+        self.seed_generator = keras.random.SeedGenerator()
         self.state = None
 
     def build(self, input_shape):

@@ -23,9 +23,8 @@ import math
 
 import numpy as np
 
-from tfmot_discrete.core.codebook import midpoints
+from tfmot_discrete.core.codebook import GRADIENTS, WHERE_CHAIN_MAX_K, midpoints, reduce_axes
 from tfmot_discrete.keras3._k3 import backend, keras, ops
-from tfmot_discrete.tfk.ops import GRADIENTS, WHERE_CHAIN_MAX_K, reduce_axes
 
 __all__ = [
     "GRADIENTS",

@@ -6,14 +6,13 @@ import dataclasses
 
 import numpy as np
 
+from tfmot_discrete.core import checks, rules, specs
+from tfmot_discrete.core.quantizers import CodebookQuantizer, indices_of
 from tfmot_discrete.keras3 import _k3, nested, reach, tree
 from tfmot_discrete.keras3 import quantizers as k3q
 from tfmot_discrete.keras3._k3 import is_graph_model, keras, ops
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.wrapper import QuantizeWrapper, quantizer_config, weight_specs
-from tfmot_discrete.tfk import annotate, configs, scheme
-from tfmot_discrete.tfk.quantizers import CodebookQuantizer
-from tfmot_discrete.tools.summary import indices_of
 
 #: The key of a QAT model's build config listing its wrappers below its
 #: config (`keras3.saving`).
@@ -134,11 +133,11 @@ def quantize_model(model, quantizer, activations=None, strict=False, in_place=Fa
             f"{model.name!r} is {type(model).__name__}, which is rebuilt (the float model is "
             "never changed). Received: in_place=True"
         )
-    spec = scheme.resolve_quantizer_spec(quantizer)
+    spec = rules.resolve_quantizer_spec(quantizer)
     if graph:
         model = nested.flatten(model)
     found = reach.plan(model, spec, graph)
-    annotate.report(found.float_weights, strict)
+    rules.report(found.float_weights, strict)
     if graph:
         return _quantize_graph(model, found)
     qat = model if in_place else copy_model(model)
@@ -320,15 +319,7 @@ def strip_quantization(model):
         ValueError: For a NaN or inf weight or scale.
     """
     check_model(model)
-    for layer_name, weight, var, state in items(model):
-        bad = ~np.isfinite(ops.convert_to_numpy(var.value))
-        if state.variables.get("log_scale") is not None:
-            bad = bad.any() | ~np.isfinite(k3q.scale_of(state, var.value)).all()
-        if np.any(bad):
-            raise ValueError(
-                f"Layer {layer_name!r}, weight {weight!r}: values are NaN or inf; training "
-                "diverged or the weights were corrupted. Received: a model with non-finite weights"
-            )
+    check_finite(model)
     new_weights = {}
 
     def _strip(layer):
@@ -406,6 +397,28 @@ def _from_config(model):
     return new
 
 
+def check_finite(model) -> None:
+    """`core.checks.check_finite` on a Keras 3 model: every weight finite, every
+    codebook scale finite and positive.
+
+    Raises:
+        ValueError: Naming the layer, the weight and the first bad entry.
+    """
+    codebook = (
+        checks.CodebookWeightValues(
+            layer,
+            weight,
+            npy(var),
+            state.quantizer.scale,
+            lambda var=var, state=state: k3q.scale_of(state, var.value),
+        )
+        for layer, weight, var, state in items(model)
+        if isinstance(state.quantizer, CodebookQuantizer)
+    )
+    every = ((layer.name, w.name, npy(w)) for layer in model.layers for w in layer.weights)
+    checks.check_finite(codebook, every)
+
+
 def npy(variable) -> np.ndarray:
     return ops.convert_to_numpy(variable.value)
 
@@ -431,7 +444,7 @@ class CodebookWeight:
     @property
     def codes(self) -> np.ndarray:
         """The index of the codebook value each weight projects to (read
-        through `summary.indices_of`, as on the tf_keras path)."""
+        through `core.quantizers.indices_of`, as on the tf_keras path)."""
         return indices_of(self.quantizer, self.projected, self.scale)
 
 
@@ -456,7 +469,7 @@ def codebook_weights(model) -> list[CodebookWeight]:
 
 def weight_count(layer) -> int:
     """How many weights of a Keras 3 layer `quantize_model` puts on a codebook."""
-    return configs.weight_count(layer, weight_specs(layer))
+    return specs.weight_count(layer, weight_specs(layer))
 
 
 def copy_model(model):

@@ -13,10 +13,9 @@ import dataclasses
 
 import numpy as np
 
+from tfmot_discrete.core.quantizers import LOG_SCALE_STEP, CodebookQuantizer, Int8WeightQuantizer
 from tfmot_discrete.keras3 import ops as qops
 from tfmot_discrete.keras3._k3 import backend, keras, ops
-from tfmot_discrete.tfk import int8
-from tfmot_discrete.tfk.quantizers import LOG_SCALE_STEP, CodebookQuantizer
 
 
 def channel_axes(quantizer: CodebookQuantizer, rank: int) -> list[int]:
@@ -62,7 +61,7 @@ class WeightState:
     """One quantized weight of a layer: its quantizer and the quantizer's variables.
 
     `quantizer` is a `CodebookQuantizer` (with the weight's channel axes) or
-    an `int8.Int8WeightQuantizer` (its `per_axis` only is used here).
+    an `Int8WeightQuantizer` (its `per_axis` only is used here).
     `variables` holds `log_scale` (a learned scale) or `min_var`/`max_var`
     (an 8-bit range), named as the tf_keras path names them.
     """
@@ -79,7 +78,7 @@ def make_state(layer, weight, quantizer) -> WeightState:
     rank = len(shape)
     name = weight.name.split("/")[-1]
     variables = {}
-    if isinstance(quantizer, int8.Int8WeightQuantizer):
+    if isinstance(quantizer, Int8WeightQuantizer):
         rshape = (shape[-1],) if quantizer.per_axis and rank else ()
         for key in ("min_var", "max_var"):
             variables[key] = layer.add_weight(
@@ -102,7 +101,7 @@ def quantize(state: WeightState, w, training, seed=None):
     """The weight as the layer computes with it (a tensor, differentiable by
     the quantizer's estimator)."""
     q = state.quantizer
-    if isinstance(q, int8.Int8WeightQuantizer):
+    if isinstance(q, Int8WeightQuantizer):
         return _int8(state, w, training)
     values = q.codebook.values
     lo, hi = q.codebook.low, q.codebook.high
@@ -158,7 +157,7 @@ def initialize(state: WeightState, w) -> None:
     """Sets a learned scale to the `"mean_abs"` scale of `w`, and an 8-bit
     range to `w`'s, now (the tf_keras path does the same in `quantize_model`)."""
     q = state.quantizer
-    if isinstance(q, int8.Int8WeightQuantizer):
+    if isinstance(q, Int8WeightQuantizer):
         quantize(state, ops.convert_to_tensor(w), training=True)
         return
     if q.scale == "learned":

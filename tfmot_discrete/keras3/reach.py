@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 
+from tfmot_discrete.core import rules, specs
+from tfmot_discrete.core.quantizers import CodebookQuantizer, is_int8
 from tfmot_discrete.keras3 import tree
 from tfmot_discrete.keras3._k3 import keras
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.wrapper import SUPPORTED, QuantizeWrapper, weight_specs
-from tfmot_discrete.tfk import annotate, configs, int8
-from tfmot_discrete.tfk.quantizers import CodebookQuantizer
 
-#: The Keras 3 classes of `annotate.FLOAT_LAYERS`: float by design.
-FLOAT_LAYERS = tuple(getattr(keras.layers, c.__name__) for c in annotate.FLOAT_LAYERS)
+#: The Keras 3 classes of `core.specs.FLOAT_LAYERS`: float by design.
+FLOAT_LAYERS = tuple(getattr(keras.layers, name) for name in specs.FLOAT_LAYERS)
 
 
 def is_leaf(layer) -> bool:
@@ -56,7 +56,7 @@ def places(model, graph: bool) -> list[tree.Place]:
 
 
 def _is_kernel_like(variable) -> bool:
-    """As `annotate.is_kernel_like`: trainable, rank 2 or more, not a bias."""
+    """As `core.rules` kernel-like rule: trainable, rank 2 or more, not a bias."""
     return variable.trainable and len(variable.shape) >= 2 and not variable.name.endswith("bias")
 
 
@@ -70,7 +70,7 @@ def spec_variables(layer) -> dict[str, object]:
     """`{weight name: variable}` of the weights `weight_specs` names."""
     out = {}
     for spec in weight_specs(layer) or ():
-        owner, attr = configs.resolve(layer, spec.path)
+        owner, attr = specs.resolve(layer, spec.path)
         out[spec.name] = getattr(owner, attr)
     return out
 
@@ -79,7 +79,7 @@ def spec_variables(layer) -> dict[str, object]:
 class Plan:
     """What `quantize_model` does: `wrap[i]` is the quantizer (or
     `{weight: quantizer}`) of `places[i]`'s layer; `float_weights` the
-    `annotate.FloatWeights` of the kernels that stay float."""
+    `rules.FloatWeights` of the kernels that stay float."""
 
     places: list
     wrap: dict
@@ -99,7 +99,7 @@ def _first(spec, candidates):
 
 
 def _check_value(layer, value) -> None:
-    if not (isinstance(value, CodebookQuantizer) or value == int8.INT8):
+    if not (isinstance(value, CodebookQuantizer) or is_int8(value)):
         raise ValueError(
             f"Layer {layer.name!r}: on Keras 3 a mapping value is a quantizer, 'int8' or "
             f"None; TF-MOT QuantizeConfigs are tf_keras only. Received: {value!r}"
@@ -107,7 +107,7 @@ def _check_value(layer, value) -> None:
 
 
 def plan(model, spec, graph: bool) -> Plan:
-    """The `Plan` of `model` for the `scheme.QuantizerRules` `spec`.
+    """The `Plan` of `model` for the `rules.QuantizerRules` `spec`.
 
     Raises:
         ValueError: For a mapping key that names nothing in the model, a
@@ -129,7 +129,7 @@ def plan(model, spec, graph: bool) -> Plan:
     def left_float(layer, names, reason):
         if names:
             out.float_weights.append(
-                annotate.FloatWeights(
+                rules.FloatWeights(
                     layer.name, type(layer).__name__, tuple(names), reason, tuple(SUPPORTED)
                 )
             )
@@ -148,8 +148,8 @@ def plan(model, spec, graph: bool) -> Plan:
                     f"codebook ({layer.quantizer!r}); set it there instead of in the mapping."
                 )
             continue
-        specs = weight_specs(layer)
-        if specs is None:
+        layer_specs = weight_specs(layer)
+        if layer_specs is None:
             kernels = own_kernels(layer)
             leaf = not tree.sublayers(layer)
             candidates_seen += [relative_path(w, model) for w in kernels]
@@ -165,11 +165,11 @@ def plan(model, spec, graph: bool) -> Plan:
                     f"to a codebook on Keras 3 (supported: {SUPPORTED}, DiscreteMultiplier, "
                     "and classes given to `td.keras3.register_weights`)."
                 )
-            left_float(layer, [w.name for w in kernels], annotate.UNSUPPORTED)
+            left_float(layer, [w.name for w in kernels], rules.UNSUPPORTED)
             continue
         variables = spec_variables(layer)
         chosen = {}
-        for s in specs:
+        for s in layer_specs:
             keys = [f"{n}/{s.name}" for n in names[:2]]
             keys += [relative_path(variables[s.name], model)]
             candidates_seen.extend(keys)
@@ -182,7 +182,7 @@ def plan(model, spec, graph: bool) -> Plan:
                 _check_value(layer, v)
                 kept[name] = v
         values = list(kept.values())
-        if len(kept) == len(specs) and all(v == values[0] for v in values):
+        if len(kept) == len(layer_specs) and all(v == values[0] for v in values):
             out.wrap[i] = values[0]
         elif kept:
             out.wrap[i] = kept
@@ -190,8 +190,8 @@ def plan(model, spec, graph: bool) -> Plan:
         kernels = [n for n, v in variables.items() if _is_kernel_like(v)]
         kernels += [w.name for w in layer.weights if _is_kernel_like(w) and id(w) not in spec_ids]
         rest = [n for n in kernels if n not in kept]
-        left_float(layer, [n for n in rest if n in chosen], annotate.MAPPED_TO_NONE)
-        left_float(layer, [n for n in rest if n not in chosen], annotate.UNNAMED)
+        left_float(layer, [n for n in rest if n in chosen], rules.MAPPED_TO_NONE)
+        left_float(layer, [n for n in rest if n not in chosen], rules.UNNAMED)
     if spec.from_mapping:
         for rx, pattern, _ in spec.rules:
             if not any(rx.fullmatch(c) for c in candidates_seen):

@@ -2,7 +2,7 @@
 projected to a codebook (or rounded to 8 bits).
 
 Which weights of which layer, their names and channel axes come from
-`tfmot_discrete.tfk.configs.weight_specs` (the tf_keras path's table), matched on
+`tfmot_discrete.core.specs.weight_specs` (the table both paths read), matched on
 Keras 3's classes: a recurrent layer's weights are its cell's, a
 `Bidirectional`'s its two layers' cells', a `MultiHeadAttention`'s its
 projection sub-layers'.
@@ -12,35 +12,35 @@ from __future__ import annotations
 
 import inspect
 
+from tfmot_discrete.core import specs
+from tfmot_discrete.core.quantizers import CodebookQuantizer, int8_quantizer_for, is_int8
 from tfmot_discrete.keras3 import quantizers as k3q
 from tfmot_discrete.keras3._k3 import keras, register
-from tfmot_discrete.tfk import configs, int8
-from tfmot_discrete.tfk.quantizers import CodebookQuantizer
 
 _L = keras.layers
 
 
-def _keras3_names(tf_keras_class, weights: dict) -> dict:
+def _keras3_names(class_name: str, weights: dict) -> dict:
     """A tf_keras layer's `{weight: axes}` under the Keras 3 weight names
     (Keras 3 calls DepthwiseConv's weight `kernel`)."""
-    if tf_keras_class.__name__.startswith("DepthwiseConv"):
+    if class_name.startswith("DepthwiseConv"):
         return {"kernel": weights["depthwise_kernel"]}
     return dict(weights)
 
 
 #: Keras 3 layer class -> {weight name: output-channel axes of that weight}:
-#: the plain layers of `tfmot_discrete.tfk.configs.LAYER_WEIGHTS`, by class name,
+#: the plain layers of `tfmot_discrete.core.specs.LAYER_WEIGHTS`, by class name,
 #: and DepthwiseConv1D, which only Keras 3 has among them.
 LAYER_WEIGHTS = {
-    getattr(_L, cls.__name__): _keras3_names(cls, weights)
-    for cls, weights in configs.LAYER_WEIGHTS.items()
+    getattr(_L, name): _keras3_names(name, weights) for name, weights in specs.LAYER_WEIGHTS.items()
 }
 LAYER_WEIGHTS[_L.DepthwiseConv1D] = {"kernel": [-2, -1]}
+_PLAIN = {cls.__name__: weights for cls, weights in LAYER_WEIGHTS.items()}
 
 
 #: The Keras 3 classes `weight_specs` knows, for messages (and those given
 #: to `register_weights`).
-SUPPORTED = sorted({c.__name__ for c in LAYER_WEIGHTS} | set(configs.SUPPORTED))
+SUPPORTED = sorted({c.__name__ for c in LAYER_WEIGHTS} | set(specs.SUPPORTED))
 
 
 #: Custom layer class -> {attribute: channel axes}, from `register_weights`.
@@ -104,15 +104,15 @@ def register_weights(layer_class, weights):
     return layer_class
 
 
-def weight_specs(layer) -> list[configs.WeightSpec] | None:
-    """`configs.weight_specs` on Keras 3 classes: the weights of `layer` that
+def weight_specs(layer) -> list[specs.WeightSpec] | None:
+    """`core.specs.weight_specs` on Keras 3 classes: the weights of `layer` that
     go on a codebook (name, attribute path, channel axes), or None for a layer
     we do not know (subclasses are not matched: their `call` may read weights
     differently). A class given to `register_weights` has the weights named there."""
     registered = REGISTERED.get(type(layer)) or _keras_hub_weights(layer)
     if registered is not None:
-        return [configs.WeightSpec(a, a, tuple(axes)) for a, axes in registered.items()]
-    return configs.weight_specs(layer, layers=_L, plain=LAYER_WEIGHTS)
+        return [specs.WeightSpec(a, a, tuple(axes)) for a, axes in registered.items()]
+    return specs.weight_specs(layer, _L, _PLAIN)
 
 
 def _keras_hub_weights(layer) -> dict | None:
@@ -153,7 +153,7 @@ def quantizer_config(quantizer):
 
 def quantizer_from(value):
     """A wrapper's `quantizer` argument from itself or its config."""
-    if isinstance(value, str) and value == int8.INT8:
+    if is_int8(value):
         return value
     if isinstance(value, CodebookQuantizer):
         return value
@@ -166,7 +166,7 @@ def per_weight_quantizer(quantizer, axes):
     """The quantizer of one weight: the codebook one with the weight's channel
     axes, or 8-bit per channel when the last axis is a channel axis."""
     if isinstance(quantizer, str):
-        return int8.quantizer_for(list(axes))
+        return int8_quantizer_for(list(axes))
     return quantizer.with_channel_axes(list(axes))
 
 
@@ -250,7 +250,10 @@ class QuantizeWrapper(keras.layers.Layer):
         # (owner, attribute, variable, WeightState), not tracked by Keras (the
         # variables are the inner layer's, the state's the wrapper's own).
         object.__setattr__(self, "_states", [])
-        self.seed_generator = keras.random.SeedGenerator(0)
+        # Its own seed (drawn from Python's `random`, which
+        # `keras.utils.set_random_seed` seeds): equal-shaped layers draw different
+        # rounding noise.
+        self.seed_generator = keras.random.SeedGenerator()
 
     def __getattr__(self, name):
         # A parent may read its sub-layer's public attributes (KerasHub's
@@ -275,7 +278,7 @@ class QuantizeWrapper(keras.layers.Layer):
             self.layer.build(input_shape)
         states = []
         for spec in self._specs:
-            owner, attr = configs.resolve(self.layer, spec.path)
+            owner, attr = specs.resolve(self.layer, spec.path)
             var = getattr(owner, attr)
             # The attribute holding the variable: `call` may read it through a
             # property (Keras 3's `Dense.kernel` returns `self._kernel`).

@@ -8,19 +8,11 @@ from __future__ import annotations
 
 import tf_keras as keras
 
+from tfmot_discrete.core.specs import is_keras3_object
+
 register = keras.saving.register_keras_serializable
 
-
-def is_keras3_object(obj) -> bool:
-    """True if `obj` is a Keras 3 model or layer (what `tf.keras` gives in TF >= 2.16)."""
-    mod = type(obj).__module__ or ""
-    if mod.startswith("tf_keras"):
-        return False
-    try:
-        import keras as keras3  # noqa: PLC0415
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(obj, keras3.layers.Layer) and not isinstance(obj, keras.layers.Layer)
+__all__ = ["from_keras3", "is_keras3_object", "keras", "register"]
 
 
 def called_by_keras3(inputs) -> bool:

@@ -9,60 +9,28 @@ parameters and other vectors stay float by design and are not reported.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import tensorflow_model_optimization as tfmot
 
+from tfmot_discrete.core import rules, specs
+from tfmot_discrete.core.rules import (
+    MAPPED_TO_NONE,
+    UNNAMED,
+    UNSUPPORTED,
+    FloatWeights,
+)
+from tfmot_discrete.core.rules import (
+    report as report,
+)
 from tfmot_discrete.tfk import compat, configs
 from tfmot_discrete.tfk._keras import keras
 from tfmot_discrete.tfk.layers import DiscreteMultiplier
 from tfmot_discrete.tfk.quantizers import weight_key
-from tfmot_discrete.tfk.weights import QuantizationWarning
 
 _qk = tfmot.quantization.keras
 
 #: Layers whose weights stay float by design: no notice, no error.
-FLOAT_LAYERS = (
-    keras.layers.BatchNormalization,
-    keras.layers.LayerNormalization,
-    keras.layers.GroupNormalization,
-    keras.layers.UnitNormalization,
-    keras.layers.PReLU,
-)
-
-#: Why a weight stays float (`FloatWeights.reason`).
-UNSUPPORTED = "unsupported"
-UNNAMED = "unnamed"
-MAPPED_TO_NONE = "mapped to None"
-
-
-@dataclasses.dataclass(frozen=True)
-class FloatWeights:
-    """Kernel-like weights of one layer that `quantize_model` leaves float."""
-
-    layer: str
-    layer_class: str
-    weights: tuple[str, ...]
-    reason: str  # UNSUPPORTED, UNNAMED or MAPPED_TO_NONE
-    #: The layer classes the path that reports supports (tf_keras's by default).
-    supported: tuple[str, ...] = tuple(configs.SUPPORTED)
-
-    def message(self) -> str:
-        what = (
-            f"Layer {self.layer!r} ({self.layer_class}): weight(s) {list(self.weights)} stay float"
-        )
-        if self.reason == MAPPED_TO_NONE:
-            return f"{what}: the quantizer mapping maps them to None."
-        if self.reason == UNNAMED:
-            return f"{what}: no key of the quantizer mapping names the layer or these weights."
-        return (
-            f"{what}: no codebook config for class {self.layer_class} (supported: "
-            f"{', '.join(self.supported)}, DiscreteMultiplier; subclasses and custom RNN "
-            "cells are not matched). Map its name to a `td.DiscreteQuantizeConfig` naming the "
-            "weights its `call` reads, e.g. {'"
-            f"{self.layer}': td.DiscreteQuantizeConfig({{'kernel': q}})}} or "
-            "{'cell.kernel': q} for a weight held by a cell or sub-layer."
-        )
+FLOAT_LAYERS = tuple(getattr(keras.layers, name) for name in specs.FLOAT_LAYERS)
 
 
 @dataclasses.dataclass
@@ -118,18 +86,8 @@ def _quantized_ids(layer, config) -> set[int] | None:
 
 
 def check_mapping_keys(layers, spec, weight_specs=configs.weight_specs) -> None:
-    """Every key of a user's mapping must name a layer or one of its weights
-    (`weight_specs(layer)` gives a layer's weights: the Keras 3 path passes its own)."""
-    if not spec.from_mapping:
-        return
-    names = [layer.name for layer in layers]
-    weights = {layer.name: [s.name for s in weight_specs(layer) or ()] for layer in layers}
-    for rx, pattern, _ in spec.rules:
-        if not any(spec.matches(rx, n, weights[n]) for n in names):
-            raise ValueError(
-                f"Quantizer mapping key {pattern!r} matches no layer (and no '<layer>/<weight>' "
-                f"name) of the model (matched with re.fullmatch). Layer names: {names}"
-            )
+    """`core.rules.check_mapping_keys`, by default with tf_keras's weight specs."""
+    rules.check_mapping_keys(layers, spec, weight_specs)
 
 
 def plan(layers, spec) -> Plan:
@@ -199,25 +157,6 @@ def plan(layers, spec) -> Plan:
         left_float(layer, [n for n in rest if n not in chosen and n in named], UNNAMED)
         left_float(layer, [n for n in rest if n not in named], UNSUPPORTED)
     return out
-
-
-def report(float_weights, strict: bool) -> None:
-    """Warns once per layer with float kernel-like weights
-    (`weights.QuantizationWarning`); with `strict`, raises instead.
-
-    Raises:
-        ValueError: With `strict=True`, listing every such layer.
-    """
-    if strict and float_weights:
-        lines = "\n".join(f"- {f.message()}" for f in float_weights)
-        raise ValueError(
-            f"strict=True: {len(float_weights)} layer(s) would keep kernel-like weights "
-            f"float:\n{lines}\nQuantize them (a codebook or 'int8' in the mapping), or pass "
-            "strict=False to accept float weights."
-        )
-    for f in float_weights:
-        # stacklevel 4: the line that called quantize_model.
-        warnings.warn(f.message(), QuantizationWarning, stacklevel=4)
 
 
 def float_weights_of(model) -> list[tuple[str, str, object]]:

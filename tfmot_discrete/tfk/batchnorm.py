@@ -11,10 +11,10 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfmot_discrete.core import moments
+from tfmot_discrete.core.data import DEFAULT_BATCH_SIZE, check_positive_int, input_batches
 from tfmot_discrete.tfk import _keras
 from tfmot_discrete.tfk._keras import keras
 from tfmot_discrete.tfk.distill import Distiller
-from tfmot_discrete.tools.data import DEFAULT_BATCH_SIZE, check_positive_int, input_batches
 
 
 def batchnorm_layers(model) -> list:
@@ -133,22 +133,8 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
             f"{type(model).__module__}.{type(model).__name__}"
         )
     batches = input_batches(model, data, batch_size=batch_size, steps=steps)
-    layers = batchnorm_layers(model)
-    if not layers:
-        return len(batches)
-    accumulators = [_Accumulator(layer) for layer in layers]
-    for layer, acc in zip(layers, accumulators):
-        layer.call = acc
-    try:
-        forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-        for b in batches:
-            forward(b)
-    finally:
-        for layer in layers:
-            del layer.call
-    for acc in accumulators:
-        acc.assign()
-    return len(batches)
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return moments.recalibrate(batchnorm_layers(model), batches, _Accumulator, forward)
 
 
 class RecalibrateBatchNorm(keras.callbacks.Callback):

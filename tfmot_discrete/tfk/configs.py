@@ -9,108 +9,36 @@ an attribute of the object, else a sub-layer of that name.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
-import numpy as np
 import tensorflow_model_optimization as tfmot
 
+from tfmot_discrete.core import specs as core_specs
+from tfmot_discrete.core.specs import WeightSpec
 from tfmot_discrete.tfk import compat, int8, sublayers
 from tfmot_discrete.tfk import quantizers as quantizers_mod
 from tfmot_discrete.tfk._keras import keras, register
 
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
-
-# Layer class -> {weight attribute: output-channel axes of that weight}.
-# The axes are those a per-channel TFLite tensor keeps after conversion.
 _L = keras.layers
-LAYER_WEIGHTS = {
-    _L.Dense: {"kernel": [-1]},
-    _L.Conv1D: {"kernel": [-1]},
-    _L.Conv2D: {"kernel": [-1]},
-    _L.Conv3D: {"kernel": [-1]},
-    _L.DepthwiseConv2D: {"depthwise_kernel": [-2, -1]},
-    _L.SeparableConv1D: {"depthwise_kernel": [-2, -1], "pointwise_kernel": [-1]},
-    _L.SeparableConv2D: {"depthwise_kernel": [-2, -1], "pointwise_kernel": [-1]},
-    _L.Conv1DTranspose: {"kernel": [-2]},
-    _L.Conv2DTranspose: {"kernel": [-2]},
-    _L.Conv3DTranspose: {"kernel": [-2]},
-    _L.Embedding: {"embeddings": [0]},
-}
 
-# Recurrent layers whose cell holds `kernel` and `recurrent_kernel` (inputs x
-# gates*units, units x gates*units): one output channel per gate unit.
+#: tf_keras layer class -> {weight attribute: output-channel axes of that
+#: weight}: the plain layers of the shared table (`core.specs.LAYER_WEIGHTS`).
+LAYER_WEIGHTS = {getattr(_L, name): w for name, w in core_specs.LAYER_WEIGHTS.items()}
+
+# Recurrent layers whose cell holds `kernel` and `recurrent_kernel`.
 RECURRENT_LAYERS = {
-    _L.LSTM: _L.LSTMCell,
-    _L.GRU: _L.GRUCell,
-    _L.SimpleRNN: _L.SimpleRNNCell,
-    _L.ConvLSTM1D: None,
-    _L.ConvLSTM2D: None,
-    _L.ConvLSTM3D: None,
+    getattr(_L, name): None if cell is None else getattr(_L, cell)
+    for name, cell in core_specs.RECURRENT_CELLS.items()
 }
-_RECURRENT_WEIGHTS = ("kernel", "recurrent_kernel")
-# `keras.layers.RNN(cell)` with one of these cells reads the same weights.
-_STANDARD_CELLS = ("LSTMCell", "GRUCell", "SimpleRNNCell")
-# The tables by class name (what `weight_specs` matches in a namespace).
-_RECURRENT_CELLS = {
-    c.__name__: None if cell is None else cell.__name__ for c, cell in RECURRENT_LAYERS.items()
-}
-
-# MultiHeadAttention's projections: (weight name, path, channel axes). The
-# query/key/value kernels are (dim, heads, head_dim); the output one is
-# (heads, head_dim, dim).
-_ATTENTION_WEIGHTS = (
-    ("query/kernel", "query.kernel", (-2, -1)),
-    ("key/kernel", "key.kernel", (-2, -1)),
-    ("value/kernel", "value.kernel", (-2, -1)),
-    ("attention_output/kernel", "attention_output.kernel", (-1,)),
-)
 
 #: Classes `weight_specs` knows, for messages.
-SUPPORTED = sorted(
-    [c.__name__ for c in (*LAYER_WEIGHTS, *RECURRENT_LAYERS)]
-    + ["Bidirectional", "EinsumDense", "MultiHeadAttention", "RNN", "TimeDistributed"]
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class WeightSpec:
-    """One weight of a layer that can go on a codebook.
-
-    Attributes:
-        name: Its name in mapping keys, reports and exports, unique in the
-            layer (`"kernel"`, `"recurrent_kernel"`, `"query/kernel"`,
-            `"forward/kernel"`).
-        path: The attribute path `DiscreteQuantizeConfig` reads and writes
-            (`"cell.kernel"`, `"query.kernel"`).
-        axes: Output-channel axes (those a per-channel tensor keeps).
-    """
-
-    name: str
-    path: str
-    axes: tuple[int, ...]
-
-    def nested(self, name_prefix: str, path_prefix: str) -> WeightSpec:
-        return WeightSpec(name_prefix + self.name, path_prefix + self.path, self.axes)
-
-
-def _einsum_axes(equation: str) -> tuple[int, ...]:
-    """Axes of an EinsumDense kernel that reach the output (its channels).
-
-    Example:
-
-    >>> _einsum_axes("abc,cde->abde")
-    (-2, -1)
-    """
-    inputs, output = equation.split("->")
-    kernel = inputs.split(",")[1]
-    rank = len(kernel)
-    return tuple(i - rank for i, c in enumerate(kernel) if c in output)
+SUPPORTED = core_specs.SUPPORTED
 
 
 def weight_specs(layer, layers=None, plain=None) -> list[WeightSpec] | None:
     """The weights of `layer` that go on a codebook, or None for a layer we
-    do not know.
+    do not know (`core.specs.weight_specs` on tf_keras's classes).
 
     Subclasses of a known layer class are not matched (their `call` may read
     weights differently): give them a `DiscreteQuantizeConfig` explicitly. A
@@ -119,51 +47,19 @@ def weight_specs(layer, layers=None, plain=None) -> list[WeightSpec] | None:
 
     Args:
         layer: A layer.
-        layers: The `layers` namespace whose classes are matched, by name and
-            then exactly. Defaults to tf_keras's; `tfmot_discrete.keras3`
-            passes Keras 3's, so that both paths read this one table.
-        plain: `{class: {weight: axes}}` of the layers holding their own
-            weights, in that namespace. Defaults to `LAYER_WEIGHTS`.
+        layers: The `layers` namespace whose classes are matched. Defaults to
+            tf_keras's.
+        plain: `{class or class name: {weight: axes}}` of the layers holding
+            their own weights. Defaults to `LAYER_WEIGHTS`.
     """
     layers = _L if layers is None else layers
-    plain = LAYER_WEIGHTS if plain is None else plain
+    if plain is not None:
+        plain = {getattr(k, "__name__", k): v for k, v in plain.items()}
     cls = type(layer)
-    if cls is not getattr(layers, cls.__name__, None):
-        if layers is _L and sublayers.is_custom_layer(layer):  # a user's layer of sub-layers
+    if layers is _L and cls is not getattr(layers, cls.__name__, None):
+        if sublayers.is_custom_layer(layer):  # a user's layer of sub-layers
             return sublayers.nested_specs(layer, lambda sub: weight_specs(sub, layers, plain))
-        return None  # not a class of this namespace (a subclass, a custom layer)
-    if cls in plain:
-        return [WeightSpec(a, a, tuple(axes)) for a, axes in plain[cls].items()]
-    name = cls.__name__
-
-    def inner(sub):
-        return weight_specs(sub, layers, plain)
-
-    if name in _RECURRENT_CELLS or name == "RNN":
-        cell = type(layer.cell)
-        if name == "RNN" and not (
-            cell.__name__ in _STANDARD_CELLS and cell is getattr(layers, cell.__name__)
-        ):
-            return None  # stacked or custom cells: name their weights in a config
-        cell_name = _RECURRENT_CELLS.get(name)
-        if cell_name is not None and cell is not getattr(layers, cell_name):
-            return None
-        return [WeightSpec(a, f"cell.{a}", (-1,)) for a in _RECURRENT_WEIGHTS]
-    if name == "EinsumDense":
-        return [WeightSpec("kernel", "kernel", _einsum_axes(layer.equation))]
-    if name == "MultiHeadAttention":
-        return [WeightSpec(*w) for w in _ATTENTION_WEIGHTS]
-    if name == "TimeDistributed":
-        specs = inner(layer.layer)
-        return None if specs is None else [s.nested("", "layer.") for s in specs]
-    if name == "Bidirectional":
-        fwd, bwd = inner(layer.forward_layer), inner(layer.backward_layer)
-        if fwd is None or bwd is None:
-            return None
-        return [s.nested("forward/", "forward_layer.") for s in fwd] + [
-            s.nested("backward/", "backward_layer.") for s in bwd
-        ]
-    return None
+    return core_specs.weight_specs(layer, layers, plain)
 
 
 def quantizable_weights(layer) -> dict | None:
@@ -175,63 +71,22 @@ def quantizable_weights(layer) -> dict | None:
 def weight_count(layer, specs=None) -> int:
     """How many weights of `layer` go on a codebook: those of `specs`, by
     default `weight_specs(layer)`."""
-    total = 0
-    for spec in (weight_specs(layer) if specs is None else specs) or ():
-        owner, attr = resolve(layer, spec.path)
-        total += int(np.prod(getattr(owner, attr).shape))
-    return total
-
-
-def _child(obj, segment: str):
-    """`obj.<segment>`, else the sub-layer of `obj` named `segment`."""
-    if segment.isdigit() and isinstance(obj, list | tuple):
-        return obj[int(segment)]
-    value = getattr(obj, segment, None)
-    if value is not None:
-        return value
-    for sub in _held(obj):
-        if hasattr(sub, "weights") and getattr(sub, "name", None) == segment:
-            return sub
-    return None
-
-
-def _held(obj):
-    """What `obj` holds that may be a sub-layer: tf.Module's `submodules`
-    (tf_keras), torch.nn.Module's `children()` (Keras 3 on PyTorch), and its
-    attributes (Keras 3 keeps attention's projections as `_query_dense`, ...)."""
-    yield from getattr(obj, "submodules", ())
-    children = getattr(obj, "children", None)
-    if callable(children):
-        yield from children()
-    yield from vars(obj).values()
+    return core_specs.weight_count(layer, weight_specs(layer) if specs is None else specs)
 
 
 def resolve(layer, path: str):
-    """`(owner, attribute)` of the weight at `path` (e.g. `"cell.kernel"`).
+    """`(owner, attribute)` of the weight at `path` (`core.specs.resolve`),
+    building a restored MultiHeadAttention's projections on the way.
 
     Raises:
         ValueError: When a segment of `path` names nothing.
     """
-    obj = layer
-    *parents, attr = path.split(".")
-    for i, segment in enumerate(parents):
-        if isinstance(obj, keras.layers.MultiHeadAttention):
-            _build_projections(obj)
-        child = _child(obj, segment)
-        if child is None:
-            raise ValueError(
-                f"Layer {layer.name!r} ({type(layer).__name__}): weight path {path!r} does not "
-                f"resolve: {'.'.join(parents[: i + 1])!r} is neither an attribute nor a "
-                f"sub-layer name. Its weights are {[w.name for w in layer.weights]}."
-            )
-        obj = child
-    if not hasattr(obj, attr):
-        where = f"{'.'.join(parents)!r} of " if parents else ""
-        raise ValueError(
-            f"Layer {layer.name!r} ({type(layer).__name__}) has no weight attribute {attr!r} "
-            f"on {where}it (path {path!r}); its weights are {[w.name for w in layer.weights]}."
-        )
-    return obj, attr
+    return core_specs.resolve(layer, path, prepare=_prepare)
+
+
+def _prepare(obj) -> None:
+    if isinstance(obj, keras.layers.MultiHeadAttention):
+        _build_projections(obj)
 
 
 def _build_projections(mha) -> None:

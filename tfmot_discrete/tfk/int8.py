@@ -11,82 +11,45 @@ with.
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
+from tfmot_discrete.core import quantizers as core_quantizers
+from tfmot_discrete.core.quantizers import INT8, INT8_QMAX, Int8WeightQuantizer
+from tfmot_discrete.core.quantizers import int8_quantizer_for as quantizer_for
 from tfmot_discrete.tfk._keras import register
 
 _qk = tfmot.quantization.keras
 
-#: The mapping value (and `quantizer` argument) asking for 8-bit weights.
-INT8 = "int8"
-#: Largest integer of the narrow symmetric 8-bit range.
-INT8_QMAX = 127
+__all__ = ["INT8", "INT8_QMAX", "Int8Values", "Int8WeightQuantizer", "int8_values", "quantizer_for"]
+
+#: The TF-MOT quantizer doing the work, per `per_axis`.
+_LAST_VALUE = {
+    per_axis: _qk.quantizers.LastValueQuantizer(
+        num_bits=8, per_axis=per_axis, symmetric=True, narrow_range=True
+    )
+    for per_axis in (False, True)
+}
 
 
-@register(package="tfmot_discrete")
-class Int8WeightQuantizer(_qk.quantizers.LastValueQuantizer):
-    """TF-MOT's 8-bit weight quantizer, per output channel for every rank.
-
-    `LastValueQuantizer(num_bits=8, per_axis, symmetric=True,
-    narrow_range=True)`: forward `w_q = step_c x round(w / step_c)` with
-    `step_c = max|w_c| / 127` from the weight's values at the last training
-    step; straight-through gradient inside the range. TF-MOT's per-axis
-    fake quant takes rank 2 and 4 tensors only: other ranks (Conv1D, Conv3D
-    kernels) are flattened to `(-1, channels)` around it, with the same result
-    per channel.
-
-    Args:
-        per_axis: One step per slice of the last axis (the output channel of
-            Dense, Conv and the depth multiplier of DepthwiseConv); `False`
-            for one step per tensor. Defaults to `True`.
-
-    Example:
-
-    >>> q = Int8WeightQuantizer()
-    >>> Int8WeightQuantizer.from_config(q.get_config()) == q
-    True
-    """
-
-    def __init__(self, per_axis=True):
-        if not isinstance(per_axis, (bool, np.bool_)):
-            raise ValueError(f"`per_axis` must be a bool. Received: per_axis={per_axis!r}")
-        super().__init__(num_bits=8, per_axis=bool(per_axis), symmetric=True, narrow_range=True)
-
-    def __call__(self, inputs, training, weights, **kwargs):
-        rank = inputs.shape.rank
-        if self.per_axis and rank not in (2, 4):
-            flat = tf.reshape(inputs, [-1, inputs.shape[-1]])
-            out = super().__call__(flat, training, weights, **kwargs)
-            return tf.reshape(out, tf.shape(inputs))
-        return super().__call__(inputs, training, weights, **kwargs)
-
-    def steps(self, weights) -> np.ndarray:
-        """The step of each channel (one value when not per axis), float64."""
-        lo = np.abs(np.asarray(weights["min_var"].numpy(), np.float64))
-        hi = np.abs(np.asarray(weights["max_var"].numpy(), np.float64))
-        return np.maximum(lo, hi) / INT8_QMAX
-
-    def get_config(self):
-        return {"per_axis": self.per_axis}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return isinstance(other, Int8WeightQuantizer) and self.per_axis == other.per_axis
-
-    def __repr__(self):
-        return f"Int8WeightQuantizer(per_axis={self.per_axis})"
+def build(q: Int8WeightQuantizer, tensor_shape, name, layer):
+    """`Int8WeightQuantizer.build`: `LastValueQuantizer`'s range variables."""
+    return _LAST_VALUE[q.per_axis].build(tensor_shape, name, layer)
 
 
-def quantizer_for(channel_axes) -> Int8WeightQuantizer:
-    """Per-channel when the last axis is among the weight's output-channel axes
-    (so each stored channel has one step), else per-tensor."""
-    return Int8WeightQuantizer(per_axis=-1 in list(channel_axes))
+def call(q: Int8WeightQuantizer, inputs, training, weights, **kwargs):
+    """`Int8WeightQuantizer.__call__`: `LastValueQuantizer`'s fake quant, the
+    ranks it does not take per axis flattened to `(-1, channels)` around it."""
+    last_value = _LAST_VALUE[q.per_axis]
+    rank = inputs.shape.rank
+    if q.per_axis and rank not in (2, 4):
+        flat = tf.reshape(inputs, [-1, inputs.shape[-1]])
+        out = last_value(flat, training, weights, **kwargs)
+        return tf.reshape(out, tf.shape(inputs))
+    return last_value(inputs, training, weights, **kwargs)
 
 
 @dataclasses.dataclass
@@ -106,3 +69,10 @@ def int8_values(quantizer: Int8WeightQuantizer, latent, qvars) -> Int8Values:
     safe = np.where(steps > 0, steps, 1.0)
     codes = np.clip(np.round(values / safe), -INT8_QMAX, INT8_QMAX)
     return Int8Values(values=values, codes=codes, steps=np.array(safe))
+
+
+# The plain class (`core.quantizers`) becomes TF-MOT's: a `Quantizer` and a
+# tf_keras serializable under its old name.
+core_quantizers.provide_behaviour(Int8WeightQuantizer, sys.modules[__name__])
+_qk.quantizers.Quantizer.register(Int8WeightQuantizer)
+register(package="tfmot_discrete")(Int8WeightQuantizer)

@@ -6,23 +6,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfmot_discrete.core.specs import vector_length
 from tfmot_discrete.tfk import quantizers as quantizers_mod
 from tfmot_discrete.tfk._keras import called_by_keras3, keras, register
-
-
-def vector_length(name: str, input_shape) -> int:
-    """The length of a `DiscreteMultiplier`'s vector: the input's last dimension.
-
-    Raises:
-        ValueError: When that dimension is unknown.
-    """
-    dim = input_shape[-1]
-    if dim is None:
-        raise ValueError(
-            f"DiscreteMultiplier {name!r} needs a known last input dimension. "
-            f"Received: input_shape={input_shape}"
-        )
-    return int(dim)
 
 
 @register(package="tfmot_discrete")

@@ -15,14 +15,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfmot_discrete.core.codebook import midpoints
+from tfmot_discrete.core.codebook import GRADIENTS, WHERE_CHAIN_MAX_K, midpoints, reduce_axes
 from tfmot_discrete.tfk import compat
-
-#: Codebooks up to this size use a chain of `tf.where` (cheapest for small K);
-#: larger ones a sorted search, O(N log K) time and O(N) memory.
-WHERE_CHAIN_MAX_K = 8
-
-GRADIENTS = ("clipped_ste", "ste")
 
 
 def _as_np(values) -> np.ndarray:
@@ -324,12 +318,6 @@ def stochastic_project(x: tf.Tensor, values, seed=None) -> tf.Tensor:
     p_hi = (clipped - lo) / (hi - lo)
     u = tf.random.uniform(tf.shape(x), dtype=dtype, seed=seed)
     return tf.where(u < p_hi, hi, lo)
-
-
-def reduce_axes(rank: int, channel_axes) -> list[int]:
-    """Axes to reduce over to get one number per channel (`channel_axes` kept)."""
-    keep = {a % rank for a in channel_axes} if rank else set()
-    return [a for a in range(rank) if a not in keep]
 
 
 def mean_abs_scale(w: tf.Tensor, channel_axes) -> tf.Tensor:

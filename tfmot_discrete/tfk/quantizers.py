@@ -1,48 +1,49 @@
-"""`CodebookQuantizer`: a TF-MOT `Quantizer` that projects weights to a codebook."""
+"""The TF-MOT behaviour of `CodebookQuantizer`: `build` and `__call__` on tf_keras.
+
+`CodebookQuantizer` itself (its arguments, config, equality) is plain data in
+`tfmot_discrete.core.quantizers`, shared with the Keras 3 path; this module
+gives it what TF-MOT calls, and registers it as a TF-MOT `Quantizer` and a
+tf_keras serializable (`tfmot_discrete>CodebookQuantizer`) when it loads.
+
+Example:
+
+>>> q = CodebookQuantizer([1, -1, 0.5, -0.5])
+>>> q(tf.constant([0.9, -0.2, 0.3]), training=False, weights={}).numpy().tolist()
+[1.0, -0.5, 0.5]
+"""
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete.core import text
-from tfmot_discrete.core.codebook import Codebook
+from tfmot_discrete.core import quantizers as core_quantizers
+from tfmot_discrete.core.quantizers import (
+    LOG_SCALE_STEP,
+    SCALES,
+    CodebookQuantizer,
+    binary,
+    get,
+    power_of_two,
+    ternary,
+)
 from tfmot_discrete.tfk import compat, ops
 from tfmot_discrete.tfk._keras import keras, register
 
-SCALES = (None, "mean_abs", "learned")
-
-#: A learned scale is stored as `log(scale) / LOG_SCALE_STEP`: an optimizer's
-#: lr-sized step (Adam's) then changes the scale by LOG_SCALE_STEP x lr of
-#: itself. Faster, it random-walks under a following BatchNormalization (which
-#: makes the loss blind to it) and the moving statistics fall behind.
-LOG_SCALE_STEP = 0.1
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {list(choices)}. Received: {name}={value!r}")
-
-
-def _normalize_axis(per_channel_axis):
-    if per_channel_axis is None:
-        return None
-    if isinstance(per_channel_axis, (bool, np.bool_)):
-        raise ValueError(
-            "`per_channel_axis` must be None, an int or a list of ints. "
-            f"Received: per_channel_axis={per_channel_axis!r}"
-        )
-    if isinstance(per_channel_axis, (int, np.integer)):
-        return [int(per_channel_axis)]
-    if isinstance(per_channel_axis, (list, tuple)) and all(
-        isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in per_channel_axis
-    ):
-        return [int(a) for a in per_channel_axis]
-    raise ValueError(
-        "`per_channel_axis` must be None, an int or a list of ints. "
-        f"Received: per_channel_axis={per_channel_axis!r}"
-    )
+__all__ = [
+    "LOG_SCALE_STEP",
+    "SCALES",
+    "CodebookQuantizer",
+    "binary",
+    "clip_to_codebook",
+    "get",
+    "power_of_two",
+    "ternary",
+    "weight_key",
+]
 
 
 class _ClipToRange:
@@ -55,196 +56,94 @@ class _ClipToRange:
         return tf.clip_by_value(w, self.low, self.high)
 
 
-@register(package="tfmot_discrete")
-class CodebookQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
-    """Projects a weight to the nearest value of a codebook on every forward pass.
+def build(q: CodebookQuantizer, tensor_shape, name, layer):
+    """`CodebookQuantizer.build`: the clipping constraint on the layer's weight
+    `name`, and the variables of a learned scale."""
+    weights = {}
+    latent = _find_weight(layer, name)
+    if latent is not None:
+        clip_to_codebook(latent, q)
+    if q.scale == "learned":
+        # Several weights of one layer can share a name (the kernels of
+        # attention's projections): number the scales of the later ones.
+        taken = {weight_key(v) for v in layer.weights}
+        base, i = name, 0
+        while f"{name}_log_scale" in taken:
+            i += 1
+            name = f"{base}_{i}"
+        # The scale is learned as a (damped) logarithm, see LOG_SCALE_STEP:
+        # Adam's lr-sized steps on the scale itself drive a scale of ~0.05
+        # to zero within a few steps.
+        weights["log_scale"] = layer.add_weight(
+            f"{name}_log_scale",
+            shape=q.scale_shape(tensor_shape),
+            initializer=keras.initializers.Constant(0.0),
+            trainable=True,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+        weights["scale_initialized"] = layer.add_weight(
+            f"{name}_scale_initialized",
+            shape=(),
+            initializer=keras.initializers.Constant(0.0),
+            trainable=False,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+    return weights
 
-    Forward: `w_q = s_c * project(w / s_c)`, with `s_c = 1` (`scale=None`),
-    `s_c = mean|w_c|` (`"mean_abs"`, XNOR-Net) or a trainable `s_c`
-    (`"learned"`: the codebook value is picked as with `"mean_abs"`, the
-    magnitude per channel is trained with its exact gradient, as TTQ learns its
-    values), one per output channel. Backward: a straight-through
-    estimator, gated to the codebook range with `"clipped_ste"`.
 
-    Args:
-        values: The codebook: at least 2 distinct finite numbers, any order.
-        scale: `None` (the values exactly as given), `"mean_abs"` or
-            `"learned"`. Defaults to `None`.
-        gradient: `"clipped_ste"` or `"ste"`. Defaults to `"clipped_ste"`.
-        stochastic: Round stochastically during training (BinaryConnect).
-            Defaults to `False`.
-        per_channel_axis: Output-channel axis (or axes) of the weight for the
-            scale; `[]` for one scale per tensor. Defaults to `None`: the
-            layer's output-channel axes (the last axis outside a layer).
+def call(q: CodebookQuantizer, inputs, training, weights, **kwargs):
+    """`CodebookQuantizer.__call__`: the projected weight."""
+    # Read variables once, as a tensor: the estimators' custom gradients
+    # take tensors (a distributed variable would be captured instead).
+    # Project in the variable's own dtype (float32 under mixed precision,
+    # where every codebook value of a float16 layer is then exact), and
+    # hand the layer the dtype it computes in.
+    w = _read(inputs)
+    out = _quantize(q, w, training, weights)
+    compute_dtype = inputs.dtype
+    return out if out.dtype == compute_dtype else tf.cast(out, compute_dtype)
 
-    Raises:
-        ValueError: On a bad codebook or an unknown option.
 
-    Example:
+def _quantize(q: CodebookQuantizer, w, training, weights):
+    values = q.codebook.values
+    rank = w.shape.rank
+    if q.scale is None:
+        if q.stochastic and training:
+            return _stochastic_ste(w, values, q.gradient)
+        return ops.project_ste(w, values, q.gradient)
+    if q.scale == "mean_abs":
+        s = ops.mean_abs_scale(w, q.channel_axes(rank))
+        if q.stochastic and training:
+            return _stochastic_ste(w / s, values, q.gradient, gate_on=w) * s
+        return _scaled_ste(w, s, values, q.gradient)
+    # learned: which codebook value each weight takes is decided as with
+    # "mean_abs" (sigma from the weights); the magnitude s per channel is
+    # trained, with its exact gradient (TTQ's learned values).
+    sigma = ops.mean_abs_scale(w, q.channel_axes(rank))
+    log_s = _init_learned_scale(w, weights, q.channel_axes(rank))
+    s = tf.exp(tf.cast(log_s, w.dtype) * LOG_SCALE_STEP)
+    return _scaled_ste(w, sigma, values, q.gradient) * (s / sigma)
 
-    >>> q = CodebookQuantizer([1, -1, 0.5, -0.5])
-    >>> q(tf.constant([0.9, -0.2, 0.3]), training=False, weights={}).numpy().tolist()
-    [1.0, -0.5, 0.5]
 
-    References:
-        Courbariaux et al., BinaryConnect (2015); Rastegari et al., XNOR-Net
-        (2016); Zhu et al., Trained Ternary Quantization (2017).
-    """
+def initialize_scale(q: CodebookQuantizer, w, weights) -> None:
+    """`CodebookQuantizer.initialize_scale`."""
+    if q.scale != "learned" or float(weights["scale_initialized"].numpy()) != 0.0:
+        return
+    w = tf.convert_to_tensor(w)
+    s0 = ops.mean_abs_scale(w, q.channel_axes(w.shape.rank))
+    log_s = tf.math.log(s0) / LOG_SCALE_STEP
+    weights["log_scale"].assign(tf.cast(log_s, weights["log_scale"].dtype))
+    weights["scale_initialized"].assign(1.0)
 
-    def __init__(
-        self,
-        values,
-        scale=None,
-        gradient="clipped_ste",
-        stochastic=False,
-        per_channel_axis=None,
-    ):
-        self.codebook = values if isinstance(values, Codebook) else Codebook(values)
-        with np.errstate(over="ignore"):
-            as_f32 = self.codebook.values.astype(np.float32)
-        shown = [float(v) for v in self.codebook.values[: text.SHOWN_VALUES]]
-        if not np.all(np.isfinite(as_f32)) or np.unique(as_f32).size != self.codebook.size:
-            raise ValueError(
-                "`values` must be distinct float32 numbers (weights are float32): "
-                f"|v| <= {float(np.finfo(np.float32).max):.3g} and no two equal after "
-                f"rounding to float32. Received: values={shown}{' ...' if self.codebook.size > text.SHOWN_VALUES else ''}"
-            )
-        _check_choice("scale", scale, SCALES)
-        _check_choice("gradient", gradient, ops.GRADIENTS)
-        if not isinstance(stochastic, (bool, np.bool_)):
-            raise ValueError(f"`stochastic` must be a bool. Received: stochastic={stochastic!r}")
-        self.scale = scale
-        self.gradient = gradient
-        self.stochastic = bool(stochastic)
-        self.per_channel_axis = _normalize_axis(per_channel_axis)
 
-    @property
-    def values(self) -> np.ndarray:
-        return self.codebook.values
-
-    def with_channel_axes(self, axes) -> CodebookQuantizer:
-        """A copy whose scale axes are `axes`, unless the user set them."""
-        if self.per_channel_axis is not None:
-            return self
-        cfg = self.get_config()
-        cfg["per_channel_axis"] = list(axes)
-        return type(self).from_config(cfg)
-
-    def _channel_axes(self, rank):
-        if self.per_channel_axis is None:
-            return [rank - 1] if rank else []
-        return [a % rank for a in self.per_channel_axis] if rank else []
-
-    def scale_shape(self, tensor_shape) -> list[int]:
-        shape = list(tensor_shape)
-        keep = set(self._channel_axes(len(shape)))
-        return [d if i in keep else 1 for i, d in enumerate(shape)]
-
-    def build(self, tensor_shape, name, layer):
-        weights = {}
-        latent = _find_weight(layer, name)
-        if latent is not None:
-            clip_to_codebook(latent, self)
-        if self.scale == "learned":
-            # Several weights of one layer can share a name (the kernels of
-            # attention's projections): number the scales of the later ones.
-            taken = {weight_key(v) for v in layer.weights}
-            base, i = name, 0
-            while f"{name}_log_scale" in taken:
-                i += 1
-                name = f"{base}_{i}"
-            # The scale is learned as a (damped) logarithm, see LOG_SCALE_STEP:
-            # Adam's lr-sized steps on the scale itself drive a scale of ~0.05
-            # to zero within a few steps.
-            weights["log_scale"] = layer.add_weight(
-                f"{name}_log_scale",
-                shape=self.scale_shape(tensor_shape),
-                initializer=keras.initializers.Constant(0.0),
-                trainable=True,
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            )
-            weights["scale_initialized"] = layer.add_weight(
-                f"{name}_scale_initialized",
-                shape=(),
-                initializer=keras.initializers.Constant(0.0),
-                trainable=False,
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            )
-        return weights
-
-    def __call__(self, inputs, training, weights, **kwargs):
-        # Read variables once, as a tensor: the estimators' custom gradients
-        # take tensors (a distributed variable would be captured instead).
-        # Project in the variable's own dtype (float32 under mixed precision,
-        # where every codebook value of a float16 layer is then exact), and
-        # hand the layer the dtype it computes in.
-        w = _read(inputs)
-        out = self._quantize(w, training, weights)
-        compute_dtype = inputs.dtype
-        return out if out.dtype == compute_dtype else tf.cast(out, compute_dtype)
-
-    def _quantize(self, w, training, weights):
-        values = self.codebook.values
-        rank = w.shape.rank
-        if self.scale is None:
-            if self.stochastic and training:
-                return _stochastic_ste(w, values, self.gradient)
-            return ops.project_ste(w, values, self.gradient)
-        if self.scale == "mean_abs":
-            s = ops.mean_abs_scale(w, self._channel_axes(rank))
-            if self.stochastic and training:
-                return _stochastic_ste(w / s, values, self.gradient, gate_on=w) * s
-            return _scaled_ste(w, s, values, self.gradient)
-        # learned: which codebook value each weight takes is decided as with
-        # "mean_abs" (sigma from the weights); the magnitude s per channel is
-        # trained, with its exact gradient (TTQ's learned values).
-        sigma = ops.mean_abs_scale(w, self._channel_axes(rank))
-        log_s = _init_learned_scale(w, weights, self._channel_axes(rank))
-        s = tf.exp(tf.cast(log_s, w.dtype) * LOG_SCALE_STEP)
-        return _scaled_ste(w, sigma, values, self.gradient) * (s / sigma)
-
-    def initialize_scale(self, w, weights) -> None:
-        """Starts a `learned` scale at the `"mean_abs"` value of `w`, now
-        (eagerly), once."""
-        if self.scale != "learned" or float(weights["scale_initialized"].numpy()) != 0.0:
-            return
-        w = tf.convert_to_tensor(w)
-        s0 = ops.mean_abs_scale(w, self._channel_axes(w.shape.rank))
-        log_s = tf.math.log(s0) / LOG_SCALE_STEP
-        weights["log_scale"].assign(tf.cast(log_s, weights["log_scale"].dtype))
-        weights["scale_initialized"].assign(1.0)
-
-    def quantized_scale(self, w, weights) -> np.ndarray:
-        """The per-channel scale the forward pass uses for `w` (as NumPy)."""
-        w = tf.convert_to_tensor(w)
-        if self.scale is None:
-            return np.ones(self.scale_shape(w.shape), np.float32)
-        if self.scale == "mean_abs":
-            return ops.mean_abs_scale(w, self._channel_axes(w.shape.rank)).numpy()
-        return np.exp(weights["log_scale"].numpy() * LOG_SCALE_STEP)
-
-    def get_config(self):
-        return {
-            "values": [float(v) for v in self.codebook.values],
-            "scale": self.scale,
-            "gradient": self.gradient,
-            "stochastic": self.stochastic,
-            "per_channel_axis": self.per_channel_axis,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return isinstance(other, CodebookQuantizer) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash(repr(sorted(self.get_config().items(), key=str)))
-
-    def __repr__(self):
-        extra = "" if self.scale is None else f", scale={self.scale!r}"
-        return f"CodebookQuantizer({[float(v) for v in self.codebook.values]}{extra})"
+def quantized_scale(q: CodebookQuantizer, w, weights) -> np.ndarray:
+    """`CodebookQuantizer.quantized_scale`."""
+    w = tf.convert_to_tensor(w)
+    if q.scale is None:
+        return np.ones(q.scale_shape(w.shape), np.float32)
+    if q.scale == "mean_abs":
+        return ops.mean_abs_scale(w, q.channel_axes(w.shape.rank)).numpy()
+    return np.exp(weights["log_scale"].numpy() * LOG_SCALE_STEP)
 
 
 def _read(x):
@@ -326,50 +225,8 @@ def _init_learned_scale(w, weights, channel_axes):
     return tf.cond(init_flag > 0, lambda: tf.identity(log_s), _assign)
 
 
-def binary(scale=None, **kwargs) -> CodebookQuantizer:
-    """`{-1, +1}` weights. Example: `binary(scale="mean_abs")` is XNOR-Net."""
-    return CodebookQuantizer([-1.0, 1.0], scale=scale, **kwargs)
-
-
-def ternary(scale="mean_abs", **kwargs) -> CodebookQuantizer:
-    """`{-1, 0, +1}` weights, by default times `mean|w|` per output channel."""
-    return CodebookQuantizer([-1.0, 0.0, 1.0], scale=scale, **kwargs)
-
-
-def power_of_two(bits=3, scale=None, **kwargs) -> CodebookQuantizer:
-    """Signed powers of two, `±2^0 ... ±2^-(2^(bits-1) - 1)`: `2^bits` values.
-
-    `bits=3` gives `{±1, ±0.5, ±0.25, ±0.125}`.
-    """
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 8:
-        raise ValueError(f"`bits` must be an int from 2 to 8. Received: bits={bits!r}")
-    n = 2 ** (int(bits) - 1)
-    mags = [2.0**-i for i in range(n)]
-    return CodebookQuantizer([m for m in mags] + [-m for m in mags], scale=scale, **kwargs)
-
-
-def get(identifier):
-    """Turns `identifier` into a `CodebookQuantizer` (or `None`).
-
-    Accepts `None`, a preset name (`"binary"`, `"ternary"`, `"power_of_two"`),
-    a list of values, a config dict or a `CodebookQuantizer`.
-    """
-    if identifier is None or isinstance(identifier, CodebookQuantizer):
-        return identifier
-    if isinstance(identifier, str):
-        presets = {"binary": binary, "ternary": ternary, "power_of_two": power_of_two}
-        if identifier not in presets:
-            raise ValueError(
-                f"Unknown quantizer name; accepted: {sorted(presets)}. "
-                f"Received: identifier={identifier!r}"
-            )
-        return presets[identifier]()
-    if isinstance(identifier, dict):
-        cfg = identifier.get("config", identifier)
-        return CodebookQuantizer.from_config(cfg)
-    if isinstance(identifier, (list, tuple, np.ndarray)):
-        return CodebookQuantizer(identifier)
-    raise ValueError(
-        "Could not interpret quantizer identifier: expected None, a preset name, "
-        f"a list of values, a dict or a CodebookQuantizer. Received: identifier={identifier!r}"
-    )
+# The plain class becomes TF-MOT's: a `Quantizer` (a virtual subclass, for
+# TF-MOT's isinstance checks) and a tf_keras serializable under its old name.
+core_quantizers.provide_behaviour(CodebookQuantizer, sys.modules[__name__])
+tfmot.quantization.keras.quantizers.Quantizer.register(CodebookQuantizer)
+register(package="tfmot_discrete")(CodebookQuantizer)

@@ -2,97 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-import re
-
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete.tfk import configs, int8
+from tfmot_discrete.core.rules import QuantizerRules as QuantizerRules  # (moved to the core)
+from tfmot_discrete.core.rules import resolve_quantizer_spec
+from tfmot_discrete.tfk import configs
 from tfmot_discrete.tfk import quantizers as quantizers_mod
 
 _qk = tfmot.quantization.keras
-
-
-@dataclasses.dataclass(frozen=True)
-class QuantizerRules:
-    """The quantizer argument in its one form: regex rules on layer names.
-
-    A single quantizer is the rule `.*`. `from_mapping` tells that the user
-    wrote the rules: then every key must match a layer or one of its weights,
-    and a layer it matches must be one we can quantize. A rule names a whole
-    layer (`re.fullmatch` on its name) or one weight of it (`re.fullmatch` on
-    `"<layer name>/<weight name>"`, e.g. `"lstm/recurrent_kernel"`,
-    `"mha/query/kernel"`).
-    """
-
-    rules: tuple  # of (compiled regex, pattern, quantizer | QuantizeConfig | None)
-    from_mapping: bool
-
-    def lookup(self, layer_name):
-        """What the rules say for `layer_name`: (found, quantizer-or-config-or-None)."""
-        for rx, _, value in self.rules:
-            if rx.fullmatch(layer_name):
-                return True, value
-        return False, None
-
-    def matches(self, rx, layer_name, weight_names=()) -> bool:
-        """Whether the rule `rx` names the layer or one of `weight_names`."""
-        return rx.fullmatch(layer_name) is not None or any(
-            rx.fullmatch(f"{layer_name}/{w}") for w in weight_names
-        )
-
-    def lookup_weights(self, layer_name, weight_names) -> dict:
-        """`{weight name: quantizer | "int8" | None}` for one layer's weights,
-        each from the first rule that names the layer or that weight; a
-        weight no rule names is left out."""
-        out = {}
-        for w in weight_names:
-            for rx, _, value in self.rules:
-                if self.matches(rx, layer_name, (w,)):
-                    out[w] = value
-                    break
-        return out
-
-
-def resolve_quantizer_spec(spec) -> QuantizerRules:
-    """Validates the `quantizer` argument (a quantizer or a mapping) into rules."""
-    if isinstance(spec, dict) and "values" not in spec and "class_name" not in spec:
-        entries = []
-        for pattern, value in spec.items():
-            if not isinstance(pattern, str):
-                raise ValueError(
-                    "Keys of a quantizer mapping must be regular expressions on layer "
-                    f"names (str). Received: key {pattern!r}"
-                )
-            try:
-                rx = re.compile(pattern)
-            except re.error as e:
-                raise ValueError(
-                    f"Key {pattern!r} of the quantizer mapping is not a valid regular "
-                    f"expression ({e})."
-                ) from e
-            if not _is_int8(value) and not isinstance(
-                value, configs.DiscreteQuantizeConfig | _qk.QuantizeConfig
-            ):
-                value = quantizers_mod.get(value)
-            entries.append((rx, pattern, value))
-        return QuantizerRules(tuple(entries), from_mapping=True)
-    if isinstance(spec, _qk.QuantizeConfig):
-        raise ValueError(
-            "A QuantizeConfig applies to one layer: pass it in a mapping, e.g. "
-            f"{{'my_layer': config}}. Received: {spec!r}"
-        )
-    q = spec if _is_int8(spec) else quantizers_mod.get(spec)
-    if q is None:
-        raise ValueError(
-            "`quantizer` must be a CodebookQuantizer, a list of values, a preset name "
-            "or a mapping {layer-name regex: quantizer}. Received: quantizer=None"
-        )
-    return QuantizerRules(((re.compile(".*"), ".*", q),), from_mapping=False)
-
-
-def _is_int8(value) -> bool:
-    return isinstance(value, str) and value == int8.INT8
 
 
 class DiscreteQuantizeRegistry(_qk.QuantizeRegistry):

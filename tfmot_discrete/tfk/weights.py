@@ -14,7 +14,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete.core import text
+from tfmot_discrete.core import checks, text
+from tfmot_discrete.core.rules import QuantizationWarning
 from tfmot_discrete.tfk import compat, configs, int8, rescale
 from tfmot_discrete.tfk.layers import DiscreteMultiplier
 from tfmot_discrete.tfk.quantizers import CodebookQuantizer, weight_key
@@ -24,12 +25,6 @@ _QuantizeWrapper = tfmot.quantization.keras.QuantizeWrapper
 
 #: Weights are counted this many at a time.
 _CHUNK = 1 << 20
-
-
-class QuantizationWarning(UserWarning):
-    """What `quantize_model` warns about: weights that will not train, that
-    start on only some of their codebook's values, or kernel-like weights that
-    stay float (one warning per layer, saying why)."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -130,30 +125,22 @@ def is_quantized(model) -> bool:
 
 
 def _first_bad(value) -> tuple[int, tuple[int, ...], float] | None:
-    """`(count, index of the first, its value)` of the non-finite entries, or None."""
+    """`checks.first_bad`, testing the tensor where it is first."""
     t = tf.convert_to_tensor(value)
     if not t.dtype.is_floating or bool(tf.reduce_all(tf.math.is_finite(t))):
         return None
-    a = np.asarray(t)
-    bad = ~np.isfinite(a)
-    first = tuple(int(i) for i in np.argwhere(bad)[0]) if a.ndim else ()
-    return int(bad.sum()), first, float(a[first])
+    return checks.first_bad(np.asarray(t))
 
 
 def _raise_if_non_finite(layer: str, weight: str, value, what: str) -> None:
     bad = _first_bad(value)
     if bad is not None:
-        count, where, first = bad
-        raise ValueError(
-            f"Layer {layer!r}, weight {weight!r}: {count} {what} are NaN or inf (first {first} "
-            f"at index {where}); training diverged or the weights were corrupted. Received: a "
-            "model with non-finite weights"
-        )
+        checks.raise_if_non_finite(layer, weight, value, what, bad=bad)
 
 
 def check_finite(model) -> None:
     """Raises if a weight or a codebook scale of `model` is NaN or inf, or a
-    codebook scale is zero or negative.
+    codebook scale is zero or negative (`core.checks.check_finite`).
 
     `strip_quantization`, `summary` and the TFLite export call it, so a model
     whose training diverged is refused instead of being written with channels
@@ -165,24 +152,18 @@ def check_finite(model) -> None:
     Raises:
         ValueError: Naming the layer, the weight and the first bad entry.
     """
-    for item in codebook_items(model):
-        _raise_if_non_finite(item.layer, item.weight, item.latent, "latent value(s)")
-        q = item.quantizer
-        if q.scale is None:
-            continue
-        scale = np.asarray(q.quantized_scale(item.latent, item.qvars), np.float64)
-        wrong = ~np.isfinite(scale) | (scale <= 0)
-        if np.any(wrong):
-            where = tuple(int(i) for i in np.argwhere(wrong)[0])
-            raise ValueError(
-                f"Layer {item.layer!r}, weight {item.weight!r}: the "
-                f"{q.scale} codebook scale of {int(wrong.sum())} channel(s) is zero, negative "
-                f"or non-finite (first {float(scale[where])} at index {where}); a scale must be "
-                "a finite positive number. Received: a model with a bad codebook scale"
-            )
-    for layer in model.layers:
-        for w in layer.weights:
-            _raise_if_non_finite(layer.name, weight_key(w), w, "value(s)")
+    items = (
+        checks.CodebookWeightValues(
+            item.layer,
+            item.weight,
+            item.latent,
+            item.quantizer.scale,
+            lambda item=item: item.quantizer.quantized_scale(item.latent, item.qvars),
+        )
+        for item in codebook_items(model)
+    )
+    weights = ((layer.name, weight_key(w), w) for layer in model.layers for w in layer.weights)
+    checks.check_finite(items, weights, non_finite=_raise_if_non_finite)
 
 
 def warn_frozen_layers(model, qat) -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfmot_discrete.tfk import _keras
-from tfmot_discrete.tfk._keras import keras
+from tfmot_discrete.tfk import is_keras3_object, keras
 from tfmot_discrete.tfk.quantizers import CodebookQuantizer
 from tfmot_discrete.tfk.weights import codebook_items
 from tfmot_discrete.tools.summary import codebook_indices, value_shares
@@ -74,7 +73,7 @@ class CodebookMonitor(keras.callbacks.Callback):
     def _snapshot(self) -> dict[str, tuple[CodebookQuantizer, np.ndarray]]:
         # A Distiller trains its student: the codebook weights are the student's.
         model = getattr(self.model, "student", self.model)
-        if _keras.is_keras3_object(model):
+        if is_keras3_object(model):
             from tfmot_discrete.keras3 import quantize as k3  # noqa: PLC0415  (imports Keras 3)
 
             return {w.label: (w.quantizer, w.codes) for w in k3.codebook_weights(model)}

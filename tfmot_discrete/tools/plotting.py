@@ -7,7 +7,7 @@ import pathlib
 
 import numpy as np
 
-from tfmot_discrete.tfk import _keras
+from tfmot_discrete.tfk import is_keras3_object
 from tfmot_discrete.tfk.weights import codebook_items
 
 
@@ -28,7 +28,7 @@ def _pyplot():
 def _weights(model) -> list[tuple[str, object, np.ndarray, np.ndarray | None]]:
     """`(label, quantizer, latent values, scale or None)` per codebook weight,
     read on the model's Keras path."""
-    if _keras.is_keras3_object(model):
+    if is_keras3_object(model):
         from tfmot_discrete.keras3 import quantize as k3  # noqa: PLC0415  (imports Keras 3)
 
         return [(w.label, w.quantizer, w.latent, w.scale) for w in k3.codebook_weights(model)]

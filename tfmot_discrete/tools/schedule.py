@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 
-from tfmot_discrete.tfk._keras import keras
+from tfmot_discrete.tfk import keras
 
 #: Where the warmup starts, relative to the peak learning rate.
 WARMUP_START = 0.01

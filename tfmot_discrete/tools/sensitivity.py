@@ -9,8 +9,8 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from tfmot_discrete.tfk import _keras, batchnorm, configs, nested, scheme
-from tfmot_discrete.tfk._keras import keras
+from tfmot_discrete.core import data as data_mod
+from tfmot_discrete.tfk import batchnorm, configs, is_keras3_object, keras, nested, scheme
 from tfmot_discrete.tfk.quantize import (
     check_model,
     quantize_model,
@@ -18,7 +18,6 @@ from tfmot_discrete.tfk.quantize import (
     strip_quantization,
 )
 from tfmot_discrete.tfk.weights import QuantizationWarning
-from tfmot_discrete.tools import data as data_mod
 
 METRICS = ("accuracy", "loss")
 
@@ -78,8 +77,10 @@ def predict(model, xs):
     """The model's outputs on each batch of `xs`, as one NumPy array (a Keras 3
     model's tensors converted on its backend)."""
     to_numpy = np.asarray
-    if _keras.is_keras3_object(model):
-        from tfmot_discrete.keras3._k3 import ops  # noqa: PLC0415  (imports Keras 3)
+    if is_keras3_object(model):
+        from tfmot_discrete.keras3 import keras as keras_3  # noqa: PLC0415  (imports Keras 3)
+
+        ops = keras_3.ops
 
         to_numpy = ops.convert_to_numpy
     return np.concatenate([to_numpy(model(b, training=False)) for b in xs])
@@ -151,7 +152,7 @@ def path_of(model) -> ScanPath:
         ValueError: For anything else, or a Keras 3 model the Keras 3 path
             does not take (subclassed, not built).
     """
-    if _keras.is_keras3_object(model):
+    if is_keras3_object(model):
         from tfmot_discrete.keras3 import quantize as k3  # noqa: PLC0415  (imports Keras 3)
         from tfmot_discrete.keras3 import wrapper  # noqa: PLC0415
 

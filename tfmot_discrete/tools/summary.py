@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 
 from tfmot_discrete.core import text
+from tfmot_discrete.core.quantizers import indices_of
 from tfmot_discrete.tfk import annotate, int8
 from tfmot_discrete.tfk.quantizers import CodebookQuantizer
 from tfmot_discrete.tfk.weights import check_finite, codebook_items, int8_items
@@ -45,21 +46,6 @@ def codebook_indices(quantizer: CodebookQuantizer, latent, qvars) -> np.ndarray:
         quantizer(latent, False, weights=qvars),
         quantizer.quantized_scale(latent, qvars),
     )
-
-
-def indices_of(quantizer: CodebookQuantizer, projected, scale) -> np.ndarray:
-    """Index of the codebook value of each projected weight, given the scale
-    it was projected with (both paths read their codes through it).
-
-    Example:
-
-    >>> q = CodebookQuantizer([1, -1, 0.5, -0.5])
-    >>> indices_of(q, np.array([[0.5, -2.0]]), np.array([1.0, 2.0])).tolist()
-    [[2, 0]]
-    """
-    q = np.asarray(projected, dtype=np.float64)
-    s = np.asarray(scale, dtype=np.float64)
-    return quantizer.codebook.index_numpy(q / s)
 
 
 def value_shares(indices: np.ndarray, size: int) -> np.ndarray:

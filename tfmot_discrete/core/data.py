@@ -1,12 +1,29 @@
 """Model inputs from user data: arrays, `(x, y)` tuples or `tf.data` datasets, in batches.
 
-`recalibrate_batchnorm` and `sensitivity` read their data through `input_batches`.
+`recalibrate_batchnorm` and `sensitivity` read their data through `input_batches`,
+on both paths. No TensorFlow import: a `tf.data.Dataset` or a `tf.Tensor` can
+only exist once the user's program imported TensorFlow, so they are recognized
+through the TensorFlow already in `sys.modules` (a JAX or PyTorch user never
+loads it here).
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
-import tensorflow as tf
+
+
+def _loaded_tensorflow():
+    """TensorFlow when this process already imported it, else None."""
+    return sys.modules.get("tensorflow")
+
+
+def is_dataset(data) -> bool:
+    """A `tf.data.Dataset`."""
+    tf = _loaded_tensorflow()
+    return tf is not None and isinstance(data, tf.data.Dataset)
+
 
 #: Batch size used when `data` holds arrays or an unbatched dataset.
 DEFAULT_BATCH_SIZE = 32
@@ -45,7 +62,8 @@ def input_batches(model, data, batch_size=DEFAULT_BATCH_SIZE, steps=None, argnam
     batch_size = check_positive_int("batch_size", batch_size, allow_none=False)
     steps = check_positive_int("steps", steps, allow_none=True)
     ranks = [len(t.shape) for t in model.inputs]
-    if isinstance(data, tf.data.Dataset):
+    if is_dataset(data):
+        tf = _loaded_tensorflow()
         card = int(data.cardinality())
         if card == tf.data.INFINITE_CARDINALITY and steps is None:
             raise ValueError(
@@ -110,8 +128,9 @@ def as_inputs(x, n_inputs, argname="data"):
             f"The model takes {n_inputs} inputs; `{argname}` holds {len(parts)} input arrays."
         )
     out = []
+    tf = _loaded_tensorflow()
     for p in parts:
-        if isinstance(p, tf.Tensor):
+        if tf is not None and isinstance(p, tf.Tensor):
             p = p.numpy()
         a = np.asarray(p) if not isinstance(p, np.ndarray) else p
         if a.dtype.kind not in "biuf":

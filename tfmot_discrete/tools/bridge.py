@@ -13,15 +13,15 @@ from __future__ import annotations
 import re
 import warnings
 
-from tfmot_discrete.keras3 import nested
+from tfmot_discrete import tfk
+from tfmot_discrete.core.rules import QuantizationWarning
+from tfmot_discrete.keras3 import keras, nested
 from tfmot_discrete.keras3 import quantize as k3_quantize
-from tfmot_discrete.keras3._k3 import keras, ops
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.wrapper import QuantizeWrapper
-from tfmot_discrete.tfk import _keras, configs, weights
+from tfmot_discrete.tfk import configs, weights
 from tfmot_discrete.tfk import quantize as tfk_quantize
 from tfmot_discrete.tfk.layers import DiscreteMultiplier as TfKerasMultiplier
-from tfmot_discrete.tfk.weights import QuantizationWarning
 
 
 def _latent(model):
@@ -71,7 +71,7 @@ def to_tf_keras(model):
     """
     k3_quantize.check_graph_model(model)
     plain3, plan, multipliers = _latent(nested.flatten(model))
-    plain = _keras.from_keras3(plain3)
+    plain = tfk.from_keras3(plain3)
     if multipliers:
         plain = _with_multipliers(plain, multipliers)
     if not plan:
@@ -99,11 +99,11 @@ def _with_multipliers(plain, multipliers):
         return TfKerasMultiplier(src.quantizer, kernel_initializer="zeros", name=layer.name)
 
     with tfk_quantize.quantize_scope():
-        out = _keras.keras.models.clone_model(plain, clone_function=_swap)
+        out = tfk.keras.models.clone_model(plain, clone_function=_swap)
     for layer in out.layers:
         src = multipliers.get(layer.name)
         if src is not None:
-            layer.kernel.assign(ops.convert_to_numpy(src.kernel.value))
+            layer.kernel.assign(keras.ops.convert_to_numpy(src.kernel.value))
             _assign_vars(src.state.variables, layer.quantizer_vars)
         elif layer.weights:
             layer.set_weights(plain.get_layer(layer.name).get_weights())
@@ -112,7 +112,7 @@ def _with_multipliers(plain, multipliers):
 
 def _assign_vars(k3_vars, tf_vars):
     for key, var in k3_vars.items():
-        tf_vars[key].assign(ops.convert_to_numpy(var.value))
+        tf_vars[key].assign(keras.ops.convert_to_numpy(var.value))
     if "log_scale" in k3_vars:
         tf_vars["scale_initialized"].assign(1.0)
 

@@ -1,0 +1,81 @@
+"""`.keras` files saved by tfmot_discrete 0.1.0 load and predict the same.
+
+The files (`tests/fixtures/`, written by `make_fixtures.py`) hold every
+serialized name the package owns; a renamed class or a changed config fails
+here. The Keras 3 file loads in a fresh process after `import tfmot_discrete`
+alone.
+"""
+
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
+ROOT = FIXTURES.parents[1]
+sys.path.insert(0, str(FIXTURES))
+from make_fixtures import fixed_input  # noqa: E402
+
+
+def _names(path) -> set[str]:
+    import re  # noqa: PLC0415
+    import zipfile  # noqa: PLC0415
+
+    with zipfile.ZipFile(path) as z:
+        return set(re.findall(r"tfmot_discrete>\w+", z.read("config.json").decode()))
+
+
+def test_fixtures_hold_every_serialized_name():
+    assert _names(FIXTURES / "tf_keras_qat.keras") == {
+        "tfmot_discrete>CodebookQuantizer",
+        "tfmot_discrete>DiscreteMultiplier",
+        "tfmot_discrete>DiscreteQuantizeConfig",
+        "tfmot_discrete>Int8WeightQuantizer",
+    }
+    assert _names(FIXTURES / "keras3_qat.keras") == {
+        "tfmot_discrete>DiscreteMultiplier",
+        "tfmot_discrete>QuantizeWrapper",
+    }
+
+
+def test_tf_keras_fixture_loads_and_predicts_the_same():
+    import tfmot_discrete as td  # noqa: PLC0415
+
+    with td.quantize_scope():
+        loaded = td.keras.models.load_model(FIXTURES / "tf_keras_qat.keras")
+    expected = np.load(FIXTURES / "tf_keras_qat.npy")
+    np.testing.assert_array_equal(loaded.predict(fixed_input(), verbose=0), expected)
+
+
+KERAS3_LOAD = """
+import sys
+import numpy as np
+{imports}
+sys.path.insert(0, {fixtures!r})
+from make_fixtures import fixed_input
+loaded = keras.saving.load_model({path!r})
+np.testing.assert_array_equal(np.asarray(loaded.predict(fixed_input(), verbose=0)), np.load({npy!r}))
+print("predicts the same")
+"""
+
+
+@pytest.mark.parametrize(
+    "imports",
+    ["import keras\nimport tfmot_discrete", "import tfmot_discrete\nimport keras"],
+    ids=["keras_first", "tfmot_discrete_first"],
+)
+def test_keras3_fixture_loads_after_import_tfmot_discrete_and_predicts_the_same(imports):
+    code = KERAS3_LOAD.format(
+        imports=imports,
+        fixtures=str(FIXTURES),
+        path=str(FIXTURES / "keras3_qat.keras"),
+        npy=str(FIXTURES / "keras3_qat.npy"),
+    )
+    env = {**__import__("os").environ, "KERAS_BACKEND": "tensorflow"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "predicts the same" in result.stdout

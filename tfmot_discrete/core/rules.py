@@ -1,0 +1,179 @@
+"""The rules of the `quantizer` argument, shared by both paths: a quantizer or
+a mapping `{regex: quantizer | "int8" | None}` as regex rules on layer and
+weight names, the check that every key names something, and what is said
+about kernel-like weights that stay float.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import warnings
+
+from tfmot_discrete.core import quantizers, specs
+from tfmot_discrete.core.quantizers import is_int8
+
+
+class QuantizationWarning(UserWarning):
+    """What `quantize_model` warns about: weights that will not train, that
+    start on only some of their codebook's values, or kernel-like weights that
+    stay float (one warning per layer, saying why)."""
+
+
+def is_quantize_config(value) -> bool:
+    """A TF-MOT `QuantizeConfig` (told by its class, without importing TF-MOT:
+    on a Keras 3 path none can exist unless TF-MOT is loaded)."""
+    return any(
+        klass.__name__ == "QuantizeConfig"
+        and klass.__module__.startswith("tensorflow_model_optimization")
+        for klass in type(value).__mro__
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizerRules:
+    """The quantizer argument in its one form: regex rules on layer names.
+
+    A single quantizer is the rule `.*`. `from_mapping` tells that the user
+    wrote the rules: then every key must match a layer or one of its weights,
+    and a layer it matches must be one we can quantize. A rule names a whole
+    layer (`re.fullmatch` on its name) or one weight of it (`re.fullmatch` on
+    `"<layer name>/<weight name>"`, e.g. `"lstm/recurrent_kernel"`,
+    `"mha/query/kernel"`).
+    """
+
+    rules: tuple  # of (compiled regex, pattern, quantizer | QuantizeConfig | None)
+    from_mapping: bool
+
+    def lookup(self, layer_name):
+        """What the rules say for `layer_name`: (found, quantizer-or-config-or-None)."""
+        for rx, _, value in self.rules:
+            if rx.fullmatch(layer_name):
+                return True, value
+        return False, None
+
+    def matches(self, rx, layer_name, weight_names=()) -> bool:
+        """Whether the rule `rx` names the layer or one of `weight_names`."""
+        return rx.fullmatch(layer_name) is not None or any(
+            rx.fullmatch(f"{layer_name}/{w}") for w in weight_names
+        )
+
+    def lookup_weights(self, layer_name, weight_names) -> dict:
+        """`{weight name: quantizer | "int8" | None}` for one layer's weights,
+        each from the first rule that names the layer or that weight; a
+        weight no rule names is left out."""
+        out = {}
+        for w in weight_names:
+            for rx, _, value in self.rules:
+                if self.matches(rx, layer_name, (w,)):
+                    out[w] = value
+                    break
+        return out
+
+
+def resolve_quantizer_spec(spec) -> QuantizerRules:
+    """Validates the `quantizer` argument (a quantizer or a mapping) into rules."""
+    if isinstance(spec, dict) and "values" not in spec and "class_name" not in spec:
+        entries = []
+        for pattern, value in spec.items():
+            if not isinstance(pattern, str):
+                raise ValueError(
+                    "Keys of a quantizer mapping must be regular expressions on layer "
+                    f"names (str). Received: key {pattern!r}"
+                )
+            try:
+                rx = re.compile(pattern)
+            except re.error as e:
+                raise ValueError(
+                    f"Key {pattern!r} of the quantizer mapping is not a valid regular "
+                    f"expression ({e})."
+                ) from e
+            if not is_int8(value) and not is_quantize_config(value):
+                value = quantizers.get(value)
+            entries.append((rx, pattern, value))
+        return QuantizerRules(tuple(entries), from_mapping=True)
+    if is_quantize_config(spec):
+        raise ValueError(
+            "A QuantizeConfig applies to one layer: pass it in a mapping, e.g. "
+            f"{{'my_layer': config}}. Received: {spec!r}"
+        )
+    q = spec if is_int8(spec) else quantizers.get(spec)
+    if q is None:
+        raise ValueError(
+            "`quantizer` must be a CodebookQuantizer, a list of values, a preset name "
+            "or a mapping {layer-name regex: quantizer}. Received: quantizer=None"
+        )
+    return QuantizerRules(((re.compile(".*"), ".*", q),), from_mapping=False)
+
+
+def check_mapping_keys(layers, spec, weight_specs) -> None:
+    """Every key of a user's mapping must name a layer or one of its weights
+    (`weight_specs(layer)` gives a layer's weights: each path passes its own).
+
+    Raises:
+        ValueError: For a key that matches nothing, listing the layer names.
+    """
+    if not spec.from_mapping:
+        return
+    names = [layer.name for layer in layers]
+    weights = {layer.name: [s.name for s in weight_specs(layer) or ()] for layer in layers}
+    for rx, pattern, _ in spec.rules:
+        if not any(spec.matches(rx, n, weights[n]) for n in names):
+            raise ValueError(
+                f"Quantizer mapping key {pattern!r} matches no layer (and no '<layer>/<weight>' "
+                f"name) of the model (matched with re.fullmatch). Layer names: {names}"
+            )
+
+
+#: Why a weight stays float (`FloatWeights.reason`).
+UNSUPPORTED = "unsupported"
+UNNAMED = "unnamed"
+MAPPED_TO_NONE = "mapped to None"
+
+
+@dataclasses.dataclass(frozen=True)
+class FloatWeights:
+    """Kernel-like weights of one layer that `quantize_model` leaves float."""
+
+    layer: str
+    layer_class: str
+    weights: tuple[str, ...]
+    reason: str  # UNSUPPORTED, UNNAMED or MAPPED_TO_NONE
+    #: The layer classes the path that reports supports (tf_keras's by default).
+    supported: tuple[str, ...] = tuple(specs.SUPPORTED)
+
+    def message(self) -> str:
+        what = (
+            f"Layer {self.layer!r} ({self.layer_class}): weight(s) {list(self.weights)} stay float"
+        )
+        if self.reason == MAPPED_TO_NONE:
+            return f"{what}: the quantizer mapping maps them to None."
+        if self.reason == UNNAMED:
+            return f"{what}: no key of the quantizer mapping names the layer or these weights."
+        return (
+            f"{what}: no codebook config for class {self.layer_class} (supported: "
+            f"{', '.join(self.supported)}, DiscreteMultiplier; subclasses and custom RNN "
+            "cells are not matched). Map its name to a `td.DiscreteQuantizeConfig` naming the "
+            "weights its `call` reads, e.g. {'"
+            f"{self.layer}': td.DiscreteQuantizeConfig({{'kernel': q}})}} or "
+            "{'cell.kernel': q} for a weight held by a cell or sub-layer."
+        )
+
+
+def report(float_weights, strict: bool) -> None:
+    """Warns once per layer with float kernel-like weights
+    (`QuantizationWarning`); with `strict`, raises instead.
+
+    Raises:
+        ValueError: With `strict=True`, listing every such layer.
+    """
+    if strict and float_weights:
+        lines = "\n".join(f"- {f.message()}" for f in float_weights)
+        raise ValueError(
+            f"strict=True: {len(float_weights)} layer(s) would keep kernel-like weights "
+            f"float:\n{lines}\nQuantize them (a codebook or 'int8' in the mapping), or pass "
+            "strict=False to accept float weights."
+        )
+    for f in float_weights:
+        # stacklevel 4: the line that called quantize_model.
+        warnings.warn(f.message(), QuantizationWarning, stacklevel=4)
