@@ -11,7 +11,7 @@ import numpy as np
 from conftest import QUANTIZERS
 
 import tfmot_discrete as td
-from tfmot_discrete.tfk import int8
+from tfmot_discrete.core import quantizers as core_quantizers
 
 #: The conftest table, and a non-evenly spaced codebook of more than 8 values
 #: (projected by a sorted search, not a select chain).
@@ -83,7 +83,7 @@ def assert_on_codebook(state, latent, projected) -> None:
     from tfmot_discrete.keras3 import quantizers as k3q  # noqa: PLC0415  (imports Keras 3)
 
     q = state.quantizer
-    if isinstance(q, int8.Int8WeightQuantizer):
+    if isinstance(q, core_quantizers.Int8WeightQuantizer):
         return
     s = k3q.scale_of(state, latent)
     idx = q.codebook.index_numpy(projected / s)

@@ -29,9 +29,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from keras3_cases import assert_on_codebook
 
 import tfmot_discrete as td
+from tfmot_discrete.core import quantizers as core_quantizers
+from tfmot_discrete.core.rules import QuantizationWarning
 from tfmot_discrete.keras3 import quantize as k3
 from tfmot_discrete.keras3 import quantizers as k3q
-from tfmot_discrete.tfk import configs, int8, weights
+from tfmot_discrete.tfk import configs, weights
 
 L = keras.layers
 BACKEND = keras.backend.backend()
@@ -160,7 +162,7 @@ def _notices():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         qat = td.quantize_model(model, MAPPING)
-    notices = [str(w.message) for w in caught if w.category is td.weights.QuantizationWarning]
+    notices = [str(w.message) for w in caught if w.category is QuantizationWarning]
     assert len(notices) == 1, notices
     assert "'lstm'" in notices[0] and "['recurrent_kernel']" in notices[0], notices
     assert "maps them to None" in notices[0], notices
@@ -181,7 +183,7 @@ def _wrap():
     assert set(found) == QUANTIZED, sorted(set(found) ^ QUANTIZED)
     for name, axes in AXES.items():
         assert found[name].quantizer.per_channel_axis == axes, (name, found[name].quantizer)
-    assert isinstance(found["gru/recurrent_kernel"].quantizer, int8.Int8WeightQuantizer)
+    assert isinstance(found["gru/recurrent_kernel"].quantizer, core_quantizers.Int8WeightQuantizer)
     assert found["mha/query/kernel"].quantizer.codebook.values.tolist() == [-1.0, 1.0]
     log_scale = found["bidi/backward/kernel"].variables["log_scale"]
     assert tuple(log_scale.shape) == (1, 6)  # one per gate unit: 3 gates x 2 units
@@ -200,7 +202,7 @@ def _train():
     for layer, weight, var, state in k3.items(qat):
         name = f"{layer}/{weight}"
         assert not np.array_equal(before[var.path], npy(var.value)), f"{name} did not train"
-        if not isinstance(state.quantizer, int8.Int8WeightQuantizer):
+        if not isinstance(state.quantizer, core_quantizers.Int8WeightQuantizer):
             lat = npy(var.value)
             assert lat.min() >= state.quantizer.codebook.low - 1e-6, name
             assert lat.max() <= state.quantizer.codebook.high + 1e-6, name

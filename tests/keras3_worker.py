@@ -25,8 +25,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from keras3_cases import TABLE, assert_on_codebook, latent, parity_cases
 
 import tfmot_discrete as td
+from tfmot_discrete.core import quantizers as core_quantizers
 from tfmot_discrete.keras3 import quantizers as k3q
-from tfmot_discrete.tfk import int8
 
 ops = keras.ops
 BACKEND = keras.backend.backend()
@@ -147,7 +147,7 @@ def _stochastic():
 @check("int8_codes_and_steps")
 def _int8():
     w = latent(5, dyadic=False)
-    var, state = state_for(int8.quantizer_for([-1]), w)
+    var, state = state_for(core_quantizers.int8_quantizer_for([-1]), w)
     out = npy(k3q.quantize(state, var.value, False))
     step = np.abs(w).max(axis=0) / 127
     codes = out / step
@@ -241,7 +241,7 @@ def _models():
     ]
     for layer, weight, var, state in td.keras3.quantize.items(qat):
         assert var.path in moved, (layer, weight, moved)
-        if not isinstance(state.quantizer, int8.Int8WeightQuantizer):
+        if not isinstance(state.quantizer, core_quantizers.Int8WeightQuantizer):
             lat = npy(var.value)
             assert lat.min() >= state.quantizer.codebook.low - 1e-6, (layer, weight)
             assert lat.max() <= state.quantizer.codebook.high + 1e-6, (layer, weight)
@@ -281,7 +281,7 @@ def parity_weights():
     out = {}
     for key, q, w in parity_cases():
         if isinstance(q, str):
-            q = int8.quantizer_for([-1])
+            q = core_quantizers.int8_quantizer_for([-1])
         var, state = state_for(q, w, log_scale=0.0)
         out[key] = td.keras3.quantize.projected(state, var.value)
     return out

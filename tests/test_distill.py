@@ -7,6 +7,7 @@ import tensorflow as tf
 import tflite_export
 import tfmot_discrete as td
 from tfmot_discrete import keras
+from tfmot_discrete.tfk import distill
 from tfmot_discrete.tfk.weights import codebook_items
 
 L = keras.layers
@@ -55,8 +56,8 @@ def test_only_the_student_trains_and_evaluate_predict_use_it():
     student_w = [w.copy() for w in student.get_weights()]
     dist = td.Distiller(student, teacher)
     assert (dist.temperature, dist.alpha) == (
-        td.distill.DEFAULT_TEMPERATURE,
-        td.distill.DEFAULT_ALPHA,
+        distill.DEFAULT_TEMPERATURE,
+        distill.DEFAULT_ALPHA,
     )
     dist.compile(
         keras.optimizers.Adam(0.05),

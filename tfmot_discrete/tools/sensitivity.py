@@ -254,9 +254,9 @@ def sensitivity(
 
     >>> import numpy as np
     >>> import tfmot_discrete as td
+    >>> x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
     >>> L = td.keras.layers
     >>> model = td.keras.Sequential([td.keras.Input((4,)), L.Dense(8, name="a"), L.Dense(3, name="b")])
-    >>> x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
     >>> rows = td.sensitivity(model, td.ternary(), (x, np.zeros(16)), print_fn=None)
     >>> [(r.layer, r.metric) for r in rows]
     [('a', 'accuracy'), ('b', 'accuracy')]
