@@ -13,7 +13,7 @@ import warnings
 
 import tensorflow_model_optimization as tfmot
 
-from tfmot_discrete.tfk import compat, configs
+from tfmot_discrete.tfk import compat, configs, sublayers
 from tfmot_discrete.tfk._keras import keras
 from tfmot_discrete.tfk.layers import DiscreteMultiplier
 from tfmot_discrete.tfk.quantizers import weight_key
@@ -100,7 +100,7 @@ def _kernel_names(layer, exclude_ids=()) -> list[str]:
     """Names of `layer`'s kernel-like variables, those in `exclude_ids` left out."""
     names = _spec_names(layer)
     return [
-        names.get(id(w), weight_key(w))
+        names.get(id(w)) or sublayers.variable_name(layer, w)
         for w in layer.weights
         if is_kernel_like(w) and id(w) not in exclude_ids
     ]
@@ -181,6 +181,8 @@ def plan(layers, spec) -> Plan:
                 )
             left_float(layer, _kernel_names(layer), UNSUPPORTED)
             continue
+        if sublayers.is_custom_layer(layer):
+            sublayers.check_registered(layer)
         chosen = spec.lookup_weights(layer.name, [s.name for s in specs])
         for name, v in chosen.items():
             if isinstance(v, _qk.QuantizeConfig):
@@ -237,6 +239,8 @@ def float_weights_of(model) -> list[tuple[str, str, object]]:
             inner, variables = layer, list(layer.weights)
         names = _spec_names(inner)
         out += [
-            (inner.name, names.get(id(w), weight_key(w)), w) for w in variables if is_kernel_like(w)
+            (inner.name, names.get(id(w)) or sublayers.variable_name(inner, w), w)
+            for w in variables
+            if is_kernel_like(w)
         ]
     return out
