@@ -26,9 +26,9 @@ from tflite_export import (
     sequence,
     verify,
 )
-from tflite_export.errors import ExportError, VerificationError
+from tflite_export.errors import ExportError, MissingDataError, VerificationError
 from tflite_export.formats import TARGETS
-from tflite_export.logs import library_logs
+from tflite_export.logs import library_logs, without_startup_lines
 from tflite_export.progress import Progress
 from tflite_export.report import TFLM_LSB, Report, RoundedWeight
 from tflite_export.schema import INTEGER_TYPES, QMAX, TensorType, storage_name
@@ -244,15 +244,17 @@ def convert_bytes(
     calibrated_instead = from_qat and sequence.needs_preparation(plain)
     from_qat = from_qat and not calibrated_instead
     if fmt == "full_int8" and rep is None and not from_qat:
-        raise ExportError(
+        reason = (
+            " (a model with recurrent, attention or TimeDistributed layers is converted "
+            "from an unrolled copy of the stripped model, not from its QAT graph)"
+            if calibrated_instead
+            else ""
+        )
+        raise MissingDataError(
             f"format={requested!r} needs `representative_data` (an array of sample inputs, or "
-            "a generator of them) to calibrate activation ranges"
-            + (
-                " (a model with recurrent, attention or TimeDistributed layers is converted "
-                "from an unrolled copy of the stripped model, not from its QAT graph)."
-                if calibrated_instead
-                else "."
-            )
+            f"a generator of them) to calibrate activation ranges{reason}.",
+            format=requested,
+            reason=reason,
         )
     steps.stage(f"converting ({fmt})")
     with _failing(f"Converting the model to TFLite ({fmt})", _CONVERTER_TODO):
@@ -478,7 +480,7 @@ def export(
     except ExportError as e:
         # The libraries' output explains a failure of theirs, not a failed check.
         if not verbose and not isinstance(e, VerificationError):
-            e.log = captured.text
+            e.log = without_startup_lines(captured.text)
         raise
 
 
