@@ -206,3 +206,27 @@ def test_tfmot_annotate_and_apply_reach_the_sublayers():
             annotated, scheme=td.DiscreteQuantizeScheme(td.ternary())
         )
     assert sorted(_codes(qat)) == sorted([f"block/{w}" for w in BLOCK_WEIGHTS] + ["head/kernel"])
+
+
+def test_a_layer_keras_cannot_rebuild_is_refused_before_tfmot_clones_it():
+    class Unregistered(L.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.d = L.Dense(4)
+
+        def call(self, x):
+            return self.d(x)
+
+        def get_config(self):
+            return super().get_config()
+
+    with pytest.raises(ValueError, match=r"'free' is of your class Unregistered.*register_keras"):
+        td.quantize_model(_model(Unregistered(name="free")), td.ternary())
+
+    @keras.saving.register_keras_serializable(package="tfkany_tests")
+    class Nameless(Unregistered):
+        def get_config(self):
+            return {}
+
+    with pytest.raises(ValueError, match=r"'nameless' \(Nameless\): its `get_config\(\)` does not"):
+        td.quantize_model(_model(Nameless(name="nameless")), td.ternary())

@@ -98,3 +98,12 @@ def test_subclassed_models_are_refused_with_the_way_out():
     outer = keras.Sequential([keras.Input((3,)), _Sub(name="inside"), L.Dense(2)])
     with pytest.raises(ValueError, match=r"holds a subclassed model, 'inside', as a layer"):
         td.quantize_model(outer, td.binary())
+
+
+def test_plan_counts_the_nested_models_layers():
+    model = _transfer()
+    x, y = _data()
+    p = td.plan(model, (x[:32], y[:32]), candidates=[td.ternary()], print_fn=None)
+    assert {r.layer: r.weights for r in p.rows} == {"conv": 36, "out": 12}
+    qat = td.quantize_model(model, p.mapping, strict=True)
+    assert sorted(_codes(qat)) == ["conv/kernel", "out/kernel"]

@@ -22,7 +22,7 @@ from tfmot_discrete.core.rules import (
 from tfmot_discrete.core.rules import (
     report as report,
 )
-from tfmot_discrete.tfk import compat, configs
+from tfmot_discrete.tfk import compat, configs, sublayers
 from tfmot_discrete.tfk._keras import keras
 from tfmot_discrete.tfk.layers import DiscreteMultiplier
 from tfmot_discrete.tfk.quantizers import weight_key
@@ -68,7 +68,7 @@ def _kernel_names(layer, exclude_ids=()) -> list[str]:
     """Names of `layer`'s kernel-like variables, those in `exclude_ids` left out."""
     names = _spec_names(layer)
     return [
-        names.get(id(w), weight_key(w))
+        names.get(id(w)) or sublayers.variable_name(layer, w)
         for w in layer.weights
         if is_kernel_like(w) and id(w) not in exclude_ids
     ]
@@ -139,6 +139,8 @@ def plan(layers, spec) -> Plan:
                 )
             left_float(layer, _kernel_names(layer), UNSUPPORTED)
             continue
+        if sublayers.is_custom_layer(layer):
+            sublayers.check_registered(layer)
         chosen = spec.lookup_weights(layer.name, [s.name for s in specs])
         for name, v in chosen.items():
             if isinstance(v, _qk.QuantizeConfig):
@@ -176,6 +178,8 @@ def float_weights_of(model) -> list[tuple[str, str, object]]:
             inner, variables = layer, list(layer.weights)
         names = _spec_names(inner)
         out += [
-            (inner.name, names.get(id(w), weight_key(w)), w) for w in variables if is_kernel_like(w)
+            (inner.name, names.get(id(w)) or sublayers.variable_name(inner, w), w)
+            for w in variables
+            if is_kernel_like(w)
         ]
     return out

@@ -171,3 +171,45 @@ def weight_owner(layer, name: str):
         if name.startswith(prefix):
             return weight_owner(sub, name[len(prefix) :])
     return layer
+
+
+def check_registered(layer) -> None:
+    """Raises unless Keras can rebuild `layer`'s class from its config.
+
+    `quantize_apply` clones the model through `get_config`/`from_config`;
+    for an unregistered class TF-MOT's own error ("Unable to clone model")
+    points at `quantize_scope` instead.
+
+    Raises:
+        ValueError: Naming the layer, its class and the registration.
+    """
+    cls = type(layer)
+    if keras.saving.get_registered_object(keras.saving.get_registered_name(cls)) is cls:
+        if layer.get_config().get("name") == layer.name:
+            return
+        raise ValueError(
+            f"Layer {layer.name!r} ({cls.__name__}): its `get_config()` does not hold its name, "
+            "so the layer rebuilt by TF-MOT's `quantize_apply` would lose it (and its "
+            "weights their mapping keys). Return `{**super().get_config(), <your __init__ "
+            f"arguments>}}`. Received: get_config()={layer.get_config()!r}"
+        )
+    raise ValueError(
+        f"Layer {layer.name!r} is of your class {cls.__name__}, which Keras cannot rebuild "
+        "from its config: TF-MOT's `quantize_apply` clones the model that way. Register it "
+        "(`@keras.saving.register_keras_serializable(package=...)` above `class "
+        f"{cls.__name__}`, with a `get_config` returning its `__init__` arguments), or "
+        "quantize inside `keras.utils.custom_object_scope({'" + cls.__name__ + "': "
+        f"{cls.__name__}}})`."
+    )
+
+
+def variable_name(layer, variable) -> str:
+    """A weight's name in `layer`: the attribute path of the sub-layer of a
+    user's layer that holds it, with `/` (`"dw/depthwise_kernel"`), else its
+    own name (`"kernel"`), for messages about weights that stay float."""
+    own = variable.name.split(":")[0].split("/")[-1]
+    if is_custom_layer(layer) or isinstance(layer, keras.Model):
+        for path, sub in held_layers(layer):
+            if any(w is variable for w in sub.weights):
+                return f"{path.replace('.', '/')}/{variable_name(sub, variable)}"
+    return own

@@ -44,8 +44,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfmot_discrete.core import text
-from tfmot_discrete.tfk import configs, quantizers, scheme
+from tfmot_discrete.tfk import configs, nested, quantizers, scheme
 from tfmot_discrete.tfk.int8 import INT8
+from tfmot_discrete.tfk.quantize import quantize_scope
 from tfmot_discrete.tfk.quantizers import CodebookQuantizer
 from tfmot_discrete.tools import sensitivity
 
@@ -528,6 +529,8 @@ def plan(
             INT8,
         ]
     candidates = _check_candidates(candidates)
+    if not path.keras3:
+        model = nested.flatten(model, scope=quantize_scope)  # a backbone's layers one by one
     layers, others = _describe(model, path)
     if not layers:
         raise ValueError(f"Model {model.name!r} has no layer that quantize_model can quantize.")
