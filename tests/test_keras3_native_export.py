@@ -265,3 +265,9 @@ def test_a_layer_class_of_the_running_script_is_refused_for_another_backend():
         tfbackend.layer_modules(model)
     inputs = keras.Input((8,))
     assert tfbackend.layer_modules(keras.Model(inputs, km.Block(8)(inputs))) == ["keras3_models"]
+
+
+def test_full_int8_without_samples_is_refused_as_on_the_tf_keras_route(block, tmp_path):
+    qat, _ = block
+    with pytest.raises(tflite_export.MissingDataError, match="representative_data"):
+        tflite_export.export(qat, tmp_path / "m.tflite", format="full_int8")

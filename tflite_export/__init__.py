@@ -24,6 +24,7 @@ _LAZY = {
     "TARGETS": "tflite_export.formats",
     "ExportError": "tflite_export.errors",
     "FileCheck": "tflite_export.verify",
+    "MissingDataError": "tflite_export.errors",
     "MissingExtraError": "tflite_export.errors",
     "PackedFileError": "tflite_export.errors",
     "Report": "tflite_export.report",

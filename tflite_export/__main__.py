@@ -5,7 +5,7 @@
         [--c-array FILE.cc] [--json FILE.json] [--allow-inexact] [--unsafe]
         [--flash 64KiB] [--ram 32KiB] [--verbose]
     tflite-export verify FILE.tflite --codebook 1,-1,0.5,-0.5 [--model MODEL]
-        [--representative-data FILE.npy] [--verbose]
+        [--representative-data FILE.npy] [--json FILE.json] [--verbose]
 
 TensorFlow's, the converters' and the interpreters' own log lines are shown
 only with `--verbose`. A stage of the export that lasts more than
@@ -27,7 +27,12 @@ import sys
 import numpy as np
 
 from tflite_export import budget, files
-from tflite_export.errors import ExportError, VerificationError, require_extras
+from tflite_export.errors import (
+    ExportError,
+    MissingDataError,
+    VerificationError,
+    require_extras,
+)
 from tflite_export.formats import FORMATS, TARGETS
 from tflite_export.logs import library_logs
 
@@ -113,6 +118,7 @@ def _verify_parser():
     p.add_argument("--codebook", required=True, help="comma-separated values, e.g. 1,-1,0.5,-0.5")
     p.add_argument("--model", help="the Keras model to compare outputs with")
     p.add_argument("--representative-data", metavar="FILE.npy", help="inputs for the comparison")
+    p.add_argument("--json", metavar="FILE.json", help="also write the check as JSON")
     _add_verbose(p)
     return p
 
@@ -171,6 +177,12 @@ def _main_export(argv, verbose: bool) -> int:
     except VerificationError as e:
         print(str(e), file=sys.stderr)
         return 1
+    except MissingDataError as e:
+        return _fail(
+            f"--format {e.format} needs --representative-data FILE.npy: sample inputs "
+            f"(N, ...) to calibrate activation ranges on{e.reason}. Save a few hundred "
+            "training inputs with numpy.save and pass that file."
+        )
     except ExportError as e:
         if e.log.strip():  # what the libraries printed before they failed
             print(e.log.rstrip(), file=sys.stderr)
@@ -202,6 +214,8 @@ def _main_verify(argv) -> int:
             raise ExportError(f"File not found. Received: {args.file!r}")
         if args.model:
             files.check_model_path(args.model)
+        if args.json:
+            files.check_output_path(args.json, "--json")
         _check_npy(args.representative_data)
         require_extras()
         from tflite_export import verify  # noqa: PLC0415 - TensorFlow loads after the checks
@@ -212,6 +226,8 @@ def _main_verify(argv) -> int:
             model=args.model,
             representative_data=_load_npy(args.representative_data),
         )
+        if args.json:
+            check.to_json(args.json)
     except ExportError as e:
         return _fail(str(e))
     print(check)

@@ -270,8 +270,57 @@ def weight_rows(full_matches, packed_tensors, data_is_packed: bool) -> list[Weig
     return rows
 
 
+def next_steps(report: BudgetReport) -> list[str]:
+    """What to change when `report` does not fit: one line per budget missed,
+    with the figures and the choices that would close the gap."""
+    steps = []
+    if report.flash is not None and report.file_bytes > report.flash:
+        over = report.file_bytes - report.flash
+        unpacked = sorted(
+            (w for w in report.weights if w.storage == "int8"), key=lambda w: -w.flash_bytes
+        )
+        line = (
+            f"flash: the file is {report.file_bytes:,} bytes, {over:,} over flash="
+            f"{report.flash:,}. Give flash >= {report.file_bytes:,}"
+        )
+        if unpacked:
+            biggest = ", ".join(f"{w.name} ({w.flash_bytes:,} B)" for w in unpacked[:3])
+            line += (
+                f"; or store the largest int8 weights packed (format='tflm_packed', or pack= "
+                f"naming them) or on a smaller codebook: {biggest}"
+            )
+        else:
+            line += "; or put the largest weights on a codebook with fewer values (binary packs to 1 bit)"
+        steps.append(line + "; td.plan(...) finds a mapping that fits.")
+    if (
+        report.ram is not None
+        and report.arena_bytes is not None
+        and report.arena_bytes > report.ram
+    ):
+        over = report.arena_bytes - report.ram
+        decoding = sorted((w for w in report.weights if w.ram_bytes), key=lambda w: -w.ram_bytes)
+        line = (
+            f"ram: TFLM's arena is {report.arena_bytes:,} bytes, {over:,} over ram="
+            f"{report.ram:,}. Give ram >= {report.arena_bytes:,}"
+        )
+        if decoding:
+            biggest = ", ".join(f"{w.name} ({w.ram_bytes:,} B decoded)" for w in decoding[:3])
+            line += (
+                f"; or pack fewer weights (each packed weight is decoded into the arena while "
+                f"its layer runs; pass ram= and export packs only what fits): {biggest}"
+            )
+        else:
+            line += "; or shrink the activations (smaller inputs, fewer channels in early layers)"
+        steps.append(line + ".")
+    return steps
+
+
 def check(report: BudgetReport) -> None:
-    """Raises `BudgetError` when the file does not fit a budget given to it."""
+    """Raises `BudgetError` when the file does not fit a budget given to it;
+    its message ends with what to change."""
     if report.fits:
         return
-    raise BudgetError(f"The file does not fit its budgets; nothing written.\n{report}")
+    todo = "\n".join(f"  - {s}" for s in next_steps(report))
+    raise BudgetError(
+        f"The file does not fit its budgets; nothing written.\n{report}\nWhat to change:\n{todo}"
+    )

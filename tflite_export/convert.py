@@ -189,8 +189,10 @@ def weight_only_tflite(float_bytes: bytes, bits: int) -> bytes:
             rm.add_weight_only_config(regex=".*", operation_name=name, num_bits=8)
     q = quantizer.Quantizer(float_bytes)
     q.load_quantization_recipe(rm.get_quantization_recipe())
-    with quiet():
-        result = q.quantize()
+    # Its tqdm progress bars write to `sys.stderr` on models of 100 or more
+    # operators, and one of them (applying the transformations) has no switch.
+    with quiet(), contextlib.redirect_stderr(io.StringIO()):
+        result = q.quantize(enable_progress_bar=False, enable_progress_report=False)
     return bytes(result.quantized_model)
 
 

@@ -7,6 +7,8 @@ Every error that leaves a public function of `tflite_export` is an
   was written.
 - `TfliteFileError`: bytes that are not a readable `.tflite` file;
   `PackedFileError` for a damaged `tflm_packed` file.
+- `MissingDataError`: a full-integer format asked for without the sample
+  inputs it calibrates on.
 - `MissingExtraError`: the `[export]` extra is not installed (also an
   `ImportError`).
 
@@ -69,6 +71,20 @@ class TfliteFileError(ExportError):
 
 class PackedFileError(TfliteFileError):
     """A `tflm_packed` file that cannot be read back; the message says where."""
+
+
+class MissingDataError(ExportError):
+    """A full-integer format without `representative_data` to calibrate on.
+
+    Attributes:
+        format: The format asked for.
+        reason: Why the model cannot do without it (may be empty).
+    """
+
+    def __init__(self, message: str, format: str, reason: str = ""):
+        super().__init__(message)
+        self.format = format
+        self.reason = reason
 
 
 class MissingExtraError(ExportError, ImportError):

@@ -7,6 +7,8 @@ import contextlib
 import os
 import pathlib
 import tempfile
+import zipfile
+import zlib
 
 from tflite_export.errors import ExportError
 
@@ -45,7 +47,56 @@ def check_model_path(path) -> pathlib.Path:
             f"Unknown model file type {p.suffix!r}; accepted: .keras, .h5, or a SavedModel "
             f"directory. Received: model={str(p)!r}"
         )
+    if not is_savedmodel:
+        problem = _model_file_problem(p)
+        if problem:
+            raise ExportError(
+                f"{str(p)!r} is not a readable Keras model file: {problem}. Save the model "
+                "again (`model.save('model.keras')`) and pass that file. "
+                f"Received: model={str(p)!r}"
+            )
     return p
+
+
+#: The first bytes of an HDF5 file (`.h5`, and `.keras` files of old Keras versions).
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _is_hdf5(path: pathlib.Path) -> bool:
+    # HDF5 allows a user block before its signature, at 0, 512, 1024, 2048, ... bytes.
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        offset = 0
+        while offset + len(HDF5_SIGNATURE) <= size:
+            f.seek(offset)
+            if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                return True
+            offset = 512 if offset == 0 else offset * 2
+    return False
+
+
+def _model_file_problem(path: pathlib.Path) -> str | None:
+    """Why the file at `path` cannot be a Keras model file, or None; read with
+    the standard library only (a zip's directory, an HDF5 signature)."""
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty"
+        if _is_hdf5(path):
+            return None
+        if not zipfile.is_zipfile(path):
+            return "it is neither a Keras zip archive nor an HDF5 file (truncated or corrupt?)"
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            if "config.json" not in names:
+                return "the zip archive holds no config.json (not saved by Keras?)"
+            broken = z.testzip()
+    except OSError as e:
+        return f"it cannot be read ({e.strerror or e})"
+    except (zipfile.BadZipFile, zlib.error) as e:
+        return f"the zip archive is damaged ({e})"
+    if broken is not None:
+        return f"{broken!r} inside the zip archive is damaged (CRC mismatch)"
+    return None
 
 
 def check_output_path(path, what: str = "path") -> pathlib.Path:
@@ -73,6 +124,13 @@ def check_output_path(path, what: str = "path") -> pathlib.Path:
     return p
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it: it is put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, data: bytes) -> None:
     """Writes `data` to `path` through a temporary file in the same folder, so
     that `path` holds either its old content or all of `data`, never a part.
@@ -85,6 +143,8 @@ def atomic_write(path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; a file the user asked for gets the process's umask.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -22,6 +23,21 @@ import warnings
 OWN_PACKAGES = ("tfmot_discrete", "tflite_export")
 #: At most this many bytes of captured output are kept (the last ones).
 KEEP_BYTES = 16 * 1024
+#: What TensorFlow and XLA log whenever they start on a machine without a GPU
+#: or with a generic CPU build: never the reason an export failed.
+STARTUP_LINES = re.compile(
+    r"cuda_platform\.cc|cudart_stub\.cc|cuda_dnn|cuda_fft|cuda_blas|failed call to cuInit"
+    r"|Could not find cuda drivers|oneDNN custom operations|TensorFlow binary is optimized"
+    r"|To enable the following instructions|rebuild TensorFlow with the appropriate"
+    r"|All log messages before absl::InitializeLog|TF-TRT Warning|Unable to register cu"
+)
+
+
+def without_startup_lines(text: str) -> str:
+    """`text` less TensorFlow's start-up lines (see `STARTUP_LINES`)."""
+    return "".join(
+        line for line in text.splitlines(keepends=True) if not STARTUP_LINES.search(line)
+    )
 
 
 class Captured:

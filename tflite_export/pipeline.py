@@ -29,9 +29,9 @@ from tflite_export import (
     tfbackend,
     verify,
 )
-from tflite_export.errors import ExportError, VerificationError
+from tflite_export.errors import ExportError, MissingDataError, VerificationError
 from tflite_export.formats import TARGETS
-from tflite_export.logs import library_logs
+from tflite_export.logs import library_logs, without_startup_lines
 from tflite_export.progress import Progress
 from tflite_export.report import TFLM_LSB, Report, RoundedWeight
 from tfmot_discrete.tfk.weights import check_finite, codebook_items, int8_items, is_quantized
@@ -173,15 +173,17 @@ def convert_bytes(
     calibrated_instead = from_qat and sequence.needs_preparation(plain)
     from_qat = from_qat and not calibrated_instead
     if fmt == "full_int8" and rep is None and not from_qat:
-        raise ExportError(
+        reason = (
+            " (a model with recurrent, attention or TimeDistributed layers is converted "
+            "from an unrolled copy of the stripped model, not from its QAT graph)"
+            if calibrated_instead
+            else ""
+        )
+        raise MissingDataError(
             f"format={requested!r} needs `representative_data` (an array of sample inputs, or "
-            "a generator of them) to calibrate activation ranges"
-            + (
-                " (a model with recurrent, attention or TimeDistributed layers is converted "
-                "from an unrolled copy of the stripped model, not from its QAT graph)."
-                if calibrated_instead
-                else "."
-            )
+            f"a generator of them) to calibrate activation ranges{reason}.",
+            format=requested,
+            reason=reason,
         )
     steps.stage(f"converting ({fmt})")
     with _failing(f"Converting the model to TFLite ({fmt})", _CONVERTER_TODO):
@@ -232,9 +234,11 @@ def _convert_native(nm, fmt, representative_data, allow_inexact, steps) -> Conve
         native.check_gather_tables(cws)
     rep = inputs.representative(nm, representative_data)
     if fmt == "full_int8" and rep is None:
-        raise ExportError(
+        raise MissingDataError(
             f"format={requested!r} needs `representative_data` (an array of sample inputs, or "
-            "a generator of them) to calibrate activation ranges."
+            "a generator of them) to calibrate activation ranges.",
+            format=requested,
+            reason="",
         )
     steps.stage(f"converting ({fmt}, from Keras 3)")
     with _failing(f"Converting the Keras 3 model to TFLite ({fmt})", _CONVERTER_TODO):
@@ -465,7 +469,7 @@ def export(
     except ExportError as e:
         # The libraries' output explains a failure of theirs, not a failed check.
         if not verbose and not isinstance(e, VerificationError):
-            e.log = captured.text
+            e.log = without_startup_lines(captured.text)
         raise
 
 

@@ -6,15 +6,12 @@ import dataclasses
 import functools
 import importlib.metadata
 import json
-import math
-
-import numpy as np
 
 from tflite_export import files
 from tflite_export.budget import BudgetReport
 from tflite_export.errors import ExportError
 from tflite_export.packed import TflmComparison
-from tflite_export.verify import WeightCheck
+from tflite_export.verify import WeightCheck, json_number
 from tfmot_discrete.core import text
 
 #: TFLM and LiteRT may round differently by this many int8 steps per
@@ -73,14 +70,6 @@ def size_words(size: int, reference: int) -> str:
     if size < reference:
         return f"{reference / max(1, size):.2f}x smaller"
     return f"{size / max(1, reference):.2f}x larger"
-
-
-def _number(x):
-    """A JSON number: finite floats as they are, NaN and inf as None."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 @dataclasses.dataclass
@@ -253,38 +242,23 @@ class Report:
                 "file_bytes": self.size_bytes,
                 "float_file_bytes": self.float_size_bytes,
                 "full_int8_file_bytes": self.full_int8_size_bytes,
-                "float_over_file": _number(self.size_ratio),
+                "float_over_file": json_number(self.size_ratio),
             },
-            "weights": [
-                {
-                    "name": w.name,
-                    "codebook": [float(v) for v in np.asarray(w.codebook).reshape(-1)],
-                    "trained_int8": w.trained_int8,
-                    "bits": int(w.bits),
-                    "storage": w.storage,
-                    "stored_bits": int(w.stored_bits),
-                    "count": int(w.count),
-                    "exact": bool(w.exact),
-                    "max_error": _number(w.max_error),
-                    "value_table": None if w.table is None else [int(v) for v in w.table],
-                    "tables": int(w.tables),
-                }
-                for w in self.weights
-            ],
+            "weights": [w.to_dict() for w in self.weights],
             "rounded": [dataclasses.asdict(r) for r in self.rounded],
             "outputs": {
                 "samples": int(self.samples),
-                "max_abs_diff": _number(self.max_abs_diff),
-                "mean_abs_diff": _number(self.mean_abs_diff),
-                "output_range": _number(self.output_range),
-                "tolerance": _number(self.tolerance),
+                "max_abs_diff": json_number(self.max_abs_diff),
+                "mean_abs_diff": json_number(self.mean_abs_diff),
+                "output_range": json_number(self.output_range),
+                "tolerance": json_number(self.tolerance),
                 "agree": self.outputs_agree,
             },
             "tflm": {
                 "ran": self.tflm_max_lsb is not None or t is not None,
                 "skipped": self.tflm_skipped,
                 "max_lsb_vs_litert": self.tflm_max_lsb,
-                "share_differing": _number(self.tflm_share_differing),
+                "share_differing": json_number(self.tflm_share_differing),
                 "requantizing_layers": self.tflm_layers,
                 "packed_vs_full_int8": None
                 if t is None
@@ -293,8 +267,8 @@ class Report:
                     "max_lsb": t.max_lsb,
                     "arena_bytes": t.arena_bytes,
                     "full_int8_arena_bytes": t.full_int8_arena_bytes,
-                    "latency_s": _number(t.latency_s),
-                    "full_int8_latency_s": _number(t.full_int8_latency_s),
+                    "latency_s": json_number(t.latency_s),
+                    "full_int8_latency_s": json_number(t.full_int8_latency_s),
                 },
             },
             "c_array": self.c_array,

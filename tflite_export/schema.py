@@ -13,7 +13,9 @@ __all__ = [
     "STORAGE_NAMES",
     "TensorType",
     "WEIGHT_INPUT",
+    "WEIGHT_NAME",
     "storage_name",
+    "weight_label",
 ]
 
 #: Operators with a constant weight input, and that input's index
@@ -29,6 +31,39 @@ WEIGHT_INPUT = {
     BuiltinOperator.EMBEDDING_LOOKUP: 1,
     BuiltinOperator.MUL: None,
 }
+
+#: The Keras weight that each operator's constant weight input holds.
+WEIGHT_NAME = {
+    BuiltinOperator.FULLY_CONNECTED: "kernel",
+    BuiltinOperator.CONV_2D: "kernel",
+    BuiltinOperator.DEPTHWISE_CONV_2D: "depthwise_kernel",
+    BuiltinOperator.TRANSPOSE_CONV: "kernel",
+    BuiltinOperator.CONV_3D: "kernel",
+    BuiltinOperator.CONV_3D_TRANSPOSE: "kernel",
+    BuiltinOperator.GATHER: "embeddings",
+    BuiltinOperator.EMBEDDING_LOOKUP: "embeddings",
+}
+
+
+def weight_label(tensor_name: str, code) -> str:
+    """`layer/weight` for a weight tensor named `model/.../layer/Op` by the
+    converter; the tensor name itself where it does not have that shape.
+
+    Example:
+
+    >>> weight_label("sequential/conv/Conv2D", BuiltinOperator.CONV_2D)
+    'conv/kernel'
+    >>> weight_label("model/block/d1/MatMul", BuiltinOperator.FULLY_CONNECTED)
+    'block/d1/kernel'
+    >>> weight_label("tfl.pseudo_qconst1", BuiltinOperator.FULLY_CONNECTED)
+    'tfl.pseudo_qconst1'
+    """
+    parts = [p for p in tensor_name.split(";")[0].split("/") if p]
+    weight = WEIGHT_NAME.get(code)
+    if weight is None or len(parts) < 3:
+        return tensor_name
+    return "/".join([*parts[1:-1], weight])
+
 
 #: The input index of the int32 bias of the operators that have one.
 BIAS_INPUT = {

@@ -194,7 +194,13 @@ def conversion_model(model):
     """
     if not needs_preparation(model):
         return model
-    inputs = [keras.Input(batch_size=1, shape=t.shape[1:], dtype=t.dtype) for t in model.inputs]
+    # The inputs keep the model's names: a fresh `keras.Input` would be named
+    # `input_<n>` with a process-wide counter, and the file's bytes would
+    # depend on how many models were exported before it.
+    inputs = [
+        keras.Input(batch_size=1, shape=t.shape[1:], dtype=t.dtype, name=name)
+        for t, name in zip(model.inputs, model.input_names)
+    ]
     copy = keras.models.clone_model(
         model, input_tensors=inputs if len(inputs) > 1 else inputs[0], clone_function=_unrolled
     )

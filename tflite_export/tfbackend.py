@@ -145,6 +145,8 @@ def export_in_child(model, path, kwargs: dict):
     cls = getattr(errors, answer["error"], ExportError)
     if cls is errors.VerificationError:
         error = cls(answer["message"], answer.get("report"))
+    elif cls is errors.MissingDataError:
+        error = cls(answer["message"], format=answer.get("format"), reason=answer.get("reason", ""))
     else:
         error = cls(answer["message"])
     error.log = answer.get("log", "")

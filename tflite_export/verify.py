@@ -6,19 +6,22 @@ export: `check_weights`, `check_packed_weights`). LiteRT reads plain files;
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import pathlib
 
 import numpy as np
 
 import tfmot_discrete as td
-from tflite_export import convert, exact, inputs, micro, packed, runners
+from tflite_export import convert, exact, files, inputs, micro, packed, runners
 from tflite_export.errors import ExportError, PackedFileError, TfliteFileError
 from tflite_export.exact import EXACT_RTOL
 from tflite_export.schema import (
     OUTPUT_CHANNEL_DIM,
     BuiltinOperator,
     storage_name,
+    weight_label,
 )
 from tfmot_discrete.core import text
 from tfmot_discrete.core.codebook import Codebook
@@ -96,12 +99,38 @@ class WeightCheck:
     index_bits: int | None = None  # tflm_packed: bits of each stored index
     table: np.ndarray | None = None  # tflm_packed: int8 value table (first channel's)
     tables: int = 0  # tflm_packed: 1 (one table for the tensor) or one per channel
+    tensor: str | None = None  # `verify_file`: the tensor's name in the file
 
     @property
     def stored_bits(self) -> int:
         if self.index_bits is not None:
             return self.index_bits
         return {"int4": 4, "int8": 8, "float32": 32, "float16": 16}.get(self.storage, 32)
+
+    def to_dict(self) -> dict:
+        """The check as JSON-serializable data (a report's and a `FileCheck`'s `weights`)."""
+        return {
+            "name": self.name,
+            "codebook": [float(v) for v in np.asarray(self.codebook).reshape(-1)],
+            "trained_int8": self.trained_int8,
+            "bits": int(self.bits),
+            "storage": self.storage,
+            "stored_bits": int(self.stored_bits),
+            "count": int(self.count),
+            "exact": bool(self.exact),
+            "max_error": json_number(self.max_error),
+            "value_table": None if self.table is None else [int(v) for v in self.table],
+            "tables": int(self.tables),
+            "tensor": self.tensor,
+        }
+
+
+def json_number(x):
+    """`x` as a JSON number, or None for a missing or non-finite one."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
 
 
 def check_codebook_file(model_bytes: bytes, codebook: Codebook) -> list[WeightCheck]:
@@ -146,9 +175,11 @@ def _check_litert_codebook(model_bytes: bytes, codebook: Codebook) -> list[Weigh
             v = exact.dequantize(fb, tensor)
         dim = _channel_dim(code, tensor)
         units, worst = channel_fit(v, codebook, dim)
+        tensor_name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
         out.append(
             WeightCheck(
-                name=tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name),
+                name=weight_label(tensor_name, code),
+                tensor=tensor_name,
                 codebook=codebook.values,
                 bits=codebook.bits,
                 storage=storage_name(tensor),
@@ -337,6 +368,51 @@ class FileCheck:
             lines.append(f"  ran on {self.samples} random inputs with LiteRT: {finite}")
         lines.append("OK" if self.ok else "FAILED")
         return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """The check as JSON-serializable data.
+
+        Keys: `path`, `size_bytes`, `codebook`, `packed`, `runner`, `ok`,
+        `exact`, `weights` (one per weight tensor, as in an export report),
+        `outputs` (`samples`, `finite`, `model`, `max_abs_diff`,
+        `output_range`), `refusal`.
+        """
+        return {
+            "path": self.path,
+            "size_bytes": int(self.size_bytes),
+            "codebook": [float(v) for v in np.asarray(self.codebook).reshape(-1)],
+            "packed": self.packed,
+            "runner": self.runner,
+            "ok": self.ok,
+            "exact": self.exact,
+            "weights": [w.to_dict() for w in self.weights],
+            "outputs": {
+                "samples": int(self.samples),
+                "finite": self.outputs_finite,
+                "model": self.model,
+                "max_abs_diff": json_number(self.max_abs_diff),
+                "output_range": json_number(self.output_range),
+            },
+            "refusal": self.refusal,
+        }
+
+    def to_json(self, path=None) -> str:
+        """The check as JSON text; also written to `path` when given (atomically).
+
+        Raises:
+            ExportError: When `path` cannot be written.
+        """
+        data = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+        if path is not None:
+            target = files.check_output_path(path, "path")
+            try:
+                files.atomic_write(target, data.encode())
+            except OSError as e:
+                raise ExportError(
+                    f"Cannot write the JSON check to {str(target)!r}: {e.strerror or e}. "
+                    "Choose a writable path."
+                ) from e
+        return data
 
 
 def _codebook(codebook) -> Codebook:

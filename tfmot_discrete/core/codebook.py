@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Iterable
 from fractions import Fraction
 
@@ -20,10 +21,32 @@ MAX_SIZE = 65536
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
 
+#: Preset names a user may pass as `values` by mistake, and the call they meant.
+PRESETS = {
+    "binary": "td.binary()",
+    "ternary": "td.ternary()",
+    "power_of_two": "td.power_of_two(bits=3)",
+    "powers_of_two": "td.power_of_two(bits=3)",
+}
+
+
 def _flatten_values(values) -> list[float]:
     """Turns the user's `values` into a flat list of floats, or raises."""
     if isinstance(values, Codebook):
         return list(values.values)
+    if isinstance(values, str) and values.strip().lower() in PRESETS:
+        name = values.strip().lower()
+        raise ValueError(
+            f"`values` is the list of numbers itself; for the {name} codebook use the "
+            f"preset `{PRESETS[name]}` (it holds the values and a fitting scale). "
+            f"Received: values={values!r}"
+        )
+    if isinstance(values, str) and values.strip().lower() == "int8":
+        raise ValueError(
+            "`values` is the list of numbers itself; 'int8' is not a codebook but a "
+            "value of a `td.quantize_model` mapping (8-bit weights, e.g. "
+            "`{'logits': 'int8', '.*': td.ternary()}`). Received: values='int8'"
+        )
     if isinstance(values, (str, bytes)) or values is None:
         raise ValueError(
             f"`values` must be a non-empty list of finite real numbers. Received: values={values!r}"
@@ -88,6 +111,24 @@ def _check_not_subnormal(uniq: np.ndarray, values) -> None:
         )
 
 
+def _warn_repeats(flat: list[float], values) -> None:
+    """A codebook is a set: a value listed twice is kept once, with a warning
+    naming it (a repeat is usually a typo for another value)."""
+    seen, repeated = set(), []
+    for v in flat:
+        v += 0.0  # -0.0 is 0.0
+        if v in seen and v not in repeated:
+            repeated.append(v)
+        seen.add(v)
+    shown = ", ".join(f"{v:g}" if float(f"{v:g}") == v else repr(v) for v in repeated)
+    warnings.warn(
+        f"`values` lists {shown} more than once; a codebook is a set, so each value is kept "
+        f"once ({len(seen)} distinct values). Received: values={values!r}",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
 class Codebook:
     """A validated, sorted set of distinct real values.
 
@@ -95,7 +136,8 @@ class Codebook:
     to the larger of the two (so `0.0` goes to `+1` in `{-1, +1}`), every time.
 
     Args:
-        values: The allowed values, in any order; duplicates are dropped.
+        values: The allowed values, in any order. A value listed twice is kept
+            once, with a `UserWarning` naming it.
             At least two distinct finite real numbers.
 
     Raises:
@@ -139,6 +181,8 @@ class Codebook:
                 f"`values` may hold at most {MAX_SIZE} distinct numbers; it holds "
                 f"{uniq.size}. Received: values=<{uniq.size} numbers>"
             )
+        if uniq.size < len(flat):
+            _warn_repeats(flat, values)
         _check_not_subnormal(uniq, values)
         self._values = uniq
         self._values.setflags(write=False)

@@ -86,6 +86,38 @@ _NO_OP = frozenset(
 _TWO_OPS = frozenset(("SeparableConv1D", "SeparableConv2D"))
 
 
+def _no_plan_message(flash, ram, min_flash, min_ram) -> str:
+    """Why no plan fits, with every figure (estimated) and the next step."""
+    given = " and ".join(f"{k}={v:,}" for k, v in (("flash", flash), ("ram", ram)) if v is not None)
+    head = f"No plan fits {given} bytes with these candidates."
+    if min_flash is None:
+        return (
+            f"{head} Within ram={ram:,} bytes no layout holds every layer: the smallest achievable "
+            f"arena (estimated, nothing packed) is {min_ram:,} bytes. Give ram >= {min_ram:,}, or "
+            "shrink the largest activations (smaller inputs, fewer channels in early layers)."
+        )
+    steps = []
+    if flash is not None and min_flash > flash:
+        steps.append(
+            f"the smallest achievable file within the RAM budget is {min_flash:,} bytes "
+            "(estimated), "
+            f"{min_flash - flash:,} over flash={flash:,}: give flash >= {min_flash:,}, or add "
+            "a candidate with fewer values (td.binary packs to 1 bit per weight)"
+        )
+    if ram is not None and min_ram > ram:
+        steps.append(
+            f"the smallest achievable arena is {min_ram:,} bytes (estimated, nothing packed), "
+            f"{min_ram - ram:,} over ram={ram:,}: give ram >= {min_ram:,}"
+        )
+    if not steps:
+        steps.append(
+            f"the smallest achievable file is {min_flash:,} bytes and arena {min_ram:,} "
+            "bytes (estimated), but not in one layout: raise either budget a little"
+        )
+    text = "; ".join(steps)
+    return f"{head} {text[0].upper()}{text[1:]}."
+
+
 class PlanError(ValueError):
     """No assignment fits the budgets; `min_flash` and `min_ram` say what would."""
 
@@ -570,10 +602,7 @@ def _choose(layers, others, candidates, losses, flash, ram):
         min_flash = min(flashes) if flashes else None
         min_ram = min(r for _, r in minima)
         raise PlanError(
-            f"No plan fits flash={flash} and ram={ram} bytes with these candidates. Smallest "
-            f"achievable (estimated): flash {min_flash if min_flash is not None else '-'} bytes "
-            f"within the RAM budget, RAM {min_ram} bytes (nothing packed). Raise a budget, or "
-            "add a smaller candidate (binary packs to 1 bit per weight).",
+            _no_plan_message(flash, ram, min_flash, min_ram),
             min_flash=min_flash if min_flash is not None else -1,
             min_ram=min_ram,
         )
