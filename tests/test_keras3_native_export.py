@@ -19,7 +19,7 @@ import tflite_export
 import tfmot_discrete as td
 from tflite_export import __main__ as cli
 from tflite_export import keras3 as k3_export
-from tflite_export import runners
+from tflite_export import runners, tfbackend
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
@@ -237,3 +237,37 @@ def test_jax_trained_custom_layer_model_exports_through_a_tensorflow_process(tmp
     x, want = np.load(tmp_path / "x.npy"), np.load(tmp_path / "keras.npy")
     got = _lite((tmp_path / "block.tflite").read_bytes(), x)
     assert np.abs(got - want).max() <= ROUNDED_RTOL["int4"] * float(want.max() - want.min())
+
+
+class _Erfinv(keras.layers.Layer):
+    """An operation TFLite has no builtin operator for."""
+
+    def call(self, x):
+        return keras.ops.erfinv(keras.ops.tanh(x) * 0.5)
+
+
+def test_an_operation_without_a_builtin_operator_is_refused_by_name(tmp_path):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(_Erfinv()(inputs)))
+    with pytest.raises(tflite_export.ExportError, match="Erfinv") as err:
+        tflite_export.export(model, tmp_path / "e.tflite", format="int8")
+    assert "builtin operator" in err.value.message
+    assert not (tmp_path / "e.tflite").exists()
+
+
+def test_a_layer_class_of_the_running_script_is_refused_for_another_backend():
+    """The TensorFlow process that exports a JAX or PyTorch model imports the
+    model's layer classes: one defined in `__main__` cannot be."""
+    script_block = type("Block", (km.Block,), {"__module__": "__main__"})
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, script_block(8, name="b")(inputs))
+    with pytest.raises(tflite_export.ExportError, match=r"Block is defined in the running script"):
+        tfbackend.layer_modules(model)
+    inputs = keras.Input((8,))
+    assert tfbackend.layer_modules(keras.Model(inputs, km.Block(8)(inputs))) == ["keras3_models"]
+
+
+def test_full_int8_without_samples_is_refused_as_on_the_tf_keras_route(block, tmp_path):
+    qat, _ = block
+    with pytest.raises(tflite_export.MissingDataError, match="representative_data"):
+        tflite_export.export(qat, tmp_path / "m.tflite", format="full_int8")

@@ -234,9 +234,11 @@ def _convert_native(nm, fmt, representative_data, allow_inexact, steps) -> Conve
         native.check_gather_tables(cws)
     rep = inputs.representative(nm, representative_data)
     if fmt == "full_int8" and rep is None:
-        raise ExportError(
+        raise MissingDataError(
             f"format={requested!r} needs `representative_data` (an array of sample inputs, or "
-            "a generator of them) to calibrate activation ranges."
+            "a generator of them) to calibrate activation ranges.",
+            format=requested,
+            reason="",
         )
     steps.stage(f"converting ({fmt}, from Keras 3)")
     with _failing(f"Converting the Keras 3 model to TFLite ({fmt})", _CONVERTER_TODO):

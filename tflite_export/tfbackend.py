@@ -50,7 +50,7 @@ def needs_child(model) -> bool:
     return keras3.is_keras3_model(model) and keras3.route(model).native
 
 
-def _modules(model) -> list[str]:
+def layer_modules(model) -> list[str]:
     """The modules that define the model's own classes, to import in the child.
 
     Raises:
@@ -95,9 +95,9 @@ def export_in_child(model, path, kwargs: dict):
     """
     with tempfile.TemporaryDirectory(prefix="tflite_export_tf_") as tmp:
         if isinstance(model, str | os.PathLike):
-            source, modules = os.fspath(model), _modules(keras3.load(model))
+            source, modules = os.fspath(model), layer_modules(keras3.load(model))
         else:
-            modules = _modules(model)
+            modules = layer_modules(model)
             source = os.path.join(tmp, "model.keras")
             model.save(source)
         request, result = os.path.join(tmp, "request.pkl"), os.path.join(tmp, "result.pkl")
@@ -145,6 +145,8 @@ def export_in_child(model, path, kwargs: dict):
     cls = getattr(errors, answer["error"], ExportError)
     if cls is errors.VerificationError:
         error = cls(answer["message"], answer.get("report"))
+    elif cls is errors.MissingDataError:
+        error = cls(answer["message"], format=answer.get("format"), reason=answer.get("reason", ""))
     else:
         error = cls(answer["message"])
     error.log = answer.get("log", "")

@@ -35,6 +35,8 @@ def main(argv) -> int:
             "message": e.message,
             "log": e.log,
             "report": getattr(e, "report", None),
+            "format": getattr(e, "format", None),
+            "reason": getattr(e, "reason", ""),
         }
     with open(result, "wb") as f:
         pickle.dump(answer, f)
