@@ -21,6 +21,7 @@ CHECKS = {
     "in_place_and_copy_refusal",
     "registered_custom_kernel",
     "seed_vector_in_subclassed_model",
+    "toolbox_on_subclassed_model",
 }
 HUB = {"keras_hub_transformer_encoder"}
 HUB_ALL = HUB | {

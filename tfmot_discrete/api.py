@@ -47,10 +47,10 @@ def strip_quantization(model):
 @functools.wraps(_summary)
 def summary(model, print_fn=print):
     if _is_keras3(model):
-        from tfmot_discrete.keras3 import bridge  # noqa: PLC0415
+        from tfmot_discrete.keras3 import summary as k3_summary  # noqa: PLC0415
 
-        # One report for both paths: the tf_keras twin holds the same weights.
-        model = bridge.to_tf_keras(model)
+        # Read natively (any model class); the table is the same code's.
+        return k3_summary.summary(model, print_fn=print_fn)
     return _summary(model, print_fn=print_fn)
 
 

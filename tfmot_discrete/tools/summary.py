@@ -157,7 +157,20 @@ def summary(model, print_fn=print) -> str:
     Returns:
         The table as a string.
     """
-    reports = weight_reports(model) + float_reports(model)
+    return render(model.name, weight_reports(model) + float_reports(model), print_fn)
+
+
+def render(model_name: str, reports: list[WeightReport], print_fn=print) -> str:
+    """The table of `summary` for `reports` (both paths' summaries print it).
+
+    Args:
+        model_name: Named in the title.
+        reports: The rows, in order.
+        print_fn: Called with the whole table, unless None. Defaults to `print`.
+
+    Returns:
+        The table as a string.
+    """
     header = [
         "layer/weight",
         "codebook",
@@ -206,7 +219,7 @@ def summary(model, print_fn=print) -> str:
     lines = text.table_lines([header, *rows, total])
     sep = "-" * len(lines[0])
     table = "\n".join(
-        [f'Codebook summary of "{model.name}"', sep, lines[0], sep, *lines[1:-1], sep, lines[-1]]
+        [f'Codebook summary of "{model_name}"', sep, lines[0], sep, *lines[1:-1], sep, lines[-1]]
     )
     if print_fn is not None:
         print_fn(table)
