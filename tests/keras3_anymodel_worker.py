@@ -295,6 +295,44 @@ def _():
         raise AssertionError("the tf_keras DiscreteMultiplier ran in a Keras 3 model")
 
 
+@keras.saving.register_keras_serializable("anymodel_test")
+class BNNet(Net):
+    """`Net` with a BatchNormalization between the block and the head."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.bn = L.BatchNormalization()
+
+    def call(self, x):
+        return self.head(self.bn(self.block(self.inp(x))))
+
+
+@check("toolbox_on_subclassed_model")
+def _():
+    x, y = RNG.normal(size=(64, 5)).astype("float32"), np.arange(64) % 3
+    model = BNNet()
+    model(x[:2])
+    qat = td.quantize_model(model, {"inp": "int8", ".*": td.ternary()})
+    table = td.summary(qat, print_fn=None)
+    rows = [line.split()[0] for line in table.splitlines()[4:-2]]
+    assert len(rows) == len(set(rows)) == 6, table  # every quantized weight, one row each
+    assert sum(r.startswith("block") for r in rows) == 4 and "int8" in table, table
+    qat.compile(keras.optimizers.Adam(0.05), CE)
+    history = qat.fit(x, y, epochs=2, verbose=0, callbacks=[td.CodebookMonitor(verbose=0)])
+    flips = [k for k in history.history if k.endswith("/flip_rate")]
+    assert len(flips) == 5 and all(k.startswith(("block", "dense")) for k in flips), flips
+    assert td.recalibrate_batchnorm(qat, x, batch_size=16) == 4
+    bn_input = npy(qat.block(qat.inp(x, training=False), training=False))
+    np.testing.assert_allclose(npy(qat.bn.moving_mean), bn_input.mean(0), rtol=1e-4, atol=1e-5)
+    distiller = td.Distiller(qat, teacher=model)
+    distiller.compile(keras.optimizers.Adam(0.01), CE)
+    logs = distiller.fit(x, y, epochs=1, verbose=0).history
+    assert {"loss", "label_loss", "distillation_loss"} <= set(logs), logs
+    model.compile(loss=CE)
+    rows = td.sensitivity(model, td.ternary(), (x, y))
+    assert [r.layer_class for r in rows] == ["Dense", "Dense"], rows
+
+
 if "--hub" in sys.argv or "--hub-all" in sys.argv:
     import keras_hub
 

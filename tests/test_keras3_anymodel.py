@@ -7,7 +7,11 @@ own (`keras3_anymodel_worker.py`); and the seed's vector in a subclassed
 Keras 3 model, learned with `td.keras3.DiscreteMultiplier` and refused with
 `td.DiscreteMultiplier`."""
 
+import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 from keras3_cases import passed_checks, run_workers
@@ -21,6 +25,7 @@ CHECKS = {
     "in_place_and_copy_refusal",
     "registered_custom_kernel",
     "seed_vector_in_subclassed_model",
+    "toolbox_on_subclassed_model",
 }
 HUB = {"keras_hub_transformer_encoder"}
 HUB_ALL = HUB | {
@@ -41,3 +46,28 @@ def test_any_model_class_quantizes_trains_strips_and_reloads(workers, backend):
     flags = BACKENDS[backend]
     want = CHECKS | (HUB_ALL if "--hub-all" in flags else HUB if "--hub" in flags else set())
     assert passed_checks(workers, backend) == want
+
+
+def test_data_parallel_on_two_jax_devices_trains_a_quantized_model(tmp_path):
+    """`keras.distribution.DataParallel` (two JAX CPU devices): a model with a
+    user's block, quantized, trains; its latent weights are replicated."""
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="jax",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    root = str(WORKER.parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    script = WORKER.with_name("keras3_distributed_worker.py")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["devices"] == 2 and result["weights"] == 4, result
+    assert result["flips"] > 0 and result["replicated"], result

@@ -68,8 +68,9 @@ def strip_quantization(model):
 
 
 def summary(model, print_fn=print):
-    """A table of a QAT model's codebook weights: layer, codebook, bits per
-    weight, memory and value usage (see `tfmot_discrete.tools.summary`).
+    """A table of a QAT model's codebook weights: layer (the weight's path in
+    the layer tree), codebook, bits per weight, memory and value usage (see
+    `tfmot_discrete.tools.summary`).
 
     Args:
         model: A tf_keras or Keras 3 model from `quantize_model`, or a
@@ -79,13 +80,13 @@ def summary(model, print_fn=print):
     Returns:
         The table as a string.
     """
+    if is_keras3_object(model):
+        from tfmot_discrete.tools import keras3_summary as k3_summary  # noqa: PLC0415
+
+        # Read natively (any model class); the table is the same code's.
+        return k3_summary.summary(model, print_fn=print_fn)
     from tfmot_discrete.tools import summary as summary_mod  # noqa: PLC0415
 
-    if is_keras3_object(model):
-        from tfmot_discrete.tools import bridge  # noqa: PLC0415
-
-        # One report for both paths: the tf_keras twin holds the same weights.
-        model = bridge.to_tf_keras(model)
     return summary_mod.summary(model, print_fn=print_fn)
 
 

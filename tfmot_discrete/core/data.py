@@ -39,6 +39,22 @@ def check_positive_int(name, value, allow_none):
     return int(value)
 
 
+def _input_ranks(model, data) -> list[int]:
+    """The rank of each model input (batch axis included): from the model's
+    inputs, or for a model without them (a subclassed Keras 3 model) from
+    `data`, whose arrays or dataset elements are then taken as batched."""
+    inputs = getattr(model, "inputs", None)
+    if inputs:
+        return [len(t.shape) for t in inputs]
+    if is_dataset(data):
+        tf = _loaded_tensorflow()
+        spec = data.element_spec
+        x = spec[0] if isinstance(spec, tuple) else spec
+        return [s.shape.rank for s in tf.nest.flatten(x)]
+    x = data[0] if isinstance(data, tuple) and data else data
+    return [np.ndim(a) for a in x] if isinstance(x, list) else [np.ndim(x)]
+
+
 def input_batches(model, data, batch_size=DEFAULT_BATCH_SIZE, steps=None, argname="data"):
     """Batches of model inputs from `data`, validated against `model`'s inputs.
 
@@ -61,7 +77,7 @@ def input_batches(model, data, batch_size=DEFAULT_BATCH_SIZE, steps=None, argnam
     """
     batch_size = check_positive_int("batch_size", batch_size, allow_none=False)
     steps = check_positive_int("steps", steps, allow_none=True)
-    ranks = [len(t.shape) for t in model.inputs]
+    ranks = _input_ranks(model, data)
     if is_dataset(data):
         tf = _loaded_tensorflow()
         card = int(data.cardinality())
@@ -102,7 +118,7 @@ def input_batches(model, data, batch_size=DEFAULT_BATCH_SIZE, steps=None, argnam
     if not batches:
         raise ValueError(f"`{argname}` holds no samples. Received: {argname} of 0 samples")
     for b in batches:
-        for a, t in zip(b, model.inputs):
+        for a, t in zip(b, getattr(model, "inputs", None) or ()):
             want = tuple(t.shape[1:])
             got = tuple(a.shape)
             if len(got) != len(t.shape) or any(

@@ -95,3 +95,11 @@ def add_to_build_config(layer, key, value) -> None:
         return config
 
     object.__setattr__(layer, "get_build_config", get_build_config)
+
+
+def torch_modules(layer) -> dict:
+    """On PyTorch, the sub-modules `torch.nn.Module` keeps by attribute name
+    (its `_modules` dict: a layer held in an attribute is there, not in the
+    object's `__dict__`); elsewhere an empty dict."""
+    modules = getattr(layer, "_modules", None) if backend() == "torch" else None
+    return modules if isinstance(modules, dict) else {}

@@ -13,13 +13,17 @@ import numpy as np
 
 from tfmot_discrete.core import moments
 from tfmot_discrete.core.data import DEFAULT_BATCH_SIZE, input_batches
-from tfmot_discrete.keras3._k3 import keras, ops
+from tfmot_discrete.keras3._k3 import flatten_layers, keras, ops
 
 
 def batchnorm_layers(model) -> list:
-    """The `BatchNormalization` layers of a Keras 3 model (its own layers; the
-    quantized layers' wrappers hold none)."""
-    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    """The `BatchNormalization` layers of a Keras 3 model, anywhere in its
+    layer tree (a user's block, a subclassed model)."""
+    return [
+        layer
+        for layer in flatten_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
 
 
 class _Accumulator(moments.MomentSums):

@@ -55,15 +55,15 @@ def places(model, graph: bool) -> list[tree.Place]:
     return out
 
 
-def _is_kernel_like(variable) -> bool:
-    """As `core.rules` kernel-like rule: trainable, rank 2 or more, not a bias."""
+def is_kernel_like(variable) -> bool:
+    """As `tfk.annotate.is_kernel_like`: trainable, rank 2 or more, not a bias."""
     return variable.trainable and len(variable.shape) >= 2 and not variable.name.endswith("bias")
 
 
 def own_kernels(layer) -> list:
     """The kernel-like weights `layer` holds itself (not through a sub-layer)."""
     below = {id(w) for sub in tree.sublayers(layer) for w in sub.weights}
-    return [w for w in layer.weights if id(w) not in below and _is_kernel_like(w)]
+    return [w for w in layer.weights if id(w) not in below and is_kernel_like(w)]
 
 
 def spec_variables(layer) -> dict[str, object]:
@@ -187,8 +187,8 @@ def plan(model, spec, graph: bool) -> Plan:
         elif kept:
             out.wrap[i] = kept
         spec_ids = {id(v) for v in variables.values()}
-        kernels = [n for n, v in variables.items() if _is_kernel_like(v)]
-        kernels += [w.name for w in layer.weights if _is_kernel_like(w) and id(w) not in spec_ids]
+        kernels = [n for n, v in variables.items() if is_kernel_like(v)]
+        kernels += [w.name for w in layer.weights if is_kernel_like(w) and id(w) not in spec_ids]
         rest = [n for n in kernels if n not in kept]
         left_float(layer, [n for n in rest if n in chosen], rules.MAPPED_TO_NONE)
         left_float(layer, [n for n in rest if n not in chosen], rules.UNNAMED)

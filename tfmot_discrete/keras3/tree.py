@@ -37,7 +37,7 @@ class Place:
 def _attribute_names(parent, layer) -> list[str]:
     """The names under which `parent` holds `layer` (`"d1"`, `"blocks/0"`)."""
     out = []
-    for name, value in vars(parent).items():
+    for name, value in _attributes(parent):
         if value is layer:
             out.append(name)
         elif isinstance(value, list | tuple):
@@ -45,6 +45,12 @@ def _attribute_names(parent, layer) -> list[str]:
         elif isinstance(value, dict):
             out += [f"{name}/{k}" for k, v in value.items() if v is layer]
     return [n for n in out if not n.startswith("_")]
+
+
+def _attributes(parent) -> list[tuple[str, object]]:
+    """`parent`'s attributes: its `__dict__`, and on PyTorch its sub-modules
+    (which `torch.nn.Module` keeps apart, in `_modules`)."""
+    return list(vars(parent).items()) + list(_k3.torch_modules(parent).items())
 
 
 def sublayers(layer) -> list:
@@ -85,10 +91,14 @@ def replace(parent, old, new) -> None:
         ValueError: When `parent` does not hold `old`.
     """
     found = _k3.replace_tracked_layer(parent, old, new)
-    for name, value in list(vars(parent).items()):
+    modules = _k3.torch_modules(parent)
+    for name, value in _attributes(parent):
         if name == "_layers":
             continue
-        if value is old:
+        if value is old and modules.get(name) is old:
+            modules[name] = new
+            found = True
+        elif value is old:
             object.__setattr__(parent, name, new)
             found = True
         elif isinstance(value, list):

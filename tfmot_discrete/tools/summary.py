@@ -7,10 +7,7 @@ import dataclasses
 import numpy as np
 
 from tfmot_discrete.core import text
-from tfmot_discrete.core.quantizers import indices_of
-from tfmot_discrete.tfk import annotate, int8
-from tfmot_discrete.tfk.quantizers import CodebookQuantizer
-from tfmot_discrete.tfk.weights import check_finite, codebook_items, int8_items
+from tfmot_discrete.core.quantizers import INT8_QMAX, CodebookQuantizer, indices_of
 
 
 @dataclasses.dataclass
@@ -60,7 +57,12 @@ def value_shares(indices: np.ndarray, size: int) -> np.ndarray:
 
 
 def weight_reports(model) -> list[WeightReport]:
-    """One `WeightReport` per codebook-quantized weight of `model`."""
+    """One `WeightReport` per codebook-quantized weight of a tf_keras `model`."""
+    # The tf_keras path's readers: TF-MOT loads only for a tf_keras model (the
+    # table itself, `render`, serves the Keras 3 path too).
+    from tfmot_discrete.tfk import int8  # noqa: PLC0415
+    from tfmot_discrete.tfk.weights import check_finite, codebook_items, int8_items  # noqa: PLC0415
+
     check_finite(model)
     out = []
     for item in codebook_items(model):
@@ -85,7 +87,7 @@ def weight_reports(model) -> list[WeightReport]:
             WeightReport(
                 layer=item.layer,
                 weight=item.weight,
-                codebook=np.arange(-int8.INT8_QMAX, int8.INT8_QMAX + 1, dtype=np.float64),
+                codebook=np.arange(-INT8_QMAX, INT8_QMAX + 1, dtype=np.float64),
                 scale="per-channel" if q.per_axis else "per-tensor",
                 count=int(iv.codes.size),
                 bits=8,
@@ -100,6 +102,8 @@ def float_reports(model) -> list[WeightReport]:
     """One `WeightReport` per kernel-like weight of `model` left float32
     (see `annotate.is_kernel_like`): layers `quantize_model` could not reach
     or was told to leave float."""
+    from tfmot_discrete.tfk import annotate  # noqa: PLC0415
+
     return [
         WeightReport(
             layer=layer,
@@ -143,7 +147,20 @@ def summary(model, print_fn=print) -> str:
     Returns:
         The table as a string.
     """
-    reports = weight_reports(model) + float_reports(model)
+    return render(model.name, weight_reports(model) + float_reports(model), print_fn)
+
+
+def render(model_name: str, reports: list[WeightReport], print_fn=print) -> str:
+    """The table of `summary` for `reports` (both paths' summaries print it).
+
+    Args:
+        model_name: Named in the title.
+        reports: The rows, in order.
+        print_fn: Called with the whole table, unless None. Defaults to `print`.
+
+    Returns:
+        The table as a string.
+    """
     header = [
         "layer/weight",
         "codebook",
@@ -192,7 +209,7 @@ def summary(model, print_fn=print) -> str:
     lines = text.table_lines([header, *rows, total])
     sep = "-" * len(lines[0])
     table = "\n".join(
-        [f'Codebook summary of "{model.name}"', sep, lines[0], sep, *lines[1:-1], sep, lines[-1]]
+        [f'Codebook summary of "{model_name}"', sep, lines[0], sep, *lines[1:-1], sep, lines[-1]]
     )
     if print_fn is not None:
         print_fn(table)
