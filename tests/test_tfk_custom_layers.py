@@ -10,13 +10,13 @@ import tensorflow_model_optimization as tfmot
 
 import tflite_export
 import tfmot_discrete as td
-from tfmot_discrete.tfk._keras import keras
+from tfmot_discrete.tfk import keras
 from tfmot_discrete.tfk.weights import QuantizationWarning, codebook_items
 
 L = keras.layers
 
 
-@keras.saving.register_keras_serializable(package="tfkany_tests")
+@keras.saving.register_keras_serializable(package="custom_layer_tests")
 class Block(L.Layer):
     """`x + d2(d1(x))`, then two Dense layers held in a list and a Conv1D."""
 
@@ -38,7 +38,7 @@ class Block(L.Layer):
         return {**super().get_config(), "units": self.units}
 
 
-@keras.saving.register_keras_serializable(package="tfkany_tests")
+@keras.saving.register_keras_serializable(package="custom_layer_tests")
 class Outer(L.Layer):
     """A block inside a block, and a kernel of its own (`add_weight`)."""
 
@@ -223,7 +223,7 @@ def test_a_layer_keras_cannot_rebuild_is_refused_before_tfmot_clones_it():
     with pytest.raises(ValueError, match=r"'free' is of your class Unregistered.*register_keras"):
         td.quantize_model(_model(Unregistered(name="free")), td.ternary())
 
-    @keras.saving.register_keras_serializable(package="tfkany_tests")
+    @keras.saving.register_keras_serializable(package="custom_layer_tests")
     class Nameless(Unregistered):
         def get_config(self):
             return {}

@@ -7,7 +7,7 @@ import pytest
 
 import tflite_export
 import tfmot_discrete as td
-from tfmot_discrete.tfk._keras import keras
+from tfmot_discrete.tfk import keras
 from tfmot_discrete.tfk.weights import codebook_items
 
 L = keras.layers
