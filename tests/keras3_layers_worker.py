@@ -160,7 +160,7 @@ def _notices():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         qat = td.quantize_model(model, MAPPING)
-    notices = [str(w.message) for w in caught if w.category is td.weights.QuantizationWarning]
+    notices = [str(w.message) for w in caught if w.category is weights.QuantizationWarning]
     assert len(notices) == 1, notices
     assert "'lstm'" in notices[0] and "['recurrent_kernel']" in notices[0], notices
     assert "maps them to None" in notices[0], notices
