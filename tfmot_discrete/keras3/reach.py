@@ -25,12 +25,24 @@ from tfmot_discrete.keras3.wrapper import SUPPORTED, QuantizeWrapper, weight_spe
 FLOAT_LAYERS = tuple(getattr(keras.layers, name) for name in specs.FLOAT_LAYERS)
 
 
+def is_float_by_design(layer) -> bool:
+    """A layer whose weights stay float without a notice: normalization,
+    and KerasHub's `PositionEmbedding` (matched by module and class name, so
+    KerasHub is not imported), whose table is added to the token embeddings,
+    a bias per position rather than a kernel (and its `call` slices it to the
+    sequence length, so no file holds the whole table)."""
+    if isinstance(layer, FLOAT_LAYERS):
+        return True
+    cls = type(layer)
+    return cls.__module__.startswith("keras_hub.") and cls.__name__ == "PositionEmbedding"
+
+
 def is_leaf(layer) -> bool:
     """A layer the walk does not enter: one `QuantizeWrapper` wraps (or
     wraps already), a multiplier, an input or a float-by-design layer."""
     return (
         isinstance(layer, QuantizeWrapper | DiscreteMultiplier | keras.layers.InputLayer)
-        or isinstance(layer, FLOAT_LAYERS)
+        or is_float_by_design(layer)
         or weight_specs(layer) is not None
     )
 
@@ -138,7 +150,9 @@ def plan(model, spec, graph: bool) -> Plan:
         layer = place.layer
         names = _names(place, ancestors(place))
         candidates_seen += names[:2]
-        if isinstance(layer, (keras.layers.InputLayer, QuantizeWrapper, *FLOAT_LAYERS)):
+        if isinstance(layer, keras.layers.InputLayer | QuantizeWrapper) or is_float_by_design(
+            layer
+        ):
             continue
         found, value = _first(spec, names)
         if isinstance(layer, DiscreteMultiplier):

@@ -119,7 +119,7 @@ def _keras_hub_weights(layer) -> dict | None:
     """The embedding layers of KerasHub models (matched by module and class
     name, so that KerasHub is not imported): `ReversibleEmbedding` (Keras's
     or KerasHub's: an `Embedding` whose table, tied, also projects to the
-    vocabulary) and KerasHub's `PositionEmbedding` (a table of its own)."""
+    vocabulary)."""
     cls = type(layer)
     if not cls.__module__.startswith(("keras_hub.", "keras.src.layers.core.reversible_embedding")):
         return None
@@ -128,8 +128,7 @@ def _keras_hub_weights(layer) -> dict | None:
         if not getattr(layer, "tie_weights", True):
             weights["reverse_embeddings"] = [-1]
         return weights
-    if cls.__name__ == "PositionEmbedding":
-        return {"position_embeddings": [0]}
+    # (KerasHub's `PositionEmbedding` is float by design: `reach.is_float_by_design`.)
     return None
 
 
