@@ -198,3 +198,15 @@ def test_documented_command_lines_run(tmp_path, monkeypatch, capsys):
         assert cli.main(argv[1:]) == 0, capsys.readouterr()
         assert capsys.readouterr().out.rstrip().endswith("OK")
     assert (tmp_path / "model_data.cc").is_file()
+
+
+def test_keras_hub_transformer(tmp_path):
+    """KerasHub layers on the codebook (strict: none of a supported kind left
+    float), exported natively to a verified int8 file."""
+    pytest.importorskip("keras_hub")
+    out = _run("keras_hub_transformer.py", "--epochs", 2, "--out", tmp_path, cwd=tmp_path)
+    path = tmp_path / "keras_hub_transformer.tflite"
+    _verified(out, path, "int8")
+    assert "encoder/self_attention_layer/query/kernel" in out
+    assert "codebook weights checked: 8, exact: 8" in out
+    assert "LiteRT test accuracy" in out
