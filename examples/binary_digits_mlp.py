@@ -18,10 +18,10 @@ import _cli
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-with _cli.quiet_imports():  # TensorFlow loads here
+with _cli.quiet_imports():  # TensorFlow loads here (on first use of td.keras)
     import tfmot_discrete as td
 
-keras = td.keras
+    keras = td.keras
 
 
 def digits():

@@ -35,10 +35,10 @@ from _data import mnist1d
 
 import tflite_export
 
-with _cli.quiet_imports():  # TensorFlow loads here
+with _cli.quiet_imports():  # TensorFlow loads here (on first use of td.keras)
     import tfmot_discrete as td
 
-keras = td.keras
+    keras = td.keras
 L = keras.layers
 
 #: The float training's peak learning rate and batch size; fine-tuning reuses both.

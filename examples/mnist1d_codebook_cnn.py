@@ -19,10 +19,10 @@ import pathlib
 import _cli
 from _data import mnist1d
 
-with _cli.quiet_imports():  # TensorFlow loads here
+with _cli.quiet_imports():  # TensorFlow loads here (on first use of td.keras)
     import tfmot_discrete as td
 
-keras = td.keras
+    keras = td.keras
 L = keras.layers
 
 

@@ -19,10 +19,10 @@ import numpy as np
 
 import tflite_export
 
-with _cli.quiet_imports():  # TensorFlow loads here
+with _cli.quiet_imports():  # TensorFlow loads here (on first use of td.keras)
     import tfmot_discrete as td
 
-keras = td.keras  # tf_keras (Keras 2): what TF-MOT and this package use
+    keras = td.keras  # tf_keras (Keras 2): what TF-MOT and this package use
 
 
 def learn(values, dim: int, epochs: int, seed: int = 0, verbose: int = 0):

@@ -313,7 +313,7 @@ def test_cli_end_to_end(saved, capsys):
     "args, message",
     [
         (["missing.keras", "--format", "int8"], "Model file not found"),
-        (["corrupt.keras", "--format", "int8"], "Cannot load model"),
+        (["corrupt.keras", "--format", "int8"], "is not a readable Keras model file"),
         (["qat.keras", "--format", "int3"], "invalid choice: 'int3'"),
         (
             ["qat.keras", "--format", "full_int8", "--representative-data", "bad.npy"],

@@ -27,11 +27,11 @@ import tflite_export
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # examples/, for _cli
 import _cli
 
-with _cli.quiet_imports():  # TensorFlow loads here
+with _cli.quiet_imports():  # TensorFlow loads here (on first use of td.keras)
     import tfmot_discrete as td
     from tflite_export import exact, runners
 
-keras = td.keras
+    keras = td.keras
 
 # TFLM aborts the process on some files, and a too-small arena can crash it:
 # every TFLM interpreter of this script runs in a child process.
