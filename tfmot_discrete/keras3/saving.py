@@ -59,10 +59,11 @@ def load_model(filepath, custom_objects=None, compile=True):
         ValueError: For a file that is not a `.keras` archive, or a model
             whose layer tree no longer matches the record.
 
-    Example:
+    Example (`qat` a QAT model with wrappers inside its own layers; tested in
+    `tests/test_keras3_anymodel.py`):
 
-    >>> qat.save("model.keras")  # doctest: +SKIP
-    >>> qat = td.keras3.load_model("model.keras")  # doctest: +SKIP
+        qat.save("model.keras")
+        qat = td.keras3.load_model("model.keras")
     """
     config, record = _record(filepath)
     if not record:
