@@ -275,44 +275,54 @@ def next_steps(report: BudgetReport) -> list[str]:
     with the figures and the choices that would close the gap."""
     steps = []
     if report.flash is not None and report.file_bytes > report.flash:
-        over = report.file_bytes - report.flash
-        unpacked = sorted(
-            (w for w in report.weights if w.storage == "int8"), key=lambda w: -w.flash_bytes
-        )
-        line = (
-            f"flash: the file is {report.file_bytes:,} bytes, {over:,} over flash="
-            f"{report.flash:,}. Give flash >= {report.file_bytes:,}"
-        )
-        if unpacked:
-            biggest = ", ".join(f"{w.name} ({w.flash_bytes:,} B)" for w in unpacked[:3])
-            line += (
-                f"; or store the largest int8 weights packed (format='tflm_packed', or pack= "
-                f"naming them) or on a smaller codebook: {biggest}"
+        steps.append(
+            _over(
+                f"flash: the file is {report.file_bytes:,} bytes",
+                report.file_bytes,
+                ("flash", report.flash),
+                [
+                    (w.name, f"{w.flash_bytes:,} B", w.flash_bytes)
+                    for w in report.weights
+                    if w.storage == "int8"
+                ],
+                "store the largest int8 weights packed (format='tflm_packed', or pack= naming "
+                "them) or on a smaller codebook",
+                "put the largest weights on a codebook with fewer values (binary packs to 1 bit)",
             )
-        else:
-            line += "; or put the largest weights on a codebook with fewer values (binary packs to 1 bit)"
-        steps.append(line + "; td.plan(...) finds a mapping that fits.")
-    if (
-        report.ram is not None
-        and report.arena_bytes is not None
-        and report.arena_bytes > report.ram
-    ):
-        over = report.arena_bytes - report.ram
-        decoding = sorted((w for w in report.weights if w.ram_bytes), key=lambda w: -w.ram_bytes)
-        line = (
-            f"ram: TFLM's arena is {report.arena_bytes:,} bytes, {over:,} over ram="
-            f"{report.ram:,}. Give ram >= {report.arena_bytes:,}"
+            + "; td.plan(...) finds a mapping that fits."
         )
-        if decoding:
-            biggest = ", ".join(f"{w.name} ({w.ram_bytes:,} B decoded)" for w in decoding[:3])
-            line += (
-                f"; or pack fewer weights (each packed weight is decoded into the arena while "
-                f"its layer runs; pass ram= and export packs only what fits): {biggest}"
+    arena = report.arena_bytes
+    if report.ram is not None and arena is not None and arena > report.ram:
+        steps.append(
+            _over(
+                f"ram: TFLM's arena is {arena:,} bytes",
+                arena,
+                ("ram", report.ram),
+                [
+                    (w.name, f"{w.ram_bytes:,} B decoded", w.ram_bytes)
+                    for w in report.weights
+                    if w.ram_bytes
+                ],
+                "pack fewer weights (each packed weight is decoded into the arena while its "
+                "layer runs; pass ram= and export packs only what fits)",
+                "shrink the activations (smaller inputs, fewer channels in early layers)",
             )
-        else:
-            line += "; or shrink the activations (smaller inputs, fewer channels in early layers)"
-        steps.append(line + ".")
+            + "."
+        )
     return steps
+
+
+def _over(
+    what: str, size: int, budget: tuple[str, int], weights, change: str, otherwise: str
+) -> str:
+    """One line of `next_steps`: the figure, by how much it is over `budget`,
+    and `change` for the three largest `weights` (`(name, shown, bytes)`)."""
+    name, limit = budget
+    line = f"{what}, {size - limit:,} over {name}={limit:,}. Give {name} >= {size:,}"
+    largest = sorted(weights, key=lambda w: -w[2])[:3]
+    if not largest:
+        return f"{line}; or {otherwise}"
+    return f"{line}; or {change}: " + ", ".join(f"{n} ({shown})" for n, shown, _ in largest)
 
 
 def check(report: BudgetReport) -> None:

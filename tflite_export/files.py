@@ -4,6 +4,7 @@ whole or not at all."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import tempfile
@@ -154,3 +155,22 @@ def atomic_write(path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_json(data: dict, path, what: str) -> str:
+    """`data` as indented JSON text; also written to `path` (atomically) when given.
+
+    Raises:
+        ExportError: When `path` cannot be written (naming `what`).
+    """
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    if path is not None:
+        target = check_output_path(path, "path")
+        try:
+            atomic_write(target, text.encode())
+        except OSError as e:
+            raise ExportError(
+                f"Cannot write the JSON {what} to {str(target)!r}: {e.strerror or e}. "
+                "Choose a writable path."
+            ) from e
+    return text

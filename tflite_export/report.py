@@ -5,11 +5,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.metadata
-import json
 
 from tflite_export import files
 from tflite_export.budget import BudgetReport
-from tflite_export.errors import ExportError
 from tflite_export.packed import TflmComparison
 from tflite_export.verify import WeightCheck, json_number
 from tfmot_discrete.core import text
@@ -283,14 +281,4 @@ class Report:
         Raises:
             ExportError: When `path` cannot be written.
         """
-        data = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-        if path is not None:
-            target = files.check_output_path(path, "path")
-            try:
-                files.atomic_write(target, data.encode())
-            except OSError as e:
-                raise ExportError(
-                    f"Cannot write the JSON report to {str(target)!r}: {e.strerror or e}. "
-                    "Choose a writable path."
-                ) from e
-        return data
+        return files.write_json(self.to_dict(), path, "report")

@@ -6,7 +6,6 @@ export: `check_weights`, `check_packed_weights`). LiteRT reads plain files;
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -402,17 +401,7 @@ class FileCheck:
         Raises:
             ExportError: When `path` cannot be written.
         """
-        data = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-        if path is not None:
-            target = files.check_output_path(path, "path")
-            try:
-                files.atomic_write(target, data.encode())
-            except OSError as e:
-                raise ExportError(
-                    f"Cannot write the JSON check to {str(target)!r}: {e.strerror or e}. "
-                    "Choose a writable path."
-                ) from e
-        return data
+        return files.write_json(self.to_dict(), path, "check")
 
 
 def _codebook(codebook) -> Codebook:

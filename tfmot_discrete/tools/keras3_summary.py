@@ -14,7 +14,13 @@ from tfmot_discrete.core.quantizers import INT8_QMAX, CodebookQuantizer
 from tfmot_discrete.keras3 import keras, reach
 from tfmot_discrete.keras3 import quantize as k3
 from tfmot_discrete.keras3 import quantizers as k3q
-from tfmot_discrete.tools.summary import WeightReport, indices_of, render, value_shares
+from tfmot_discrete.tools.summary import (
+    WeightReport,
+    float_report,
+    indices_of,
+    render,
+    value_shares,
+)
 
 
 def _check_finite(label, latent):
@@ -74,18 +80,7 @@ def float_reports(model) -> list[WeightReport]:
         if id(w) in quantized or not reach.is_kernel_like(w):
             continue
         layer, _, weight = reach.relative_path(w, model).rpartition("/")
-        out.append(
-            WeightReport(
-                layer=layer or model.name,
-                weight=weight,
-                codebook=np.zeros(0),
-                scale="-",
-                count=int(np.prod(w.shape)),
-                bits=32,
-                usage=np.zeros(0),
-                stays_float=True,
-            )
-        )
+        out.append(float_report(layer or model.name, weight, w.shape))
     return out
 
 

@@ -105,18 +105,23 @@ def float_reports(model) -> list[WeightReport]:
     from tfmot_discrete.tfk import annotate  # noqa: PLC0415
 
     return [
-        WeightReport(
-            layer=layer,
-            weight=weight,
-            codebook=np.zeros(0),
-            scale="-",
-            count=int(np.prod(variable.shape)),
-            bits=32,
-            usage=np.zeros(0),
-            stays_float=True,
-        )
+        float_report(layer, weight, variable.shape)
         for layer, weight, variable in annotate.float_weights_of(model)
     ]
+
+
+def float_report(layer: str, weight: str, shape) -> WeightReport:
+    """The row of a kernel-like weight that stays float32 (both paths' summaries)."""
+    return WeightReport(
+        layer=layer,
+        weight=weight,
+        codebook=np.zeros(0),
+        scale="-",
+        count=int(np.prod(shape)),
+        bits=32,
+        usage=np.zeros(0),
+        stays_float=True,
+    )
 
 
 def _fmt_bytes(n: int) -> str:
