@@ -299,3 +299,27 @@ def test_startup_lines_are_dropped_and_others_kept():
     assert (
         without_startup_lines(text) == "error: 'tfl.fully_connected' op operand #0 must be tensor\n"
     )
+
+
+# --- a custom Keras 3 kernel: the notice says what to do on that path ------------------------
+
+
+def test_a_keras3_custom_kernel_notice_points_to_register_weights():
+    import keras as keras3  # noqa: PLC0415  (Keras 3, TensorFlow backend in this process)
+
+    from tfmot_discrete.core.rules import QuantizationWarning  # noqa: PLC0415
+
+    class Own(keras3.layers.Layer):
+        def build(self, shape):
+            self.w = self.add_weight(shape=(shape[-1], 4))
+
+        def call(self, x):
+            return x @ self.w
+
+    inputs = keras3.Input((8,))
+    model = keras3.Model(inputs, keras3.layers.Dense(3, name="head")(Own(name="own")(inputs)))
+    with pytest.warns(QuantizationWarning, match=r"'own' \(Own\)") as record:
+        td.quantize_model(model, td.ternary())
+    message = str(record[0].message)
+    assert "td.keras3.register_weights(Own, {'<attribute>': [-1]})" in message
+    assert "DiscreteQuantizeConfig" not in message  # a tf_keras-only remedy

@@ -141,6 +141,8 @@ class FloatWeights:
     reason: str  # UNSUPPORTED, UNNAMED or MAPPED_TO_NONE
     #: The layer classes the path that reports supports (tf_keras's by default).
     supported: tuple[str, ...] = tuple(specs.SUPPORTED)
+    #: The path the layer is on: "tf_keras" or "keras3" (what to do differs).
+    path: str = "tf_keras"
 
     def message(self) -> str:
         what = (
@@ -150,10 +152,19 @@ class FloatWeights:
             return f"{what}: the quantizer mapping maps them to None."
         if self.reason == UNNAMED:
             return f"{what}: no key of the quantizer mapping names the layer or these weights."
-        return (
+        head = (
             f"{what}: no codebook config for class {self.layer_class} (supported: "
             f"{', '.join(self.supported)}, DiscreteMultiplier; subclasses and custom RNN "
-            "cells are not matched). Map its name to a `td.DiscreteQuantizeConfig` naming the "
+            "cells are not matched)."
+        )
+        if self.path == "keras3":
+            return (
+                f"{head} Name the weights its `call` reads with "
+                f"`td.keras3.register_weights({self.layer_class}, {{'<attribute>': [-1]}})` "
+                "(attribute -> output-channel axes) before `quantize_model`."
+            )
+        return (
+            f"{head} Map its name to a `td.DiscreteQuantizeConfig` naming the "
             "weights its `call` reads, e.g. {'"
             f"{self.layer}': td.DiscreteQuantizeConfig({{'kernel': q}})}} or "
             "{'cell.kernel': q} for a weight held by a cell or sub-layer."

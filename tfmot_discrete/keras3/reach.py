@@ -142,7 +142,12 @@ def plan(model, spec, graph: bool) -> Plan:
         if names:
             out.float_weights.append(
                 rules.FloatWeights(
-                    layer.name, type(layer).__name__, tuple(names), reason, tuple(SUPPORTED)
+                    layer.name,
+                    type(layer).__name__,
+                    tuple(names),
+                    reason,
+                    tuple(SUPPORTED),
+                    path="keras3",
                 )
             )
 
