@@ -3,9 +3,9 @@
 KerasHub's layers are not built-in Keras layers: `td.quantize_model` walks into
 them and puts every Dense and EinsumDense kernel of the attention and the
 feed-forward block on the codebook, and `tflite_export` converts the model
-natively (Keras's `ExportArchive`, builtin TFLite operators). Keras 3 on
-TensorFlow by default (`KERAS_BACKEND` chooses another backend; the export
-then runs in a TensorFlow child process):
+natively (Keras's `ExportArchive`, builtin TFLite operators). Keras 3 on the
+TensorFlow backend (set below: a KerasHub model trained on JAX does not yet
+reload in the export's TensorFlow child process):
 
 1. train the float model on a generated task: which of four marker tokens
    occurs most often in a sequence of 16 tokens;
@@ -21,7 +21,10 @@ then runs in a TensorFlow child process):
 from __future__ import annotations
 
 import math
+import os
 import pathlib
+
+os.environ["KERAS_BACKEND"] = "tensorflow"  # before Keras is imported
 
 import _cli
 import numpy as np
