@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -75,3 +77,16 @@ SLOW_FILES = (
 
 def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.path.name not in SLOW_FILES)  # stable: order kept
+
+
+def run_cli(*args, timeout=300):
+    """`python -m tflite_export ARGS` in a subprocess, with TensorFlow's log
+    level left at its default (the command must keep its own output quiet)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run(
+        [sys.executable, "-m", "tflite_export", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )

@@ -1,7 +1,6 @@
 """The `tflite-export` command: quiet unless asked, and safe on untrusted files."""
 
 import json
-import os
 import pathlib
 import re
 import subprocess
@@ -9,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 import tflite_export
 import tfmot_discrete as td
@@ -17,17 +17,6 @@ from tfmot_discrete import keras
 L = keras.layers
 #: absl's log line format, as TensorFlow's C++ code writes it at start-up.
 ABSL_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d", re.M)
-
-
-def _cli(*args, timeout=300):
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    return subprocess.run(
-        [sys.executable, "-m", "tflite_export", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +29,19 @@ def small_file(tmp_path_factory):
 
 
 def test_library_log_lines_only_with_verbose(small_file):
-    quiet = _cli("verify", str(small_file), "--codebook", "-1,0,1")
+    quiet = run_cli("verify", str(small_file), "--codebook", "-1,0,1")
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == ""
     assert quiet.stdout.strip().splitlines()[-1] == "OK"
     assert not ABSL_LINE.search(quiet.stdout)
-    loud = _cli("verify", str(small_file), "--codebook", "-1,0,1", "--verbose")
+    loud = run_cli("verify", str(small_file), "--codebook", "-1,0,1", "--verbose")
     assert loud.returncode == 0, loud.stderr
     assert ABSL_LINE.search(loud.stderr), loud.stderr[:2000]
     assert loud.stdout == quiet.stdout
 
 
 def test_own_errors_still_reach_stderr_without_verbose(tmp_path):
-    res = _cli("verify", str(tmp_path / "missing.tflite"), "--codebook", "1,-1")
+    res = run_cli("verify", str(tmp_path / "missing.tflite"), "--codebook", "1,-1")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         f"tflite-export: error: File not found. Received: {str(tmp_path / 'missing.tflite')!r}"

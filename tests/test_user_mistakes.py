@@ -12,22 +12,11 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 import tfmot_discrete as td
 from tflite_export import files
 from tflite_export.errors import ExportError
-
-
-def _cli(*args, timeout=300):
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    return subprocess.run(
-        [sys.executable, "-m", "tflite_export", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-
 
 # --- model files that are not Keras models ----------------------------------------
 
@@ -110,7 +99,7 @@ def saved_model(tmp_path_factory):
 
 def test_full_int8_without_data_names_the_cli_flag(saved_model, tmp_path):
     out = tmp_path / "m.tflite"
-    res = _cli(str(saved_model), "-o", str(out), "--format", "full_int8")
+    res = run_cli(str(saved_model), "-o", str(out), "--format", "full_int8")
     assert res.returncode == 2
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("tflite-export: error: --format full_int8 needs --representative-data")
@@ -222,7 +211,7 @@ def test_verify_writes_its_check_as_json(saved_model, tmp_path):
     path = tmp_path / "t.tflite"
     tflite_export.export(td.quantize_model(model, td.ternary()), path, format="int4")
     out = tmp_path / "check.json"
-    res = _cli("verify", str(path), "--codebook", "-1,0,1", "--json", str(out))
+    res = run_cli("verify", str(path), "--codebook", "-1,0,1", "--json", str(out))
     assert res.returncode == 0, res.stderr
     data = json.loads(out.read_text())
     assert data["ok"] is True and data["exact"] is True
@@ -233,7 +222,7 @@ def test_verify_writes_its_check_as_json(saved_model, tmp_path):
     # Named as in Keras where the converter's tensor name allows it.
     assert data["weights"][0]["name"] == "d/kernel"
     assert data["weights"][0]["tensor"].endswith("/d/MatMul")
-    bad = _cli("verify", str(path), "--codebook", "1,-1", "--json", str(tmp_path / "bad.json"))
+    bad = run_cli("verify", str(path), "--codebook", "1,-1", "--json", str(tmp_path / "bad.json"))
     assert bad.returncode == 1
     assert json.loads((tmp_path / "bad.json").read_text())["exact"] is False
 
@@ -278,7 +267,7 @@ def test_plan_error_message_has_every_figure_and_no_empty_one():
 def test_a_refusal_shows_no_tensorflow_startup_lines(saved_model, tmp_path):
     data = tmp_path / "x.npy"
     np.save(data, np.random.default_rng(0).random((16, 8), dtype=np.float32))
-    res = _cli(
+    res = run_cli(
         str(saved_model), "-o", str(tmp_path / "m.tflite"), "--format", "tflm_packed",
         "--representative-data", str(data),
     )  # fmt: skip
