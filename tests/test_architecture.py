@@ -259,6 +259,14 @@ def test_keras3_never_imports_tfk_tensorflow_or_the_tools():
     assert _offenders("keras3", {"tfmot_discrete.tfk", "tfmot_discrete.tools"}) == {}
 
 
+def test_only_the_api_and_the_tools_choose_a_path():
+    """The dispatch on a model's Keras lives in `api.py` and `tools/`: neither
+    path hands a model to the other, and neither imports the layers above it."""
+    above = {"tfmot_discrete.api", "tfmot_discrete.tools"}
+    assert _offenders("tfk", above | {"tfmot_discrete.keras3"}) == {}
+    assert _offenders("keras3", above | {"tfmot_discrete.tfk"}) == {}
+
+
 def test_no_private_module_is_imported_from_outside_its_folder():
     modules = {
         ".".join(p.relative_to(ROOT).with_suffix("").parts): p.parent
@@ -331,8 +339,21 @@ qat.compile("adam", "mse")
 rng = np.random.default_rng(0)
 xs = rng.normal(size=(16, 6)).astype("float32")
 ys = rng.normal(size=(16, 3)).astype("float32")
-qat.fit(xs, ys, epochs=1, batch_size=8, verbose=0)
+monitor = td.CodebookMonitor(verbose=0)
+qat.fit(xs, ys, epochs=1, batch_size=8, verbose=0, callbacks=[monitor, td.RecalibrateBatchNorm(xs)])
+assert "d1/kernel/flip_rate" in monitor.measure(), monitor.measure()
 td.recalibrate_batchnorm(qat, xs)
+dist = td.Distiller(qat, teacher=keras.Model(inp, out))
+assert isinstance(dist, td.Distiller)
+dist.compile("adam", "mse")
+history = dist.fit(xs, ys, epochs=1, batch_size=8, verbose=0)
+assert "distillation_loss" in history.history, history.history
+td.summary(qat, print_fn=lambda s: None)
+labels = rng.integers(0, 3, size=16)
+rows = td.sensitivity(keras.Model(inp, out), td.ternary(), (xs, labels), print_fn=None)
+assert [r.layer for r in rows] == ["d1", "out"], rows
+p = td.plan(keras.Model(inp, out), (xs, labels), candidates=[td.ternary(), "int8"], print_fn=None)
+assert sorted(p.mapping) == ["d1", "out"], p.mapping
 plain = td.strip_quantization(qat)
 folder = tempfile.mkdtemp()
 qat.save(os.path.join(folder, "qat.keras"))
@@ -345,8 +366,10 @@ print("loaded:", sorted(m for m in sys.modules if m.split(".")[0] in HEAVY))
 
 
 def test_jax_flow_never_imports_tensorflow():
-    """Quantize, train a step, recalibrate, strip, save and reload a Keras 3
-    model on JAX: TensorFlow, tf_keras and TF-MOT never load."""
+    """Quantize, train a step (with `td.CodebookMonitor` and
+    `td.RecalibrateBatchNorm`), recalibrate, distill, summarize, scan and
+    plan, strip, save and reload a Keras 3 model on JAX: TensorFlow, tf_keras
+    and TF-MOT never load."""
     env = {**__import__("os").environ, "KERAS_BACKEND": "jax"}
     result = subprocess.run(
         [sys.executable, "-c", JAX_FLOW],

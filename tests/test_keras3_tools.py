@@ -5,13 +5,18 @@ process, `keras3_tools_worker.py`), and the tf_keras path refusing Keras 3
 models instead of rebuilding them."""
 
 import pathlib
+import re
+import warnings
 
 import keras as keras3
+import keras3_models
+import numpy as np
 import pytest
 from keras3_cases import passed_checks, run_workers
 
 import tfmot_discrete as td
 from tfmot_discrete import keras
+from tfmot_discrete.core.rules import QuantizationWarning
 from tfmot_discrete.tfk import quantize as tf_keras_path
 from tfmot_discrete.tools.plan import estimate_bytes
 
@@ -69,8 +74,14 @@ def test_plan_estimates_a_keras3_model_as_its_tf_keras_twin():
 def test_distiller_dispatches_on_the_models_keras():
     m3, m2 = _model3(), keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
     dist = td.Distiller(td.quantize_model(m3, td.ternary()), teacher=m3)
-    assert isinstance(dist, keras3.Model) and not isinstance(dist, td.Distiller)
-    assert isinstance(td.Distiller(m2, m2), td.Distiller)  # tf_keras models: the tf_keras class
+    assert isinstance(dist, keras3.Model) and isinstance(dist, td.Distiller)
+    assert type(dist).__module__ == "tfmot_discrete.keras3.distill"
+    d2 = td.Distiller(m2, m2)  # tf_keras models: the tf_keras class
+    assert isinstance(d2, td.Distiller) and isinstance(d2, keras.Model)
+    assert type(d2).__module__ == "tfmot_discrete.tfk.distill"
+    assert not isinstance(m3, td.Distiller) and not isinstance(m2, td.Distiller)
+    with pytest.raises(TypeError, match=r"subclass that class instead.*tfk\.distill"):
+        type("MyDistiller", (td.Distiller,), {})
     with pytest.raises(ValueError, match=r"`student` must be a Keras 3 model.*tf_keras"):
         td.Distiller(m2, teacher=m3)
     with pytest.raises(ValueError, match=r"`alpha` must be a number >= 0.0 and <= 1.0"):
@@ -80,3 +91,43 @@ def test_distiller_dispatches_on_the_models_keras():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_toolbox_on_backend(workers, backend):
     assert passed_checks(workers, backend) == CHECKS
+
+
+class BlockNet(keras3.Model):
+    """A subclassed model: a user's block of two Dense layers, then a head."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.block = keras3_models.Block(6, name="block")
+        self.head = keras3.layers.Dense(3, name="head")
+
+    def call(self, x):
+        return self.head(self.block(x))
+
+
+def test_sensitivity_and_plan_reach_the_layers_inside_a_users_block():
+    """Each Dense anywhere in the layer tree is one row, named by its path; the
+    row's number is that layer's projection alone; the plan's mapping keys
+    name the same layers for `quantize_model`."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(48, 6)).astype("float32")
+    y = rng.integers(0, 3, size=48)
+    model = BlockNet(name="block_net")
+    model(x[:1])
+    q = td.binary(scale="mean_abs")
+    rows = td.sensitivity(model, q, (x, y), print_fn=None)
+    assert [r.layer for r in rows] == ["block/d1", "block/d2", "head"]
+    assert [r.weights for r in rows] == [36, 36, 18]
+    for r in rows:
+        with warnings.catch_warnings():  # the other layers stay float, on purpose
+            warnings.simplefilter("ignore", QuantizationWarning)
+            single = td.strip_quantization(td.quantize_model(model, {re.escape(r.layer): q}))
+        projected = np.mean(np.argmax(single.predict(x, verbose=0), -1) == y)
+        assert r.quantized == pytest.approx(projected, abs=1e-9), r.layer
+    plan = td.plan(model, (x, y), candidates=[q, "int8"], print_fn=None)
+    assert [p.layer for p in plan.rows] == ["block/d1", "block/d2", "head"]
+    assert sorted(plan.mapping) == [re.escape("block/d1"), re.escape("block/d2"), "head"]
+    qat = td.quantize_model(model, plan.mapping, strict=True)  # every kernel on its choice
+    assert len(td.keras3.quantize.codebook_weights(qat)) == sum(
+        p.choice != "int8" for p in plan.rows
+    )

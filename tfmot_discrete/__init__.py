@@ -13,6 +13,7 @@ import importlib
 
 from tfmot_discrete import _hooks
 from tfmot_discrete.api import (
+    Distiller,
     quantize_model,
     recalibrate_batchnorm,
     strip_quantization,
@@ -33,8 +34,7 @@ _LAZY = {
     "DiscreteQuantizeConfig": ("tfmot_discrete.tfk.configs", "DiscreteQuantizeConfig"),
     "DiscreteQuantizeRegistry": ("tfmot_discrete.tfk.scheme", "DiscreteQuantizeRegistry"),
     "DiscreteQuantizeScheme": ("tfmot_discrete.tfk.scheme", "DiscreteQuantizeScheme"),
-    "Distiller": ("tfmot_discrete.tfk.distill", "Distiller"),
-    "RecalibrateBatchNorm": ("tfmot_discrete.tfk.batchnorm", "RecalibrateBatchNorm"),
+    "RecalibrateBatchNorm": ("tfmot_discrete.tools.callbacks", "RecalibrateBatchNorm"),
     "finetune_schedule": ("tfmot_discrete.tools.schedule", "finetune_schedule"),
     "initialize_learned_scales": ("tfmot_discrete.tfk.quantize", "initialize_learned_scales"),
     "keras": ("tfmot_discrete.tfk", "keras"),

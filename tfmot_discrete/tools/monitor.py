@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfmot_discrete.tfk import is_keras3_object, keras
-from tfmot_discrete.tfk.quantizers import CodebookQuantizer
-from tfmot_discrete.tfk.weights import codebook_items
+from tfmot_discrete.core.quantizers import CodebookQuantizer
+from tfmot_discrete.core.specs import is_keras3_object
+from tfmot_discrete.tools.callbacks import Callback
 from tfmot_discrete.tools.summary import codebook_indices, value_shares
 
 
@@ -14,7 +14,7 @@ def _fmt_value(v: float) -> str:
     return f"{v:g}"
 
 
-class CodebookMonitor(keras.callbacks.Callback):
+class CodebookMonitor(Callback):
     """Logs, per epoch and per codebook weight, value shares and the flip rate.
 
     At the end of every epoch each codebook weight is projected as the model
@@ -33,9 +33,9 @@ class CodebookMonitor(keras.callbacks.Callback):
     With `verbose=1`, one progress line per epoch sums it up.
 
     The same class goes to the `fit` of a tf_keras model and of a Keras 3
-    model (on any backend: Keras 3 calls a tf_keras callback's hooks alike);
-    a Keras 3 model's weights are read through the Keras 3 path's
-    projection. Given to a `Distiller`'s `fit`, it monitors the student.
+    model (on any backend); a Keras 3 model's weights are read through the
+    Keras 3 path's projection, a tf_keras model's through TF-MOT's
+    wrappers, and creating one loads neither. Given to a `Distiller`'s `fit`, it monitors the student.
 
     Args:
         verbose: `0` for silence, `1` for one line per epoch. Defaults to `1`.
@@ -77,6 +77,8 @@ class CodebookMonitor(keras.callbacks.Callback):
             from tfmot_discrete.keras3 import quantize as k3  # noqa: PLC0415  (imports Keras 3)
 
             return {w.label: (w.quantizer, w.codes) for w in k3.codebook_weights(model)}
+        from tfmot_discrete.tfk.weights import codebook_items  # noqa: PLC0415  (imports TF-MOT)
+
         return {
             item.label: (
                 item.quantizer,

@@ -37,17 +37,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import time
 
 import numpy as np
-import tensorflow as tf
 
-from tfmot_discrete.core import text
-from tfmot_discrete.tfk import configs, nested, quantizers, scheme
-from tfmot_discrete.tfk.int8 import INT8
-from tfmot_discrete.tfk.quantize import quantize_scope
-from tfmot_discrete.tfk.quantizers import CodebookQuantizer
+from tfmot_discrete.core import quantizers, text
+from tfmot_discrete.core.quantizers import INT8, CodebookQuantizer
+from tfmot_discrete.core.rules import resolve_quantizer_spec
 from tfmot_discrete.tools import sensitivity
 
 #: Widest index TFLM's LUT decoder reads (K <= 128 values).
@@ -148,7 +144,7 @@ class Plan:
     """What `plan` chose: feed `.mapping` to `td.quantize_model` and
     `.export_kwargs` to `tflite_export.export`."""
 
-    mapping: dict  # {re.escape(layer name): quantizer or "int8"}
+    mapping: dict  # {re.escape(layer name or path in the layer tree): quantizer or "int8"}
     export_kwargs: dict  # {"format", "flash", "ram", "pack"}
     rows: list[PlanRow]
     flash_bytes: int  # estimated file size
@@ -203,6 +199,7 @@ class _Layer:
     weights: list[tuple[int, int]]  # per quantizable weight: (values, output channels)
     io_bytes: int  # int8 input + output of the operator(s)
     ops: int
+    key: str  # the `quantize_model` mapping key naming this layer alone
 
     @property
     def count(self) -> int:
@@ -224,9 +221,18 @@ class _Option:
     score: float  # loss plus a tie-break on output distortion
 
 
+def _tensors(nest) -> list:
+    """The tensors of a nest of lists, tuples and dicts (a layer's input or output)."""
+    if isinstance(nest, dict):
+        return [t for v in nest.values() for t in _tensors(v)]
+    if isinstance(nest, list | tuple):
+        return [t for v in nest for t in _tensors(v)]
+    return [nest]
+
+
 def _shape_bytes(tensors) -> int:
     total = 0
-    for t in tf.nest.flatten(tensors):
+    for t in _tensors(tensors):
         dims = [d for d in t.shape[1:]]
         total += int(np.prod([d or 1 for d in dims])) if dims else 1
     return total
@@ -239,28 +245,43 @@ def _op_count(layer) -> int:
     return 2 if names & _TWO_OPS else 1
 
 
+def _io_bytes(layer) -> int:
+    try:
+        return _shape_bytes(layer.input) + _shape_bytes(layer.output)
+    except (AttributeError, ValueError):  # a layer no graph node calls (in a subclassed model)
+        return 0
+
+
 def _describe(model, path) -> tuple[list[_Layer], list[tuple[int, int]]]:
-    """Quantizable layers, and `(io bytes, ops)` of every other layer."""
-    layers, others = [], []
-    for layer in model.layers:
-        if type(layer).__name__ == "InputLayer":
-            continue
-        try:
-            io = _shape_bytes(layer.input) + _shape_bytes(layer.output)
-        except (AttributeError, ValueError):
-            io = 0
-        specs = path.weight_specs(layer)
-        if specs is None or not layer.trainable_weights:
-            others.append((io if _op_count(layer) else 0, _op_count(layer)))
+    """Quantizable layers (anywhere in the layer tree), and `(io bytes, ops)`
+    of every other layer."""
+    layers, frozen = [], []
+    for unit in path.units(model):
+        layer = unit.layer
+        if not layer.trainable_weights:  # not planned: `quantize_model` would not train it
+            frozen.append(layer)
             continue
         weights = []
-        for spec in specs:
+        for spec in path.weight_specs(layer):
             # A recurrent layer's kernels are its cell's, attention's its projections'.
-            owner, attr = configs.resolve(layer, spec.path)
+            owner, attr = path.resolve(layer, spec.path)
             shape = tuple(getattr(owner, attr).shape)
             channels = int(np.prod([shape[a] for a in spec.axes])) if spec.axes else 1
             weights.append((int(np.prod(shape)), channels))
-        layers.append(_Layer(layer.name, type(layer).__name__, weights, io, _op_count(layer)))
+        layers.append(
+            _Layer(
+                unit.name,
+                type(layer).__name__,
+                weights,
+                _io_bytes(layer),
+                _op_count(layer),
+                unit.key,
+            )
+        )
+    others = []
+    for layer in frozen + path.others(model):
+        ops = _op_count(layer)
+        others.append((_io_bytes(layer) if ops else 0, ops))
     return layers, others
 
 
@@ -292,7 +313,7 @@ def _check_candidates(candidates) -> list:
                 f'Each candidate must be one quantizer or "int8". Received: candidate {c!r} '
                 f"in candidates={candidates!r}"
             )
-        scheme.resolve_quantizer_spec(c)  # raises for anything else
+        resolve_quantizer_spec(c)  # raises for anything else
         out.append(c if isinstance(c, str) and c == INT8 else quantizers.get(c))
     if not out:
         raise ValueError("`candidates` is empty. Received: candidates=[]")
@@ -325,8 +346,9 @@ def _metric(metric):
 class _Evaluator:
     """The float model's outputs, and those with one layer's weights replaced."""
 
-    def __init__(self, model, data, metric, batch_size):
+    def __init__(self, model, path, data, metric, batch_size):
         self.model = model
+        self.layers = {unit.name: unit.layer for unit in path.units(model)}
         self.name, self.fn, self.sign = _metric(metric)
         self.batches, self.y = sensitivity.labelled_batches(model, data, batch_size)
         self.reference = self.outputs()
@@ -338,7 +360,7 @@ class _Evaluator:
 
     def with_weights(self, layer_name, values) -> tuple[float, float]:
         """`(loss, relative output distortion)` with `values` in that layer."""
-        layer = self.model.get_layer(layer_name)
+        layer = self.layers[layer_name]
         old = layer.get_weights()
         layer.set_weights(values)
         try:
@@ -354,11 +376,12 @@ def _losses(model, layers, candidates, evaluator, path) -> np.ndarray:
     """`[layer, candidate] -> (loss, distortion)`: `sensitivity`'s one-layer-at-a-time
     number, with each candidate projected into every layer in one `quantize_model`."""
     out = np.zeros((len(layers), len(candidates), 2))
-    names = {re.escape(layer.name): None for layer in layers}
+    keys = dict.fromkeys(layer.key for layer in layers)
     for j, c in enumerate(candidates):
-        projected = path.strip_quantization(path.quantize_model(model, dict.fromkeys(names, c)))
+        projected = path.strip_quantization(path.quantize_model(model, dict.fromkeys(keys, c)))
+        found = {unit.name: unit.layer for unit in path.units(projected)}
         for i, layer in enumerate(layers):
-            values = projected.get_layer(layer.name).get_weights()
+            values = found[layer.name].get_weights()
             out[i, j] = evaluator.with_weights(layer.name, values)
         del projected
     return out
@@ -529,17 +552,16 @@ def plan(
             INT8,
         ]
     candidates = _check_candidates(candidates)
-    if not path.keras3:
-        model = nested.flatten(model, scope=quantize_scope)  # a backbone's layers one by one
+    model = path.prepare(model)  # tf_keras: a backbone's layers one by one
     layers, others = _describe(model, path)
     if not layers:
         raise ValueError(f"Model {model.name!r} has no layer that quantize_model can quantize.")
-    evaluator = _Evaluator(path.copy(model), data, metric, batch_size)
+    evaluator = _Evaluator(path.copy(model), path, data, metric, batch_size)
     losses = _losses(model, layers, candidates, evaluator, path)
     result = _choose(layers, others, candidates, losses, flash, ram)
     rows, est, packed_layers, picked = result
     total = float(sum(r.loss for r in rows))
-    mapping = {re.escape(lay.name): candidates[j] for lay, j in zip(layers, picked)}
+    mapping = {lay.key: candidates[j] for lay, j in zip(layers, picked)}
     kwargs = {"format": "tflm_packed" if packed_layers else "full_int8"}
     if flash is not None:
         kwargs["flash"] = flash

@@ -7,17 +7,11 @@ import re
 import warnings
 
 import numpy as np
-import tensorflow as tf
 
+from tfmot_discrete import api
 from tfmot_discrete.core import data as data_mod
-from tfmot_discrete.tfk import batchnorm, configs, is_keras3_object, keras, nested, scheme
-from tfmot_discrete.tfk.quantize import (
-    check_model,
-    quantize_model,
-    quantize_scope,
-    strip_quantization,
-)
-from tfmot_discrete.tfk.weights import QuantizationWarning
+from tfmot_discrete.core.rules import QuantizationWarning, resolve_quantizer_spec
+from tfmot_discrete.core.specs import is_keras3_object
 
 METRICS = ("accuracy", "loss")
 
@@ -43,7 +37,9 @@ def labelled_batches(model, data, batch_size):
     """`(list of input batches, labels as one array)` from `(x, y)` or a dataset
     of `(x, y)` (read once, so a reshuffling dataset keeps inputs and labels
     together)."""
-    if isinstance(data, tf.data.Dataset):
+    if data_mod.is_dataset(data):
+        import tensorflow as tf  # noqa: PLC0415  (loaded already: `data` is a tf.data.Dataset)
+
         spec = data.element_spec
         if not isinstance(spec, tuple) or len(spec) < 2:
             raise ValueError(
@@ -101,7 +97,7 @@ def _metric_fn(model, metric):
                 "metric=keras.losses.SparseCategoricalCrossentropy(from_logits=True). "
                 "Received: metric='loss'"
             )
-        fn = keras.losses.get(loss)
+        fn = path_of(model).loss(loss)
         return "loss", lambda y, p: float(np.mean(np.asarray(fn(y, p))))
     raise ValueError(
         f"`metric` must be one of {list(METRICS)} or a callable (y_true, y_pred) -> value. "
@@ -122,13 +118,24 @@ def accuracy(y, p):
 
 
 @dataclasses.dataclass(frozen=True)
+class Unit:
+    """A layer the scan quantizes on its own."""
+
+    key: str  # a `quantize_model` mapping key naming this layer alone
+    name: str  # shown in tables: its path in the layer tree (a model's own layer: its name)
+    layer: object
+
+
+@dataclasses.dataclass(frozen=True)
 class ScanPath:
     """What a per-layer scan does on one Keras: which layers it can quantize,
     how many weights each has, and the model with some layers projected.
-    `sensitivity` and `plan` take it from `path_of(model)`."""
+    `sensitivity` and `plan` take it from `path_of(model)`; each path's
+    functions are its own (loaded with it)."""
 
     keras3: bool
-    quantizable: object  # layer -> {weight name: channel axes} | None
+    units: object  # model -> [Unit], in layer order
+    others: object  # model -> the other layers (for `plan`'s activation sizes)
     weight_count: object  # layer -> int
     quantize_model: object
     strip_quantization: object
@@ -136,66 +143,104 @@ class ScanPath:
     copy: object  # model -> a copy with the same weights
     #: layer -> [WeightSpec] | None: the weights' names, attribute paths (read
     #: on the object whose `call` reads them: a cell, a projection) and axes.
-    weight_specs: object = None
+    weight_specs: object
+    resolve: object  # (layer, attribute path) -> (owner, attribute)
+    prepare: object  # model -> the model to scan (tf_keras: nested models flattened)
+    loss: object  # a compiled loss (name or object) -> fn(y_true, y_pred)
 
 
-def _copy_tf_keras(model):
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    return clone
+def _keras3_path():
+    from tfmot_discrete.core import specs  # noqa: PLC0415
+    from tfmot_discrete.keras3 import keras as keras_3  # noqa: PLC0415  (imports Keras 3)
+    from tfmot_discrete.keras3 import quantize as k3  # noqa: PLC0415
+    from tfmot_discrete.keras3 import wrapper  # noqa: PLC0415
+
+    def units(model):
+        return [Unit(re.escape(p.path), p.path, p.layer) for p in k3.scan_places(model)[0]]
+
+    def others(model):
+        return [p.layer for p in k3.scan_places(model)[1]]
+
+    return ScanPath(
+        keras3=True,
+        units=units,
+        others=others,
+        weight_count=k3.weight_count,
+        quantize_model=k3.quantize_model,
+        strip_quantization=k3.strip_quantization,
+        supported=tuple(wrapper.LAYER_WEIGHTS),
+        copy=k3.copy_model,
+        weight_specs=wrapper.weight_specs,
+        resolve=specs.resolve,
+        prepare=lambda model: model,
+        loss=keras_3.losses.get,
+    ), k3.check_model
+
+
+def _tf_keras_path():
+    from tfmot_discrete.tfk import configs, keras, nested  # noqa: PLC0415  (imports TF-MOT)
+    from tfmot_discrete.tfk import quantize as tfk  # noqa: PLC0415
+
+    def units(model):
+        return [
+            Unit(re.escape(layer.name), layer.name, layer)
+            for layer in model.layers
+            if configs.quantizable_weights(layer) is not None and layer.weights
+        ]
+
+    def others(model):
+        quantizable = {id(u.layer) for u in units(model)}
+        return [
+            layer
+            for layer in model.layers
+            if id(layer) not in quantizable and type(layer).__name__ != "InputLayer"
+        ]
+
+    def copy(model):
+        clone = keras.models.clone_model(model)
+        clone.set_weights(model.get_weights())
+        return clone
+
+    def check(model):
+        if not isinstance(model, keras.Model):
+            raise ValueError(
+                "`model` must be a tf_keras model or a Keras 3 model. Received: model of type "
+                f"{type(model).__module__}.{type(model).__name__}"
+            )
+        tfk.check_model(model)  # subclassed models: the tf_keras path cannot quantize them
+
+    return ScanPath(
+        keras3=False,
+        units=units,
+        others=others,
+        weight_count=configs.weight_count,
+        quantize_model=tfk.quantize_model,
+        strip_quantization=tfk.strip_quantization,
+        supported=tuple(configs.LAYER_WEIGHTS),
+        copy=copy,
+        weight_specs=configs.weight_specs,
+        resolve=configs.resolve,
+        prepare=lambda model: nested.flatten(model, scope=tfk.quantize_scope),
+        loss=keras.losses.get,
+    ), check
 
 
 def path_of(model) -> ScanPath:
-    """The `ScanPath` of a tf_keras or (checked) Keras 3 model.
+    """The `ScanPath` of a tf_keras or (checked) Keras 3 model: the one place
+    the tools tell the paths apart (each loads on first use).
 
     Raises:
-        ValueError: For anything else, or a Keras 3 model the Keras 3 path
-            does not take (subclassed, not built).
+        ValueError: For anything else, or a model its path does not take (a
+            subclassed tf_keras model, a Keras 3 model that is not built).
     """
-    if is_keras3_object(model):
-        from tfmot_discrete.keras3 import quantize as k3  # noqa: PLC0415  (imports Keras 3)
-        from tfmot_discrete.keras3 import wrapper  # noqa: PLC0415
-
-        k3.check_model(model)
-        return ScanPath(
-            True,
-            wrapper.quantizable_weights,
-            k3.weight_count,
-            k3.quantize_model,
-            k3.strip_quantization,
-            tuple(wrapper.LAYER_WEIGHTS),
-            k3.copy_model,
-            wrapper.weight_specs,
-        )
-    if not isinstance(model, keras.Model):
-        raise ValueError(
-            "`model` must be a tf_keras model or a Keras 3 model. Received: model of type "
-            f"{type(model).__module__}.{type(model).__name__}"
-        )
-    check_model(model)  # subclassed models: the tf_keras path cannot quantize them
-    return ScanPath(
-        False,
-        configs.quantizable_weights,
-        configs.weight_count,
-        quantize_model,
-        strip_quantization,
-        tuple(configs.LAYER_WEIGHTS),
-        _copy_tf_keras,
-        configs.weight_specs,
-    )
-
-
-def _quantizable(model, path):
-    """The layers `quantize_model` would quantize, built, trainable or not (the
-    scan projects weights without training them)."""
-    return [
-        layer for layer in model.layers if path.quantizable(layer) is not None and layer.weights
-    ]
+    path, check = _keras3_path() if is_keras3_object(model) else _tf_keras_path()
+    check(model)
+    return path
 
 
 def _nothing_to_scan(model, path) -> ValueError:
     """The error for a model without a layer to scan, naming its layers' classes."""
-    layers = [f"{layer.name!r} ({type(layer).__name__})" for layer in model.layers]
+    layers = [f"{layer.name!r} ({type(layer).__name__})" for layer in path.others(model)]
     supported = sorted(c.__name__ for c in path.supported)
     return ValueError(
         f"Model {model.name!r} has no layer of a class quantize_model quantizes: nothing to "
@@ -267,31 +312,30 @@ def sensitivity(
             "`quantizer` must be one quantizer (a CodebookQuantizer, a preset name, a list "
             f'of values or "int8"), not a mapping. Received: quantizer={quantizer!r}'
         )
-    scheme.resolve_quantizer_spec(quantizer)  # raises for anything else
-    if not path.keras3:
-        model = nested.flatten(model, scope=quantize_scope)  # a backbone's layers count one by one
+    resolve_quantizer_spec(quantizer)  # raises for anything else
+    model = path.prepare(model)  # tf_keras: a backbone's layers count one by one
     name, fn = _metric_fn(model, metric)
     xs, y = labelled_batches(model, data, batch_size)
-    layers = _quantizable(model, path)
-    if not layers:
+    units = path.units(model)
+    if not units:
         raise _nothing_to_scan(model, path)
     baseline = fn(y, predict(model, xs))
     rows = []
-    for layer in layers:
+    for unit in units:
         with warnings.catch_warnings():
             # Nothing trains here: whether the weights would, and where they
             # start, does not matter to the scan; the other layers stay float
             # on purpose.
             warnings.simplefilter("ignore", QuantizationWarning)
-            qat = path.quantize_model(model, {re.escape(layer.name): quantizer})
+            qat = path.quantize_model(model, {unit.key: quantizer})
         plain = path.strip_quantization(qat)
         if recalibration_data is not None:
-            batchnorm.recalibrate_batchnorm(plain, recalibration_data, batch_size=batch_size)
+            api.recalibrate_batchnorm(plain, recalibration_data, batch_size=batch_size)
         rows.append(
             LayerSensitivity(
-                layer=layer.name,
-                layer_class=type(layer).__name__,
-                weights=path.weight_count(layer),
+                layer=unit.name,
+                layer_class=type(unit.layer).__name__,
+                weights=path.weight_count(unit.layer),
                 metric=name,
                 baseline=baseline,
                 quantized=fn(y, predict(plain, xs)),
