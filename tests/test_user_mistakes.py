@@ -310,5 +310,11 @@ def test_a_keras3_custom_kernel_notice_points_to_register_weights():
     with pytest.warns(QuantizationWarning, match=r"'own' \(Own\)") as record:
         td.quantize_model(model, td.ternary())
     message = str(record[0].message)
-    assert "td.keras3.register_weights(Own, {'<attribute>': [-1]})" in message
+    # The weight is named by the attribute holding it, the name `register_weights` takes.
+    assert "weight(s) ['w'] stay float" in message
+    assert "td.keras3.register_weights(Own, {'w': [-1]})" in message
     assert "DiscreteQuantizeConfig" not in message  # a tf_keras-only remedy
+    with pytest.warns(QuantizationWarning):
+        qat = td.quantize_model(model, td.ternary())
+    rows = [line.split()[0] for line in td.summary(qat, print_fn=None).splitlines()]
+    assert "own/w" in rows, rows  # the summary's float row: the same name

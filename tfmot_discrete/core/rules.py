@@ -158,10 +158,12 @@ class FloatWeights:
             "cells are not matched)."
         )
         if self.path == "keras3":
+            named = ", ".join(f"{n!r}: [-1]" for n in self.weights) or "'<attribute>': [-1]"
             return (
                 f"{head} Name the weights its `call` reads with "
-                f"`td.keras3.register_weights({self.layer_class}, {{'<attribute>': [-1]}})` "
-                "(attribute -> output-channel axes) before `quantize_model`."
+                f"`td.keras3.register_weights({self.layer_class}, {{{named}}})` "
+                "(attribute -> output-channel axes; -1 when the last axis is the output "
+                "channel) before `quantize_model`."
             )
         return (
             f"{head} Map its name to a `td.DiscreteQuantizeConfig` naming the "

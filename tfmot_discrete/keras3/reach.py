@@ -72,6 +72,15 @@ def is_kernel_like(variable) -> bool:
     return variable.trainable and len(variable.shape) >= 2 and not variable.name.endswith("bias")
 
 
+def weight_label(layer, variable) -> str:
+    """How a float weight is named to the user: the attribute of `layer` that
+    holds it (what `register_weights` takes), else the variable's name."""
+    for name, value in vars(layer).items():
+        if value is variable and not name.startswith("_"):
+            return name
+    return variable.name
+
+
 def own_kernels(layer) -> list:
     """The kernel-like weights `layer` holds itself (not through a sub-layer)."""
     below = {id(w) for sub in tree.sublayers(layer) for w in sub.weights}
@@ -184,7 +193,7 @@ def plan(model, spec, graph: bool) -> Plan:
                     f"to a codebook on Keras 3 (supported: {SUPPORTED}, DiscreteMultiplier, "
                     "and classes given to `td.keras3.register_weights`)."
                 )
-            left_float(layer, [w.name for w in kernels], rules.UNSUPPORTED)
+            left_float(layer, [weight_label(layer, w) for w in kernels], rules.UNSUPPORTED)
             continue
         variables = spec_variables(layer)
         chosen = {}

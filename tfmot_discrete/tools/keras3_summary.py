@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfmot_discrete.core.quantizers import INT8_QMAX, CodebookQuantizer
-from tfmot_discrete.keras3 import keras, reach
+from tfmot_discrete.keras3 import keras, reach, tree
 from tfmot_discrete.keras3 import quantize as k3
 from tfmot_discrete.keras3 import quantizers as k3q
 from tfmot_discrete.tools.summary import (
@@ -70,16 +70,26 @@ def weight_reports(model) -> list[WeightReport]:
 
 def float_reports(model) -> list[WeightReport]:
     """One `WeightReport` per kernel-like weight left float32, anywhere in the
-    tree, named by its Keras 3 path (without the model's name)."""
+    tree: `<layer path>/<attribute>` (the attribute holding it, as the
+    float-weight notice names it; else the variable's own path)."""
     quantized = set()
     for _, _, var, state in k3.items(model):
         quantized.add(id(var))
         quantized.update(id(v) for v in state.variables.values())
+    holders = {}
+    for place in [tree.Place(None, model, ""), *reach.places(model, graph=False)]:
+        for name, value in vars(place.layer).items():
+            if not name.startswith("_") and id(value) not in holders:
+                holders[id(value)] = (place, name)
     out = []
     for w in model.weights:
         if id(w) in quantized or not reach.is_kernel_like(w):
             continue
-        layer, _, weight = reach.relative_path(w, model).rpartition("/")
+        if id(w) in holders:
+            place, weight = holders[id(w)]
+            layer = place.path or model.name
+        else:
+            layer, _, weight = reach.relative_path(w, model).rpartition("/")
         out.append(float_report(layer or model.name, weight, w.shape))
     return out
 
