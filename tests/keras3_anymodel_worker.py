@@ -330,7 +330,10 @@ def _():
     assert {"loss", "label_loss", "distillation_loss"} <= set(logs), logs
     model.compile(loss=CE)
     rows = td.sensitivity(model, td.ternary(), (x, y))
-    assert [r.layer_class for r in rows] == ["Dense", "Dense"], rows
+    # Every Dense of the tree, the block's own by their paths.
+    want = ["inp", "block/d1", "block/d2", "block/extra/0", "block/extra/1", "head"]
+    assert [r.layer for r in rows] == want, rows
+    assert {r.layer_class for r in rows} == {"Dense"}, rows
 
 
 if "--hub" in sys.argv or "--hub-all" in sys.argv:

@@ -97,6 +97,16 @@ class WeightSpec:
         return WeightSpec(name_prefix + self.name, path_prefix + self.path, self.axes)
 
 
+@dataclasses.dataclass(frozen=True)
+class ScanUnit:
+    """A layer that `td.sensitivity` and `td.plan` quantize on its own (each
+    path's `scan.units` lists them)."""
+
+    key: str  # a `quantize_model` mapping key naming this layer alone
+    name: str  # shown in tables: its path in the layer tree (a model's own layer: its name)
+    layer: object
+
+
 def _einsum_axes(equation: str) -> tuple[int, ...]:
     """Axes of an EinsumDense kernel that reach the output (its channels).
 

@@ -492,20 +492,3 @@ def copy_model(model):
         )
     copy.set_weights(model.get_weights())
     return copy
-
-
-def scan_places(model) -> tuple[list, list]:
-    """`(units, others)` for `td.sensitivity` and `td.plan`: the places
-    (`tree.Place`, path and layer) of the built layers `quantize_model` can
-    put on a codebook, anywhere in the layer tree, and the other layers at
-    the tree's leaves (inputs left out)."""
-    units, others = [], []
-    for place in reach.places(model, is_graph_model(model)):
-        layer = place.layer
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        if weight_specs(layer) is not None and layer.weights:
-            units.append(place)
-        elif reach.is_leaf(layer) or not tree.sublayers(layer):
-            others.append(place)
-    return units, others

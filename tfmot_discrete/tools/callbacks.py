@@ -12,11 +12,17 @@ from tfmot_discrete import api
 from tfmot_discrete.core.data import DEFAULT_BATCH_SIZE, check_positive_int
 
 
-def _default(method):
-    # Keras 3 dispatches batch hooks asynchronously unless a callback overrides
-    # one; it recognizes the base class's empty hooks by this mark.
-    method._is_default = True  # noqa: SLF001  (Keras 3 reads this mark)
-    return method
+def _empty(name, default=False):
+    """A hook that does nothing. `default` marks the batch hooks Keras 3 may
+    run asynchronously as long as no callback overrides them."""
+
+    def hook(self, *args, **kwargs):
+        del args, kwargs
+
+    hook.__name__ = hook.__qualname__ = name
+    if default:
+        hook._is_default = True  # noqa: SLF001  (the mark Keras 3 reads)
+    return hook
 
 
 class Callback:
@@ -55,61 +61,22 @@ class Callback:
     def _implements_predict_batch_hooks(self):
         return not _is_default(self.on_predict_batch_begin, self.on_predict_batch_end)
 
-    @_default
-    def on_batch_begin(self, batch, logs=None):
-        pass
-
-    @_default
-    def on_batch_end(self, batch, logs=None):
-        pass
-
-    @_default
-    def on_train_batch_begin(self, batch, logs=None):
-        pass
-
-    @_default
-    def on_train_batch_end(self, batch, logs=None):
-        pass
-
-    @_default
-    def on_test_batch_begin(self, batch, logs=None):
-        pass
-
-    @_default
-    def on_test_batch_end(self, batch, logs=None):
-        pass
-
-    @_default
-    def on_predict_batch_begin(self, batch, logs=None):
-        pass
-
-    @_default
-    def on_predict_batch_end(self, batch, logs=None):
-        pass
-
-    def on_epoch_begin(self, epoch, logs=None):
-        pass
-
-    def on_epoch_end(self, epoch, logs=None):
-        pass
-
-    def on_train_begin(self, logs=None):
-        pass
-
-    def on_train_end(self, logs=None):
-        pass
-
-    def on_test_begin(self, logs=None):
-        pass
-
-    def on_test_end(self, logs=None):
-        pass
-
-    def on_predict_begin(self, logs=None):
-        pass
-
-    def on_predict_end(self, logs=None):
-        pass
+    on_batch_begin = _empty("on_batch_begin", default=True)
+    on_batch_end = _empty("on_batch_end", default=True)
+    on_train_batch_begin = _empty("on_train_batch_begin", default=True)
+    on_train_batch_end = _empty("on_train_batch_end", default=True)
+    on_test_batch_begin = _empty("on_test_batch_begin", default=True)
+    on_test_batch_end = _empty("on_test_batch_end", default=True)
+    on_predict_batch_begin = _empty("on_predict_batch_begin", default=True)
+    on_predict_batch_end = _empty("on_predict_batch_end", default=True)
+    on_epoch_begin = _empty("on_epoch_begin")
+    on_epoch_end = _empty("on_epoch_end")
+    on_train_begin = _empty("on_train_begin")
+    on_train_end = _empty("on_train_end")
+    on_test_begin = _empty("on_test_begin")
+    on_test_end = _empty("on_test_end")
+    on_predict_begin = _empty("on_predict_begin")
+    on_predict_end = _empty("on_predict_end")
 
 
 def _is_default(*methods) -> bool:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import re
+import importlib
 import warnings
 
 import numpy as np
 
 from tfmot_discrete import api
 from tfmot_discrete.core import data as data_mod
+from tfmot_discrete.core import specs
 from tfmot_discrete.core.rules import QuantizationWarning, resolve_quantizer_spec
 from tfmot_discrete.core.specs import is_keras3_object
 
@@ -117,131 +118,27 @@ def accuracy(y, p):
     return float(np.mean(p.argmax(-1).reshape(-1) == labels.reshape(-1)))
 
 
-@dataclasses.dataclass(frozen=True)
-class Unit:
-    """A layer the scan quantizes on its own."""
-
-    key: str  # a `quantize_model` mapping key naming this layer alone
-    name: str  # shown in tables: its path in the layer tree (a model's own layer: its name)
-    layer: object
-
-
-@dataclasses.dataclass(frozen=True)
-class ScanPath:
-    """What a per-layer scan does on one Keras: which layers it can quantize,
-    how many weights each has, and the model with some layers projected.
-    `sensitivity` and `plan` take it from `path_of(model)`; each path's
-    functions are its own (loaded with it)."""
-
-    keras3: bool
-    units: object  # model -> [Unit], in layer order
-    others: object  # model -> the other layers (for `plan`'s activation sizes)
-    weight_count: object  # layer -> int
-    quantize_model: object
-    strip_quantization: object
-    supported: tuple  # the layer classes quantize_model quantizes
-    copy: object  # model -> a copy with the same weights
-    #: layer -> [WeightSpec] | None: the weights' names, attribute paths (read
-    #: on the object whose `call` reads them: a cell, a projection) and axes.
-    weight_specs: object
-    resolve: object  # (layer, attribute path) -> (owner, attribute)
-    prepare: object  # model -> the model to scan (tf_keras: nested models flattened)
-    loss: object  # a compiled loss (name or object) -> fn(y_true, y_pred)
-
-
-def _keras3_path():
-    from tfmot_discrete.core import specs  # noqa: PLC0415
-    from tfmot_discrete.keras3 import keras as keras_3  # noqa: PLC0415  (imports Keras 3)
-    from tfmot_discrete.keras3 import quantize as k3  # noqa: PLC0415
-    from tfmot_discrete.keras3 import wrapper  # noqa: PLC0415
-
-    def units(model):
-        return [Unit(re.escape(p.path), p.path, p.layer) for p in k3.scan_places(model)[0]]
-
-    def others(model):
-        return [p.layer for p in k3.scan_places(model)[1]]
-
-    return ScanPath(
-        keras3=True,
-        units=units,
-        others=others,
-        weight_count=k3.weight_count,
-        quantize_model=k3.quantize_model,
-        strip_quantization=k3.strip_quantization,
-        supported=tuple(wrapper.LAYER_WEIGHTS),
-        copy=k3.copy_model,
-        weight_specs=wrapper.weight_specs,
-        resolve=specs.resolve,
-        prepare=lambda model: model,
-        loss=keras_3.losses.get,
-    ), k3.check_model
-
-
-def _tf_keras_path():
-    from tfmot_discrete.tfk import configs, keras, nested  # noqa: PLC0415  (imports TF-MOT)
-    from tfmot_discrete.tfk import quantize as tfk  # noqa: PLC0415
-
-    def units(model):
-        return [
-            Unit(re.escape(layer.name), layer.name, layer)
-            for layer in model.layers
-            if configs.quantizable_weights(layer) is not None and layer.weights
-        ]
-
-    def others(model):
-        quantizable = {id(u.layer) for u in units(model)}
-        return [
-            layer
-            for layer in model.layers
-            if id(layer) not in quantizable and type(layer).__name__ != "InputLayer"
-        ]
-
-    def copy(model):
-        clone = keras.models.clone_model(model)
-        clone.set_weights(model.get_weights())
-        return clone
-
-    def check(model):
-        if not isinstance(model, keras.Model):
-            raise ValueError(
-                "`model` must be a tf_keras model or a Keras 3 model. Received: model of type "
-                f"{type(model).__module__}.{type(model).__name__}"
-            )
-        tfk.check_model(model)  # subclassed models: the tf_keras path cannot quantize them
-
-    return ScanPath(
-        keras3=False,
-        units=units,
-        others=others,
-        weight_count=configs.weight_count,
-        quantize_model=tfk.quantize_model,
-        strip_quantization=tfk.strip_quantization,
-        supported=tuple(configs.LAYER_WEIGHTS),
-        copy=copy,
-        weight_specs=configs.weight_specs,
-        resolve=configs.resolve,
-        prepare=lambda model: nested.flatten(model, scope=tfk.quantize_scope),
-        loss=keras.losses.get,
-    ), check
-
-
-def path_of(model) -> ScanPath:
-    """The `ScanPath` of a tf_keras or (checked) Keras 3 model: the one place
-    the tools tell the paths apart (each loads on first use).
+def path_of(model):
+    """The scan steps of a tf_keras or (checked) Keras 3 model: the module
+    `tfmot_discrete.tfk.scan` or `tfmot_discrete.keras3.scan` (the same
+    names: `units`, `others`, `quantize_model`, `strip_quantization`, `copy`,
+    `weight_specs`, `resolve`, `prepare`, `loss`, `SUPPORTED`, `KERAS3`), loaded
+    on first use. The one place the tools tell the paths apart.
 
     Raises:
         ValueError: For anything else, or a model its path does not take (a
             subclassed tf_keras model, a Keras 3 model that is not built).
     """
-    path, check = _keras3_path() if is_keras3_object(model) else _tf_keras_path()
-    check(model)
+    name = "keras3" if is_keras3_object(model) else "tfk"
+    path = importlib.import_module(f"tfmot_discrete.{name}.scan")
+    path.check(model)
     return path
 
 
 def _nothing_to_scan(model, path) -> ValueError:
     """The error for a model without a layer to scan, naming its layers' classes."""
     layers = [f"{layer.name!r} ({type(layer).__name__})" for layer in path.others(model)]
-    supported = sorted(c.__name__ for c in path.supported)
+    supported = sorted(c.__name__ for c in path.SUPPORTED)
     return ValueError(
         f"Model {model.name!r} has no layer of a class quantize_model quantizes: nothing to "
         f"scan. Supported classes: {', '.join(supported)}. Received: a model whose layers are "
@@ -335,7 +232,7 @@ def sensitivity(
             LayerSensitivity(
                 layer=unit.name,
                 layer_class=type(unit.layer).__name__,
-                weights=path.weight_count(unit.layer),
+                weights=specs.weight_count(unit.layer, path.weight_specs(unit.layer)),
                 metric=name,
                 baseline=baseline,
                 quantized=fn(y, predict(plain, xs)),
