@@ -14,6 +14,7 @@ __all__ = [
     "input_signature",
     "keep_input_multiplications",
     "set_weight_vars",
+    "wrap_quantization",
 ]
 
 # TF-MOT exports no `QuantizeLayer` (the input fake-quant layer that
@@ -62,6 +63,24 @@ def keep_input_multiplications(converter) -> None:
     `TFLiteConverter` offers no public one.
     """
     converter._experimental_disable_fuse_mul_and_fc = True  # noqa: SLF001 - see the docstring
+
+
+def wrap_quantization(converter, wrapper) -> None:
+    """Makes the TFLite converter's post-training quantization (calibration,
+    then its MLIR quantizer) run as `wrapper(quantize, float_model)`, where
+    `quantize(model)` is the converter's own step and both models are
+    flatbuffer bytes.
+
+    The converter hands the float file to its private `_quantize` method and
+    offers no public hook between conversion and quantization; the export
+    edits the float file there (`convert.quantized_deterministically`).
+    """
+    quantize = converter._quantize  # noqa: SLF001 - see the docstring
+
+    def wrapped(model, *args, **kwargs):
+        return wrapper(lambda m: quantize(m, *args, **kwargs), model)
+
+    converter._quantize = wrapped  # noqa: SLF001 - see the docstring
 
 
 def child_layers(layer) -> list:

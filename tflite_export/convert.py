@@ -18,6 +18,7 @@ from tflite_export import compat, exact, files, keras3
 from tflite_export.compat import QuantizeLayer
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
+from tflite_export.schema import TensorMapT
 from tfmot_discrete import keras
 from tfmot_discrete.tfk.int8 import Int8WeightQuantizer
 from tfmot_discrete.tfk.layers import DiscreteMultiplier
@@ -149,6 +150,70 @@ def float_tflite(plain) -> bytes:
         return in_keras_order(bytes(conv.convert()), plain)
 
 
+def _unread_outputs(subgraph) -> list[int]:
+    """Tensors that an operator of `subgraph` writes and nothing reads (no
+    operator, not the graph's outputs)."""
+    ops = subgraph.operators or []
+    read = {int(t) for op in ops if op.inputs is not None for t in op.inputs}
+    read.update(int(t) for t in subgraph.outputs)
+    written = [int(t) for op in ops if op.outputs is not None for t in op.outputs]
+    return [t for t in written if t >= 0 and t not in read]
+
+
+def _main_signatures(model) -> list:
+    return [s for s in model.signatureDefs or [] if (s.subgraphIndex or 0) == 0]
+
+
+def _quantized_with_every_output_read(quantize, model: bytes) -> bytes:
+    """`quantize(model)` with each unread operator output listed as an output
+    of the graph (and of its signature) while the quantizer runs, then taken
+    off those lists again: the tensor stays, written by its operator and read
+    by nothing."""
+    fb = exact.read(model)
+    sg = fb.subgraphs[0]
+    unread = _unread_outputs(sg)
+    if not unread:
+        return quantize(model)
+    tensor_names = {sg.tensors[t].name for t in unread}
+    # A signature must name every output, or the quantizer drops it.
+    keys = [f"tflite_export_unread_{i}".encode() for i in range(len(unread))]
+    sg.outputs = np.concatenate([np.asarray(sg.outputs, np.int32), np.asarray(unread, np.int32)])
+    signatures = _main_signatures(fb)
+    for sig in signatures:
+        sig.outputs = list(sig.outputs or []) + [
+            TensorMapT(name=k, tensorIndex=t) for k, t in zip(keys, unread)
+        ]
+    quantized = exact.read(bytes(quantize(exact.write(fb))))
+    del fb
+    qsg = quantized.subgraphs[0]
+    kept = [int(t) for t in qsg.outputs if qsg.tensors[t].name not in tensor_names]
+    found = len(kept) == len(qsg.outputs) - len(unread)
+    found = found and len(_main_signatures(quantized)) == len(signatures)
+    for sig in _main_signatures(quantized):
+        outputs = [m for m in sig.outputs or [] if m.name not in keys]
+        found = found and len(outputs) == len(sig.outputs or []) - len(unread)
+        sig.outputs = outputs
+    if not found:
+        return quantize(model)  # the listed outputs are not found again: as the converter does
+    qsg.outputs = np.asarray(kept, np.int32)
+    return exact.write(quantized)
+
+
+def quantized_deterministically(converter) -> None:
+    """Makes a calibrating `TFLiteConverter` write the same file every time.
+
+    Its MLIR quantizer treats an operator with an output that nothing reads
+    differently from one run to the next, in one process or in fresh ones:
+    about half the time it leaves the operator in float32 between a
+    DEQUANTIZE and QUANTIZEs (an unrolled LSTM's first step always splits off
+    a forget gate that multiplies the zero initial cell state; so does a
+    GRU's reset gate while its recurrent bias is zero). With every output
+    read, its result is the same each time; listing those outputs as graph
+    outputs while it runs does that without changing what the file computes.
+    """
+    compat.wrap_quantization(converter, _quantized_with_every_output_read)
+
+
 @returns_freed_memory
 def full_int8_tflite(plain, representative) -> bytes:
     """int8 weights and activations, int8 input and output (for microcontrollers)."""
@@ -170,6 +235,7 @@ def full_int8_tflite(plain, representative) -> bytes:
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
+    quantized_deterministically(conv)
     with quiet():
         return in_keras_order(bytes(conv.convert()), plain)
 

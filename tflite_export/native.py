@@ -197,6 +197,7 @@ def _full_int8(directory: str, nm: NativeModel, representative) -> bytes:
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
+    convert.quantized_deterministically(conv)
     with convert.quiet():
         return convert.in_keras_order(bytes(conv.convert()), nm)
 

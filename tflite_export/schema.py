@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tensorflow.lite.python.schema_py_generated import BuiltinOperator, TensorType
+from tensorflow.lite.python.schema_py_generated import BuiltinOperator, TensorMapT, TensorType
 
 __all__ = [
     "BIAS_INPUT",
@@ -11,6 +11,7 @@ __all__ = [
     "OUTPUT_CHANNEL_DIM",
     "QMAX",
     "STORAGE_NAMES",
+    "TensorMapT",
     "TensorType",
     "WEIGHT_INPUT",
     "WEIGHT_NAME",
