@@ -92,6 +92,20 @@ def encoder_model(vocabulary=20, length=6):
     return keras.Model(tokens, L.Dense(3, name="head")(h))
 
 
+def reversible_lm_model(tie_weights, vocabulary=20, length=6):
+    """A KerasHub `ReversibleEmbedding` read both ways: token ids -> table ->
+    Dense -> logits over the vocabulary, through the same table transposed
+    (`tie_weights=True`) or through its own `reverse_embeddings`."""
+    import keras_hub  # noqa: PLC0415
+
+    tokens = keras.Input((length,), dtype="int32", name="tokens")
+    table = keras_hub.layers.ReversibleEmbedding(
+        vocabulary, 8, tie_weights=tie_weights, name="table"
+    )
+    h = L.Dense(8, activation="relu", name="mid")(table(tokens))
+    return keras.Model(tokens, table(h, reverse=True))
+
+
 def bert_model(vocabulary=30, length=6):
     """A tiny KerasHub `BertBackbone` (dict inputs) under a quantized head."""
     import keras_hub  # noqa: PLC0415

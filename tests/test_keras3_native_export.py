@@ -18,8 +18,8 @@ import pytest
 import tflite_export
 import tfmot_discrete as td
 from tflite_export import __main__ as cli
+from tflite_export import exact, pipeline, runners, tfbackend, verify
 from tflite_export import keras3 as k3_export
-from tflite_export import runners, tfbackend
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
@@ -64,7 +64,8 @@ def _check(report, qat, expected_weights):
     assert report.ok and report.exact, report
     found = [cw.label for cw in k3_export.quantized_weights(qat)]
     assert set(expected_weights) <= set(found)
-    assert sorted(w.name for w in report.weights) == sorted(found)
+    # (a tied table may be stored twice: both copies are checked)
+    assert sorted({w.name for w in report.weights}) == sorted(found)
     assert all(w.exact for w in report.weights)
     assert any("converted from Keras 3 as it is" in n for n in report.notes)
     d = report.to_dict()
@@ -158,6 +159,73 @@ def test_keras_hub_encoder_exports_exact(encoder, fmt, tmp_path):
     want = np.asarray(qat(tokens))
     span = float(want.max() - want.min())
     assert np.abs(_lite(path.read_bytes(), tokens) - want).max() <= ROUNDED_RTOL[fmt] * span
+
+
+TABLE = "embed/token_embedding/embeddings"
+
+
+@pytest.fixture(scope="module")
+def ternary_table():
+    """The encoder with a ternary token table (a KerasHub `ReversibleEmbedding`,
+    one scale per row), which weight-only files keep float32 for GATHER."""
+    pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(3)
+    tokens = np.random.default_rng(3).integers(0, 20, (32, 6)).astype("int32")
+    qat = _quantize(km.encoder_model(), {".*token_embedding.*": td.ternary(), ".*": td.ternary()})
+    return km.train_steps(qat, tokens), tokens
+
+
+def test_ternary_reversible_embedding_table_is_exact_in_int8(ternary_table, tmp_path):
+    qat, tokens = ternary_table
+    [cw] = [cw for cw in k3_export.quantized_weights(qat) if cw.label == TABLE]
+    assert len(np.unique(cw.scales[:, 0])) > 1  # one scale per row, not one for the table
+    report = tflite_export.export(
+        qat, tmp_path / "t.tflite", format="int8", representative_data=tokens
+    )
+    _check(report, qat, [TABLE, "head/kernel"])
+    assert [(w.storage, w.exact, w.max_error) for w in report.weights if w.name == TABLE] == [
+        ("float32", True, 0.0)
+    ]
+
+
+def test_a_table_off_its_codebook_values_is_reported_inexact(ternary_table):
+    """The same check says "not exact" once one stored entry of the table is
+    moved off `codebook value x its row's scale`."""
+    qat, tokens = ternary_table
+    conv = pipeline.convert_bytes(qat, "int8", tokens)
+    [m] = [m for m in conv.matches if m.cw.label == TABLE]
+    assert [w.exact for w in verify.check_weights(conv.data, [m])] == [True]
+    fb = exact.read(conv.data)
+    tensor = fb.subgraphs[0].tensors[m.tensor]
+    values = np.array(exact.dequantize(fb, tensor)).reshape(m.reference.shape)
+    step = float(abs(m.units[3]))
+    values[3, 1] += 0.25 * step  # a quarter of row 3's scale: between codebook values
+    fb.buffers[tensor.buffer].data = values.reshape(-1).view(np.uint8)
+    [w] = verify.check_weights(exact.write(fb), [m])
+    assert not w.exact
+    assert w.max_error == pytest.approx(0.25 * step, rel=1e-4)
+
+
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_reversible_embedding_read_both_ways_is_exact_in_int8(tie_weights, tmp_path):
+    """Tied, the table is stored twice in a weight-only file (float32 for
+    GATHER, int8 for the logits' FULLY_CONNECTED): both copies are checked.
+    Untied, `reverse_embeddings` is the logits' weight."""
+    pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(5)
+    tokens = np.random.default_rng(5).integers(0, 20, (32, 6)).astype("int32")
+    qat = km.train_steps(_quantize(km.reversible_lm_model(tie_weights), td.ternary()), tokens)
+    report = tflite_export.export(
+        qat, tmp_path / "lm.tflite", format="int8", representative_data=tokens
+    )
+    assert report.ok and report.exact, report
+    stored = sorted((w.name, w.storage) for w in report.weights if w.name.startswith("table/"))
+    if tie_weights:
+        assert stored == [("table/embeddings", "float32"), ("table/embeddings", "int8")]
+    else:
+        assert stored == [("table/embeddings", "float32"), ("table/reverse_embeddings", "int8")]
+    assert not report.rounded  # no copy of the table left to the converter's rounding
+    assert report.tolerance is not None and report.max_abs_diff <= report.tolerance
 
 
 @pytest.fixture(scope="module")

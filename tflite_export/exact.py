@@ -170,9 +170,19 @@ def tflite_layout(cls: str, weight: str, a: np.ndarray) -> tuple[np.ndarray, int
         return a, 4
     if cls == "Conv3DTranspose":  # stored as Keras holds it: (d, h, w, out, in)
         return a, 3
-    if cls == "Embedding":
-        return a, 0
+    if cls in ("Embedding", "ReversibleEmbedding") and weight == "embeddings":
+        return a, 0  # a row per token (GATHER's table; tied, also the logits' FC weight)
+    if cls == "ReversibleEmbedding" and weight == "reverse_embeddings":
+        return a.T, 0  # the logits' FC weight, (vocabulary, dim)
     return a, None
+
+
+def held_more_than_once(cw: CodebookWeight) -> bool:
+    """True when a file may store the weight in more than one tensor: an
+    unrolled recurrent layer's (a step whose activation's factor the converter
+    folded in), a ReversibleEmbedding's table (GATHER's, and when tied the
+    logits' FULLY_CONNECTED weight, which weight-only formats store apart)."""
+    return sequence.handles(cw.layer_class) or cw.layer_class == "ReversibleEmbedding"
 
 
 @dataclasses.dataclass
@@ -312,7 +322,7 @@ def match_weights(model, cws: list[CodebookWeight], tolerance_of=None) -> tuple[
         found = []
         # Unrolled recurrent layers may hold a weight more than once (a step
         # whose activation's factor the converter folded in): find every copy.
-        every_copy = sequence.handles(cw.layer_class)
+        every_copy = held_more_than_once(cw)
         exp = None  # the expected values (float32, a fresh array of their own)
         for op_i, t, tensor, size in candidates:
             if t in used or size != codes.size:
@@ -519,7 +529,10 @@ def locate(model, matches: list[TensorMatch], tolerance_of) -> tuple[list, list]
     candidates = _candidates(model)
     used, found, missing = set(), [], []
     for m in matches:
-        hit = None
+        # A ReversibleEmbedding's tied table: one float tensor, two in a
+        # weight-only file (GATHER's float table, the FULLY_CONNECTED int8 one).
+        every_copy = m.cw.layer_class == "ReversibleEmbedding"
+        hits = []
         for op_i, t, tensor, size in candidates:
             if t in used or size != m.reference.size:
                 continue
@@ -528,14 +541,15 @@ def locate(model, matches: list[TensorMatch], tolerance_of) -> tuple[list, list]
                 continue
             got = got.reshape(m.reference.shape)
             if _max_abs_diff(got, m.reference, m.channel_dim) <= tolerance_of(tensor, got):
-                hit = (op_i, t)
-                break
+                hits.append((op_i, t))
+                used.add(t)
+                if not every_copy:
+                    break
             del got
-        if hit is None:
+        if not hits:
             missing.append(m.cw.label)
             continue
-        used.add(hit[1])
-        found.append(dataclasses.replace(m, op_index=hit[0], tensor=hit[1]))
+        found += [dataclasses.replace(m, op_index=op_i, tensor=t) for op_i, t in hits]
     return found, missing
 
 
