@@ -140,6 +140,31 @@ def test_subclassed_model_exports_exact(fmt, tmp_path):
         assert np.abs(_lite(path.read_bytes(), x) - want).max() <= ROUNDED_RTOL[fmt] * span
 
 
+@pytest.mark.parametrize("fmt", ["int4", "tflm_packed"])
+def test_verify_file_compares_a_subclassed_model(fmt, tmp_path):
+    """A subclassed model has no `inputs`: `verify_file` feeds it what the
+    file takes (random inputs, or the given ones), as the model or its file."""
+    keras.utils.set_random_seed(2)
+    model = km.Subclassed()
+    x = _x(2)
+    model(x)
+    km.train_steps(model, x)
+    path = tmp_path / f"sub_{fmt}.tflite"
+    tflite_export.export(model, path, format=fmt, representative_data=x)
+    model.save(tmp_path / "sub.keras")
+    rtol = ROUNDED_RTOL.get(fmt, 0.05)  # a full-integer file: 5% of the output range
+    # (random inputs leave a full-integer file's calibrated ranges: given ones)
+    first = None if fmt == "int4" else x
+    for given, data in ((model, first), (tmp_path / "sub.keras", x)):
+        check = tflite_export.verify_file(
+            path, [1, -1, 0.5, -0.5], model=given, representative_data=data
+        )
+        assert check.samples == 32
+        assert check.max_abs_diff <= rtol * check.output_range
+        # The 4-value layer's 8 x 12 kernel is on the codebook (`out` is float).
+        assert [w.exact for w in check.weights if w.count == 96] == [True]
+
+
 @pytest.fixture(scope="module")
 def encoder():
     pytest.importorskip("keras_hub")
@@ -291,6 +316,10 @@ def test_cli_exports_a_saved_custom_layer_model(block, tmp_path):
         want.max() - want.min()
     )
     assert '"d_in/kernel"' in (tmp_path / "r.json").read_text()
+    # Its outputs checked against the saved model (Keras 3 inputs, Functional).
+    check = tflite_export.verify_file(out, [-1, 0, 1], model=saved, representative_data=x)
+    assert check.samples == len(x)
+    assert check.max_abs_diff <= ROUNDED_RTOL["int4"] * check.output_range
 
 
 def test_jax_trained_custom_layer_model_exports_through_a_tensorflow_process(tmp_path):
