@@ -68,6 +68,27 @@ class Subclassed(keras.Model):
         return self.out(keras.ops.relu(self.signs(self.hidden(x))))
 
 
+@register
+class SignedDense(keras.Model):
+    """A Dense directly followed by a binary `DiscreteMultiplier`, which the
+    converter folds into the Dense's weights: ternary (`quantized=True`) or
+    float."""
+
+    def __init__(self, quantized=True, **kwargs):
+        super().__init__(**kwargs)
+        self.quantized = quantized
+        dense = L.Dense(6, name="d")
+        self.d = QuantizeWrapper(dense, td.ternary()) if quantized else dense
+        self.signs = DiscreteMultiplier([1, -1], name="signs")
+        self.out = L.Dense(3, name="out")
+
+    def call(self, x):
+        return self.out(keras.ops.relu(self.signs(self.d(x))))
+
+    def get_config(self):
+        return {**super().get_config(), "quantized": self.quantized}
+
+
 def block_model():
     """Functional: Dense -> Block -> Dense head, 8 features in."""
     inputs = keras.Input((8,), name="x")

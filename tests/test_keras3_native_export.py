@@ -165,6 +165,60 @@ def test_verify_file_compares_a_subclassed_model(fmt, tmp_path):
         assert [w.exact for w in check.weights if w.count == 96] == [True]
 
 
+def _signed_dense(quantized):
+    keras.utils.set_random_seed(6)
+    model = km.SignedDense(quantized)
+    x = _x(6)
+    model(x)
+    return km.train_steps(model, x), x
+
+
+@pytest.mark.parametrize("fmt", ["int8", "full_int8", "tflm_packed"])
+def test_a_multiplier_folded_into_a_codebook_dense_is_checked_there(fmt, tmp_path):
+    """The converter folds a `DiscreteMultiplier` into the Dense before it: the
+    file's kernel, channel by channel, is checked as the Dense's codebook values
+    times the vector's (+1 or -1)."""
+    model, x = _signed_dense(quantized=True)
+    [signs] = [cw for cw in k3_export.quantized_weights(model) if cw.label == "signs/kernel"]
+    assert set(np.unique(signs.codes)) == {-1.0, 1.0}  # both signs folded in
+    report = tflite_export.export(
+        model, tmp_path / f"s_{fmt}.tflite", format=fmt, representative_data=x
+    )
+    _check(report, model, ["d/kernel", "signs/kernel"])
+    assert any(
+        n.startswith("signs/kernel: folded by the converter into d/kernel") for n in report.notes
+    )
+
+
+def test_a_folded_multiplier_of_other_signs_is_reported_inexact():
+    """The same check says "not exact" once one channel of the stored kernel
+    has the other sign than the vector's."""
+    model, x = _signed_dense(quantized=True)
+    conv = pipeline.convert_bytes(model, "int8", x)
+    [m] = [m for m in conv.matches if m.cw.label == "signs/kernel"]
+    assert m.folded_into == "d/kernel"
+    assert [w.exact for w in verify.check_weights(conv.data, [m])] == [True]
+    fb = exact.read(conv.data)
+    tensor = fb.subgraphs[0].tensors[m.tensor]
+    ints = np.array(exact.stored_values(fb, tensor))  # int8, (6 outputs, 8 inputs)
+    row = int(np.argmax(np.abs(ints).sum(axis=1)))  # a channel that is not all zero
+    ints[row] = -ints[row]
+    fb.buffers[tensor.buffer].data = ints.reshape(-1).view(np.uint8)
+    [w] = verify.check_weights(exact.write(fb), [m])
+    assert not w.exact and w.max_error > 0
+
+
+def test_a_multiplier_folded_into_a_float_dense_is_refused_saying_what_to_do(tmp_path):
+    model, x = _signed_dense(quantized=False)
+    with pytest.raises(
+        tflite_export.ExportError, match=r"DiscreteMultiplier .*\['signs/kernel'\]"
+    ) as e:
+        tflite_export.export(model, tmp_path / "f.tflite", format="int8")
+    assert "Quantize that layer to a codebook" in e.value.message
+    assert "non-linearity" in e.value.message
+    assert not (tmp_path / "f.tflite").exists()
+
+
 @pytest.fixture(scope="module")
 def encoder():
     pytest.importorskip("keras_hub")
