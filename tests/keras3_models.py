@@ -113,6 +113,33 @@ def encoder_model(vocabulary=20, length=6):
     return keras.Model(tokens, L.Dense(3, name="head")(h))
 
 
+def decoder_model(vocabulary=20, length=6):
+    """KerasHub: token and position embedding, a Transformer decoder (causal
+    self-attention, no cross-attention), a pooled Dense head."""
+    import keras_hub  # noqa: PLC0415
+
+    tokens = keras.Input((length,), dtype="int32", name="tokens")
+    h = keras_hub.layers.TokenAndPositionEmbedding(vocabulary, length, 8, name="embed")(tokens)
+    h = keras_hub.layers.TransformerDecoder(16, 2, name="decoder")(h)
+    h = L.GlobalAveragePooling1D()(h)
+    return keras.Model(tokens, L.Dense(3, name="head")(h))
+
+
+def gpt2_model(vocabulary=20, length=6):
+    """A tiny KerasHub `GPT2Backbone` (dict inputs of a free length)."""
+    import keras_hub  # noqa: PLC0415
+
+    return keras_hub.models.GPT2Backbone(
+        vocabulary_size=vocabulary,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=length,
+        name="gpt2",
+    )
+
+
 def reversible_lm_model(tie_weights, vocabulary=20, length=6):
     """A KerasHub `ReversibleEmbedding` read both ways: token ids -> table ->
     Dense -> logits over the vocabulary, through the same table transposed

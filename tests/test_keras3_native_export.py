@@ -307,6 +307,53 @@ def test_reversible_embedding_read_both_ways_is_exact_in_int8(tie_weights, tmp_p
     assert report.tolerance is not None and report.max_abs_diff <= report.tolerance
 
 
+def test_keras_hub_decoder_exports_exact_in_int8(tmp_path):
+    """Every weight of a `TransformerDecoder` model on the codebook (its token
+    table too): exact in int8; `full_int8` refused, naming the GATHER table."""
+    pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(7)
+    tokens = np.random.default_rng(7).integers(0, 20, (32, 6)).astype("int32")
+    qat = km.train_steps(_quantize(km.decoder_model(), td.ternary()), tokens)
+    path = tmp_path / "dec.tflite"
+    report = tflite_export.export(qat, path, format="int8", representative_data=tokens)
+    _check(report, qat, [TABLE, "decoder/self_attention/query/kernel", "head/kernel"])
+    want = np.asarray(qat(tokens))
+    span = float(want.max() - want.min())
+    assert np.abs(_lite(path.read_bytes(), tokens) - want).max() <= ROUNDED_RTOL["int8"] * span
+    with pytest.raises(tflite_export.ExportError, match=r"'embed/token_embedding'.*GATHER"):
+        tflite_export.export(
+            qat, tmp_path / "d8.tflite", format="full_int8", representative_data=tokens
+        )
+
+
+def test_tiny_gpt2_backbone_exports_exact_in_int8(tmp_path):
+    """A `GPT2Backbone` (dict inputs of a free length, fixed by the samples'):
+    every weight on the codebook exact in int8, and the file computes the
+    backbone's sequence output. Without samples, the free length is refused."""
+    pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(8)
+    model = km.gpt2_model()
+    x = {
+        "padding_mask": np.ones((16, 6), "int32"),
+        "token_ids": np.random.default_rng(8).integers(0, 20, (16, 6)).astype("int32"),
+    }
+    model(x)
+    qat = _quantize(model, td.ternary())
+    path = tmp_path / "gpt2.tflite"
+    report = tflite_export.export(qat, path, format="int8", representative_data=x)
+    _check(
+        report,
+        qat,
+        ["token_embedding/embeddings", "transformer_layer_0/self_attention/query/kernel"],
+    )
+    want = np.asarray(qat(x))
+    got = _lite(path.read_bytes(), [x[k] for k in sorted(x)]).reshape(want.shape)
+    assert np.abs(got - want).max() <= ROUNDED_RTOL["int8"] * float(want.max() - want.min())
+    with pytest.raises(tflite_export.ExportError, match=r"free length \(padding_mask") as e:
+        tflite_export.export(qat, tmp_path / "free.tflite", format="int8")
+    assert "representative_data" in e.value.message
+
+
 @pytest.fixture(scope="module")
 def encoder_float_embeddings():
     """The encoder with its token table left float: `full_int8` stores a GATHER

@@ -78,7 +78,8 @@ def _check_array(a, shape, what) -> None:
             f"`{what}` must be numeric; received dtype {a.dtype}. Accepted: float or int "
             f"arrays of shape (N, {', '.join(str(d) for d in want)})."
         )
-    if a.ndim != len(shape) or tuple(a.shape[1:]) != want or a.shape[0] == 0:
+    fits = a.ndim == len(shape) and all(w is None or w == d for w, d in zip(want, a.shape[1:]))
+    if not fits or a.shape[0] == 0:  # (a free dimension, None, takes any length)
         raise ExportError(
             f"`{what}` has shape {tuple(a.shape)}; the model takes inputs of shape "
             f"(N, {', '.join(str(d) for d in want)}) with N >= 1."
