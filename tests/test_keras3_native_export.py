@@ -307,6 +307,19 @@ def test_reversible_embedding_read_both_ways_is_exact_in_int8(tie_weights, tmp_p
     assert report.tolerance is not None and report.max_abs_diff <= report.tolerance
 
 
+def test_a_saved_keras_hub_model_with_wrappers_inside_exports_from_its_file(
+    ternary_table, tmp_path
+):
+    """The wrappers inside KerasHub's layers are in no config Keras saves: the
+    file is loaded with them put back (`td.keras3.load_model`), every weight exact."""
+    qat, tokens = ternary_table
+    qat.save(tmp_path / "enc.keras")
+    report = tflite_export.export(
+        tmp_path / "enc.keras", tmp_path / "enc.tflite", format="int8", representative_data=tokens
+    )
+    _check(report, qat, [TABLE, "encoder/feedforward_output_dense/kernel"])
+
+
 def test_keras_hub_decoder_exports_exact_in_int8(tmp_path):
     """Every weight of a `TransformerDecoder` model on the codebook (its token
     table too): exact in int8; `full_int8` refused, naming the GATHER table."""
@@ -449,6 +462,14 @@ def test_jax_trained_custom_layer_model_exports_through_a_tensorflow_process(tmp
     x, want = np.load(tmp_path / "x.npy"), np.load(tmp_path / "keras.npy")
     got = _lite((tmp_path / "block.tflite").read_bytes(), x)
     assert np.abs(got - want).max() <= ROUNDED_RTOL["int4"] * float(want.max() - want.min())
+    # A KerasHub encoder, its wrappers inside KerasHub's layers: reloaded there
+    # with them (`td.keras3.load_model`), every weight exact.
+    hub = result["hub_report"]
+    assert hub["exact"] and hub["ok"] and len(hub["weights"]) == 8
+    assert {TABLE, "encoder/feedforward_output_dense/kernel"} <= {w["name"] for w in hub["weights"]}
+    x, want = np.load(tmp_path / "hub_x.npy"), np.load(tmp_path / "hub_keras.npy")
+    got = _lite((tmp_path / "hub.tflite").read_bytes(), x)
+    assert np.abs(got - want).max() <= ROUNDED_RTOL["int8"] * float(want.max() - want.min())
 
 
 class _Erfinv(keras.layers.Layer):
@@ -477,6 +498,17 @@ def test_a_layer_class_of_the_running_script_is_refused_for_another_backend():
         tfbackend.layer_modules(model)
     inputs = keras.Input((8,))
     assert tfbackend.layer_modules(keras.Model(inputs, km.Block(8)(inputs))) == ["keras3_models"]
+
+
+def test_the_tensorflow_process_imports_the_package_of_a_wrapped_layer():
+    """A KerasHub layer that is wrapped (the walk stops at the wrapper) still
+    has its package imported by the TensorFlow process."""
+    pytest.importorskip("keras_hub")
+    qat = _quantize(km.reversible_lm_model(True), td.ternary())
+    assert "keras_hub" not in {
+        type(layer).__module__.split(".")[0] for _, layer in k3_export.walk(qat)
+    }
+    assert tfbackend.layer_modules(qat) == ["keras_hub"]
 
 
 def test_full_int8_without_samples_is_refused_as_on_the_tf_keras_route(block, tmp_path):
