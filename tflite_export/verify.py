@@ -519,8 +519,8 @@ def _compare(check: FileCheck, data: bytes, model, representative_data, safe_mod
     else:
         check.model = getattr(model, "name", "the model")
     plain = td.strip_quantization(model) if is_quantized(model) else model
-    # A subclassed Keras 3 model has no `inputs`: it takes what the file takes.
-    specs = None if hasattr(plain, "inputs") else inputs.file_input_specs(data)
+    # A subclassed model has no `inputs` (None on tf_keras): it takes what the file takes.
+    specs = None if getattr(plain, "inputs", None) else inputs.file_input_specs(data)
     if representative_data is not None:
         xs = inputs.representative(plain, representative_data, specs=specs)
     else:
