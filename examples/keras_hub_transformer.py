@@ -4,8 +4,8 @@ KerasHub's layers are not built-in Keras layers: `td.quantize_model` walks into
 them and puts every Dense and EinsumDense kernel of the attention and the
 feed-forward block on the codebook, and `tflite_export` converts the model
 natively (Keras's `ExportArchive`, builtin TFLite operators). Keras 3 on the
-TensorFlow backend (set below: a KerasHub model trained on JAX does not yet
-reload in the export's TensorFlow child process):
+TensorFlow backend (set below, so that it runs alike whatever `KERAS_BACKEND`
+says; on JAX or PyTorch the export runs in a TensorFlow child process):
 
 1. train the float model on a generated task: which of four marker tokens
    occurs most often in a sequence of 16 tokens;

@@ -68,6 +68,27 @@ class Subclassed(keras.Model):
         return self.out(keras.ops.relu(self.signs(self.hidden(x))))
 
 
+@register
+class SignedDense(keras.Model):
+    """A Dense directly followed by a binary `DiscreteMultiplier`, which the
+    converter folds into the Dense's weights: ternary (`quantized=True`) or
+    float."""
+
+    def __init__(self, quantized=True, **kwargs):
+        super().__init__(**kwargs)
+        self.quantized = quantized
+        dense = L.Dense(6, name="d")
+        self.d = QuantizeWrapper(dense, td.ternary()) if quantized else dense
+        self.signs = DiscreteMultiplier([1, -1], name="signs")
+        self.out = L.Dense(3, name="out")
+
+    def call(self, x):
+        return self.out(keras.ops.relu(self.signs(self.d(x))))
+
+    def get_config(self):
+        return {**super().get_config(), "quantized": self.quantized}
+
+
 def block_model():
     """Functional: Dense -> Block -> Dense head, 8 features in."""
     inputs = keras.Input((8,), name="x")
@@ -90,6 +111,47 @@ def encoder_model(vocabulary=20, length=6):
     h = keras_hub.layers.TransformerEncoder(16, 2, name="encoder")(h)
     h = L.GlobalAveragePooling1D()(h)
     return keras.Model(tokens, L.Dense(3, name="head")(h))
+
+
+def decoder_model(vocabulary=20, length=6):
+    """KerasHub: token and position embedding, a Transformer decoder (causal
+    self-attention, no cross-attention), a pooled Dense head."""
+    import keras_hub  # noqa: PLC0415
+
+    tokens = keras.Input((length,), dtype="int32", name="tokens")
+    h = keras_hub.layers.TokenAndPositionEmbedding(vocabulary, length, 8, name="embed")(tokens)
+    h = keras_hub.layers.TransformerDecoder(16, 2, name="decoder")(h)
+    h = L.GlobalAveragePooling1D()(h)
+    return keras.Model(tokens, L.Dense(3, name="head")(h))
+
+
+def gpt2_model(vocabulary=20, length=6):
+    """A tiny KerasHub `GPT2Backbone` (dict inputs of a free length)."""
+    import keras_hub  # noqa: PLC0415
+
+    return keras_hub.models.GPT2Backbone(
+        vocabulary_size=vocabulary,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=length,
+        name="gpt2",
+    )
+
+
+def reversible_lm_model(tie_weights, vocabulary=20, length=6):
+    """A KerasHub `ReversibleEmbedding` read both ways: token ids -> table ->
+    Dense -> logits over the vocabulary, through the same table transposed
+    (`tie_weights=True`) or through its own `reverse_embeddings`."""
+    import keras_hub  # noqa: PLC0415
+
+    tokens = keras.Input((length,), dtype="int32", name="tokens")
+    table = keras_hub.layers.ReversibleEmbedding(
+        vocabulary, 8, tie_weights=tie_weights, name="table"
+    )
+    h = L.Dense(8, activation="relu", name="mid")(table(tokens))
+    return keras.Model(tokens, table(h, reverse=True))
 
 
 def bert_model(vocabulary=30, length=6):

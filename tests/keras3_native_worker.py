@@ -4,7 +4,9 @@
 
 trains the custom-block model two steps on that backend, exports it to int4
 (a TensorFlow child process converts it from its saved file) and writes the
-report, the sample inputs and Keras's outputs on them to OUT_DIR.
+report, the sample inputs and Keras's outputs on them to OUT_DIR; then the
+same for a KerasHub encoder whose wrappers sit inside KerasHub's layers
+(int8; `hub_*` files).
 """
 
 import json
@@ -31,6 +33,15 @@ def main(out_dir: pathlib.Path) -> None:
     np.save(out_dir / "x.npy", x)
     np.save(out_dir / "keras.npy", keras.ops.convert_to_numpy(qat(x)))
     info = {"backend": keras.backend.backend(), "report": report.to_dict()}
+    tokens = np.random.default_rng(3).integers(0, 20, (32, 6)).astype("int32")
+    hub = td.quantize_model(km.encoder_model(), td.ternary())
+    km.train_steps(hub, tokens)
+    hub_report = tflite_export.export(
+        hub, out_dir / "hub.tflite", format="int8", representative_data=tokens
+    )
+    np.save(out_dir / "hub_x.npy", tokens)
+    np.save(out_dir / "hub_keras.npy", keras.ops.convert_to_numpy(hub(tokens)))
+    info["hub_report"] = hub_report.to_dict()
     (out_dir / "result.json").write_text(json.dumps(info))
 
 

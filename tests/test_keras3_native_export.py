@@ -18,8 +18,8 @@ import pytest
 import tflite_export
 import tfmot_discrete as td
 from tflite_export import __main__ as cli
+from tflite_export import exact, pipeline, runners, tfbackend, verify
 from tflite_export import keras3 as k3_export
-from tflite_export import runners, tfbackend
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
@@ -64,7 +64,8 @@ def _check(report, qat, expected_weights):
     assert report.ok and report.exact, report
     found = [cw.label for cw in k3_export.quantized_weights(qat)]
     assert set(expected_weights) <= set(found)
-    assert sorted(w.name for w in report.weights) == sorted(found)
+    # (a tied table may be stored twice: both copies are checked)
+    assert sorted({w.name for w in report.weights}) == sorted(found)
     assert all(w.exact for w in report.weights)
     assert any("converted from Keras 3 as it is" in n for n in report.notes)
     d = report.to_dict()
@@ -139,6 +140,85 @@ def test_subclassed_model_exports_exact(fmt, tmp_path):
         assert np.abs(_lite(path.read_bytes(), x) - want).max() <= ROUNDED_RTOL[fmt] * span
 
 
+@pytest.mark.parametrize("fmt", ["int4", "tflm_packed"])
+def test_verify_file_compares_a_subclassed_model(fmt, tmp_path):
+    """A subclassed model has no `inputs`: `verify_file` feeds it what the
+    file takes (random inputs, or the given ones), as the model or its file."""
+    keras.utils.set_random_seed(2)
+    model = km.Subclassed()
+    x = _x(2)
+    model(x)
+    km.train_steps(model, x)
+    path = tmp_path / f"sub_{fmt}.tflite"
+    tflite_export.export(model, path, format=fmt, representative_data=x)
+    model.save(tmp_path / "sub.keras")
+    rtol = ROUNDED_RTOL.get(fmt, 0.05)  # a full-integer file: 5% of the output range
+    # (random inputs leave a full-integer file's calibrated ranges: given ones)
+    first = None if fmt == "int4" else x
+    for given, data in ((model, first), (tmp_path / "sub.keras", x)):
+        check = tflite_export.verify_file(
+            path, [1, -1, 0.5, -0.5], model=given, representative_data=data
+        )
+        assert check.samples == 32
+        assert check.max_abs_diff <= rtol * check.output_range
+        # The 4-value layer's 8 x 12 kernel is on the codebook (`out` is float).
+        assert [w.exact for w in check.weights if w.count == 96] == [True]
+
+
+def _signed_dense(quantized):
+    keras.utils.set_random_seed(6)
+    model = km.SignedDense(quantized)
+    x = _x(6)
+    model(x)
+    return km.train_steps(model, x), x
+
+
+@pytest.mark.parametrize("fmt", ["int8", "full_int8", "tflm_packed"])
+def test_a_multiplier_folded_into_a_codebook_dense_is_checked_there(fmt, tmp_path):
+    """The converter folds a `DiscreteMultiplier` into the Dense before it: the
+    file's kernel, channel by channel, is checked as the Dense's codebook values
+    times the vector's (+1 or -1)."""
+    model, x = _signed_dense(quantized=True)
+    [signs] = [cw for cw in k3_export.quantized_weights(model) if cw.label == "signs/kernel"]
+    assert set(np.unique(signs.codes)) == {-1.0, 1.0}  # both signs folded in
+    report = tflite_export.export(
+        model, tmp_path / f"s_{fmt}.tflite", format=fmt, representative_data=x
+    )
+    _check(report, model, ["d/kernel", "signs/kernel"])
+    assert any(
+        n.startswith("signs/kernel: folded by the converter into d/kernel") for n in report.notes
+    )
+
+
+def test_a_folded_multiplier_of_other_signs_is_reported_inexact():
+    """The same check says "not exact" once one channel of the stored kernel
+    has the other sign than the vector's."""
+    model, x = _signed_dense(quantized=True)
+    conv = pipeline.convert_bytes(model, "int8", x)
+    [m] = [m for m in conv.matches if m.cw.label == "signs/kernel"]
+    assert m.folded_into == "d/kernel"
+    assert [w.exact for w in verify.check_weights(conv.data, [m])] == [True]
+    fb = exact.read(conv.data)
+    tensor = fb.subgraphs[0].tensors[m.tensor]
+    ints = np.array(exact.stored_values(fb, tensor))  # int8, (6 outputs, 8 inputs)
+    row = int(np.argmax(np.abs(ints).sum(axis=1)))  # a channel that is not all zero
+    ints[row] = -ints[row]
+    fb.buffers[tensor.buffer].data = ints.reshape(-1).view(np.uint8)
+    [w] = verify.check_weights(exact.write(fb), [m])
+    assert not w.exact and w.max_error > 0
+
+
+def test_a_multiplier_folded_into_a_float_dense_is_refused_saying_what_to_do(tmp_path):
+    model, x = _signed_dense(quantized=False)
+    with pytest.raises(
+        tflite_export.ExportError, match=r"DiscreteMultiplier .*\['signs/kernel'\]"
+    ) as e:
+        tflite_export.export(model, tmp_path / "f.tflite", format="int8")
+    assert "Quantize that layer to a codebook" in e.value.message
+    assert "non-linearity" in e.value.message
+    assert not (tmp_path / "f.tflite").exists()
+
+
 @pytest.fixture(scope="module")
 def encoder():
     pytest.importorskip("keras_hub")
@@ -158,6 +238,133 @@ def test_keras_hub_encoder_exports_exact(encoder, fmt, tmp_path):
     want = np.asarray(qat(tokens))
     span = float(want.max() - want.min())
     assert np.abs(_lite(path.read_bytes(), tokens) - want).max() <= ROUNDED_RTOL[fmt] * span
+
+
+TABLE = "embed/token_embedding/embeddings"
+
+
+@pytest.fixture(scope="module")
+def ternary_table():
+    """The encoder with a ternary token table (a KerasHub `ReversibleEmbedding`,
+    one scale per row), which weight-only files keep float32 for GATHER."""
+    pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(3)
+    tokens = np.random.default_rng(3).integers(0, 20, (32, 6)).astype("int32")
+    qat = _quantize(km.encoder_model(), {".*token_embedding.*": td.ternary(), ".*": td.ternary()})
+    return km.train_steps(qat, tokens), tokens
+
+
+def test_ternary_reversible_embedding_table_is_exact_in_int8(ternary_table, tmp_path):
+    qat, tokens = ternary_table
+    [cw] = [cw for cw in k3_export.quantized_weights(qat) if cw.label == TABLE]
+    assert len(np.unique(cw.scales[:, 0])) > 1  # one scale per row, not one for the table
+    report = tflite_export.export(
+        qat, tmp_path / "t.tflite", format="int8", representative_data=tokens
+    )
+    _check(report, qat, [TABLE, "head/kernel"])
+    assert [(w.storage, w.exact, w.max_error) for w in report.weights if w.name == TABLE] == [
+        ("float32", True, 0.0)
+    ]
+
+
+def test_a_table_off_its_codebook_values_is_reported_inexact(ternary_table):
+    """The same check says "not exact" once one stored entry of the table is
+    moved off `codebook value x its row's scale`."""
+    qat, tokens = ternary_table
+    conv = pipeline.convert_bytes(qat, "int8", tokens)
+    [m] = [m for m in conv.matches if m.cw.label == TABLE]
+    assert [w.exact for w in verify.check_weights(conv.data, [m])] == [True]
+    fb = exact.read(conv.data)
+    tensor = fb.subgraphs[0].tensors[m.tensor]
+    values = np.array(exact.dequantize(fb, tensor)).reshape(m.reference.shape)
+    step = float(abs(m.units[3]))
+    values[3, 1] += 0.25 * step  # a quarter of row 3's scale: between codebook values
+    fb.buffers[tensor.buffer].data = values.reshape(-1).view(np.uint8)
+    [w] = verify.check_weights(exact.write(fb), [m])
+    assert not w.exact
+    assert w.max_error == pytest.approx(0.25 * step, rel=1e-4)
+
+
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_reversible_embedding_read_both_ways_is_exact_in_int8(tie_weights, tmp_path):
+    """Tied, the table is stored twice in a weight-only file (float32 for
+    GATHER, int8 for the logits' FULLY_CONNECTED): both copies are checked.
+    Untied, `reverse_embeddings` is the logits' weight."""
+    pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(5)
+    tokens = np.random.default_rng(5).integers(0, 20, (32, 6)).astype("int32")
+    qat = km.train_steps(_quantize(km.reversible_lm_model(tie_weights), td.ternary()), tokens)
+    report = tflite_export.export(
+        qat, tmp_path / "lm.tflite", format="int8", representative_data=tokens
+    )
+    assert report.ok and report.exact, report
+    stored = sorted((w.name, w.storage) for w in report.weights if w.name.startswith("table/"))
+    if tie_weights:
+        assert stored == [("table/embeddings", "float32"), ("table/embeddings", "int8")]
+    else:
+        assert stored == [("table/embeddings", "float32"), ("table/reverse_embeddings", "int8")]
+    assert not report.rounded  # no copy of the table left to the converter's rounding
+    assert report.tolerance is not None and report.max_abs_diff <= report.tolerance
+
+
+def test_a_saved_keras_hub_model_with_wrappers_inside_exports_from_its_file(
+    ternary_table, tmp_path
+):
+    """The wrappers inside KerasHub's layers are in no config Keras saves: the
+    file is loaded with them put back (`td.keras3.load_model`), every weight exact."""
+    qat, tokens = ternary_table
+    qat.save(tmp_path / "enc.keras")
+    report = tflite_export.export(
+        tmp_path / "enc.keras", tmp_path / "enc.tflite", format="int8", representative_data=tokens
+    )
+    _check(report, qat, [TABLE, "encoder/feedforward_output_dense/kernel"])
+
+
+def test_keras_hub_decoder_exports_exact_in_int8(tmp_path):
+    """Every weight of a `TransformerDecoder` model on the codebook (its token
+    table too): exact in int8; `full_int8` refused, naming the GATHER table."""
+    pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(7)
+    tokens = np.random.default_rng(7).integers(0, 20, (32, 6)).astype("int32")
+    qat = km.train_steps(_quantize(km.decoder_model(), td.ternary()), tokens)
+    path = tmp_path / "dec.tflite"
+    report = tflite_export.export(qat, path, format="int8", representative_data=tokens)
+    _check(report, qat, [TABLE, "decoder/self_attention/query/kernel", "head/kernel"])
+    want = np.asarray(qat(tokens))
+    span = float(want.max() - want.min())
+    assert np.abs(_lite(path.read_bytes(), tokens) - want).max() <= ROUNDED_RTOL["int8"] * span
+    with pytest.raises(tflite_export.ExportError, match=r"'embed/token_embedding'.*GATHER"):
+        tflite_export.export(
+            qat, tmp_path / "d8.tflite", format="full_int8", representative_data=tokens
+        )
+
+
+def test_tiny_gpt2_backbone_exports_exact_in_int8(tmp_path):
+    """A `GPT2Backbone` (dict inputs of a free length, fixed by the samples'):
+    every weight on the codebook exact in int8, and the file computes the
+    backbone's sequence output. Without samples, the free length is refused."""
+    pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(8)
+    model = km.gpt2_model()
+    x = {
+        "padding_mask": np.ones((16, 6), "int32"),
+        "token_ids": np.random.default_rng(8).integers(0, 20, (16, 6)).astype("int32"),
+    }
+    model(x)
+    qat = _quantize(model, td.ternary())
+    path = tmp_path / "gpt2.tflite"
+    report = tflite_export.export(qat, path, format="int8", representative_data=x)
+    _check(
+        report,
+        qat,
+        ["token_embedding/embeddings", "transformer_layer_0/self_attention/query/kernel"],
+    )
+    want = np.asarray(qat(x))
+    got = _lite(path.read_bytes(), [x[k] for k in sorted(x)]).reshape(want.shape)
+    assert np.abs(got - want).max() <= ROUNDED_RTOL["int8"] * float(want.max() - want.min())
+    with pytest.raises(tflite_export.ExportError, match=r"free length \(padding_mask") as e:
+        tflite_export.export(qat, tmp_path / "free.tflite", format="int8")
+    assert "representative_data" in e.value.message
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +430,10 @@ def test_cli_exports_a_saved_custom_layer_model(block, tmp_path):
         want.max() - want.min()
     )
     assert '"d_in/kernel"' in (tmp_path / "r.json").read_text()
+    # Its outputs checked against the saved model (Keras 3 inputs, Functional).
+    check = tflite_export.verify_file(out, [-1, 0, 1], model=saved, representative_data=x)
+    assert check.samples == len(x)
+    assert check.max_abs_diff <= ROUNDED_RTOL["int4"] * check.output_range
 
 
 def test_jax_trained_custom_layer_model_exports_through_a_tensorflow_process(tmp_path):
@@ -251,6 +462,14 @@ def test_jax_trained_custom_layer_model_exports_through_a_tensorflow_process(tmp
     x, want = np.load(tmp_path / "x.npy"), np.load(tmp_path / "keras.npy")
     got = _lite((tmp_path / "block.tflite").read_bytes(), x)
     assert np.abs(got - want).max() <= ROUNDED_RTOL["int4"] * float(want.max() - want.min())
+    # A KerasHub encoder, its wrappers inside KerasHub's layers: reloaded there
+    # with them (`td.keras3.load_model`), every weight exact.
+    hub = result["hub_report"]
+    assert hub["exact"] and hub["ok"] and len(hub["weights"]) == 8
+    assert {TABLE, "encoder/feedforward_output_dense/kernel"} <= {w["name"] for w in hub["weights"]}
+    x, want = np.load(tmp_path / "hub_x.npy"), np.load(tmp_path / "hub_keras.npy")
+    got = _lite((tmp_path / "hub.tflite").read_bytes(), x)
+    assert np.abs(got - want).max() <= ROUNDED_RTOL["int8"] * float(want.max() - want.min())
 
 
 class _Erfinv(keras.layers.Layer):
@@ -279,6 +498,17 @@ def test_a_layer_class_of_the_running_script_is_refused_for_another_backend():
         tfbackend.layer_modules(model)
     inputs = keras.Input((8,))
     assert tfbackend.layer_modules(keras.Model(inputs, km.Block(8)(inputs))) == ["keras3_models"]
+
+
+def test_the_tensorflow_process_imports_the_package_of_a_wrapped_layer():
+    """A KerasHub layer that is wrapped (the walk stops at the wrapper) still
+    has its package imported by the TensorFlow process."""
+    pytest.importorskip("keras_hub")
+    qat = _quantize(km.reversible_lm_model(True), td.ternary())
+    assert "keras_hub" not in {
+        type(layer).__module__.split(".")[0] for _, layer in k3_export.walk(qat)
+    }
+    assert tfbackend.layer_modules(qat) == ["keras_hub"]
 
 
 def test_full_int8_without_samples_is_refused_as_on_the_tf_keras_route(block, tmp_path):

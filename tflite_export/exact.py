@@ -170,9 +170,19 @@ def tflite_layout(cls: str, weight: str, a: np.ndarray) -> tuple[np.ndarray, int
         return a, 4
     if cls == "Conv3DTranspose":  # stored as Keras holds it: (d, h, w, out, in)
         return a, 3
-    if cls == "Embedding":
-        return a, 0
+    if cls in ("Embedding", "ReversibleEmbedding") and weight == "embeddings":
+        return a, 0  # a row per token (GATHER's table; tied, also the logits' FC weight)
+    if cls == "ReversibleEmbedding" and weight == "reverse_embeddings":
+        return a.T, 0  # the logits' FC weight, (vocabulary, dim)
     return a, None
+
+
+def held_more_than_once(cw: CodebookWeight) -> bool:
+    """True when a file may store the weight in more than one tensor: an
+    unrolled recurrent layer's (a step whose activation's factor the converter
+    folded in), a ReversibleEmbedding's table (GATHER's, and when tied the
+    logits' FULLY_CONNECTED weight, which weight-only formats store apart)."""
+    return sequence.handles(cw.layer_class) or cw.layer_class == "ReversibleEmbedding"
 
 
 @dataclasses.dataclass
@@ -186,6 +196,11 @@ class TensorMatch:
     codes: np.ndarray  # codebook values, TFLite layout
     units: np.ndarray  # per-channel unit (scale x BatchNorm factor), signed
     reference: np.ndarray  # the float value the channel should decode to
+    #: A `DiscreteMultiplier` the converter folded into the weight next to it:
+    #: that weight's label. The match is then of that weight's tensor, whose
+    #: `codes` are its codebook values times the vector's (one per channel);
+    #: the other weight's own match writes the tensor.
+    folded_into: str | None = None
 
 
 def _buffer_array(model, tensor) -> np.ndarray | None:
@@ -306,13 +321,14 @@ def match_weights(model, cws: list[CodebookWeight], tolerance_of=None) -> tuple[
     candidates = _candidates(model)
     used = set()
     matches, missing = [], []
+    host_factors = {}  # id(match) -> its channel factors (a folded multiplier's values)
     for cw in cws:
         codes, dim = tflite_layout(cw.layer_class, cw.weight, cw.codes)
         scales, _ = tflite_layout(cw.layer_class, cw.weight, cw.scales)
         found = []
         # Unrolled recurrent layers may hold a weight more than once (a step
         # whose activation's factor the converter folded in): find every copy.
-        every_copy = sequence.handles(cw.layer_class)
+        every_copy = held_more_than_once(cw)
         exp = None  # the expected values (float32, a fresh array of their own)
         for op_i, t, tensor, size in candidates:
             if t in used or size != codes.size:
@@ -346,7 +362,44 @@ def match_weights(model, cws: list[CodebookWeight], tolerance_of=None) -> tuple[
         per_ch_scale = _per_channel(scales, dim)
         for op_i, t, factors, ref in found:
             matches.append(TensorMatch(cw, t, op_i, dim, codes, factors * per_ch_scale, ref))
-    return matches, missing
+            host_factors[id(matches[-1])] = factors
+    folded = [f for f in (_folded(cw, matches, host_factors) for cw in cws) if f is not None]
+    folded_labels = {f.cw.label for f in folded}
+    return matches + folded, [name for name in missing if name not in folded_labels]
+
+
+def _folded(cw: CodebookWeight, matches: list[TensorMatch], host_factors) -> TensorMatch | None:
+    """A `DiscreteMultiplier`'s vector that the converter folded into the
+    weight of the layer before it (a Dense's output channels times the
+    vector): the match of that weight, if another codebook weight's channels
+    were found multiplied by exactly the vector's values, else None."""
+    if cw.layer_class != "DiscreteMultiplier" or cw.codes.ndim != 1:
+        return None
+    if any(m.cw is cw for m in matches):
+        return None  # found as it is (a MUL operator's constant)
+    vector = cw.values.astype(np.float64)
+    tol = EXACT_RTOL * max(1e-30, max_abs(vector))
+    for host in matches:
+        factors = host_factors.get(id(host))
+        if host.channel_dim is None or host.folded_into or factors is None:
+            continue
+        if factors.shape != vector.shape or np.abs(factors - vector).max() > tol:
+            continue
+        # The tensor holds host codes x host scale x vector: checked as the
+        # vector's codes times the host's codes, in units of both scales.
+        host_scale = host.units / np.where(factors == 0, 1.0, factors)
+        vector_codes = channel_broadcast(cw.codes, host.codes.ndim, host.channel_dim)
+        return TensorMatch(
+            cw,
+            host.tensor,
+            host.op_index,
+            host.channel_dim,
+            np.multiply(host.codes, vector_codes, dtype=np.float32),
+            host_scale * _per_channel(cw.scales, 0),
+            host.reference,
+            folded_into=host.cw.label,
+        )
+    return None
 
 
 def channel_broadcast(v, ndim: int, dim: int | None) -> np.ndarray:
@@ -519,7 +572,12 @@ def locate(model, matches: list[TensorMatch], tolerance_of) -> tuple[list, list]
     candidates = _candidates(model)
     used, found, missing = set(), [], []
     for m in matches:
-        hit = None
+        if m.folded_into is not None:
+            continue  # follows the weight it was folded into (below)
+        # A ReversibleEmbedding's tied table: one float tensor, two in a
+        # weight-only file (GATHER's float table, the FULLY_CONNECTED int8 one).
+        every_copy = m.cw.layer_class == "ReversibleEmbedding"
+        hits = []
         for op_i, t, tensor, size in candidates:
             if t in used or size != m.reference.size:
                 continue
@@ -528,14 +586,22 @@ def locate(model, matches: list[TensorMatch], tolerance_of) -> tuple[list, list]
                 continue
             got = got.reshape(m.reference.shape)
             if _max_abs_diff(got, m.reference, m.channel_dim) <= tolerance_of(tensor, got):
-                hit = (op_i, t)
-                break
+                hits.append((op_i, t))
+                used.add(t)
+                if not every_copy:
+                    break
             del got
-        if hit is None:
+        if not hits:
             missing.append(m.cw.label)
             continue
-        used.add(hit[1])
-        found.append(dataclasses.replace(m, op_index=hit[0], tensor=hit[1]))
+        found += [dataclasses.replace(m, op_index=op_i, tensor=t) for op_i, t in hits]
+    hosts = {f.cw.label: f for f in found}
+    for m in matches:
+        host = hosts.get(m.folded_into) if m.folded_into is not None else None
+        if host is not None:
+            found.append(dataclasses.replace(m, op_index=host.op_index, tensor=host.tensor))
+        elif m.folded_into is not None:
+            missing.append(m.cw.label)
     return found, missing
 
 

@@ -4,16 +4,53 @@ from __future__ import annotations
 
 import numpy as np
 
-from tflite_export import runners
+from tflite_export import reading, runners
 from tflite_export.errors import ExportError
+from tflite_export.schema import TensorType
 
 #: At most this many samples are drawn from a generator of representative data.
 MAX_SAMPLES = 1000
 
 
-def input_specs(model) -> list[tuple[tuple, object]]:
-    """`(shape, dtype)` of each input of a Keras model."""
-    return [(tuple(t.shape), t.dtype) for t in model.inputs]
+def _numpy_dtype(dtype) -> np.dtype:
+    """A TensorFlow `DType`, a Keras 3 dtype name or a NumPy dtype, as NumPy's."""
+    return np.dtype(getattr(dtype, "as_numpy_dtype", dtype))
+
+
+def input_specs(model) -> list[tuple[tuple, np.dtype]]:
+    """`(shape, NumPy dtype)` of each input of a Keras model."""
+    return [(tuple(t.shape), _numpy_dtype(t.dtype)) for t in model.inputs]
+
+
+#: The input types of a `.tflite` file, as NumPy's.
+_FILE_DTYPES = {
+    TensorType.FLOAT32: np.float32,
+    TensorType.INT32: np.int32,
+    TensorType.INT64: np.int64,
+    TensorType.INT8: np.int8,
+    TensorType.BOOL: np.bool_,
+}
+
+
+def file_input_specs(model_bytes: bytes) -> list[tuple[tuple, np.dtype]]:
+    """`(shape, NumPy dtype)` of each input of a `.tflite` file (packed ones
+    too), as the Keras model it was converted from takes them: an int8 input
+    with a scale (a `full_int8` file's) is a float input, which the runners
+    quantize.
+
+    Raises:
+        TfliteFileError: For bytes that are not a readable `.tflite` file.
+    """
+    sg = reading.read_model(model_bytes).subgraphs[0]
+    out = []
+    for i in sg.inputs:
+        t = sg.tensors[int(i)]
+        q = t.quantization
+        scaled = q is not None and q.scale is not None and len(q.scale) > 0
+        float_input = t.type == TensorType.FLOAT32 or (t.type == TensorType.INT8 and scaled)
+        dtype = np.float32 if float_input else _FILE_DTYPES.get(t.type, np.float32)
+        out.append((tuple(int(s) for s in t.shape), np.dtype(dtype)))
+    return out
 
 
 def _generator_arrays(data, specs, what) -> list[np.ndarray]:
@@ -41,7 +78,8 @@ def _check_array(a, shape, what) -> None:
             f"`{what}` must be numeric; received dtype {a.dtype}. Accepted: float or int "
             f"arrays of shape (N, {', '.join(str(d) for d in want)})."
         )
-    if a.ndim != len(shape) or tuple(a.shape[1:]) != want or a.shape[0] == 0:
+    fits = a.ndim == len(shape) and all(w is None or w == d for w, d in zip(want, a.shape[1:]))
+    if not fits or a.shape[0] == 0:  # (a free dimension, None, takes any length)
         raise ExportError(
             f"`{what}` has shape {tuple(a.shape)}; the model takes inputs of shape "
             f"(N, {', '.join(str(d) for d in want)}) with N >= 1."
@@ -50,7 +88,7 @@ def _check_array(a, shape, what) -> None:
         raise ExportError(f"`{what}` holds NaN or inf values.")
 
 
-def representative(model, data, what="representative_data") -> list[np.ndarray] | None:
+def representative(model, data, what="representative_data", specs=None) -> list[np.ndarray] | None:
     """Validates and materializes sample inputs as one array per model input.
 
     Args:
@@ -58,6 +96,8 @@ def representative(model, data, what="representative_data") -> list[np.ndarray] 
         data: `None`, an array `(N, ...)`, a list of arrays (one per input), or
             a generator of samples.
         what: The argument's name, for error messages.
+        specs: `(shape, dtype)` of each input, when the model cannot say
+            (`file_input_specs`). Defaults to `input_specs(model)`.
 
     Returns:
         One array per model input, in its dtype; `None` for `data=None`.
@@ -65,7 +105,7 @@ def representative(model, data, what="representative_data") -> list[np.ndarray] 
     Raises:
         ExportError: For samples of the wrong count, shape or dtype, or with NaN.
     """
-    specs = input_specs(model)
+    specs = input_specs(model) if specs is None else specs
     if data is None:
         return None
     if isinstance(data, dict):  # a model of named inputs (a dict of arrays)
@@ -86,16 +126,14 @@ def representative(model, data, what="representative_data") -> list[np.ndarray] 
         raise ExportError(f"`{what}` has {len(arrays)} input arrays; the model takes {len(specs)}.")
     for a, (shape, _) in zip(arrays, specs):
         _check_array(a, shape, what)
-    return [
-        a.astype(np.dtype(dtype.name if hasattr(dtype, "name") else dtype))
-        for a, (_, dtype) in zip(arrays, specs)
-    ]
+    return [a.astype(dtype) for a, (_, dtype) in zip(arrays, specs)]
 
 
-def random_inputs(model, n=32, seed=0) -> list[np.ndarray]:
+def random_inputs(model, n=32, seed=0, specs=None) -> list[np.ndarray]:
     """Random inputs for a Keras model: normal floats; for integer inputs, ids
     below the smallest `input_dim` of its layers (an Embedding's vocabulary),
-    valid whichever of several inputs feeds which table."""
+    valid whichever of several inputs feeds which table. `specs` as for
+    `representative`."""
     rng = np.random.default_rng(seed)
     vocabularies = [
         int(layer.input_dim)
@@ -104,10 +142,10 @@ def random_inputs(model, n=32, seed=0) -> list[np.ndarray]:
     ]
     high = min(vocabularies, default=2)
     out = []
-    for layer_shape, dtype in input_specs(model):
+    for layer_shape, dtype in input_specs(model) if specs is None else specs:
         shape = (n, *layer_shape[1:])
-        if dtype.is_integer:
-            out.append(rng.integers(0, high, size=shape).astype(dtype.as_numpy_dtype))
+        if np.issubdtype(dtype, np.integer):
+            out.append(rng.integers(0, high, size=shape).astype(dtype))
         else:
             out.append(rng.normal(size=shape).astype(np.float32))
     return out

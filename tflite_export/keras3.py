@@ -89,13 +89,13 @@ def saved_with_keras3(path) -> bool:
 
 
 def load(path, safe_mode: bool = True):
-    """Loads a Keras 3 `.keras` file (this package's layers registered) as a
-    Keras 3 model; `route` then says how it is exported."""
-    import keras  # noqa: PLC0415  (Keras 3, only for Keras 3 files)
+    """Loads a Keras 3 `.keras` file as a Keras 3 model, its `QuantizeWrapper`s
+    put back wherever they sit (`td.keras3.load_model`: inside a user's or a
+    KerasHub layer too, where no config Keras saves holds them); `route` then
+    says how it is exported."""
+    from tfmot_discrete import keras3  # noqa: PLC0415  (Keras 3, only for Keras 3 files)
 
-    import tfmot_discrete.keras3  # noqa: F401, PLC0415  (registers the Keras 3 layers)
-
-    return keras.saving.load_model(str(path), compile=False, safe_mode=safe_mode)
+    return keras3.load_model(str(path), compile=False, safe_mode=safe_mode)
 
 
 def walk(model):

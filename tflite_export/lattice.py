@@ -62,6 +62,17 @@ def find_codebook_weights(fb, out, float_bytes, cws) -> list[exact.TensorMatch]:
     matches, missing = exact.match_weights(exact.read(float_bytes), cws)
     if not missing and out is not float_bytes:
         matches, missing = exact.locate(fb, matches, tolerance_of)
+    folded = [cw.label for cw in cws if cw.layer_class == "DiscreteMultiplier"]
+    if set(missing) & set(folded):
+        vectors = [name for name in missing if name in folded]
+        raise ExportError(
+            f"The converter folded the DiscreteMultiplier vector(s) {vectors} into the weights "
+            "of the layer next to them (a Dense or convolution directly before or after), "
+            "where they cannot be checked: only a vector folded into the output channels of a "
+            "codebook weight is (a Dense on a codebook directly before the multiplier). "
+            "Quantize that layer to a codebook, or put a non-linearity (an activation) "
+            f"between the two layers. Received: {missing} not found in the file"
+        )
     if missing:
         raise ExportError(
             f"Could not find the codebook weights {missing} in the converted file; the "
@@ -73,6 +84,12 @@ def find_codebook_weights(fb, out, float_bytes, cws) -> list[exact.TensorMatch]:
 def write_lattices(fb, matches, allow_inexact, notes) -> None:
     """Rewrites each integer codebook tensor of `fb` on its exact lattice (in place)."""
     for m in matches:
+        if m.folded_into is not None:
+            notes.append(
+                f"{m.cw.label}: folded by the converter into {m.folded_into}, whose stored "
+                f"channels are checked as its codebook values times {m.cw.label}'s"
+            )
+            continue  # the tensor is written by the weight it was folded into
         tensor = fb.subgraphs[0].tensors[m.tensor]
         if tensor.type not in QMAX:
             continue

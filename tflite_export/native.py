@@ -132,12 +132,37 @@ def prepare(r: keras3.Route) -> NativeModel:
     )
 
 
+def free_inputs(nm: NativeModel) -> list[str]:
+    """The inputs with a free length (a `None` beyond the batch dimension),
+    each as `name (shape)`."""
+    return [
+        f"{n} {tuple(spec.shape)}"
+        for n, spec in zip(nm.input_names, nm.inputs)
+        if any(d is None for d in spec.shape[1:])
+    ]
+
+
+def with_lengths(nm: NativeModel, arrays) -> NativeModel:
+    """`nm` with each input's free lengths fixed to those of `arrays` (one
+    array `(N, ...)` per flat input): a file takes inputs of one shape."""
+    flat = [
+        tf.TensorSpec((1, *a.shape[1:]), spec.dtype, name=spec.name)
+        for spec, a in zip(nm.inputs, arrays)
+    ]
+    structure = tf.nest.pack_sequence_as(nm.structure, flat)
+    return dataclasses.replace(nm, structure=structure, inputs=flat)
+
+
 def _saved_model(nm: NativeModel, directory: str) -> None:
     """The model's inference `call` as a SavedModel, through Keras's `ExportArchive`."""
     import keras  # noqa: PLC0415
 
     archive = keras.export.ExportArchive()
-    archive.track(nm.model)
+    # Not `archive.track(model)`: the endpoint tracks the variables it reads,
+    # and `track` walks TensorFlow's object graph of the model for lookup
+    # tables (which builtin operators do not convert), refusing a layer list
+    # where the quantizer put a wrapper in a layer's place (a KerasHub
+    # backbone's own layers: "A list element was replaced").
     archive.add_endpoint(
         "serve",
         functools.partial(nm.model.__call__, training=False),

@@ -233,6 +233,15 @@ def _convert_native(nm, fmt, representative_data, allow_inexact, steps) -> Conve
     if fmt == "full_int8":
         native.check_gather_tables(cws)
     rep = inputs.representative(nm, representative_data)
+    free = native.free_inputs(nm)
+    if free and rep is None:
+        raise ExportError(
+            f"Keras 3 model {nm.name!r} takes inputs of a free length ({', '.join(free)}); a "
+            "file takes one shape. Pass `representative_data` (sample inputs of the length "
+            "the file should take). Received: representative_data=None"
+        )
+    if free:
+        nm = native.with_lengths(nm, rep)
     if fmt == "full_int8" and rep is None:
         raise MissingDataError(
             f"format={requested!r} needs `representative_data` (an array of sample inputs, or "

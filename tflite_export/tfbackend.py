@@ -57,8 +57,13 @@ def layer_modules(model) -> list[str]:
         ExportError: For a class defined in the running script (`__main__`),
             which no other process can import.
     """
+    from tfmot_discrete.keras3.wrapper import QuantizeWrapper  # noqa: PLC0415
+
     out = set()
-    for _, layer in [("", model), *keras3.walk(model)]:
+    walked = [layer for _, layer in [("", model), *keras3.walk(model)]]
+    # A wrapper's inner layer (a KerasHub ReversibleEmbedding) is not walked into.
+    inner = [layer.layer for layer in walked if isinstance(layer, QuantizeWrapper)]
+    for layer in walked + inner:
         cls = type(layer)
         module = cls.__module__
         if module == "__main__":

@@ -223,14 +223,16 @@ def check_weights(model_bytes: bytes, matches) -> list[WeightCheck]:
             u = units if units.ndim == 0 else units[rows]
             err = max(err, float(np.abs(v[rows] - m.reference[rows]).max(initial=0.0)))
             dev = max(dev, float(np.abs(v[rows] / u - m.codes[rows]).max(initial=0.0)))
-        dev /= max(1.0, m.cw.codebook.max_abs)
+        # (a folded multiplier's codes are its values times another codebook's)
+        top = m.cw.codebook.max_abs if m.folded_into is None else exact.max_abs(m.codes)
+        dev /= max(1.0, top)
         out.append(
             WeightCheck(
                 name=m.cw.label,
                 codebook=m.cw.codebook.values,
                 bits=m.cw.codebook.bits,
                 storage=storage_name(tensor),
-                count=int(v.size),
+                count=int(m.cw.codes.size),  # a folded multiplier: its vector's length
                 exact=dev <= EXACT_RTOL,
                 max_error=err,
                 trained_int8=m.cw.trained_int8,
@@ -264,14 +266,15 @@ def check_packed_weights(packed_bytes: bytes, full_int8: bytes, matches) -> list
         v = p.dequantized().reshape(m.reference.shape)
         units = exact.channel_broadcast(np.asarray(m.units, np.float64), v.ndim, m.channel_dim)
         codes = v / np.where(units == 0, 1.0, units)
-        dev = float(np.abs(codes - m.codes).max()) / max(1.0, m.cw.codebook.max_abs)
+        top = m.cw.codebook.max_abs if m.folded_into is None else exact.max_abs(m.codes)
+        dev = float(np.abs(codes - m.codes).max()) / max(1.0, top)
         out.append(
             WeightCheck(
                 name=m.cw.label,
                 codebook=m.cw.codebook.values,
                 bits=m.cw.codebook.bits,
                 storage=f"{p.bits}-bit index",
-                count=int(v.size),
+                count=int(m.cw.codes.size),
                 exact=lossless and dev <= EXACT_RTOL,
                 max_error=float(np.abs(v - m.reference).max()),
                 index_bits=p.bits,
@@ -516,10 +519,12 @@ def _compare(check: FileCheck, data: bytes, model, representative_data, safe_mod
     else:
         check.model = getattr(model, "name", "the model")
     plain = td.strip_quantization(model) if is_quantized(model) else model
+    # A subclassed model has no `inputs` (None on tf_keras): it takes what the file takes.
+    specs = None if getattr(plain, "inputs", None) else inputs.file_input_specs(data)
     if representative_data is not None:
-        xs = inputs.representative(plain, representative_data)
+        xs = inputs.representative(plain, representative_data, specs=specs)
     else:
-        xs = inputs.random_inputs(plain)
+        xs = inputs.random_inputs(plain, specs=specs)
     ref = np.asarray(plain.predict(xs[0] if len(xs) == 1 else xs, verbose=0))
     got = _run(check.path, data, xs, on_tflm=check.packed)[0]
     if got.size != ref.size:

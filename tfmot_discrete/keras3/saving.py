@@ -36,7 +36,7 @@ def _record(path):
     return config, (config.get("build_config") or {}).pop(k3.RECORD_KEY, None)
 
 
-def load_model(filepath, custom_objects=None, compile=True):
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     """Loads a `.keras` file of a Keras 3 model, QAT wrappers included.
 
     For files whose wrappers are all in the model's config (Sequential and
@@ -51,6 +51,8 @@ def load_model(filepath, custom_objects=None, compile=True):
         filepath: Path of a `.keras` file.
         custom_objects: Passed to Keras's deserialization. Defaults to `None`.
         compile: Compile the model as it was saved. Defaults to `True`.
+        safe_mode: Keras's safe mode: refuse to deserialize `lambda`s.
+            Defaults to `True`.
 
     Returns:
         The Keras 3 model, of the class that was saved.
@@ -67,11 +69,13 @@ def load_model(filepath, custom_objects=None, compile=True):
     """
     config, record = _record(filepath)
     if not record:
-        return keras.saving.load_model(filepath, custom_objects=custom_objects, compile=compile)
+        return keras.saving.load_model(
+            filepath, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
+        )
     if not compile:
         config.pop("compile_config", None)
     with keras.saving.custom_object_scope(custom_objects or {}):
-        model = keras.saving.deserialize_keras_object(config)
+        model = keras.saving.deserialize_keras_object(config, safe_mode=safe_mode)
     graph = is_graph_model(model)
     places = reach.places(model, graph)
     for entry in record:
