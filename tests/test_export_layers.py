@@ -13,7 +13,7 @@ LAYERS = [
     {"files", "compat", "schema", "reading", "sequence"},
     {"micro", "exact", "isolation"},
     {"runners", "packed", "keras3"},
-    {"inputs", "convert", "budget"},
+    {"inputs", "convert", "budget", "project"},
     {"verify", "native", "tfbackend"},
     {"report"},
     {"lattice"},
