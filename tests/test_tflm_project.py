@@ -288,3 +288,13 @@ def test_command_line(tmp_path, capsys):
     assert micro.parse_c_array((folder / "model_data.cc").read_text()) == data
     calls = re.findall(r"resolver\.(Add\w+)\(\)", (folder / "model_ops.h").read_text())
     assert calls == ["AddFullyConnected"] and _file_operators(data) == {"FULLY_CONNECTED"}
+
+
+def test_resolver_table_names_real_operators():
+    builtins = {k for k in vars(schema.BuiltinOperator) if not k.startswith("_")}
+    assert set(project.BUILTIN_METHODS) <= builtins
+    methods = [*project.BUILTIN_METHODS.values(), *project.CUSTOM_METHODS.values()]
+    assert len(set(methods)) == len(methods) and all(m.startswith("Add") for m in methods)
+    assert project.CMSIS_NN_OPERATORS <= set(project.BUILTIN_METHODS)
+    with pytest.raises(tflite_export.ExportError, match=r"Received: operator='NOT_AN_OP'"):
+        project.resolver_method("NOT_AN_OP")

@@ -315,8 +315,8 @@ def resolver_method(name: str, custom: bool = False) -> str:
         kind = "custom operator" if custom else "operator"
         raise ExportError(
             f"The file uses the {kind} {name!r}, which has no known MicroMutableOpResolver "
-            "method here, so no exact op resolver can be written for it. Export without "
-            "`tflm_project` (--tflm-project) and register it by hand. "
+            "method here, so no exact op resolver can be written for it; nothing was written. "
+            "Export without `tflm_project` (--tflm-project) and register it by hand. "
             f"Received: operator={name!r}"
         )
     return method
@@ -380,7 +380,8 @@ def _tensor_info(model, index: int, what: str) -> TensorInfo:
     if type_name not in C_TYPES:
         raise ExportError(
             f"The file's {what} is of type {type_name or t.type}; a TFLM project is written for "
-            f"{', '.join(C_TYPES)} tensors. Received: {what} type={type_name or t.type}"
+            f"{', '.join(C_TYPES)} tensors; nothing was written. Export without `tflm_project` "
+            f"(--tflm-project). Received: {what} type={type_name or t.type}"
         )
     q = t.quantization
     scaled = q is not None and q.scale is not None and len(q.scale) > 0
@@ -484,7 +485,9 @@ def build(
     if n_in != 1 or n_out != 1:
         raise ExportError(
             "A TFLM project is written for a model with one input and one output (main.cc "
-            f"fills one input and reads one output). Received: {n_in} inputs, {n_out} outputs"
+            "fills one input and reads one output); nothing was written. Export without "
+            "`tflm_project` (--tflm-project) and write the C++ around the file by hand "
+            f"(`c_array`). Received: {n_in} inputs, {n_out} outputs"
         )
     ops = operators(model)
     x_info = _tensor_info(model, int(sg.inputs[0]), "input")
