@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tflite_export import __main__ as cli
-from tflite_export import micro, project
+from tflite_export import micro, project_files
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
@@ -135,7 +135,7 @@ def test_edge_deploy(tmp_path):
     cc = (board / "model_data.cc").read_text()
     assert "alignas(16) const unsigned char model_data[]" in cc
     assert micro.parse_c_array(cc) == (tmp_path / "model.tflite").read_bytes()
-    assert {p.name for p in board.iterdir()} == set(project.FILES)
+    assert {p.name for p in board.iterdir()} == set(project_files.FILES)
     # The packed file beside it: smaller, same TFLM accuracy, DECODE registered.
     _verified(out, tmp_path / "model_packed.tflite", "tflm_packed", reports=2)
     sizes = re.search(r"size: full_int8 ([\d,]+) bytes, tflm_packed ([\d,]+) bytes", out)

@@ -11,8 +11,8 @@ PACKAGE = ROOT / "tflite_export"
 LAYERS = [
     {"errors", "formats", "logs", "progress"},
     {"files", "compat", "schema", "reading", "sequence"},
-    {"micro", "exact", "isolation"},
-    {"runners", "packed", "keras3"},
+    {"micro", "exact", "isolation", "resolver"},
+    {"runners", "packed", "keras3", "project_files"},
     {"inputs", "convert", "budget", "project"},
     {"verify", "native", "tfbackend"},
     {"report"},

@@ -13,7 +13,7 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as sch
 import tflite_export
 import tfmot_discrete as td
 from tflite_export import __main__ as cli
-from tflite_export import micro, project, runners
+from tflite_export import micro, project, project_files, resolver, runners
 
 keras = td.keras
 L = keras.layers
@@ -83,7 +83,7 @@ def _file_operators(data: bytes) -> set[str]:
 @pytest.mark.parametrize("fmt", ["full_int8", "tflm_packed"])
 def test_project_files_and_report(boards, fmt):
     report, _, folder, _ = boards[fmt]
-    assert sorted(p.name for p in folder.iterdir()) == sorted(project.FILES)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(project_files.FILES)
     assert report.ok and report.exact and report.tflm_project == str(folder)
     assert f"TFLM project: {folder}" in str(report)
     assert report.to_dict()["tflm_project"] == str(folder)
@@ -246,14 +246,7 @@ def test_nothing_written_when_the_project_cannot_be_made(tmp_path):
 
 
 def test_write_replaces_its_files_and_keeps_others(tmp_path):
-    board = project.Project(
-        files={"main.cc": "new\n", "README.md": "readme\n"},
-        operators=[],
-        measured_arena_bytes=0,
-        arena_bytes=0,
-        sample_index=0,
-        expected_top1=0,
-    )
+    board = project.Project(files={"main.cc": "new\n", "README.md": "readme\n"}, figures=None)
     folder = tmp_path / "board"
     folder.mkdir()
     (folder / "main.cc").write_text("old\n")
@@ -292,9 +285,9 @@ def test_command_line(tmp_path, capsys):
 
 def test_resolver_table_names_real_operators():
     builtins = {k for k in vars(schema.BuiltinOperator) if not k.startswith("_")}
-    assert set(project.BUILTIN_METHODS) <= builtins
-    methods = [*project.BUILTIN_METHODS.values(), *project.CUSTOM_METHODS.values()]
+    assert set(resolver.BUILTIN_METHODS) <= builtins
+    methods = [*resolver.BUILTIN_METHODS.values(), *resolver.CUSTOM_METHODS.values()]
     assert len(set(methods)) == len(methods) and all(m.startswith("Add") for m in methods)
-    assert project.CMSIS_NN_OPERATORS <= set(project.BUILTIN_METHODS)
+    assert resolver.CMSIS_NN_OPERATORS <= set(resolver.BUILTIN_METHODS)
     with pytest.raises(tflite_export.ExportError, match=r"Received: operator='NOT_AN_OP'"):
-        project.resolver_method("NOT_AN_OP")
+        resolver.method_for("NOT_AN_OP")
