@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from tflite_export import __main__ as cli
+from tflite_export import micro, project_files
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
@@ -126,10 +127,15 @@ def test_edge_deploy(tmp_path):
     assert acc and 0 <= float(acc.group(1)) <= 100
     arena = re.search(r"TFLM arena: ([\d,]+) bytes", out)
     assert arena and 0 < int(arena.group(1).replace(",", "")) < 10 * 1024 * 1024
-    assert "AddConv2D()" in out and "AddFullyConnected()" in out
-    cc = (tmp_path / "model_data.cc").read_text()
+    asked = re.search(r"kTensorArenaSize = ([\d,]+) bytes", out)
+    assert asked and int(asked.group(1).replace(",", "")) >= int(arena.group(1).replace(",", ""))
+    # The TFLM project beside the file: its C array and exactly its operators.
+    assert "MicroMutableOpResolver<4> with AddConv2D(), AddMaxPool2D(), AddReshape(), " in out
+    board = tmp_path / "board"
+    cc = (board / "model_data.cc").read_text()
     assert "alignas(16) const unsigned char model_data[]" in cc
-    assert (tmp_path / "model_data.h").is_file()
+    assert micro.parse_c_array(cc) == (tmp_path / "model.tflite").read_bytes()
+    assert {p.name for p in board.iterdir()} == set(project_files.FILES)
     # The packed file beside it: smaller, same TFLM accuracy, DECODE registered.
     _verified(out, tmp_path / "model_packed.tflite", "tflm_packed", reports=2)
     sizes = re.search(r"size: full_int8 ([\d,]+) bytes, tflm_packed ([\d,]+) bytes", out)
@@ -138,8 +144,9 @@ def test_edge_deploy(tmp_path):
     packed_acc = re.search(r"TFLM test accuracy \(packed\): (\d+\.\d\d)%", out)
     assert packed_acc.group(1) == acc.group(1)
     assert re.search(r"TFLM arena \(recorded\): full_int8 [\d,]+ bytes, tflm_packed [\d,]+", out)
-    assert "AddDecode()" in out
-    assert (tmp_path / "model_packed_data.cc").is_file()
+    assert "MicroMutableOpResolver<5> with AddDecode(), " in out
+    ops_h = (tmp_path / "board_packed" / "model_ops.h").read_text()
+    assert "resolver.AddDecode()" in ops_h
 
 
 def test_keras3_jax(tmp_path, monkeypatch):

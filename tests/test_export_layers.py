@@ -11,9 +11,9 @@ PACKAGE = ROOT / "tflite_export"
 LAYERS = [
     {"errors", "formats", "logs", "progress"},
     {"files", "compat", "schema", "reading", "sequence"},
-    {"micro", "exact", "isolation"},
-    {"runners", "packed", "keras3"},
-    {"inputs", "convert", "budget"},
+    {"micro", "exact", "isolation", "resolver"},
+    {"runners", "packed", "keras3", "project_files"},
+    {"inputs", "convert", "budget", "project"},
     {"verify", "native", "tfbackend"},
     {"report"},
     {"lattice"},

@@ -8,11 +8,12 @@ starts. Without the `[export]` extra, using them raises `MissingExtraError`
 Modules, from the bottom up (each imports only modules of earlier groups;
 tests/test_export_layers.py holds the list):
 errors, formats, logs, progress | files, compat, schema, reading, sequence
-(file reading) | micro, exact, isolation | runners, packed, keras3 | inputs,
-convert, budget | verify, native (Keras 3 as it is), tfbackend | report |
-lattice | pipeline (the flow), child (the interpreters' process) | __main__
-(the command line), tfbackend_child (the TensorFlow process of a JAX or
-PyTorch model).
+(file reading) | micro, exact, isolation, resolver | runners, packed, keras3,
+project_files | inputs, convert, budget, project (a TFLM project from a
+file) | verify, native (Keras 3 as it is), tfbackend | report | lattice |
+pipeline (the flow), child (the interpreters' process) | __main__ (the
+command line), tfbackend_child (the TensorFlow process of a JAX or PyTorch
+model).
 """
 
 import importlib

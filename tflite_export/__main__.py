@@ -2,8 +2,8 @@
 
     tflite-export MODEL -o OUT --format {float,int8,int4,full_int8,tflm_packed}
         [--target {tflm,litert}] [--representative-data FILE.npy]
-        [--c-array FILE.cc] [--json FILE.json] [--allow-inexact] [--unsafe]
-        [--flash 64KiB] [--ram 32KiB] [--verbose]
+        [--c-array FILE.cc] [--tflm-project DIR] [--json FILE.json] [--allow-inexact]
+        [--unsafe] [--flash 64KiB] [--ram 32KiB] [--verbose]
     tflite-export verify FILE.tflite --codebook 1,-1,0.5,-0.5 [--model MODEL]
         [--representative-data FILE.npy] [--json FILE.json] [--verbose]
 
@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 
-from tflite_export import budget, files
+from tflite_export import budget, files, project
 from tflite_export.errors import (
     ExportError,
     MissingDataError,
@@ -79,6 +79,12 @@ def _export_parser():
         help="sample inputs (N, ...) for full_int8 calibration and the output check",
     )
     p.add_argument("--c-array", metavar="FILE.cc", help="also write a C array (and .h) for TFLM")
+    p.add_argument(
+        "--tflm-project",
+        metavar="DIR",
+        help="full_int8, tflm_packed: also write a TFLM project there (C array, op resolver, "
+        "arena and tensor settings, a main.cc checked against TFLM)",
+    )
     p.add_argument("--json", metavar="FILE.json", help="also write the report as JSON")
     p.add_argument(
         "--allow-inexact",
@@ -153,6 +159,8 @@ def _main_export(argv, verbose: bool) -> int:
             files.check_output_path(args.json, "--json")
         if args.c_array:
             files.check_output_path(args.c_array, "--c-array")
+        if args.tflm_project:
+            project.check_request(args.format, args.target, args.tflm_project, cli=True)
         _check_npy(args.representative_data)
         budget.Budgets.of(args.format, args.flash, args.ram, None)
         require_extras()
@@ -171,6 +179,7 @@ def _main_export(argv, verbose: bool) -> int:
             progress=True,
             flash=args.flash,
             ram=args.ram,
+            tflm_project=args.tflm_project,
         )
         if args.json:
             report.to_json(args.json)

@@ -24,6 +24,7 @@ from tflite_export import (
     micro,
     native,
     packed,
+    project,
     runners,
     sequence,
     tfbackend,
@@ -360,6 +361,19 @@ def _pack_and_check(report: Report, full_int8: bytes, conv: Conversion, budgets)
     return data
 
 
+def _tflm_project(data: bytes, conv: Conversion, report: Report, given: bool, out):
+    """The TFLM project of the file about to be written (`project.build`),
+    with the arena already measured when the report has it."""
+    measured = None
+    if report.tflm is not None and report.format == "tflm_packed":
+        measured = report.tflm.arena_bytes
+    elif report.budget is not None:
+        measured = report.budget.arena_bytes
+    source = "representative_data" if given else "random inputs (no representative_data)"
+    with _failing("Generating the TFLM project", _RUN_TODO):
+        return project.build(data, conv.inputs, report.format, measured, source, out.name)
+
+
 def export(
     model,
     path,
@@ -374,6 +388,7 @@ def export(
     flash=None,
     ram=None,
     pack=None,
+    tflm_project=None,
 ) -> Report:
     """Writes a verified `.tflite` file whose codebook weights are exact.
 
@@ -419,6 +434,11 @@ def export(
         pack: Layer names whose codebook weights `tflm_packed` packs (a
             plan's `export_kwargs`); None packs every codebook weight that
             `ram` allows. Defaults to `None`.
+        tflm_project: Also write a TFLM project into this folder (`full_int8`
+            and `tflm_packed` with `target="tflm"`): the C array, an op
+            resolver of exactly the file's operators, the arena and tensor
+            settings, and a `main.cc` checking one sample against TFLM's
+            Python interpreter (`tflite_export.project`). Defaults to `None`.
 
     Returns:
         A `Report`.
@@ -439,6 +459,8 @@ def export(
         )
     budgets = budget.Budgets.of(format, flash, ram, pack)
     out = files.check_output_path(path, "path")
+    if tflm_project is not None:
+        project.check_request(format, target, tflm_project)
     if tfbackend.needs_child(model):
         # A JAX or PyTorch model that tf_keras cannot rebuild: exported under
         # TensorFlow, in a child process, from its saved file.
@@ -454,6 +476,7 @@ def export(
             flash=flash,
             ram=ram,
             pack=pack,
+            tflm_project=tflm_project,
         )
         return tfbackend.export_in_child(model, out, arguments)
     show = verbose if progress is None else progress
@@ -472,6 +495,7 @@ def export(
                     target,
                     steps,
                     budgets,
+                    tflm_project,
                 )
             finally:
                 steps.close()
@@ -483,7 +507,17 @@ def export(
 
 
 def _export(
-    model, out, fmt, representative_data, allow_inexact, c_array, safe_mode, target, steps, budgets
+    model,
+    out,
+    fmt,
+    representative_data,
+    allow_inexact,
+    c_array,
+    safe_mode,
+    target,
+    steps,
+    budgets,
+    tflm_project=None,
 ) -> Report:
     conv = convert_bytes(model, fmt, representative_data, allow_inexact, safe_mode, steps)
     pack = fmt == "tflm_packed"
@@ -530,11 +564,18 @@ def _export(
         steps.stage("measuring against the budgets (TFLM)")
         report.budget = budget.measure(data, conv.data, conv.matches, conv.inputs, budgets, report)
         budget.check(report.budget)
+    board = None
+    if tflm_project is not None:
+        steps.stage("generating the TFLM project (TFLM)")
+        board = _tflm_project(data, conv, report, representative_data is not None, out)
     steps.stage("writing")
     try:
         files.atomic_write(out, data)
         if c_array is not None:
             report.c_array = micro.write_c_array(data, c_array)
+        if board is not None:
+            report.tflm_project = project.write(board, tflm_project)
+            report.notes.append(board.summary())
     except OSError as e:
         raise ExportError(
             f"Writing {e.filename or str(out)!r} failed ({e.strerror or e}); nothing was "

@@ -101,6 +101,7 @@ class Report:
     tflm_skipped: str | None = None  # full_int8: why TFLM did not run the file
     rounded: list[RoundedWeight] = dataclasses.field(default_factory=list)
     budget: BudgetReport | None = None  # flash / ram given: the file against them
+    tflm_project: str | None = None  # the TFLM project folder written from the file
 
     @property
     def checked(self) -> int:
@@ -214,6 +215,8 @@ class Report:
             )
         if self.c_array:
             lines.append(f"C array: {self.c_array}")
+        if self.tflm_project:
+            lines.append(f"TFLM project: {self.tflm_project}")
         lines += self.notes
         if self.budget is not None:
             lines.append(str(self.budget))
@@ -225,7 +228,7 @@ class Report:
 
         Keys: `path`, `format`, `target`, `ok`, `exact`, `status`, `checked`,
         `sizes`, `weights` (one per codebook weight), `rounded`, `outputs`,
-        `tflm`, `c_array`, `notes`, `versions`.
+        `tflm`, `c_array`, `tflm_project`, `notes`, `versions`.
         """
         t = self.tflm
         return {
@@ -270,6 +273,7 @@ class Report:
                 },
             },
             "c_array": self.c_array,
+            "tflm_project": self.tflm_project,
             "notes": list(self.notes),
             "budget": None if self.budget is None else dataclasses.asdict(self.budget),
             "versions": dict(tool_versions()),

@@ -1,14 +1,15 @@
-"""Step 2 of 2: saved QAT model -> full_int8 and tflm_packed .tflite + C arrays -> TFLM run.
+"""Step 2 of 2: saved QAT model -> full_int8 and tflm_packed .tflite + TFLM projects -> TFLM run.
 
 Loads `qat.keras` (inside `td.quantize_scope()`), writes a verified,
-codebook-exact `full_int8` file and its C array (`model_data.cc` and
-`model_data.h`), then runs the file on the TensorFlow Lite for
-Microcontrollers interpreter (the `tflite-micro` package: the same kernels a
-microcontroller runs) over the whole test set, and finds the smallest tensor
-arena it runs in. Next to it, `model_packed.tflite` (and
-`model_packed_data.cc`) stores the ternary weights as 2-bit indices
-(`format="tflm_packed"`, TFLM only); both files' sizes, arenas and TFLM
-latencies are printed.
+codebook-exact `full_int8` file and the TFLM project generated from it
+(`board/`: the C array, an op resolver of exactly the file's operators, the
+arena and input settings, a `main.cc` checked against TFLM), then runs the
+file on the TensorFlow Lite for Microcontrollers interpreter (the
+`tflite-micro` package: the same kernels a microcontroller runs) over the
+whole test set, and finds the smallest tensor arena it runs in. Next to it,
+`model_packed.tflite` (and its project, `board_packed/`) stores the ternary
+weights as 2-bit indices (`format="tflm_packed"`, TFLM only); both files'
+sizes, arenas and TFLM latencies are printed.
 
     python examples/edge_deploy/deploy.py [--model out/edge/qat.keras]
         [--data out/edge/data.npz] [--out out/edge]
@@ -17,6 +18,7 @@ latencies are printed.
 from __future__ import annotations
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -29,7 +31,7 @@ import _cli
 
 with _cli.quiet_imports():  # TensorFlow loads here (on first use of td.keras)
     import tfmot_discrete as td
-    from tflite_export import exact, runners
+    from tflite_export import runners
 
     keras = td.keras
 
@@ -84,29 +86,6 @@ def smallest_arena(path) -> int:
     return arena
 
 
-def op_names(data: bytes) -> list[str]:
-    """The TFLite builtin operators the file uses (what the op resolver must register)."""
-    from tensorflow.lite.python import schema_py_generated as schema  # noqa: PLC0415
-
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    fb = exact.read(data)
-    return [
-        o.customCode.decode()
-        if o.customCode
-        else names[max(o.builtinCode, o.deprecatedBuiltinCode)]
-        for o in fb.operatorCodes
-    ]
-
-
-def resolver_call(op: str) -> str:
-    """`FULLY_CONNECTED` -> `AddFullyConnected()`, `CONV_2D` -> `AddConv2D()`;
-    the custom `TFLM_DECODE` of packed files -> `AddDecode()`."""
-    if op == "TFLM_DECODE":
-        return "AddDecode()"
-    parts = [p if p[0].isdigit() else p.capitalize() for p in op.split("_")]
-    return "Add" + "".join(parts) + "()"
-
-
 def tflm_accuracy(data: bytes, x, y) -> tuple[float, float, int]:
     """Top-1 accuracy of the file on TFLM (in a child process), with int8 inputs
     quantized as the file says.
@@ -122,9 +101,9 @@ def tflm_accuracy(data: bytes, x, y) -> tuple[float, float, int]:
     return hits / len(y), scale, zero
 
 
-def export_and_score(qat, path: pathlib.Path, fmt: str, data):
-    """Writes a verified `fmt` file and its C array (`<stem>_data.cc`), prints
-    the report, and scores the file on TFLM over the test set.
+def export_and_score(qat, path: pathlib.Path, fmt: str, data, board: pathlib.Path):
+    """Writes a verified `fmt` file and its TFLM project (`board`), prints the
+    report, and scores the file on TFLM over the test set.
 
     Returns:
         `(report, TFLM accuracy, input scale, input zero point)`, or None when
@@ -135,7 +114,7 @@ def export_and_score(qat, path: pathlib.Path, fmt: str, data):
         path,
         format=fmt,
         representative_data=data["x_calibration"],
-        c_array=path.with_name(f"{path.stem}_data.cc"),
+        tflm_project=board,
     )
     print(report)
     if not (report.ok and report.exact):
@@ -150,7 +129,7 @@ def _run(args) -> int:
     with td.quantize_scope():  # our quantizers and TF-MOT's wrappers
         qat = keras.models.load_model(args.model)
     path = out / "model.tflite"
-    scored = export_and_score(qat, path, "full_int8", data)
+    scored = export_and_score(qat, path, "full_int8", data, out / "board")
     if scored is None:
         return 1
     _, acc, scale, zero = scored
@@ -162,10 +141,12 @@ def _run(args) -> int:
         f"TFLM arena: {arena:,} bytes (recorded by TFLM's allocator: the model runs with "
         "exactly this arena_size, not with 16 bytes less)"
     )
-    ops = op_names(model_bytes)
-    print(f"operators: {', '.join(ops)}")
-    calls = ", ".join(resolver_call(op) for op in ops)
-    print(f"op resolver: tflite::MicroMutableOpResolver<{len(ops)}> with {calls}")
+    settings = (out / "board" / "model_settings.h").read_text()
+    asked = int(re.search(r"kTensorArenaSize = (\d+);", settings).group(1))
+    print(
+        f"board/model_settings.h: kTensorArenaSize = {asked:,} bytes (the arena export "
+        "measured, plus a margin for the target's kernels)"
+    )
     print(
         f"input: int8, shape {list(qat.input_shape[1:])}, "
         f"q = round(x / {scale:.6g}) + ({zero}) (scale, zero point)"
@@ -173,7 +154,7 @@ def _run(args) -> int:
 
     # The same model with its ternary weights as 2-bit indices (TFLM only).
     packed_path = out / "model_packed.tflite"
-    scored = export_and_score(qat, packed_path, "tflm_packed", data)
+    scored = export_and_score(qat, packed_path, "tflm_packed", data, out / "board_packed")
     if scored is None:
         return 1
     packed, packed_acc, _, _ = scored
@@ -191,8 +172,6 @@ def _run(args) -> int:
         f"TFLM latency per inference (this host): full_int8 {1e6 * t.full_int8_latency_s:.0f} "
         f"us, tflm_packed {1e6 * t.latency_s:.0f} us"
     )
-    calls = ", ".join(resolver_call(op) for op in op_names(packed_path.read_bytes()))
-    print(f"op resolver (packed): {calls}")
     return 0
 
 
