@@ -7,7 +7,7 @@ starts. Without the `[export]` extra, using them raises `MissingExtraError`
 
 Modules, from the bottom up (each imports only modules of earlier groups;
 tests/test_export_layers.py holds the list):
-errors, formats, logs, progress | files, compat, schema, reading, sequence
+errors, formats, logs, progress, agreement | files, compat, schema, reading, sequence
 (file reading) | micro, exact, isolation | runners, packed, keras3 | inputs,
 convert, budget | verify, native (Keras 3 as it is), tfbackend | report |
 lattice | pipeline (the flow), child (the interpreters' process) | __main__
@@ -20,6 +20,7 @@ import importlib
 from tflite_export.errors import extra_error, require_extras
 
 _LAZY = {
+    "AgreementWarning": "tflite_export.agreement",
     "FORMATS": "tflite_export.formats",
     "TARGETS": "tflite_export.formats",
     "ExportError": "tflite_export.errors",
