@@ -9,7 +9,7 @@ PACKAGE = ROOT / "tflite_export"
 
 #: Bottom to top: a module imports only modules of earlier layers.
 LAYERS = [
-    {"errors", "formats", "logs", "progress"},
+    {"errors", "formats", "logs", "progress", "agreement"},
     {"files", "compat", "schema", "reading", "sequence"},
     {"micro", "exact", "isolation", "resolver"},
     {"runners", "packed", "keras3", "project_files"},

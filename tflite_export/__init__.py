@@ -7,7 +7,7 @@ starts. Without the `[export]` extra, using them raises `MissingExtraError`
 
 Modules, from the bottom up (each imports only modules of earlier groups;
 tests/test_export_layers.py holds the list):
-errors, formats, logs, progress | files, compat, schema, reading, sequence
+errors, formats, logs, progress, agreement | files, compat, schema, reading, sequence
 (file reading) | micro, exact, isolation, resolver | runners, packed, keras3,
 project_files | inputs, convert, budget, project (a TFLM project from a
 file) | verify, native (Keras 3 as it is), tfbackend | report | lattice |
@@ -21,6 +21,7 @@ import importlib
 from tflite_export.errors import extra_error, require_extras
 
 _LAZY = {
+    "AgreementWarning": "tflite_export.agreement",
     "FORMATS": "tflite_export.formats",
     "TARGETS": "tflite_export.formats",
     "ExportError": "tflite_export.errors",

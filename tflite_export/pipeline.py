@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import warnings
 
 import numpy as np
 
 import tfmot_discrete as td
 from tflite_export import (
+    agreement,
     budget,
     convert,
     exact,
@@ -73,6 +75,10 @@ class Conversion:
     inputs: list[np.ndarray]  # sample inputs for the output check
     notes: list[str]
     rounded: list[RoundedWeight] = dataclasses.field(default_factory=list)
+    #: full_int8: the activation ranges were learned in training (not calibrated).
+    trained_activations: bool = False
+    #: `inputs` are the user's representative data (not random inputs).
+    representative: bool = False
 
 
 def _one_line(error: BaseException) -> str:
@@ -220,6 +226,8 @@ def convert_bytes(
         inputs=rep if rep is not None else inputs.random_inputs(plain),
         notes=notes,
         rounded=rounded,
+        trained_activations=from_qat,
+        representative=rep is not None,
     )
 
 
@@ -272,6 +280,7 @@ def _convert_native(nm, fmt, representative_data, allow_inexact, steps) -> Conve
         inputs=rep if rep is not None else inputs.random_inputs(nm),
         notes=notes,
         rounded=rounded,
+        representative=rep is not None,
     )
 
 
@@ -281,6 +290,7 @@ class _OutputCheck:
     mean_abs_diff: float
     output_range: float
     tolerance: float | None
+    agreement: agreement.Agreement | None = None
 
 
 def _check_outputs(conv: Conversion, fmt, weights, allow_inexact) -> _OutputCheck:
@@ -308,7 +318,16 @@ def _check_outputs(conv: Conversion, fmt, weights, allow_inexact) -> _OutputChec
             f"rounded to {fmt} by the converter"
         )
     diff = np.abs(lite_out - keras_out)
-    return _OutputCheck(float(diff.max()), float(diff.mean()), out_range, tolerance)
+    agrees = None
+    if fmt == "full_int8":
+        agrees = agreement.measure(
+            keras_out,
+            lite_out,
+            runners.output_scales(conv.data)[0],
+            trained_activations=conv.trained_activations,
+            real_data=conv.representative,
+        )
+    return _OutputCheck(float(diff.max()), float(diff.mean()), out_range, tolerance, agrees)
 
 
 def _tflm_check(data: bytes, xs) -> tuple[int, float, int]:
@@ -478,13 +497,13 @@ def export(
             pack=pack,
             tflm_project=tflm_project,
         )
-        return tfbackend.export_in_child(model, out, arguments)
+        return _warn_if_apart(tfbackend.export_in_child(model, out, arguments))
     show = verbose if progress is None else progress
     try:
         with library_logs(verbose) as captured:
             steps = Progress(bool(show))
             try:
-                return _export(
+                report = _export(
                     model,
                     out,
                     format,
@@ -504,6 +523,15 @@ def export(
         if not verbose and not isinstance(e, VerificationError):
             e.log = without_startup_lines(captured.text)
         raise
+    return _warn_if_apart(report)
+
+
+def _warn_if_apart(report: Report) -> Report:
+    """Warns (outside the libraries' captured output) when a full-integer
+    file picks another class than Keras more often than its limit allows."""
+    if not report.agrees:
+        warnings.warn(report.agreement.advice(), agreement.AgreementWarning, stacklevel=3)
+    return report
 
 
 def _export(
@@ -544,6 +572,7 @@ def _export(
         mean_abs_diff=outputs.mean_abs_diff,
         output_range=outputs.output_range,
         tolerance=outputs.tolerance,
+        agreement=outputs.agreement,
         samples=len(conv.inputs[0]),
         tflm_max_lsb=tflm_lsb,
         tflm_share_differing=tflm_share,

@@ -7,6 +7,7 @@ import functools
 import importlib.metadata
 
 from tflite_export import files
+from tflite_export.agreement import Agreement
 from tflite_export.budget import BudgetReport
 from tflite_export.packed import TflmComparison
 from tflite_export.verify import WeightCheck, json_number
@@ -102,6 +103,7 @@ class Report:
     rounded: list[RoundedWeight] = dataclasses.field(default_factory=list)
     budget: BudgetReport | None = None  # flash / ram given: the file against them
     tflm_project: str | None = None  # the TFLM project folder written from the file
+    agreement: Agreement | None = None  # full-integer files: top-1 agreement with Keras
 
     @property
     def checked(self) -> int:
@@ -127,6 +129,18 @@ class Report:
     @property
     def tflm_agrees(self) -> bool:
         return self.tflm_max_lsb is None or self.tflm_max_lsb <= TFLM_LSB * self.tflm_layers
+
+    @property
+    def top1_agreement(self) -> float | None:
+        """Full-integer files with class outputs: the share of check inputs
+        whose top-1 class is the Keras model's (`None` otherwise)."""
+        return None if self.agreement is None else self.agreement.top1
+
+    @property
+    def agrees(self) -> bool:
+        """Full-integer files: the top-1 agreement is within its limit
+        (`agreement.limit`); true for other formats."""
+        return self.agreement is None or self.agreement.within
 
     @property
     def ok(self) -> bool:
@@ -195,6 +209,8 @@ class Report:
             f"mean {self.mean_abs_diff:.3g} "
             f"({rel:.2e} of output range {self.output_range:.3g}; {tol})"
         )
+        if self.agreement is not None:
+            lines.append(self.agreement.line())
         if self.tflm_max_lsb is not None:
             lines.append(
                 f"TFLM vs LiteRT on the same int8 inputs: max difference {self.tflm_max_lsb} LSB, "
@@ -220,14 +236,18 @@ class Report:
         lines += self.notes
         if self.budget is not None:
             lines.append(str(self.budget))
-        lines.append("OK" if self.ok else "FAILED")
+        if not self.ok:
+            lines.append("FAILED")
+        else:
+            lines.append("OK" if self.agrees else self.agreement.advice())
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         """The report as JSON-serializable data (plain dicts, lists, numbers, strings).
 
         Keys: `path`, `format`, `target`, `ok`, `exact`, `status`, `checked`,
-        `sizes`, `weights` (one per codebook weight), `rounded`, `outputs`,
+        `sizes`, `weights` (one per codebook weight), `rounded`, `outputs`
+        (with `top1_agreement` and, for full-integer files, `agreement`),
         `tflm`, `c_array`, `tflm_project`, `notes`, `versions`.
         """
         t = self.tflm
@@ -254,6 +274,8 @@ class Report:
                 "output_range": json_number(self.output_range),
                 "tolerance": json_number(self.tolerance),
                 "agree": self.outputs_agree,
+                "top1_agreement": json_number(self.top1_agreement),
+                "agreement": None if self.agreement is None else self.agreement.to_dict(),
             },
             "tflm": {
                 "ran": self.tflm_max_lsb is not None or t is not None,

@@ -60,6 +60,16 @@ def dequantize_output(detail, y):
     return y.astype(np.float64)
 
 
+def output_scales(model_bytes: bytes) -> list[float | None]:
+    """Per output of the file, the value of one int8 step (its quantization
+    scale), or `None` for a float output."""
+    out = []
+    for d in interpreter(model_bytes).get_output_details():
+        scale = d["quantization"][0]
+        out.append(float(scale) if d["dtype"] in (np.int8, np.uint8) and scale else None)
+    return out
+
+
 def run_litert(
     model_bytes: bytes, inputs: list[np.ndarray] | None, raw: bool = False, isolated: bool = False
 ) -> list[np.ndarray]:
