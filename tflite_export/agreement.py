@@ -87,7 +87,7 @@ class Agreement:
                 "calibrate on more, or more typical, representative data (a few hundred "
                 "training inputs covering every class)"
             )
-        steps.append("or keep the outputs' layer at int8 weights with float activations (`int8`)")
+        steps.append("or, where the target runs float activations, export `format='int8'`")
         return (
             f"WARNING: the file picks another class than Keras on "
             f"{100 * (1 - (self.top1 or 0)):.2f} % of the inputs "
