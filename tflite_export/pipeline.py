@@ -468,6 +468,9 @@ def export(
             converter, quantizer, interpreter, file system); nothing is
             written then.
     """
+    # The keyword arguments as given: what `_export` (here, or in the
+    # TensorFlow child process of a JAX or PyTorch model) reads.
+    arguments = {k: v for k, v in locals().items() if k not in ("model", "path")}
     if target not in TARGETS:
         raise ExportError(f"`target` must be one of {list(TARGETS)}. Received: target={target!r}")
     if target == "litert" and format == "tflm_packed":
@@ -483,39 +486,13 @@ def export(
     if tfbackend.needs_child(model):
         # A JAX or PyTorch model that tf_keras cannot rebuild: exported under
         # TensorFlow, in a child process, from its saved file.
-        arguments = dict(
-            format=format,
-            representative_data=representative_data,
-            allow_inexact=allow_inexact,
-            c_array=c_array,
-            safe_mode=safe_mode,
-            target=target,
-            verbose=verbose,
-            progress=progress,
-            flash=flash,
-            ram=ram,
-            pack=pack,
-            tflm_project=tflm_project,
-        )
         return _warn_if_apart(tfbackend.export_in_child(model, out, arguments))
     show = verbose if progress is None else progress
     try:
         with library_logs(verbose) as captured:
             steps = Progress(bool(show))
             try:
-                report = _export(
-                    model,
-                    out,
-                    format,
-                    representative_data,
-                    allow_inexact,
-                    c_array,
-                    safe_mode,
-                    target,
-                    steps,
-                    budgets,
-                    tflm_project,
-                )
+                report = _export(model, out, arguments, steps, budgets)
             finally:
                 steps.close()
     except ExportError as e:
@@ -534,19 +511,16 @@ def _warn_if_apart(report: Report) -> Report:
     return report
 
 
-def _export(
-    model,
-    out,
-    fmt,
-    representative_data,
-    allow_inexact,
-    c_array,
-    safe_mode,
-    target,
-    steps,
-    budgets,
-    tflm_project=None,
-) -> Report:
+def _export(model, out, arguments: dict, steps, budgets) -> Report:
+    """The export of `model` to `out` in this process; `arguments` are
+    `export`'s (the budgets already read into `budgets`)."""
+    fmt, target = arguments["format"], arguments["target"]
+    representative_data, allow_inexact = (
+        arguments["representative_data"],
+        arguments["allow_inexact"],
+    )
+    c_array, safe_mode = arguments["c_array"], arguments["safe_mode"]
+    tflm_project = arguments["tflm_project"]
     conv = convert_bytes(model, fmt, representative_data, allow_inexact, safe_mode, steps)
     pack = fmt == "tflm_packed"
     checked_as = "full_int8" if pack else fmt  # a packed file is checked as full_int8 first
