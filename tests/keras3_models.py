@@ -101,16 +101,24 @@ def quantized_block_model():
     return keras.Model(inputs, L.Dense(3, name="head")(QuantizedBlock(8, name="qblock")(inputs)))
 
 
-def encoder_model(vocabulary=20, length=6):
-    """KerasHub: token and position embedding, a Transformer encoder, a pooled
-    Dense head (tiny, from arguments)."""
+def _token_model(block, vocabulary, length):
+    """Token and position embedding, `block`, a pooled Dense head."""
     import keras_hub  # noqa: PLC0415  (optional: the tests skip without it)
 
     tokens = keras.Input((length,), dtype="int32", name="tokens")
     h = keras_hub.layers.TokenAndPositionEmbedding(vocabulary, length, 8, name="embed")(tokens)
-    h = keras_hub.layers.TransformerEncoder(16, 2, name="encoder")(h)
-    h = L.GlobalAveragePooling1D()(h)
+    h = L.GlobalAveragePooling1D()(block(h))
     return keras.Model(tokens, L.Dense(3, name="head")(h))
+
+
+def encoder_model(vocabulary=20, length=6):
+    """KerasHub: token and position embedding, a Transformer encoder, a pooled
+    Dense head (tiny, from arguments)."""
+    import keras_hub  # noqa: PLC0415
+
+    return _token_model(
+        keras_hub.layers.TransformerEncoder(16, 2, name="encoder"), vocabulary, length
+    )
 
 
 def decoder_model(vocabulary=20, length=6):
@@ -118,11 +126,13 @@ def decoder_model(vocabulary=20, length=6):
     self-attention, no cross-attention), a pooled Dense head."""
     import keras_hub  # noqa: PLC0415
 
-    tokens = keras.Input((length,), dtype="int32", name="tokens")
-    h = keras_hub.layers.TokenAndPositionEmbedding(vocabulary, length, 8, name="embed")(tokens)
-    h = keras_hub.layers.TransformerDecoder(16, 2, name="decoder")(h)
-    h = L.GlobalAveragePooling1D()(h)
-    return keras.Model(tokens, L.Dense(3, name="head")(h))
+    return _token_model(
+        keras_hub.layers.TransformerDecoder(16, 2, name="decoder"), vocabulary, length
+    )
+
+
+#: The size of the tiny KerasHub backbones.
+TINY = {"num_layers": 1, "num_heads": 2, "hidden_dim": 8, "intermediate_dim": 16}
 
 
 def gpt2_model(vocabulary=20, length=6):
@@ -130,13 +140,7 @@ def gpt2_model(vocabulary=20, length=6):
     import keras_hub  # noqa: PLC0415
 
     return keras_hub.models.GPT2Backbone(
-        vocabulary_size=vocabulary,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=8,
-        intermediate_dim=16,
-        max_sequence_length=length,
-        name="gpt2",
+        vocabulary_size=vocabulary, max_sequence_length=length, name="gpt2", **TINY
     )
 
 
@@ -159,13 +163,7 @@ def bert_model(vocabulary=30, length=6):
     import keras_hub  # noqa: PLC0415
 
     backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=vocabulary,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=8,
-        intermediate_dim=16,
-        max_sequence_length=length,
-        name="bert",
+        vocabulary_size=vocabulary, max_sequence_length=length, name="bert", **TINY
     )
     inputs = {
         "token_ids": keras.Input((length,), dtype="int32", name="token_ids"),

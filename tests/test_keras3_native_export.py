@@ -124,13 +124,19 @@ def test_wrappers_inside_a_custom_layer_are_read_and_exported(tmp_path):
         _check(report, model, ["qblock/d1/kernel", "qblock/d2/kernel"])
 
 
-@pytest.mark.parametrize("fmt", ["int4", "tflm_packed"])
-def test_subclassed_model_exports_exact(fmt, tmp_path):
+def _trained_subclassed():
+    """`km.Subclassed`, built and trained two steps, and its inputs."""
     keras.utils.set_random_seed(2)
     model = km.Subclassed()
     x = _x(2)
     model(x)
     km.train_steps(model, x)
+    return model, x
+
+
+@pytest.mark.parametrize("fmt", ["int4", "tflm_packed"])
+def test_subclassed_model_exports_exact(fmt, tmp_path):
+    model, x = _trained_subclassed()
     path = tmp_path / f"sub_{fmt}.tflite"
     report = tflite_export.export(model, path, format=fmt, representative_data=x)
     _check(report, model, ["hidden/kernel", "signs/kernel"])
@@ -144,11 +150,7 @@ def test_subclassed_model_exports_exact(fmt, tmp_path):
 def test_verify_file_compares_a_subclassed_model(fmt, tmp_path):
     """A subclassed model has no `inputs`: `verify_file` feeds it what the
     file takes (random inputs, or the given ones), as the model or its file."""
-    keras.utils.set_random_seed(2)
-    model = km.Subclassed()
-    x = _x(2)
-    model(x)
-    km.train_steps(model, x)
+    model, x = _trained_subclassed()
     path = tmp_path / f"sub_{fmt}.tflite"
     tflite_export.export(model, path, format=fmt, representative_data=x)
     model.save(tmp_path / "sub.keras")
