@@ -31,12 +31,14 @@ def test_top1_counts_rows_with_the_same_largest_output():
 def test_measure_gives_steps_and_the_limit_of_the_ranges():
     ref = np.array([[0.0, 1.0], [1.0, 0.0]])
     got = np.array([[0.0, 1.25], [1.0, 0.0]])
-    a = agreement.measure(ref, got, 0.125, trained_activations=False, real_data=True)
+    a = agreement.measure(ref, got, 0.25, 0.125, trained_activations=False, real_data=True)
     assert a.top1 == 1.0 and a.max_steps == 2.0 and a.samples == 2
     assert a.limit == agreement.TOP1_LIMIT_CALIBRATED == 0.98 and a.within
-    b = agreement.measure(ref, got, None, trained_activations=True, real_data=True)
+    b = agreement.measure(ref, got, 0.25, None, trained_activations=True, real_data=True)
     assert b.max_steps is None and b.limit == agreement.TOP1_LIMIT_TRAINED == 0.995
-    flipped = agreement.measure(ref, ref[::-1], 0.1, trained_activations=False, real_data=False)
+    flipped = agreement.measure(
+        ref, ref[::-1], 1.0, 0.1, trained_activations=False, real_data=False
+    )
     assert flipped.top1 == 0.0 and not flipped.within
     advice = flipped.advice()
     assert advice.startswith("WARNING: the file picks another class than Keras on 100.00 %")

@@ -120,6 +120,7 @@ def top1(reference: np.ndarray, got: np.ndarray) -> float | None:
 def measure(
     reference: np.ndarray,
     got: np.ndarray,
+    max_abs_diff: float,
     scale: float | None,
     trained_activations: bool,
     real_data: bool,
@@ -130,15 +131,15 @@ def measure(
     Args:
         reference: The Keras model's outputs.
         got: The file's outputs, dequantized.
+        max_abs_diff: The largest `|got - reference|` (the output check has it).
         scale: The value of one output int8 step, or `None` (float output).
         trained_activations: Activation ranges were learned in training.
         real_data: The check inputs are the user's representative data.
     """
-    diff = float(np.max(np.abs(np.asarray(got) - np.asarray(reference)))) if got.size else 0.0
     return Agreement(
         samples=int(len(reference)),
         top1=top1(reference, got),
-        max_steps=None if not scale else diff / scale,
+        max_steps=None if not scale else max_abs_diff / scale,
         limit=TOP1_LIMIT_TRAINED if trained_activations else TOP1_LIMIT_CALIBRATED,
         trained_activations=trained_activations,
         real_data=real_data,

@@ -323,6 +323,7 @@ def _check_outputs(conv: Conversion, fmt, weights, allow_inexact) -> _OutputChec
         agrees = agreement.measure(
             keras_out,
             lite_out,
+            float(diff.max()),
             runners.output_scales(conv.data)[0],
             trained_activations=conv.trained_activations,
             real_data=conv.representative,
