@@ -190,3 +190,54 @@ def report(float_weights, strict: bool) -> None:
     for f in float_weights:
         # stacklevel 4: the line that called quantize_model.
         warnings.warn(f.message(), QuantizationWarning, stacklevel=4)
+
+
+# Where a full-integer file quantizes a layer's output, told by class names
+# (the same in tf_keras and Keras 3), so that both paths put their 8-bit
+# activation fake quantization (`activations="int8"`) at the same places.
+
+#: Layers the TFLite converter fuses into the operation before them: that
+#: operation's own output is not quantized then, only the fused result.
+_FUSED_AFTER = ("BatchNormalization", "ReLU")
+_FUSABLE = (
+    "Dense",
+    "Conv1D",
+    "Conv2D",
+    "DepthwiseConv2D",
+    "SeparableConv1D",
+    "SeparableConv2D",
+    "BatchNormalization",
+)
+#: Layers whose output stays float in training: an input (quantized by its
+#: own quantizer), a `DiscreteMultiplier` (not wrapped: its consumer's output
+#: is quantized), and `MultiHeadAttention` (TF-MOT builds an output quantizer
+#: from one input shape, which attention's query and value do not give).
+_OUTPUT_STAYS_FLOAT = ("InputLayer", "DiscreteMultiplier", "MultiHeadAttention")
+
+
+def _is(layer, names) -> bool:
+    return any(klass.__name__ in names for klass in type(layer).__mro__)
+
+
+def _activation_name(layer) -> str:
+    return getattr(getattr(layer, "activation", None), "__name__", "linear")
+
+
+def fused_into_next(layer, consumers) -> bool:
+    """True when the converter folds `layer`'s only consumer into it
+    (Conv -> BatchNorm, Dense -> ReLU, ...). `consumers`: the layers that
+    take `layer`'s output in the model's graph."""
+    if not _is(layer, _FUSABLE) or _activation_name(layer) != "linear":
+        return False
+    if len(consumers) != 1:
+        return False
+    nxt = consumers[0]
+    if _is(nxt, ("Activation",)):
+        return _activation_name(nxt) in ("relu", "relu6")
+    return _is(nxt, _FUSED_AFTER)
+
+
+def output_quantized(layer, consumers) -> bool:
+    """True where `activations="int8"` fake-quantizes `layer`'s output: where
+    the full-integer file quantizes it, and training can."""
+    return not _is(layer, _OUTPUT_STAYS_FLOAT) and not fused_into_next(layer, consumers)

@@ -75,6 +75,21 @@ def replace_graph_operation(model, old, new) -> bool:
     return found
 
 
+def consumers(model) -> dict[int, list]:
+    """`{id(layer): the layers taking its output}` in a Sequential or
+    Functional model's graph (the private `_nodes_by_depth` of a Functional
+    model: Keras 3 has no public list of a layer's consumers)."""
+    if isinstance(model, keras.Sequential):
+        layers = model.layers
+        return {id(a): [b] for a, b in zip(layers, layers[1:])}
+    out = {}
+    for nodes in model._nodes_by_depth.values():  # noqa: SLF001  (see the docstring)
+        for node in nodes:
+            for parent in node.parent_nodes:
+                out.setdefault(id(parent.operation), []).append(node.operation)
+    return out
+
+
 def flatten_layers(layer) -> list:
     """Every layer below `layer` (not itself), as Keras's private
     `_flatten_layers` lists them (`Model.quantize` walks the same list)."""

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
 from tfmot_discrete.core import checks, rules, specs
 from tfmot_discrete.core.quantizers import CodebookQuantizer, indices_of
 from tfmot_discrete.keras3 import _k3, nested, reach, tree
+from tfmot_discrete.keras3 import activations as k3_activations
 from tfmot_discrete.keras3 import quantizers as k3q
 from tfmot_discrete.keras3._k3 import is_graph_model, keras, ops
+from tfmot_discrete.keras3.activations import ActivationQuantizer
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.wrapper import QuantizeWrapper, quantizer_config, weight_specs
 
 #: The key of a QAT model's build config listing its wrappers below its
 #: config (`keras3.saving`).
 RECORD_KEY = "tfmot_discrete_wrappers"
+#: The values of `quantize_model`'s `activations`.
+ACTIVATIONS = (None, "int8")
 
 
 def check_model(model, argname="model"):
@@ -62,20 +67,105 @@ def _fresh_built(layer):
     return new
 
 
-def clone(model, clone_function):
+@dataclasses.dataclass(frozen=True)
+class Edit:
+    """What `clone` changes in a graph besides its layers.
+
+    Attributes:
+        skip: Tells a layer (of the source model) to leave out; its first
+            input takes its place.
+        after: Gives the layer to call on a source layer's output, or None.
+        on_input: Gives the layer to call on an input of the clone (before
+            any layer takes it), or None.
+    """
+
+    skip: object = lambda layer: False
+    after: object = lambda layer: None
+    on_input: object = lambda tensor: None
+
+
+#: The clone leaves the model's `ActivationQuantizer`s out.
+WITHOUT_ACTIVATIONS = Edit(skip=lambda layer: isinstance(layer, ActivationQuantizer))
+
+
+def clone(model, clone_function, edit=None):
     """`keras.models.clone_model(model, clone_function=...)`, keeping the names
-    of a Functional model's inputs (a plain clone renames them)."""
+    of a Functional model's inputs (a plain clone renames them), with the
+    changes of `edit` (an `Edit`) made along."""
     if isinstance(model, keras.Sequential):
-        return keras.models.clone_model(model, clone_function=clone_function)
+        if edit is None:
+            return keras.models.clone_model(model, clone_function=clone_function)
+        return _clone_sequential(model, clone_function, edit)
     refs = model.get_config()["input_layers"]
     names = [r[0] for r in refs] if isinstance(refs[0], list | tuple) else [refs[0]]
     inputs = [
         keras.Input(batch_shape=tuple(t.shape), dtype=t.dtype, name=name)
         for t, name in zip(model.inputs, names)
     ]
+    call_function = None
+    if edit is not None:
+        call_function = _editing_call(edit, inputs)
+        sources = {}
+
+        def clone_function(layer, _clone=clone_function):
+            new = _clone(layer)
+            sources[id(new)] = layer
+            return new
+
+        call_function = functools.partial(call_function, sources)
     return keras.models.clone_model(
-        model, input_tensors=inputs if len(inputs) > 1 else inputs[0], clone_function=clone_function
+        model,
+        input_tensors=inputs if len(inputs) > 1 else inputs[0],
+        clone_function=clone_function,
+        call_function=call_function,
     )
+
+
+def _editing_call(edit, inputs):
+    """The `call_function` of a Functional clone making `edit`'s changes."""
+    fed = {}
+    for tensor in inputs:
+        layer = edit.on_input(tensor)
+        fed[id(tensor)] = layer(tensor) if layer is not None else tensor
+
+    def call(sources, layer, *args, **kwargs):
+        source = sources[id(layer)]
+        args, kwargs = keras.tree.map_structure(
+            lambda t: fed.get(id(t), t), (args, kwargs), none_is_leaf=True
+        )
+        if edit.skip(source):
+            return args[0]
+        out = layer(*args, **kwargs)
+        extra = edit.after(source)
+        return extra(out) if extra is not None else out
+
+    return call
+
+
+def _clone_sequential(model, clone_function, edit):
+    """A Sequential clone with `edit`'s changes (Keras takes no
+    `call_function` for a Sequential model: the new layer list is written
+    out)."""
+    first = _k3.tracked_layers(model)[0]
+    if not isinstance(first, keras.layers.InputLayer):
+        raise ValueError(
+            f"Sequential model {model.name!r} has no `keras.Input`; give it one to quantize it "
+            "with activations='int8'."
+        )
+    source = model.inputs[0]
+    tensor = keras.Input(batch_shape=tuple(source.shape), dtype=source.dtype, name=first.name)
+    layers = [tensor]
+    extra = edit.on_input(tensor)
+    if extra is not None:
+        layers.append(extra)
+    for layer in model.layers:
+        if edit.skip(layer):
+            continue
+        layers.append(clone_function(layer))
+        extra = edit.after(layer)
+        if extra is not None:
+            layers.append(extra)
+    return keras.Sequential(layers, name=model.name)
 
 
 def quantize_model(model, quantizer, activations=None, strict=False, in_place=False):
@@ -105,7 +195,13 @@ def quantize_model(model, quantizer, activations=None, strict=False, in_place=Fa
         model: A built Keras 3 model.
         quantizer: As in `td.quantize_model`; mapping keys also match paths
             in the layer tree and Keras 3 weight paths (`reach`).
-        activations: `"int8"` is tf_keras only (use `td.to_tf_keras` first).
+        activations: `None` (float activations) or `"int8"`: an
+            `ActivationQuantizer` after each float input and each layer
+            whose output a full-integer file quantizes, ranges tracked in
+            training as TF-MOT tracks them (`keras3.activations`); a
+            `full_int8` export takes those ranges. Sequential and
+            Functional models of Keras layers (the models tf_keras
+            rebuilds, which that export converts).
         strict: With True, kernel-like weights that would stay float raise.
             Defaults to `False` (a `QuantizationWarning`).
         in_place: Wrap the layers of `model` itself rather than of a copy.
@@ -116,10 +212,9 @@ def quantize_model(model, quantizer, activations=None, strict=False, in_place=Fa
         ValueError: For bad arguments, an unbuilt model, a model that cannot
             be copied (naming `in_place=True`), and as `td.quantize_model`.
     """
-    if activations is not None:
+    if activations not in ACTIVATIONS:
         raise ValueError(
-            "`activations='int8'` is supported on tf_keras models only: convert the model "
-            f"with `td.to_tf_keras(model)` first. Received: activations={activations!r}"
+            f"`activations` must be one of {list(ACTIVATIONS)}. Received: activations={activations!r}"
         )
     check_model(model)
     if not isinstance(strict, bool):
@@ -133,13 +228,20 @@ def quantize_model(model, quantizer, activations=None, strict=False, in_place=Fa
             f"{model.name!r} is {type(model).__name__}, which is rebuilt (the float model is "
             "never changed). Received: in_place=True"
         )
+    if activations is not None and not graph:
+        raise ValueError(
+            f"`activations='int8'` takes Sequential and Functional models; {model.name!r} is "
+            f"a {type(model).__name__}. Quantize it with activations=None (its full-integer "
+            "file then calibrates its activation ranges on representative data). "
+            f"Received: activations={activations!r}"
+        )
     spec = rules.resolve_quantizer_spec(quantizer)
     if graph:
         model = nested.flatten(model)
     found = reach.plan(model, spec, graph)
     rules.report(found.float_weights, strict)
     if graph:
-        return _quantize_graph(model, found)
+        return _quantize_graph(model, found, activations)
     qat = model if in_place else copy_model(model)
     targets = reach.places(qat, graph=False) if qat is not model else found.places
     _wrap_places(found, targets, skip_top=None)
@@ -190,7 +292,7 @@ def _record_wrappers(qat, graph):
         _k3.add_to_build_config(qat, RECORD_KEY, record)
 
 
-def _quantize_graph(model, found):
+def _quantize_graph(model, found, activations):
     top = {
         found.places[i].layer.name: v
         for i, v in found.wrap.items()
@@ -202,10 +304,10 @@ def _quantize_graph(model, found):
             return QuantizeWrapper(_fresh_built(layer), top[layer.name])
         return _fresh(layer)
 
-    qat = clone(model, _clone)
+    qat = clone(model, _clone, _activation_edit(model) if activations == "int8" else None)
     for layer in qat.layers:
         inner = layer.layer if isinstance(layer, QuantizeWrapper) else layer
-        if isinstance(inner, keras.layers.InputLayer):
+        if isinstance(inner, keras.layers.InputLayer | ActivationQuantizer):
             continue
         source = model.get_layer(inner.name)
         if source.weights:
@@ -223,6 +325,37 @@ def _quantize_graph(model, found):
         _wrap_places(found, reach.places(copy, graph=True), skip_top=copy)
         _record_wrappers(qat, graph=True)
     return qat
+
+
+def _activation_edit(model) -> Edit:
+    """The `Edit` putting `ActivationQuantizer`s in a clone of `model`.
+
+    Raises:
+        ValueError: For a layer of a class that is not Keras's own (its
+            tf_keras twin, which the export converts, cannot be built).
+    """
+    for layer in model.layers:
+        module = type(layer).__module__
+        if not (module.startswith("keras.") or isinstance(layer, DiscreteMultiplier)):
+            raise ValueError(
+                f"`activations='int8'` takes models of Keras's own layers; layer {layer.name!r} "
+                f"is a {module}.{type(layer).__name__}. Quantize with activations=None (its "
+                "full-integer file then calibrates its activation ranges on representative "
+                "data). Received: activations='int8'"
+            )
+    quantized = k3_activations.outputs_to_quantize(model)
+
+    def after(layer):
+        if id(layer) not in quantized:
+            return None
+        return ActivationQuantizer(name=k3_activations.PREFIX + layer.name)
+
+    def on_input(tensor):
+        if not k3_activations.is_float_input(tensor):
+            return None
+        return ActivationQuantizer("all_values", name=k3_activations.PREFIX + tensor.name)
+
+    return Edit(after=after, on_input=on_input)
 
 
 class _CopyOf:
@@ -313,7 +446,7 @@ def strip_quantization(model):
 
     Wrappers are replaced by their inner layers holding the projected weights;
     a `DiscreteMultiplier` keeps its class, with its vector projected and its
-    codebook folded with the scale.
+    codebook folded with the scale; `ActivationQuantizer`s are left out.
 
     Raises:
         ValueError: For a NaN or inf weight or scale.
@@ -342,7 +475,7 @@ def strip_quantization(model):
 
     if not is_graph_model(model):
         return _strip_by_config(model)
-    plain = clone(model, _strip)
+    plain = clone(model, _strip, WITHOUT_ACTIVATIONS)
     for layer in plain.layers:
         values = new_weights.get(layer.name)
         if values and layer.weights:

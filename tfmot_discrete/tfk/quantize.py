@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
+from tfmot_discrete.core import rules as core_rules
 from tfmot_discrete.tfk import (
     _keras,
     annotate,
@@ -133,19 +134,6 @@ def check_model(model, argname="model"):
 
 ACTIVATIONS = (None, "int8")
 
-# Layers the TFLite converter fuses into the op before them: the op's own
-# output is not quantized then, only the fused result.
-_FUSED_AFTER = (keras.layers.BatchNormalization, keras.layers.ReLU)
-_FUSABLE = (
-    keras.layers.Dense,
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.DepthwiseConv2D,
-    keras.layers.SeparableConv1D,
-    keras.layers.SeparableConv2D,
-    keras.layers.BatchNormalization,
-)
-
 
 def _activation_quantizer():
     """TF-MOT's 8-bit activation quantizer, as its default scheme uses it."""
@@ -154,33 +142,12 @@ def _activation_quantizer():
     )
 
 
-def _is_fused_into_next(layer) -> bool:
-    """True when the converter folds `layer`'s only consumer into it."""
-    if not isinstance(layer, _FUSABLE):
-        return False
-    act = getattr(layer, "activation", None)
-    if act is not None and getattr(act, "__name__", "linear") != "linear":
-        return False
-    consumers = [node.outbound_layer for node in layer.outbound_nodes]
-    if len(consumers) != 1:
-        return False
-    nxt = consumers[0]
-    if isinstance(nxt, keras.layers.Activation):
-        return getattr(nxt.activation, "__name__", "") in ("relu", "relu6")
-    return isinstance(nxt, _FUSED_AFTER)
-
-
 def _add_activation_quantizers(model, plan):
-    """8-bit output fake-quant where the int8 TFLite model quantizes."""
+    """8-bit output fake-quant where the int8 TFLite model quantizes
+    (`core.rules.output_quantized`, the rule of both paths)."""
     for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer) or _is_fused_into_next(layer):
-            continue
-        if isinstance(layer, DiscreteMultiplier):
-            continue  # it is not wrapped; its consumer quantizes its output
-        if isinstance(layer, keras.layers.MultiHeadAttention):
-            # TF-MOT builds an output quantizer from `compute_output_shape` of
-            # one input shape, which attention (query and value) does not take:
-            # its output stays float in training, its consumer's is quantized.
+        consumers = [node.outbound_layer for node in layer.outbound_nodes]
+        if not core_rules.output_quantized(layer, consumers):
             continue
         cfg = plan.get(layer.name)
         if cfg is None:

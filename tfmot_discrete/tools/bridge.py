@@ -17,10 +17,12 @@ from tfmot_discrete import tfk
 from tfmot_discrete.core.rules import QuantizationWarning
 from tfmot_discrete.keras3 import keras, nested
 from tfmot_discrete.keras3 import quantize as k3_quantize
+from tfmot_discrete.keras3.activations import PREFIX, ActivationQuantizer
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.wrapper import QuantizeWrapper
 from tfmot_discrete.tfk import configs, weights
 from tfmot_discrete.tfk import quantize as tfk_quantize
+from tfmot_discrete.tfk.compat import QuantizeLayer
 from tfmot_discrete.tfk.layers import DiscreteMultiplier as TfKerasMultiplier
 
 
@@ -42,7 +44,7 @@ def _latent(model):
         values[layer.name] = layer.get_weights()
         return layer.__class__.from_config(layer.get_config())
 
-    plain = k3_quantize.clone(model, _unwrap)
+    plain = k3_quantize.clone(model, _unwrap, k3_quantize.WITHOUT_ACTIVATIONS)
     for layer in plain.layers:
         if values.get(layer.name):
             layer.set_weights(values[layer.name])
@@ -70,11 +72,13 @@ def to_tf_keras(model):
         ValueError: Naming the first layer that tf_keras cannot rebuild.
     """
     k3_quantize.check_graph_model(model)
-    plain3, plan, multipliers = _latent(nested.flatten(model))
+    model = nested.flatten(model)
+    ranges = {layer.name: layer for layer in model.layers if isinstance(layer, ActivationQuantizer)}
+    plain3, plan, multipliers = _latent(model)
     plain = tfk.from_keras3(plain3)
     if multipliers:
         plain = _with_multipliers(plain, multipliers)
-    if not plan:
+    if not plan and not ranges:
         return plain
     mapping = {}
     for layer in plain.layers:
@@ -83,8 +87,12 @@ def to_tf_keras(model):
     with warnings.catch_warnings():
         # The Keras 3 model's `quantize_model` told of its float weights already.
         warnings.simplefilter("ignore", QuantizationWarning)
-        qat = tfk_quantize.quantize_model(plain, mapping or None)
+        qat = tfk_quantize.quantize_model(
+            plain, mapping or None, activations="int8" if ranges else None
+        )
     _copy_state(model, qat)
+    if ranges:
+        _copy_ranges(model, ranges, qat)
     return qat
 
 
@@ -108,6 +116,42 @@ def _with_multipliers(plain, multipliers):
         elif layer.weights:
             layer.set_weights(plain.get_layer(layer.name).get_weights())
     return out
+
+
+def _twin_ranges(qat) -> dict:
+    """`{name of the Keras 3 ActivationQuantizer it stands for: TF-MOT's
+    min/max variables}` of every activation quantizer of a tf_keras QAT model:
+    an input's `QuantizeLayer` under `"act_" + the input's name`, a wrapper's
+    output quantizer under `"act_" + the inner layer's name`."""
+    out = {}
+    for layer in qat.layers:
+        if isinstance(layer, QuantizeLayer):
+            source = layer.inbound_nodes[0].inbound_layers  # (one layer: not a list)
+            out[PREFIX + source.name] = layer.quantizer_vars
+        elif getattr(layer, "_output_quantizers", None):
+            out[PREFIX + layer.layer.name] = layer._output_quantizer_vars  # noqa: SLF001
+    return out
+
+
+def _copy_ranges(model3, ranges, qat) -> None:
+    """The Keras 3 model's trained activation ranges into its twin's TF-MOT
+    quantizers, which the same rule (`core.rules.output_quantized`) put at
+    the same places.
+
+    Raises:
+        ValueError: When the two models quantize activations at different
+            places (no range may be left as TF-MOT starts it).
+    """
+    twin = _twin_ranges(qat)
+    if set(twin) != set(ranges):
+        raise ValueError(
+            f"The tf_keras twin of {model3.name!r} quantizes activations after "
+            f"{sorted(twin)}, the Keras 3 model after {sorted(ranges)}; their ranges cannot "
+            "be matched one to one."
+        )
+    for name, layer in ranges.items():
+        twin[name]["min_var"].assign(keras.ops.convert_to_numpy(layer.range_min.value))
+        twin[name]["max_var"].assign(keras.ops.convert_to_numpy(layer.range_max.value))
 
 
 def _assign_vars(k3_vars, tf_vars):
