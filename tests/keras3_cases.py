@@ -88,3 +88,35 @@ def assert_on_codebook(state, latent, projected) -> None:
     s = k3q.scale_of(state, latent)
     idx = q.codebook.index_numpy(projected / s)
     np.testing.assert_allclose(projected, q.codebook.values[idx] * s, rtol=1e-6)
+
+
+def activation_cases():
+    """Inputs, upstream gradients, ranges and training batches of the 8-bit
+    activation checks: inputs beyond every range, on levels and halfway
+    between them; ranges that hold 0 inside, at an end, and off the grid."""
+    rng = np.random.default_rng(3)
+    x = np.concatenate(
+        [np.linspace(-8, 8, 1025), rng.normal(scale=3.0, size=1000), np.arange(-6, 6.01, 6 / 255)]
+    ).astype("float32")
+    g = rng.normal(size=x.shape).astype("float32")
+    ranges = [(-6.0, 6.0), (-0.3, 2.7), (0.0, 1.0), (-1.0, 0.0), (-0.05, 7.3)]
+    batches = [
+        (rng.normal(size=(8, 5)) * s + c).astype("float32")
+        for s, c in ((1.0, 0.0), (3.0, 1.0), (0.2, -0.5), (8.0, 0.0))
+    ]
+    return x, g, ranges, batches
+
+
+def activation_model(keras):
+    """A Conv1D -> BatchNorm -> ReLU -> Flatten -> Dense(relu) -> Dense model of
+    `keras` (Keras 3), with inputs and regression targets."""
+    L = keras.layers
+    inp = keras.Input((16, 2), name="signal")
+    h = L.ReLU(name="relu")(L.BatchNormalization(name="bn")(L.Conv1D(6, 3, name="conv")(inp)))
+    h = L.Dense(8, activation="relu", name="hidden")(L.Flatten(name="flat")(h))
+    model = keras.Model(inp, L.Dense(3, name="logits")(h), name="act_model")
+    rng = np.random.default_rng(4)
+    # (Beyond +-6: an input's range only grows, from where the first batch puts it.)
+    x = rng.normal(scale=4.0, size=(48, 16, 2)).astype("float32")
+    y = rng.normal(size=(48, 3)).astype("float32")
+    return model, x, y

@@ -15,8 +15,9 @@ model computes:
 - an input: every value seen (`"all_values"`, TF-MOT's `AllValuesQuantizer`);
 - a layer output: an exponential moving average of each batch's range
   (`"moving_average"`, TF-MOT's `MovingAverageQuantizer`, decay 0.999);
-- both start at `[-6, 6]` and always hold 0; at inference the range is
-  fixed. The fake quantization is TensorFlow's
+- an input's range starts at `[0, 0]` (the quantizer outputs zeros until
+  it has seen data), an output's at `[-6, 6]`, as TF-MOT's do; both always
+  hold 0; at inference the range is fixed. The fake quantization is TensorFlow's
   `fake_quant_with_min_max_vars` (8 bits, 256 levels, the range nudged so
   that 0 is a level), written in `keras.ops` for every backend, with the
   straight-through estimator inside the range and no gradient outside.
@@ -30,8 +31,8 @@ from tfmot_discrete.keras3._k3 import keras, ops, register
 
 #: How a range follows the values it sees in training.
 TRACKING = ("moving_average", "all_values")
-#: TF-MOT's starting range and moving-average decay.
-INITIAL_RANGE = (-6.0, 6.0)
+#: TF-MOT's starting ranges and moving-average decay.
+INITIAL_RANGE = {"moving_average": (-6.0, 6.0), "all_values": (0.0, 0.0)}
 EMA_DECAY = 0.999
 #: An `ActivationQuantizer` is named this + the name of what it follows.
 PREFIX = "act_"
@@ -51,7 +52,11 @@ def fake_quant(x, range_min, range_max):
     nudged_max = (LEVELS - zero_point) * scale
     clamped = ops.clip(x, nudged_min, nudged_max)
     levels = ops.floor((clamped - nudged_min) * (1.0 / scale) + 0.5)
-    return clamped + ops.stop_gradient(levels * scale + nudged_min - clamped)
+    value = ops.stop_gradient(levels * scale + nudged_min)
+    # The gradient is 1 inside the range, its ends included (`clip`'s is
+    # 1/2 at an end on JAX), and 0 outside; the value is exactly `value`.
+    inside = ops.where((x >= nudged_min) & (x <= nudged_max), x, ops.zeros_like(x))
+    return value + (inside - ops.stop_gradient(inside))
 
 
 @register(package="tfmot_discrete")
@@ -86,7 +91,7 @@ class ActivationQuantizer(keras.layers.Layer):
         self.supports_masking = True
 
     def build(self, input_shape=None):
-        lo, hi = INITIAL_RANGE
+        lo, hi = INITIAL_RANGE[self.tracking]
         self.range_min = self.add_weight(
             name="range_min", shape=(), initializer=keras.initializers.Constant(lo), trainable=False
         )
