@@ -77,7 +77,7 @@ class Agreement:
         if not self.trained_activations:
             steps.append(
                 "train the activation ranges with the weights "
-                "(`td.quantize_model(..., activations='int8')`, tf_keras path) so the file runs "
+                "(`td.quantize_model(..., activations='int8')`) so the file runs "
                 "what was trained"
             )
         if not self.real_data:

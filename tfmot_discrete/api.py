@@ -31,8 +31,9 @@ def quantize_model(model, quantizer, activations=None, strict=False, in_place=Fa
         quantizer: A `CodebookQuantizer` (or what `td.quantizers.get` takes),
             `"int8"`, or a mapping `{layer name or weight path regex:
             quantizer | "int8" | None}`.
-        activations: `"int8"` for simulated 8-bit activations (tf_keras
-            only). Defaults to `None`.
+        activations: `"int8"` for simulated 8-bit activations where a
+            full-integer file quantizes them (on Keras 3: Sequential and
+            Functional models of Keras's layers). Defaults to `None`.
         strict: Raise instead of warning when a kernel-like weight would
             stay float. Defaults to `False`.
         in_place: Keras 3 only: put the wrappers into `model` itself instead

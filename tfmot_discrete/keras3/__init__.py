@@ -11,6 +11,7 @@ or KerasHub model) with `td.keras3.load_model`.
 """
 
 from tfmot_discrete.keras3._k3 import backend, keras
+from tfmot_discrete.keras3.activations import ActivationQuantizer
 from tfmot_discrete.keras3.batchnorm import recalibrate_batchnorm
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.quantize import is_quantized, quantize_model, strip_quantization
@@ -18,6 +19,7 @@ from tfmot_discrete.keras3.saving import load_model
 from tfmot_discrete.keras3.wrapper import LAYER_WEIGHTS, QuantizeWrapper, register_weights
 
 __all__ = [
+    "ActivationQuantizer",
     "LAYER_WEIGHTS",
     "DiscreteMultiplier",
     "QuantizeWrapper",
