@@ -9,7 +9,8 @@ codebook variant are compiled the same way: XLA on TensorFlow
 up, then all run in turn (each round starting one model later), a block of
 `train_on_batch` steps each, for many rounds; a variant's ratio is the median
 over rounds of its block time over the float model's block time in the same
-round. Two clocks: the process's CPU time (one thread: the time other jobs on
+round; the 8-bit-activation variant is also timed against the same
+codebook with float activations (`AGAINST`). Two clocks: the process's CPU time (one thread: the time other jobs on
 the machine take the core away does not count; the first table) and the wall
 clock (the second).
 """
@@ -31,7 +32,11 @@ VARIANTS = {
     "ternary, mean_abs": ("ternary", "mean_abs"),
     "[1, -1, 0.5, -0.5]": ("four", None),
     "[1, -1, 0.5, -0.5], mean_abs": ("four", "mean_abs"),
+    "ternary, mean_abs, int8 activations": ("ternary", "mean_abs", "int8"),
 }
+#: Variants also timed against another variant (not the float model): the
+#: cost of 8-bit activations over the weight-only step.
+AGAINST = {"ternary, mean_abs, int8 activations": "ternary, mean_abs"}
 BATCH = 256
 STEPS = 3
 #: The clocks each block is timed with: CPU time of this process, wall time.
@@ -81,8 +86,10 @@ def _child(rounds: int) -> dict:
         "four": lambda scale: td.CodebookQuantizer([1, -1, 0.5, -0.5], scale=scale),
     }
     models = {"float": mlp()}
-    for name, (preset, scale) in VARIANTS.items():
-        models[name] = td.quantize_model(mlp(), presets[preset](scale=scale))
+    for name, (preset, scale, *activations) in VARIANTS.items():
+        models[name] = td.quantize_model(
+            mlp(), presets[preset](scale=scale), activations=(activations or [None])[0]
+        )
     for model in models.values():
         model.compile(
             keras.optimizers.Adam(1e-3),
@@ -92,7 +99,10 @@ def _child(rounds: int) -> dict:
         for _ in range(3):
             model.train_on_batch(x, y)
     names = list(models)
-    ratios = {clock: {name: [] for name in VARIANTS} for clock in CLOCKS}
+    pairs = {name: "float" for name in VARIANTS} | {
+        f"{name} / {base}": (name, base) for name, base in AGAINST.items()
+    }
+    ratios = {clock: {name: [] for name in pairs} for clock in CLOCKS}
     for i in range(rounds):
         times = {}
         for name in names[i % len(names) :] + names[: i % len(names)]:
@@ -101,8 +111,9 @@ def _child(rounds: int) -> dict:
                 models[name].train_on_batch(x, y)
             times[name] = [clock() - t0 for clock, t0 in zip(CLOCKS.values(), start)]
         for k, clock in enumerate(CLOCKS):
-            for name in VARIANTS:
-                ratios[clock][name].append(times[name][k] / times["float"][k])
+            for name, against in pairs.items():
+                top, base = against if isinstance(against, tuple) else (name, against)
+                ratios[clock][name].append(times[top][k] / times[base][k])
     return {
         "backend": backend,
         "ratios": {
@@ -150,7 +161,7 @@ def main(argv=None) -> int:
         print(f"\n{clock} time, median (min-max) over {args.rounds} rounds:\n")
         print("| variant | " + " | ".join(r["backend"] for r in rows) + " |")
         print("|---|" + "---|" * len(rows))
-        for name in VARIANTS:
+        for name in rows[0]["ratios"][clock]:
             cells = ["{:.2f} ({:.2f}-{:.2f})".format(*r["ratios"][clock][name]) for r in rows]
             print(f"| {name} | " + " | ".join(cells) + " |")
     return 0
