@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import numpy as np
 
@@ -104,15 +103,14 @@ def clone(model, clone_function, edit=None):
     ]
     call_function = None
     if edit is not None:
-        call_function = _editing_call(edit, inputs)
-        sources = {}
+        sources, copy = {}, clone_function
 
-        def clone_function(layer, _clone=clone_function):
-            new = _clone(layer)
+        def clone_function(layer):
+            new = copy(layer)
             sources[id(new)] = layer
             return new
 
-        call_function = functools.partial(call_function, sources)
+        call_function = _editing_call(edit, inputs, sources)
     return keras.models.clone_model(
         model,
         input_tensors=inputs if len(inputs) > 1 else inputs[0],
@@ -121,14 +119,15 @@ def clone(model, clone_function, edit=None):
     )
 
 
-def _editing_call(edit, inputs):
-    """The `call_function` of a Functional clone making `edit`'s changes."""
+def _editing_call(edit, inputs, sources):
+    """The `call_function` of a Functional clone making `edit`'s changes
+    (`sources`: each new layer's id -> the layer it copies)."""
     fed = {}
     for tensor in inputs:
         layer = edit.on_input(tensor)
         fed[id(tensor)] = layer(tensor) if layer is not None else tensor
 
-    def call(sources, layer, *args, **kwargs):
+    def call(layer, *args, **kwargs):
         source = sources[id(layer)]
         args, kwargs = keras.tree.map_structure(
             lambda t: fed.get(id(t), t), (args, kwargs), none_is_leaf=True
