@@ -72,13 +72,20 @@ def is_kernel_like(variable) -> bool:
     return variable.trainable and len(variable.shape) >= 2 and not variable.name.endswith("bias")
 
 
+def attribute_names(layer) -> dict[int, str]:
+    """`{id(value): name}` of `layer`'s public attributes (the first name of
+    a value held twice)."""
+    out = {}
+    for name, value in vars(layer).items():
+        if not name.startswith("_"):
+            out.setdefault(id(value), name)
+    return out
+
+
 def weight_label(layer, variable) -> str:
     """How a float weight is named to the user: the attribute of `layer` that
     holds it (what `register_weights` takes), else the variable's name."""
-    for name, value in vars(layer).items():
-        if value is variable and not name.startswith("_"):
-            return name
-    return variable.name
+    return attribute_names(layer).get(id(variable), variable.name)
 
 
 def own_kernels(layer) -> list:

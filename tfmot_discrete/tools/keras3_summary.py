@@ -78,9 +78,8 @@ def float_reports(model) -> list[WeightReport]:
         quantized.update(id(v) for v in state.variables.values())
     holders = {}
     for place in [tree.Place(None, model, ""), *reach.places(model, graph=False)]:
-        for name, value in vars(place.layer).items():
-            if not name.startswith("_") and id(value) not in holders:
-                holders[id(value)] = (place, name)
+        for key, name in reach.attribute_names(place.layer).items():
+            holders.setdefault(key, (place, name))
     out = []
     for w in model.weights:
         if id(w) in quantized or not reach.is_kernel_like(w):
