@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from tfmot_discrete.core import rules
 from tfmot_discrete.keras3 import _k3
+from tfmot_discrete.keras3 import ops as qops
 from tfmot_discrete.keras3._k3 import keras, ops, register
 
 #: How a range follows the values it sees in training.
@@ -50,9 +51,13 @@ def fake_quant(x, range_min, range_max):
     zero_point = ops.clip(ops.floor(-range_min / scale + 0.5), 0.0, float(LEVELS))
     nudged_min = -zero_point * scale
     nudged_max = (LEVELS - zero_point) * scale
+    if _k3.backend() == "torch":
+        return qops.torch_fake_quant(x, zero_point, scale, nudged_min, nudged_max)
     clamped = ops.clip(x, nudged_min, nudged_max)
-    levels = ops.floor((clamped - nudged_min) * (1.0 / scale) + 0.5)
-    value = ops.stop_gradient(levels * scale + nudged_min)
+    # The level, then (level - zero point) x scale: TensorFlow's kernel's
+    # operations in its order, so that the values are its values bit for bit.
+    levels = ops.floor((clamped - nudged_min) / scale + 0.5)
+    value = ops.stop_gradient((levels - zero_point) * scale)
     # The gradient is 1 inside the range, its ends included (`clip`'s is
     # 1/2 at an end on JAX), and 0 outside; the value is exactly `value`.
     inside = ops.where((x >= nudged_min) & (x <= nudged_max), x, ops.zeros_like(x))

@@ -304,6 +304,33 @@ def _make_torch_select_chain(torch):
     return TorchSelectChain
 
 
+def torch_fake_quant(x, zero_point, scale, nudged_min, nudged_max):
+    """`activations.fake_quant` after its range arithmetic, on PyTorch: one
+    `torch.autograd.Function` whose forward runs the same float32 operations
+    in place on one buffer (the same values bit for bit) and whose backward
+    passes the gradient inside the range, ends included. Eager PyTorch runs
+    each `keras.ops` call as its own kernel with its own output tensor."""
+    return _TorchFakeQuant.apply(x, zero_point, scale, nudged_min, nudged_max)
+
+
+def _make_torch_fake_quant(torch):
+    class TorchFakeQuant(torch.autograd.Function):
+        """See `torch_fake_quant`."""
+
+        @staticmethod
+        def forward(ctx, x, zero_point, scale, lo, hi):
+            ctx.save_for_backward(x, lo, hi)
+            out = torch.clamp(x, lo, hi)
+            return out.sub_(lo).div_(scale).add_(0.5).floor_().sub_(zero_point).mul_(scale)
+
+        @staticmethod
+        def backward(ctx, dy):
+            x, lo, hi = ctx.saved_tensors
+            return dy * ((x >= lo) & (x <= hi)), None, None, None, None
+
+    return TorchFakeQuant
+
+
 def _scratch_like(x):
     """A buffer of `x`'s shape for values that never leave the function using
     it: one per thread, dtype and device, grown to the largest size asked
@@ -324,6 +351,7 @@ if backend() == "torch":
     _SCRATCH = threading.local()
     _TORCH_FLOATS = {_TORCH.float32: "float32", _TORCH.float64: "float64"}
     _TorchSelectChain = _make_torch_select_chain(_TORCH)
+    _TorchFakeQuant = _make_torch_fake_quant(_TORCH)
 else:
     _TORCH = None
 
