@@ -283,3 +283,30 @@ def test_unknown_activations_value_is_refused():
     model = keras3.Sequential([keras3.Input((3,)), L.Dense(2)])
     with pytest.raises(ValueError, match=r"`activations` must be one of \[None, 'int8'\]"):
         td.quantize_model(model, td.ternary(), activations="int4")
+
+
+def test_a_recurrent_model_trains_them_and_its_file_says_what_it_calibrated(tmp_path):
+    """A GRU's gates and state run in the unrolled graph the file is
+    converted from, where no training range exists: the layer outputs train
+    their ranges, and the report says the file's were calibrated."""
+    keras3.utils.set_random_seed(0)
+    rng = np.random.default_rng(5)
+    inp = keras3.Input((6, 3), name="seq")
+    h = L.GRU(8, name="gru")(L.Conv1D(6, 3, activation="relu", name="conv")(inp))
+    model = keras3.Model(inp, L.Dense(4, name="logits")(h))
+    qat = td.quantize_model(model, td.ternary(), activations="int8")
+    assert [layer.name for layer in qat.layers if isinstance(layer, ActivationQuantizer)] == [
+        "act_seq",
+        "act_conv",
+        "act_gru",
+        "act_logits",
+    ]
+    x = rng.normal(size=(32, 6, 3)).astype("float32")
+    qat.compile(keras3.optimizers.Adam(1e-2), "mse", run_eagerly=True)  # (two steps)
+    qat.fit(x, rng.normal(size=(32, 4)).astype("float32"), batch_size=16, verbose=0)
+    assert float(qat.get_layer("act_gru").range_max.value) != 6.0
+    report = tflite_export.export(
+        qat, tmp_path / "m.tflite", format="full_int8", representative_data=x
+    )
+    assert report.exact and not report.agreement.trained_activations
+    assert any("unrolled copy" in note for note in report.notes)
