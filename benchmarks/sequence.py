@@ -56,6 +56,14 @@ def gru() -> keras.Model:
     return keras.Model(inp, L.Dense(10, name="logits")(x), name="mnist1d_gru")
 
 
+def lstm() -> keras.Model:
+    """The `gru` model with an LSTM(64) in place of the GRU (`benchmarks.agreement`'s)."""
+    inp = keras.Input((40, 1), name="signal")
+    x = L.Conv1D(32, 5, strides=2, padding="same", activation="relu", name="conv_0")(inp)
+    x = L.LSTM(64, name="lstm")(x)
+    return keras.Model(inp, L.Dense(10, name="logits")(x), name="mnist1d_lstm")
+
+
 def attention() -> keras.Model:
     inp = keras.Input((40, 1), name="signal")
     x = L.Conv1D(32, 5, strides=2, padding="same", activation="relu", name="conv_0")(inp)

@@ -79,7 +79,7 @@ def _arch(kind: str, width: int):
 COMPILES = {"default": False, "jit": True}
 
 
-def _train_step(model, jit_compile=False):
+def train_step(model, jit_compile=False):
     """A compiled Adam train step (`tf.function`, with XLA if `jit_compile`) on fixed inputs."""
     opt = keras.optimizers.Adam(1e-3)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -117,7 +117,7 @@ def time_steps(kind: str, width: int, variants, rounds: int, block: int, log=pri
             model = common.build(_arch(kind, width), v, 0)
             if v.kind == "cluster":
                 model = common.cluster(model, v.spec)
-            step = _train_step(model, jit)
+            step = train_step(model, jit)
             try:  # trace, compile and warm up
                 for _ in range(3):
                     step(x, y).numpy()

@@ -216,3 +216,37 @@ def test_splice_replaces_the_accuracy_section_and_its_targets_only():
     assert "old table" not in out and "| digits: old | 1 | met |" not in out
     assert lines[5:7] == ["| mnist1d: new | 3 | met |", "| train step of x | 2 | met |"]
     assert lines[lines.index("new table") + 2 :] == ["## Training cost", "kept"]
+
+
+def test_agreement_targets_hold_each_way_of_finding_ranges_to_its_limit():
+    from benchmarks import agreement  # noqa: PLC0415
+
+    def rec(keras_acc, file_acc, agree):
+        return {"keras": keras_acc, "file": file_acc, "agree": agree, "report_agree": 1.0}
+
+    result = {
+        "float": {"gru": [0.9, 0.9]},
+        "files": {
+            # 99.0 % agreement: enough with calibrated ranges, not with trained ones.
+            ("gru", "calibrated", "full_int8"): [rec(0.95, 0.946, 0.99), rec(0.95, 0.946, 0.99)],
+            ("gru", "trained", "full_int8"): [rec(0.95, 0.946, 0.99), rec(0.95, 0.946, 0.99)],
+        },
+    }
+    for r in result["files"].values():
+        for x in r:
+            x["within"] = True
+    steps = {"gru": {"weights only": 0.01, "int8 activations": 0.012, "ratio": 1.2}}
+    status = {row[0]: row[2] for row in agreement.targets(result, steps)}
+    assert status == {
+        "gru full_int8, calibrated ranges: top-1 agreement >= 98 %": "met",
+        "gru full_int8, calibrated ranges: accuracy within 0.5 point of Keras": "met",
+        "gru full_int8, trained ranges: top-1 agreement >= 99.5 %": "MISSED",
+        "gru full_int8, trained ranges: accuracy within 0.3 point of Keras": "MISSED",
+        "gru: int8-activation QAT step <= 1.15x the weight-only step": "MISSED",
+    }
+    header, rows = _check_table(_tables(agreement.files_table(result))[0], "model")
+    assert [r[:3] for r in rows] == [
+        ["gru", "calibrated", "full_int8"],
+        ["gru", "trained", "full_int8"],
+    ]
+    assert all(_numeric(c) for r in rows for c in r[3:-1]) and rows[0][-1] == "2/2"

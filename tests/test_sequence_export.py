@@ -155,7 +155,8 @@ def _on_codebook(model, seed=0) -> list[exact.CodebookWeight]:
                 a = codes * scales
                 cls = sequence.layout_class(layer)
                 for (gate, c), (_, s) in zip(
-                    sequence.gate_pieces(cls, name, codes), sequence.gate_pieces(cls, name, scales)
+                    sequence.gate_pieces(layer, name, codes),
+                    sequence.gate_pieces(layer, name, scales),
                 ):
                     cws.append(
                         exact.CodebookWeight(
@@ -373,6 +374,52 @@ def test_int8_activation_training_with_recurrent_layers_calibrates(tmp_path):
     assert any("calibrated on representative_data" in n for n in report.notes)
 
 
+def test_gru_with_reset_gate_before_exports_full_int8_exactly(tmp_path):
+    """A `GRU(reset_after=False)` applies the reset gate to the state before
+    the candidate's product with the recurrent kernel, so its cell cuts that
+    kernel (its conversion copy cuts both kernels per gate): each piece is a
+    tensor of the file, and every stored value of every piece is checked."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((3, 2))
+    x = L.GRU(3, reset_after=False, name="gru")(inp)
+    qat = td.quantize_model(keras.Model(inp, L.Dense(2, name="logits")(x)), td.ternary())
+    data = _inputs(qat, 8, 1)[0]
+    report = tflite_export.export(
+        qat, tmp_path / "m.tflite", format="full_int8", representative_data=data
+    )
+    pieces = [f"gru/{k}[{g}]" for k in ("kernel", "recurrent_kernel") for g in "zrh"]
+    assert [w.name for w in report.weights] == [*pieces, "logits/kernel"]
+    assert report.ok and report.exact and all(w.exact for w in report.weights)
+    count = {w.name: w.count for w in report.weights}
+    assert sum(count[p] for p in pieces[:3]) == 2 * 9  # kernel (2, 9)
+    assert sum(count[p] for p in pieces[3:]) == 3 * 9  # recurrent kernel (3, 9)
+
+
+def test_gate_cuts_are_those_of_the_conversion_copy():
+    """What `codebook_weights` looks for is what the unrolled copy reads:
+    a recurrent dropout (which makes a cell cut its kernels per gate) is
+    dropped, a GRU with the reset gate before runs its kernels per gate."""
+    x = inp = keras.Input((3, 2))
+    x = L.Bidirectional(L.GRU(2, reset_after=False, return_sequences=True), name="bi")(x)
+    x = L.LSTM(2, recurrent_dropout=0.1, return_sequences=True, name="lstm")(x)
+    x = L.GRU(2, implementation=1, name="gru")(x)
+    model = keras.Model(inp, x)
+    copy = {layer.name: layer for layer in sequence.conversion_model(model).layers}
+    assert copy["lstm"].implementation == 2 and copy["lstm"].recurrent_dropout == 0
+    assert copy["gru"].implementation == 2
+    assert copy["bi"].forward_layer.implementation == 1
+    assert copy["bi"].backward_layer.implementation == 1
+    bi = model.get_layer("bi")
+    assert sequence.gate_cuts(bi, "backward/recurrent_kernel") == (("z", 2), ("r", 2), ("h", 2))
+    assert sequence.gate_cuts(bi, "forward/bias") == ()
+    for name in ("lstm", "gru"):
+        assert sequence.gate_cuts(model.get_layer(name), "kernel") == ()
+    a = np.arange(12.0).reshape(2, 6)
+    pieces = sequence.gate_pieces(bi, "forward/kernel", a)
+    assert [g for g, _ in pieces] == ["z", "r", "h"]
+    np.testing.assert_array_equal(np.concatenate([p for _, p in pieces], -1), a)
+
+
 def _operators(data: bytes) -> list[str]:
     """The names of a file's operators, in order."""
     fb = exact.read(data)
@@ -381,9 +428,10 @@ def _operators(data: bytes) -> list[str]:
 
 
 def test_full_int8_conversion_is_the_same_every_time():
-    """Each unrolled step of a `GRU(reset_after=False)` splits off a gate part
-    that nothing reads. The converter's quantizer left such a SPLIT_V in
-    float32 between a DEQUANTIZE and QUANTIZEs on some runs and not on
+    """Unrolled with `implementation=2`, each step of a `GRU(reset_after=False)`
+    split off an empty gate part that nothing reads (its conversion copy now
+    runs `implementation=1`). The converter's quantizer left such a SPLIT_V
+    in float32 between a DEQUANTIZE and QUANTIZEs on some runs and not on
     others: files of 8 to 14 QUANTIZE operators, none two alike in 8 runs."""
     keras.utils.set_random_seed(0)
     inp = keras.Input((6, 3))

@@ -81,8 +81,9 @@ def codebook_weights(model) -> list[CodebookWeight]:
 
     def weight(item, codes, scales, **fields) -> list[CodebookWeight]:
         # A user's layer of sub-layers: the layout of the sub-layer holding it.
-        cls = sequence.layout_class(sublayers.weight_owner(inners[item.layer], item.weight))
-        # A convolutional recurrent kernel is stored as one tensor per gate.
+        owner = sublayers.weight_owner(inners[item.layer], item.weight)
+        cls = sequence.layout_class(owner)
+        # A recurrent kernel its cell cuts (per gate) is stored as one tensor per piece.
         return [
             CodebookWeight(
                 layer=item.layer,
@@ -93,8 +94,8 @@ def codebook_weights(model) -> list[CodebookWeight]:
                 **fields,
             )
             for (gate, c), (_, s) in zip(
-                sequence.gate_pieces(cls, item.weight, codes),
-                sequence.gate_pieces(cls, item.weight, scales),
+                sequence.gate_pieces(owner, item.weight, codes),
+                sequence.gate_pieces(owner, item.weight, scales),
             )
         ]
 

@@ -140,12 +140,39 @@ class KeptNormalization(_L.Layer):
         return tf.maximum(self.norm(inputs), np.finfo(np.float32).min)
 
 
+def _reads_gates_apart(layer) -> bool:
+    """True for a `GRU(reset_after=False)`: its conversion copy multiplies
+    with each gate's third of both kernels (`implementation=1`).
+
+    With `implementation=2` such a cell multiplies the state with the update
+    and reset gates' columns of the recurrent kernel and splits the product
+    into `[units, units, rest]` columns, the rest empty: the converter writes
+    a `SPLIT_V` with an empty output, which TFLM cannot allocate ("dynamic
+    tensor"). `implementation=1` computes the same without it."""
+    return isinstance(layer, _L.GRU) and not layer.reset_after
+
+
+def _recurrent_config(layer, config: dict) -> dict:
+    """The config of a recurrent layer's conversion copy: unrolled, without
+    dropout (inference does not apply it; a recurrent dropout would switch
+    the cell to `implementation=1`), an LSTM or GRU with the implementation
+    whose weight cuts `gate_cuts` describes."""
+    config = {**config, "unroll": True}
+    if isinstance(layer, (_L.LSTM, _L.GRU)):
+        config.update(
+            dropout=0.0,
+            recurrent_dropout=0.0,
+            implementation=1 if _reads_gates_apart(layer) else 2,
+        )
+    return config
+
+
 def _unrolled(layer):
     """`clone_model`'s clone function: recurrent layers unrolled, others as they are."""
     config = layer.get_config()
     if isinstance(layer, RECURRENT):
         _check_recurrent(layer, layer.input_shape)
-        return type(layer).from_config({**config, "unroll": True})
+        return type(layer).from_config(_recurrent_config(layer, config))
     if isinstance(layer, _L.Bidirectional):
         for inner in _inner(layer):
             if not isinstance(inner, RECURRENT):
@@ -156,9 +183,13 @@ def _unrolled(layer):
                     "Use Bidirectional with LSTM, GRU or SimpleRNN.",
                 )
             _check_recurrent(inner, layer.input_shape)
-        config["layer"]["config"]["unroll"] = True
+        config["layer"]["config"] = _recurrent_config(
+            layer.forward_layer, config["layer"]["config"]
+        )
         if "backward_layer" in config:
-            config["backward_layer"]["config"]["unroll"] = True
+            config["backward_layer"]["config"] = _recurrent_config(
+                layer.backward_layer, config["backward_layer"]["config"]
+            )
         return type(layer).from_config(config)
     if isinstance(layer, CONV_RECURRENT):
         _check_recurrent(layer, layer.input_shape)
@@ -281,12 +312,50 @@ def tflite_layout(cls: str, weight: str, a: np.ndarray) -> tuple[np.ndarray, int
     return a.T, 0
 
 
-def gate_pieces(cls: str, weight: str, a: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """A convolutional recurrent kernel cut as its cell convolves it: one
-    `(gate name, quarter)` per gate; any other weight whole (`[("", a)]`)."""
-    if cls not in _CONV_RECURRENT_NAMES:
+def _cell_layer(layer, weight: str):
+    """The recurrent layer whose cell reads `weight` of `layer` (the forward
+    or backward one of a `Bidirectional`), else `layer`."""
+    if isinstance(layer, _L.Bidirectional):
+        return layer.backward_layer if "backward" in weight.split("/") else layer.forward_layer
+    return layer
+
+
+def gate_cuts(layer, weight: str) -> tuple[tuple[str, int], ...]:
+    """How the cell of `layer`'s conversion copy cuts `weight` before
+    multiplying with it: `(piece name, columns)` along the last axis, or `()`
+    when it reads the weight whole.
+
+    The converter folds each cut of a constant into a tensor of its own, so
+    the file holds the pieces, not the weight: a convolutional LSTM convolves
+    with each gate's quarter of both kernels (i, f, c, o), a
+    `GRU(reset_after=False)` multiplies with each gate's third (z, r, h) of
+    both kernels (`_reads_gates_apart`). LSTM and other GRUs read their
+    kernels whole (`implementation=2`).
+    """
+    inner = _cell_layer(layer, weight)
+    if weight.rsplit("/", 1)[-1] not in ("kernel", "recurrent_kernel"):
+        return ()
+    if isinstance(inner, CONV_RECURRENT):
+        return tuple((g, inner.filters) for g in GATES)
+    if _reads_gates_apart(inner):
+        return tuple((g, inner.units) for g in ("z", "r", "h"))
+    return ()
+
+
+def gate_pieces(layer, weight: str, a: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """`layer`'s `weight` (Keras layout, or any array of its shape) cut as
+    its cell reads it (`gate_cuts`): one `(piece name, columns)` per piece;
+    a weight read whole as `[("", a)]`."""
+    cuts = gate_cuts(layer, weight)
+    if not cuts:
         return [("", a)]
-    return list(zip(GATES, np.split(a, len(GATES), axis=-1)))
+    if sum(n for _, n in cuts) != a.shape[-1]:
+        raise ExportError(
+            f"Layer {layer.name!r} ({type(layer).__name__}): weight {weight!r} has "
+            f"{a.shape[-1]} columns, its cell reads {sum(n for _, n in cuts)}."
+        )
+    ends = np.cumsum([n for _, n in cuts])[:-1]
+    return list(zip((g for g, _ in cuts), np.split(a, ends, axis=-1)))
 
 
 def check_gather_tables(model, trained: set[str]) -> None:
