@@ -21,6 +21,7 @@ collect_ignore = [
     "keras3_distributed_worker.py",
     "keras3_models.py",
     "keras3_native_worker.py",
+    "keras3_learned_worker.py",
 ]
 
 # Property tests draw the same examples on every run and machine: a CI run never

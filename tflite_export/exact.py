@@ -22,6 +22,7 @@ from tflite_export.schema import (
     BuiltinOperator,
     TensorType,
 )
+from tfmot_discrete.core import learned
 from tfmot_discrete.core.codebook import Codebook
 from tfmot_discrete.tfk import int8, sublayers
 from tfmot_discrete.tfk.weights import codebook_items, int8_items
@@ -456,6 +457,19 @@ def stays_int8(cw: CodebookWeight) -> bool:
     if cw.trained_int8:
         return True
     return cw.learned and cw.codebook.integer_step(QMAX[TensorType.INT4]) is None
+
+
+def lattice_step(cw: CodebookWeight, qmax: int) -> float | None:
+    """The step of the integers `cw` is stored with at `qmax`, or None.
+
+    Learned values at 8 bits keep the power-of-two step they trained on
+    (`core.learned.grid_step`), so that each stored channel step
+    `step x scale` is exact and the file decodes to the trained weights bit
+    for bit; other codebooks take the coarsest step that fits.
+    """
+    if cw.learned and qmax >= learned.VALUE_QMAX:
+        return float(learned.grid_step(cw.codebook.values))
+    return cw.codebook.integer_step(qmax)
 
 
 def smallest_exact_format(codebook: Codebook) -> str:

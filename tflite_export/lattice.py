@@ -98,7 +98,7 @@ def write_lattices(fb, matches, allow_inexact, notes) -> None:
         qmax = QMAX[TensorType.INT8] if exact.stays_int8(m.cw) else QMAX[tensor.type]
         if m.cw.learned and not m.cw.trained_int8 and qmax != QMAX[tensor.type]:
             notes.append(f"{m.cw.label}: learned values have no exact int4 lattice; stored int8")
-        g = m.cw.codebook.integer_step(qmax)
+        g = exact.lattice_step(m.cw, qmax)
         if g is not None:
             exact.write_exact(fb, m, g)
             continue
