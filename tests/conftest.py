@@ -39,6 +39,7 @@ QUANTIZERS = {
     "binary_stochastic": td.binary(stochastic=True),
     "ternary_mean_abs": td.ternary(),
     "ternary_none": td.ternary(scale=None),
+    "ternary_learned_values": td.ternary(learn_values=True),
     "four_values": td.CodebookQuantizer([1, -1, 0.5, -0.5]),
     "four_values_learned": td.CodebookQuantizer([1, -1, 0.5, -0.5], scale="learned"),
     "power_of_two_3": td.power_of_two(bits=3),
