@@ -21,6 +21,7 @@ collect_ignore = [
     "keras3_distributed_worker.py",
     "keras3_models.py",
     "keras3_native_worker.py",
+    "keras3_learned_worker.py",
 ]
 
 # Property tests draw the same examples on every run and machine: a CI run never
@@ -38,6 +39,7 @@ QUANTIZERS = {
     "binary_stochastic": td.binary(stochastic=True),
     "ternary_mean_abs": td.ternary(),
     "ternary_none": td.ternary(scale=None),
+    "ternary_learned_values": td.ternary(learn_values=True),
     "four_values": td.CodebookQuantizer([1, -1, 0.5, -0.5]),
     "four_values_learned": td.CodebookQuantizer([1, -1, 0.5, -0.5], scale="learned"),
     "power_of_two_3": td.power_of_two(bits=3),

@@ -71,6 +71,8 @@ def _tf_keras_projection(q, w):
             "log_scale": tf.Variable(tf.zeros(q.scale_shape(w.shape))),
             "scale_initialized": tf.Variable(1.0),
         }
+    if q.learn_values:
+        qvars["values"] = tf.Variable(q.initial_values())
     return q(t, False, weights=qvars).numpy()
 
 

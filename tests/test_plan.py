@@ -90,6 +90,15 @@ def test_a_budget_just_below_the_unpacked_file_packs_a_layer(trained, free):
     assert any(r.packed for r in p.rows) and p.export_kwargs["format"] == "tflm_packed"
 
 
+def test_learned_value_candidates_are_planned_and_keep_their_option(trained):
+    model, x, y = trained
+    q = td.ternary(learn_values=True)
+    p = td.plan(model, (x, y), candidates=[q, "int8"], flash=9000, print_fn=None)
+    chosen = [r for r in p.rows if r.choice != "int8"]
+    assert chosen and all(r.choice == "{-1, 0, 1} x mean_abs, learned values" for r in chosen)
+    assert all(p.mapping[r.layer] == q for r in chosen)
+
+
 def test_losses_are_sensitivitys_numbers(trained):
     model, x, y = trained
     p = td.plan(model, (x, y), candidates=[td.ternary()], print_fn=None)

@@ -51,6 +51,11 @@ def test_build_makes_expected_weights(quantizer):
     qat = _wrapped_dense(quantizer)
     wrapper = qat.layers[0]
     _, _, qvars, _ = _quantize(wrapper)
+    qvars = dict(qvars)
+    if quantizer.learn_values:
+        values = qvars.pop("values")
+        assert values.shape == (quantizer.codebook.size,) and values.trainable
+        np.testing.assert_array_equal(values.numpy(), quantizer.initial_values())
     if quantizer.scale == "learned":
         assert sorted(qvars) == ["log_scale", "scale_initialized"]
         assert qvars["log_scale"].shape == (1, 6) and qvars["log_scale"].trainable

@@ -22,6 +22,7 @@ from tflite_export.schema import (
     BuiltinOperator,
     TensorType,
 )
+from tfmot_discrete.core import learned
 from tfmot_discrete.core.codebook import Codebook
 from tfmot_discrete.tfk import int8, sublayers
 from tfmot_discrete.tfk.weights import codebook_items, int8_items
@@ -59,6 +60,9 @@ class CodebookWeight:
     #: Trained with 8-bit fake quantization ("int8" in the mapping): the codebook
     #: is the integers of [-127, 127], the scales the trained steps.
     trained_int8: bool = False
+    #: The codebook's values were trained (`learn_values=True`): integers up to
+    #: 127 times a power of two, kept int8 in an int4 file without an int4 lattice.
+    learned: bool = False
 
     @property
     def label(self) -> str:
@@ -108,11 +112,12 @@ def codebook_weights(model) -> list[CodebookWeight]:
         values = np.asarray(q(latent, False, weights=qvars), np.float32)
         scales = np.broadcast_to(np.asarray(q.quantized_scale(latent, qvars)), values.shape)
         codes = np.empty_like(values)
-        table = q.codebook.values.astype(np.float32)
+        codebook = q.codebook_of(qvars)  # the learned values, with learn_values=True
+        table = codebook.values.astype(np.float32)
         for rows in row_chunks(values):
-            codes[rows] = table[q.codebook.index_numpy(values[rows] / scales[rows])]
+            codes[rows] = table[codebook.index_numpy(values[rows] / scales[rows])]
         del values
-        out += weight(item, codes, scales, codebook=q.codebook)
+        out += weight(item, codes, scales, codebook=codebook, learned=q.learn_values)
     for item in int8_items(model):
         iv = int8.int8_values(item.quantizer, item.latent, item.qvars)
         out += weight(item, iv.codes, iv.steps, codebook=INT8_CODEBOOK, trained_int8=True)
@@ -447,6 +452,27 @@ def _channel_factors(got, exp, dim):
     return f.reshape(()) if dim is None else f
 
 
+def stays_int8(cw: CodebookWeight) -> bool:
+    """True when a weight is stored as int8 even in an int4 file: trained at 8
+    bits, or learned values without an exact int4 lattice."""
+    if cw.trained_int8:
+        return True
+    return cw.learned and cw.codebook.integer_step(QMAX[TensorType.INT4]) is None
+
+
+def lattice_step(cw: CodebookWeight, qmax: int) -> float | None:
+    """The step of the integers `cw` is stored with at `qmax`, or None.
+
+    Learned values at 8 bits keep the power-of-two step they trained on
+    (`core.learned.grid_step`), so that each stored channel step
+    `step x scale` is exact and the file decodes to the trained weights bit
+    for bit; other codebooks take the coarsest step that fits.
+    """
+    if cw.learned and qmax >= learned.VALUE_QMAX:
+        return float(learned.grid_step(cw.codebook.values))
+    return cw.codebook.integer_step(qmax)
+
+
 def smallest_exact_format(codebook: Codebook) -> str:
     if codebook.integer_step(QMAX[TensorType.INT4]) is not None:
         return "int4"
@@ -495,7 +521,7 @@ def write_exact(model, m: TensorMatch, g: float) -> None:
             raise AssertionError(f"{m.cw.label}: codes not integral on the chosen lattice")
         ints[rows] = rounded
     buf = _own_buffer(model, m.tensor)
-    if m.cw.trained_int8 and t.type == TensorType.INT4:
+    if stays_int8(m.cw) and t.type == TensorType.INT4:
         t.type = TensorType.INT8  # an 8-bit weight stays int8 inside an int4 file
     if t.type == TensorType.INT4:
         buf.data = _pack_int4(ints)

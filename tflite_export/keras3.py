@@ -149,7 +149,7 @@ def _check_finite(label: str, latent: np.ndarray, scales: np.ndarray) -> None:
         )
 
 
-def _weight(path, layer, name, codebook, codes, scales, trained_int8=False):
+def _weight(path, layer, name, codebook, codes, scales, trained_int8=False, learned=False):
     return exact.CodebookWeight(
         layer=path,
         layer_class=layout_class(layer),
@@ -158,6 +158,7 @@ def _weight(path, layer, name, codebook, codes, scales, trained_int8=False):
         codes=codes,
         scales=scales,
         trained_int8=trained_int8,
+        learned=learned,
     )
 
 
@@ -185,7 +186,9 @@ def _state_weight(path, layer, name, latent_var, state) -> exact.CodebookWeight:
     scales = np.asarray(k3q.scale_of(state, latent), np.float32)
     _check_finite(label, latent, scales)
     scales = np.broadcast_to(scales, values.shape)
-    return _weight(path, layer, name, q.codebook, _codes(q.codebook, values, scales), scales)
+    codebook = q.codebook_of(state.variables)  # the learned values, with learn_values=True
+    codes = _codes(codebook, values, scales)
+    return _weight(path, layer, name, codebook, codes, scales, learned=q.learn_values)
 
 
 def quantized_weights(model) -> list[exact.CodebookWeight]:

@@ -168,7 +168,7 @@ def convert_bytes(
     requested = fmt
     if fmt == "tflm_packed":
         items = codebook_items(qat) if qat is not None else []
-        _check_packable([(i.layer, i.weight, i.quantizer.codebook) for i in items])
+        _check_packable([(i.layer, i.weight, i.quantizer.codebook_of(i.qvars)) for i in items])
         fmt = "full_int8"  # packed by `export` once checked
     if fmt == "full_int8" and qat is not None:
         trained = {item.layer for item in codebook_items(qat) + int8_items(qat)}

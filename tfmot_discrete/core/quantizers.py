@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfmot_discrete.core import text
+from tfmot_discrete.core import learned, text
 from tfmot_discrete.core.codebook import GRADIENTS, Codebook
 
 SCALES = (None, "mean_abs", "learned")
@@ -102,6 +102,12 @@ class CodebookQuantizer:
     values), one per output channel. Backward: a straight-through
     estimator, gated to the codebook range with `"clipped_ste"`.
 
+    With `learn_values=True` the codebook's values themselves train (TTQ,
+    LQ-Nets): one vector of values per weight, initialized from `values`,
+    each value's gradient the sum of the upstream gradient over the weights
+    assigned to it; the values stay sorted, distinct and on the int8 grid of
+    the exported file (`tfmot_discrete.core.learned`).
+
     A TF-MOT `Quantizer` on tf_keras models (its `build` and `__call__` come
     from `tfmot_discrete.tfk.quantizers`), and the quantizer of the Keras 3
     path's layers on every backend.
@@ -116,6 +122,8 @@ class CodebookQuantizer:
         per_channel_axis: Output-channel axis (or axes) of the weight for the
             scale; `[]` for one scale per tensor. Defaults to `None`: the
             layer's output-channel axes (the last axis outside a layer).
+        learn_values: Train the codebook's values (one vector per weight,
+            in units of the channel scale). Defaults to `False`.
 
     Raises:
         ValueError: On a bad codebook or an unknown option.
@@ -137,6 +145,7 @@ class CodebookQuantizer:
         gradient="clipped_ste",
         stochastic=False,
         per_channel_axis=None,
+        learn_values=False,
     ):
         self.codebook = values if isinstance(values, Codebook) else Codebook(values)
         with np.errstate(over="ignore"):
@@ -152,14 +161,47 @@ class CodebookQuantizer:
         _check_choice("gradient", gradient, GRADIENTS)
         if not isinstance(stochastic, (bool, np.bool_)):
             raise ValueError(f"`stochastic` must be a bool. Received: stochastic={stochastic!r}")
+        if not isinstance(learn_values, (bool, np.bool_)):
+            raise ValueError(
+                f"`learn_values` must be a bool. Received: learn_values={learn_values!r}"
+            )
+        if learn_values:
+            learned.check_size(self.codebook.size, values)
+            if stochastic:
+                raise ValueError(
+                    "`learn_values=True` projects to the nearest learned value; it does not "
+                    "take stochastic rounding. Received: stochastic=True, learn_values=True"
+                )
         self.scale = scale
         self.gradient = gradient
         self.stochastic = bool(stochastic)
         self.per_channel_axis = _normalize_axis(per_channel_axis)
+        self.learn_values = bool(learn_values)
 
     @property
     def values(self) -> np.ndarray:
         return self.codebook.values
+
+    def initial_values(self) -> np.ndarray:
+        """The values a learned codebook starts from: `values` on the grid
+        (float32; `tfmot_discrete.core.learned`)."""
+        return learned.project_values(self.codebook.values)
+
+    def codebook_of(self, weights) -> Codebook:
+        """The codebook a weight with quantizer variables `weights` projects
+        to: its learned values (`learn_values=True`), else `codebook`.
+
+        Example:
+
+        >>> q = CodebookQuantizer([1, -1, 0.5, -0.5], learn_values=True)
+        >>> q.codebook_of({"values": np.array([-0.9, -0.4, 0.6, 1.1])}).values.tolist()
+        [-0.90625, -0.40625, 0.59375, 1.09375]
+        """
+        if not self.learn_values:
+            return self.codebook
+        v = weights["values"]
+        v = v.numpy() if hasattr(v, "numpy") else v
+        return Codebook(learned.project_values(np.asarray(v, np.float32)).astype(np.float64))
 
     def with_channel_axes(self, axes) -> CodebookQuantizer:
         """A copy whose scale axes are `axes`, unless the user set them."""
@@ -207,6 +249,7 @@ class CodebookQuantizer:
             "gradient": self.gradient,
             "stochastic": self.stochastic,
             "per_channel_axis": self.per_channel_axis,
+            "learn_values": self.learn_values,
         }
 
     @classmethod
@@ -224,6 +267,7 @@ class CodebookQuantizer:
 
     def __repr__(self):
         extra = "" if self.scale is None else f", scale={self.scale!r}"
+        extra += ", learn_values=True" if self.learn_values else ""
         return f"CodebookQuantizer({[float(v) for v in self.codebook.values]}{extra})"
 
 
@@ -352,9 +396,10 @@ def get(identifier):
     )
 
 
-def indices_of(quantizer: CodebookQuantizer, projected, scale) -> np.ndarray:
+def indices_of(quantizer: CodebookQuantizer, projected, scale, codebook=None) -> np.ndarray:
     """Index of the codebook value of each projected weight, given the scale
-    it was projected with (both paths read their codes through it).
+    it was projected with (both paths read their codes through it), in
+    `codebook` (learned values; defaults to the quantizer's).
 
     Example:
 
@@ -364,4 +409,5 @@ def indices_of(quantizer: CodebookQuantizer, projected, scale) -> np.ndarray:
     """
     q = np.asarray(projected, dtype=np.float64)
     s = np.asarray(scale, dtype=np.float64)
-    return quantizer.codebook.index_numpy(q / s)
+    codebook = quantizer.codebook if codebook is None else codebook
+    return codebook.index_numpy(q / s)

@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 
+from tfmot_discrete.core import learned
 from tfmot_discrete.core.codebook import GRADIENTS, WHERE_CHAIN_MAX_K, midpoints, reduce_axes
 from tfmot_discrete.keras3._k3 import backend, keras, ops
 
@@ -424,3 +425,82 @@ def fake_quant_int8(x, r):
     code = ops.floor((clamped - nudged_lo) * inv_step + _const(0.5, dtype))
     out = (code - (zero - _const(_QMIN, dtype))) * step
     return ops.where(ok, out, ops.zeros_like(out)), nudged_lo, nudged_hi
+
+
+def project_values(v, snap=True):
+    """`tfmot_discrete.core.learned.project_values` in `keras.ops`: learned
+    values sorted, at least one grid step apart and (`snap`) on the grid, bit
+    for bit as NumPy and the tf_keras path compute them."""
+    v = ops.sort(ops.cast(v, "float32"))
+    k = int(v.shape[0])
+    steps = _const(learned.STEPS, "float32")
+    qmax = float(learned.VALUE_QMAX)
+    i = ops.sum(ops.cast(steps * qmax < ops.max(ops.abs(v)), "int32"))
+    g = ops.take(steps, ops.minimum(i, learned.STEPS.size - 1))
+    c = v / g
+    if snap:
+        c = ops.round(c)
+    c = ops.clip(c, -qmax, qmax)
+    ramp = _const(np.arange(k), "float32")
+    lower = _const(np.tril(np.ones((k, k), bool)), "bool")
+    c = ops.max(ops.where(lower, (c - ramp)[None, :], _const(-np.inf, "float32")), axis=1) + ramp
+    c = ops.minimum(c, qmax - (k - 1) + ramp)
+    return c * g
+
+
+def project_learned(x, values, low, high, gradient, scale=None, finite=None):
+    """`tfmot_discrete.tfk.ops.project_learned` in `keras.ops`: the nearest
+    learned value (times `scale`), the straight-through gradient to `x`, and
+    to each value the sum of the upstream gradient (times the scale) over
+    the entries that take it (TTQ, LQ-Nets)."""
+    if gradient not in GRADIENTS:
+        raise ValueError(f"`gradient` must be one of {GRADIENTS}. Received: gradient={gradient!r}")
+    k = int(values.shape[0])
+    dtype = _np_dtype(x)
+    if finite is None:
+        finite = all_finite(x if scale is None else scale)
+
+    def scaled(a):
+        return a if scale is None else a * scale
+
+    def indices(t, mids):
+        y = t if scale is None else t / scale
+        flat = ops.searchsorted(mids, ops.reshape(y, [-1]), side="right")
+        return ops.reshape(ops.cast(flat, "int32"), ops.shape(t))
+
+    @ops.custom_gradient
+    def _fwd(t, v):
+        v = ops.cast(v, dtype)
+        mids = v[:-1] / 2.0 + v[1:] / 2.0
+        table = ops.where(finite, v, _const(np.nan, dtype))
+        if k <= WHERE_CHAIN_MAX_K:
+            out = ops.where(t >= scaled(mids[0]), scaled(table[1]), scaled(table[0]))
+            for i in range(1, k - 1):
+                out = ops.where(t >= scaled(mids[i]), scaled(table[i + 1]), out)
+        else:
+            out = scaled(ops.take(table, indices(t, mids)))
+
+        def grad(*args, upstream=None):
+            dy = args[0] if upstream is None else upstream
+            if gradient == "ste":
+                dx = dy
+            else:
+                inside = ops.logical_and(t >= low, t <= high)
+                dx = ops.where(inside, dy, ops.zeros_like(dy))
+            g = scaled(dy)
+            zero = ops.zeros_like(g)
+            if k > WHERE_CHAIN_MAX_K:
+                ids = ops.reshape(indices(t, mids), [-1])
+                dv = ops.segment_sum(ops.reshape(g, [-1]), ids, num_segments=k)
+            else:
+                # Sum of g at or above each midpoint; value i takes the entries
+                # between midpoints i - 1 and i.
+                above = [ops.sum(ops.where(t >= scaled(mids[i]), g, zero)) for i in range(k - 1)]
+                total = ops.sum(g)
+                diffs = [a - b for a, b in zip(above, above[1:], strict=False)]
+                dv = ops.stack([total - above[0], *diffs, above[-1]])
+            return dx, ops.cast(dv, "float32")
+
+        return out, grad
+
+    return _fwd(x, values)

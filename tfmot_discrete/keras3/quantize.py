@@ -565,6 +565,8 @@ class CodebookWeight:
         latent: The latent (float) values that training updates.
         projected: The values inference computes with (codebook x scale).
         scale: The scale the weight was projected with (ones without one).
+        codebook: The codebook it projects to (the learned values with
+            `learn_values=True`; the quantizer's when None).
     """
 
     label: str
@@ -572,12 +574,13 @@ class CodebookWeight:
     latent: np.ndarray
     projected: np.ndarray
     scale: np.ndarray
+    codebook: object = None
 
     @property
     def codes(self) -> np.ndarray:
         """The index of the codebook value each weight projects to (read
         through `core.quantizers.indices_of`, as on the tf_keras path)."""
-        return indices_of(self.quantizer, self.projected, self.scale)
+        return indices_of(self.quantizer, self.projected, self.scale, self.codebook)
 
 
 def codebook_weights(model) -> list[CodebookWeight]:
@@ -594,6 +597,7 @@ def codebook_weights(model) -> list[CodebookWeight]:
                     ops.convert_to_numpy(value),
                     projected(state, value),
                     k3q.scale_of(state, value),
+                    state.quantizer.codebook_of(state.variables),
                 )
             )
     return out

@@ -56,14 +56,23 @@ class ClipToRange(keras.constraints.Constraint):
         return {"low": self.low, "high": self.high}
 
 
+class LearnedValues(keras.constraints.Constraint):
+    """Keeps learned codebook values sorted and at least one grid step apart
+    (`ops.project_values` without rounding; applied after each update)."""
+
+    def __call__(self, v):
+        return ops.cast(qops.project_values(v, snap=False), v.dtype)
+
+
 @dataclasses.dataclass
 class WeightState:
     """One quantized weight of a layer: its quantizer and the quantizer's variables.
 
     `quantizer` is a `CodebookQuantizer` (with the weight's channel axes) or
     an `Int8WeightQuantizer` (its `per_axis` only is used here).
-    `variables` holds `log_scale` (a learned scale) or `min_var`/`max_var`
-    (an 8-bit range), named as the tf_keras path names them.
+    `variables` holds `values` (learned codebook values), `log_scale` (a
+    learned scale) or `min_var`/`max_var` (an 8-bit range), named as the
+    tf_keras path names them.
     """
 
     name: str
@@ -85,6 +94,14 @@ def make_state(layer, weight, quantizer) -> WeightState:
                 name=f"{name}_{key}", shape=rshape, initializer="zeros", trainable=False
             )
         return WeightState(name, quantizer, variables)
+    if quantizer.learn_values:
+        variables["values"] = layer.add_weight(
+            name=f"{name}_values",
+            shape=(quantizer.codebook.size,),
+            initializer=keras.initializers.Constant(quantizer.initial_values()),
+            constraint=LearnedValues(),
+            trainable=True,
+        )
     if quantizer.scale == "learned":
         variables["log_scale"] = layer.add_weight(
             name=f"{name}_log_scale",
@@ -103,6 +120,8 @@ def quantize(state: WeightState, w, training, seed=None):
     q = state.quantizer
     if isinstance(q, Int8WeightQuantizer):
         return _int8(state, w, training)
+    if q.learn_values:
+        return _learned_values(state, w)
     values = q.codebook.values
     lo, hi = q.codebook.low, q.codebook.high
     stochastic = q.stochastic and training
@@ -127,6 +146,23 @@ def quantize(state: WeightState, w, training, seed=None):
             * sigma
         )
     out = qops.project_straight_through(w, values, lo, hi, q.gradient, scale=sigma)
+    if q.scale == "mean_abs":
+        return out
+    s = ops.exp(ops.cast(state.variables["log_scale"], w.dtype) * LOG_SCALE_STEP)
+    return out * (s / sigma)
+
+
+def _learned_values(state: WeightState, w):
+    """`s_c x v[i(w / s_c)]` with the learned values `v` on their grid (a
+    straight-through gradient to the trainable vector)."""
+    q = state.quantizer
+    v = ops.convert_to_tensor(state.variables["values"])
+    on_grid = v + ops.stop_gradient(qops.project_values(v) - v)
+    lo, hi = q.codebook.low, q.codebook.high
+    if q.scale is None:
+        return qops.project_learned(w, on_grid, lo, hi, q.gradient)
+    sigma = qops.mean_abs_scale(w, channel_axes(q, len(w.shape)))
+    out = qops.project_learned(w, on_grid, lo, hi, q.gradient, scale=sigma)
     if q.scale == "mean_abs":
         return out
     s = ops.exp(ops.cast(state.variables["log_scale"], w.dtype) * LOG_SCALE_STEP)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfmot_discrete.core import learned
 from tfmot_discrete.core.codebook import GRADIENTS, WHERE_CHAIN_MAX_K, midpoints, reduce_axes
 from tfmot_discrete.tfk import compat
 
@@ -332,3 +333,109 @@ def mean_abs_scale(w: tf.Tensor, channel_axes) -> tf.Tensor:
     s = tf.reduce_mean(tf.abs(w), axis=axes, keepdims=True) if axes else tf.abs(w)
     s = tf.where(tf.equal(s, 0), tf.ones_like(s), s)
     return tf.stop_gradient(s)
+
+
+def project_values(v: tf.Tensor, snap: bool = True) -> tf.Tensor:
+    """`tfmot_discrete.core.learned.project_values` in TensorFlow: learned
+    values sorted, at least one grid step apart and (`snap`) on the grid,
+    bit for bit as NumPy computes them.
+
+    Example:
+
+    >>> project_values(tf.constant([1.0, -0.3, 0.0])).numpy().tolist()
+    [-0.296875, 0.0, 1.0]
+    """
+    v = tf.sort(tf.cast(v, tf.float32))
+    k = int(v.shape[0])
+    steps = tf.constant(learned.STEPS)
+    qmax = tf.constant(float(learned.VALUE_QMAX), tf.float32)
+    i = tf.reduce_sum(tf.cast(qmax * steps < tf.reduce_max(tf.abs(v)), tf.int32))
+    g = tf.gather(steps, tf.minimum(i, learned.STEPS.size - 1))
+    c = v / g
+    if snap:
+        c = tf.round(c)
+    c = tf.clip_by_value(c, -qmax, qmax)
+    ramp = tf.range(k, dtype=tf.float32)
+    c = _cummax(c - ramp) + ramp
+    c = tf.minimum(c, qmax - (k - 1) + ramp)
+    return c * g
+
+
+def _cummax(x: tf.Tensor) -> tf.Tensor:
+    """Running maximum of a short vector (a K x K select and one reduction)."""
+    k = int(x.shape[0])
+    lower = tf.constant(np.tril(np.ones((k, k), bool)))
+    low = tf.constant(-np.inf, x.dtype)
+    return tf.reduce_max(tf.where(lower, x[None, :], low), axis=1)
+
+
+def project_learned(
+    x: tf.Tensor, values: tf.Tensor, low, high, gradient: str, scale=None, finite=None
+) -> tf.Tensor:
+    """Nearest learned value for every entry of `x` (times `scale`), with the
+    straight-through gradient to `x` and each value's gradient the sum of
+    the upstream gradient (times the scale) over the entries it takes.
+
+    Args:
+        x: Latent weights.
+        values: The learned values, sorted and distinct (a `(K,)` tensor,
+            `project_values` of the trainable vector).
+        low: Lower end of the clipped estimator's window.
+        high: Upper end of the window.
+        gradient: `"clipped_ste"` or `"ste"`.
+        scale: Optional positive tensor broadcastable against `x` (no gradient
+            flows to it). Defaults to `None` (a scale of 1).
+        finite: Optional scalar bool tensor, whether `x` is all finite.
+            Defaults to whether `scale` (else `x`) is.
+
+    Returns:
+        A tensor of the shape and dtype of `x`; every entry NaN when `x`
+        holds a NaN or inf.
+
+    References:
+        Zhu et al., Trained Ternary Quantization (2017); Zhang et al.,
+        LQ-Nets (2018).
+    """
+    if gradient not in GRADIENTS:
+        raise ValueError(f"`gradient` must be one of {GRADIENTS}. Received: gradient={gradient!r}")
+    k = int(values.shape[0])
+    dtype = x.dtype
+    if finite is None:
+        finite = all_finite(x if scale is None else scale)
+
+    def scaled(a):
+        return a if scale is None else a * scale
+
+    @tf.custom_gradient
+    def _fwd(t, v):
+        v = tf.cast(v, dtype)
+        mids = v[:-1] / 2.0 + v[1:] / 2.0
+        table = tf.where(finite, v, tf.constant(np.nan, dtype))
+        if k <= WHERE_CHAIN_MAX_K:
+            idx = None
+            out = tf.where(t >= scaled(mids[0]), scaled(table[1]), scaled(table[0]))
+            for i in range(1, k - 1):
+                out = tf.where(t >= scaled(mids[i]), scaled(table[i + 1]), out)
+        else:
+            y = t if scale is None else t / scale
+            idx = tf.reshape(tf.searchsorted(mids, tf.reshape(y, [-1]), side="right"), tf.shape(t))
+            out = scaled(tf.gather(table, idx))
+
+        def grad(dy):
+            dx = dy if gradient == "ste" else _clipped_gradient(dy, t, low, high)
+            g = scaled(dy)
+            if idx is not None:
+                dv = tf.math.unsorted_segment_sum(tf.reshape(g, [-1]), tf.reshape(idx, [-1]), k)
+            else:
+                # Sum of g at or above each midpoint; value i takes the entries
+                # between midpoints i - 1 and i.
+                above = [tf.reduce_sum(tf.where(t >= scaled(m), g, 0.0)) for m in tf.unstack(mids)]
+                total = tf.reduce_sum(g)
+                dv = tf.stack(
+                    [total - above[0]] + [a - b for a, b in zip(above, above[1:])] + [above[-1]]
+                )
+            return dx, tf.cast(dv, v.dtype)
+
+        return out, grad
+
+    return _fwd(x, values)

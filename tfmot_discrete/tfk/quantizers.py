@@ -46,6 +46,14 @@ __all__ = [
 ]
 
 
+class _LearnedValues:
+    """Variable constraint: keep learned codebook values sorted and at least
+    one grid step apart (`ops.project_values` without rounding)."""
+
+    def __call__(self, v):
+        return tf.cast(ops.project_values(v, snap=False), v.dtype)
+
+
 class _ClipToRange:
     """Variable constraint: keep latent weights inside the codebook range."""
 
@@ -63,14 +71,23 @@ def build(q: CodebookQuantizer, tensor_shape, name, layer):
     latent = _find_weight(layer, name)
     if latent is not None:
         clip_to_codebook(latent, q)
+    # Several weights of one layer can share a name (the kernels of
+    # attention's projections): number the variables of the later ones.
+    taken = {weight_key(v) for v in layer.weights}
+    base, i = name, 0
+    while f"{name}_log_scale" in taken or f"{name}_values" in taken:
+        i += 1
+        name = f"{base}_{i}"
+    if q.learn_values:
+        weights["values"] = layer.add_weight(
+            f"{name}_values",
+            shape=(q.codebook.size,),
+            initializer=keras.initializers.Constant(q.initial_values()),
+            constraint=_LearnedValues(),
+            trainable=True,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
     if q.scale == "learned":
-        # Several weights of one layer can share a name (the kernels of
-        # attention's projections): number the scales of the later ones.
-        taken = {weight_key(v) for v in layer.weights}
-        base, i = name, 0
-        while f"{name}_log_scale" in taken:
-            i += 1
-            name = f"{base}_{i}"
         # The scale is learned as a (damped) logarithm, see LOG_SCALE_STEP:
         # Adam's lr-sized steps on the scale itself drive a scale of ~0.05
         # to zero within a few steps.
@@ -105,6 +122,8 @@ def call(q: CodebookQuantizer, inputs, training, weights, **kwargs):
 
 
 def _quantize(q: CodebookQuantizer, w, training, weights):
+    if q.learn_values:
+        return _learned_values(q, w, weights)
     values = q.codebook.values
     rank = w.shape.rank
     if q.scale is None:
@@ -123,6 +142,22 @@ def _quantize(q: CodebookQuantizer, w, training, weights):
     log_s = _init_learned_scale(w, weights, q.channel_axes(rank))
     s = tf.exp(tf.cast(log_s, w.dtype) * LOG_SCALE_STEP)
     return _scaled_ste(w, sigma, values, q.gradient) * (s / sigma)
+
+
+def _learned_values(q: CodebookQuantizer, w, weights):
+    """`s_c x v[i(w / s_c)]` with the learned values `v` (on their grid; a
+    straight-through gradient to the trainable vector)."""
+    v = tf.convert_to_tensor(weights["values"])
+    on_grid = v + tf.stop_gradient(ops.project_values(v) - v)
+    lo, hi = q.codebook.low, q.codebook.high
+    if q.scale is None:
+        return ops.project_learned(w, on_grid, lo, hi, q.gradient)
+    sigma = ops.mean_abs_scale(w, q.channel_axes(w.shape.rank))
+    out = ops.project_learned(w, on_grid, lo, hi, q.gradient, scale=sigma)
+    if q.scale == "mean_abs":
+        return out
+    log_s = _init_learned_scale(w, weights, q.channel_axes(w.shape.rank))
+    return out * (tf.exp(tf.cast(log_s, w.dtype) * LOG_SCALE_STEP) / sigma)
 
 
 def initialize_scale(q: CodebookQuantizer, w, weights) -> None:

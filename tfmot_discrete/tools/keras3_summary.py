@@ -40,12 +40,15 @@ def weight_reports(model) -> list[WeightReport]:
         latent = keras.ops.convert_to_numpy(var.value)
         _check_finite(f"{label}/{weight}", latent)
         if isinstance(q, CodebookQuantizer):
-            codes = indices_of(q, k3.projected(state, latent), k3q.scale_of(state, latent))
+            codebook = q.codebook_of(state.variables)  # learned values or the given ones
+            codes = indices_of(
+                q, k3.projected(state, latent), k3q.scale_of(state, latent), codebook
+            )
             coded.append(
                 WeightReport(
                     layer=label,
                     weight=weight,
-                    codebook=q.codebook.values,
+                    codebook=codebook.values,
                     scale=str(q.scale) if q.scale else "none",
                     count=int(codes.size),
                     bits=q.codebook.bits,

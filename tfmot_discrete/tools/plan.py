@@ -290,7 +290,8 @@ def _label(candidate) -> str:
         return INT8
     q = candidate
     vals = text.format_values(q.codebook.values, 4)
-    return f"{vals}" + ("" if q.scale is None else f" x {q.scale}")
+    learned = ", learned values" if q.learn_values else ""
+    return f"{vals}" + ("" if q.scale is None else f" x {q.scale}") + learned
 
 
 def _values_of(candidate) -> int | None:

@@ -37,11 +37,12 @@ class WeightReport:
 
 
 def codebook_indices(quantizer: CodebookQuantizer, latent, qvars) -> np.ndarray:
-    """Index of the codebook value each weight projects to."""
+    """Index of the codebook value (learned or given) each weight projects to."""
     return indices_of(
         quantizer,
         quantizer(latent, False, weights=qvars),
         quantizer.quantized_scale(latent, qvars),
+        quantizer.codebook_of(qvars),
     )
 
 
@@ -73,7 +74,7 @@ def weight_reports(model) -> list[WeightReport]:
             WeightReport(
                 layer=item.layer,
                 weight=item.weight,
-                codebook=q.codebook.values,
+                codebook=q.codebook_of(item.qvars).values,
                 scale=str(q.scale) if q.scale else "none",
                 count=int(codes.size),
                 bits=q.codebook.bits,

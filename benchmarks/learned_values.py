@@ -1,0 +1,179 @@
+"""Fixed against learned codebook values (`learn_values=True`), every layer on
+the codebook, from the trained float model.
+
+    python -m benchmarks.learned_values [--tasks mnist1d digits] [--seeds 0 1 2]
+        [--epochs N] [--speed-only | --no-speed]
+
+Accuracy: for each dataset and seed, the float model of `benchmarks.accuracy`
+is trained, then each codebook (ternary, binary and `[1, -1, 0.5, -0.5]`, each
+times a `mean_abs` scale) is fine-tuned from it with the benchmark's recipe
+(`finetune.DEFAULT`, BatchNorm re-estimated), with fixed and with learned
+values; each model is exported to an `int8` file and scored with LiteRT.
+Speed: the train step of the 64-1024-1024-10 MLP (batch 256, one TensorFlow
+thread, rounds interleaved), learned values against the same codebook fixed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import tempfile
+import time
+
+import numpy as np
+
+import tflite_export
+import tfmot_discrete as td
+from benchmarks import accuracy, common, finetune
+from tfmot_discrete import keras
+
+FOUR = [1, -1, 0.5, -0.5]
+
+
+def codebooks(learn: bool) -> dict:
+    """The codebooks of the comparison, with fixed or learned values."""
+    return {
+        "ternary": td.ternary(learn_values=learn),
+        "binary": td.binary(scale="mean_abs", learn_values=learn),
+        "[1, -1, 0.5, -0.5]": td.CodebookQuantizer(FOUR, scale="mean_abs", learn_values=learn),
+    }
+
+
+def _float_model(task, data, epochs, seed):
+    model = common.build(task.arch, common.Variant("float", "float"), seed)
+    return accuracy.train(model, data, epochs, task, seed, finetune.FLOAT)
+
+
+def _fine_tune(float_model, q, task, data, epochs, seed):
+    start = keras.models.clone_model(float_model)
+    start.set_weights(float_model.get_weights())
+    keras.utils.set_random_seed(seed)
+    qat = td.quantize_model(start, q)
+    qat = accuracy.train(qat, data, epochs, task, seed, finetune.DEFAULT)
+    finetune.recalibrate(qat, data[0], task.batch)
+    return qat
+
+
+def _file_accuracy(qat, data) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "m.tflite"
+        report = tflite_export.export(qat, path, format="int8", representative_data=data[0][:200])
+        assert report.ok and report.exact, report
+        return accuracy.tflite_accuracy(path.read_bytes(), data)
+
+
+def run_accuracy(tasks, seeds, epochs, log=print) -> dict:
+    """`{(task, codebook, "fixed" | "learned" | "float"): [(keras, file) accuracy per seed]}`."""
+    out: dict = {}
+    for name in tasks:
+        task = accuracy.TASKS[name]
+        data = task.load()
+        n = epochs or {"digits": 30, "mnist1d": 30}[name]
+        for seed in seeds:
+            start = time.perf_counter()
+            fm = _float_model(task, data, n, seed)
+            out.setdefault((name, "float", "float"), []).append((accuracy.evaluate(fm, data), None))
+            for learn in (False, True):
+                for cb, q in codebooks(learn).items():
+                    qat = _fine_tune(fm, q, task, data, n, seed)
+                    acc = accuracy.evaluate(qat, data)
+                    file_acc = _file_accuracy(qat, data)
+                    key = (name, cb, "learned" if learn else "fixed")
+                    out.setdefault(key, []).append((acc, file_acc))
+                    log(f"{name} seed {seed} {cb} {key[2]}: {acc:.4f} (file {file_acc:.4f})")
+            log(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s")
+    return out
+
+
+def accuracy_table(result: dict) -> str:
+    rows = []
+    for (task, cb, kind), runs in result.items():
+        if kind == "float":
+            continue
+        keras_acc = [100 * a for a, _ in runs]
+        files = [100 * f for _, f in runs]
+        base = [100 * a for a, _ in result[(task, "float", "float")]]
+        delta = np.mean(keras_acc) - np.mean(base)
+        rows.append(
+            [
+                task,
+                cb,
+                kind,
+                common.fmt_pct(np.array(keras_acc) / 100),
+                f"{delta:+.2f}",
+                common.fmt_pct(np.array(files) / 100),
+            ]
+        )
+    floats = {t: [a for a, _ in r] for (t, _, k), r in result.items() if k == "float"}
+    head = "; ".join(f"float {t}: {common.fmt_pct(v)}" for t, v in floats.items())
+    table = common.md_table(
+        ["dataset", "codebook (every layer)", "values", "test accuracy %", "vs float", "int8 file"],
+        rows,
+    )
+    return f"{head}\n\n{table}"
+
+
+def _mlp_step(q, x, y):
+    model = common.mlp(inputs=64, hidden=1024, batch_norm=False)
+    qat = td.quantize_model(model, q)
+    qat.compile(
+        keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    qat.train_on_batch(x, y)
+    return qat
+
+
+def run_speed(rounds=7, steps=10, log=print) -> dict:
+    """`{codebook: [learned / fixed train-step time per round]}` (one TF thread)."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 64)).astype(np.float32)
+    y = rng.integers(0, 10, size=256)
+    models = {}
+    for learn in (False, True):
+        for cb, q in codebooks(learn).items():
+            models[(cb, learn)] = _mlp_step(q, x, y)
+    ratios: dict = {cb: [] for cb in codebooks(False)}
+    for r in range(rounds):
+        times = {}
+        for key, model in models.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                model.train_on_batch(x, y)
+            times[key] = (time.perf_counter() - start) / steps
+        for cb in ratios:
+            ratios[cb].append(times[(cb, True)] / times[(cb, False)])
+        log(f"round {r}: " + ", ".join(f"{cb} {ratios[cb][-1]:.3f}" for cb in ratios))
+    return ratios
+
+
+def speed_table(ratios: dict) -> str:
+    rows = [
+        [cb, f"{np.median(v):.3f}", f"{min(v):.3f}-{max(v):.3f}", str(len(v))]
+        for cb, v in ratios.items()
+    ]
+    return common.md_table(["codebook", "learned / fixed step (median)", "range", "rounds"], rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["mnist1d", "digits"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=0, help="0: the benchmark's (30)")
+    parser.add_argument("--speed-only", action="store_true")
+    parser.add_argument("--no-speed", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.no_speed:
+        print(speed_table(run_speed()), flush=True)
+    if args.speed_only:
+        return 0
+    result = run_accuracy(args.tasks, args.seeds, args.epochs, log=lambda m: print(m, flush=True))
+    print(accuracy_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
