@@ -75,16 +75,9 @@ STEP_ROUNDS, STEP_BLOCK = 20, 3
 
 
 def data():
-    """MNIST-1D as `(x_train, y_train, x_test, y_test)`, signals `(N, 40, 1)`."""
-    from mnist1d.data import make_dataset  # noqa: PLC0415
-
-    d = make_dataset()
-    return (
-        d["x"][..., None].astype("float32"),
-        d["y"].astype("int32"),
-        d["x_test"][..., None].astype("float32"),
-        d["y_test"].astype("int32"),
-    )
+    """MNIST-1D (`common.mnist1d`) as `(x_train, y_train, x_test, y_test)`, signals `(N, 40, 1)`."""
+    xtr, ytr, xte, yte = common.mnist1d()
+    return xtr[:, 0], ytr, xte[:, 0], yte
 
 
 def shaped(name: str, x: np.ndarray) -> np.ndarray:
