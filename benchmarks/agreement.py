@@ -174,14 +174,7 @@ def time_steps(name: str, rounds: int = STEP_ROUNDS, block: int = STEP_BLOCK) ->
     for step in steps.values():
         for _ in range(3):
             step(x, y).numpy()
-    times = {k: [] for k in steps}
-    for _ in range(rounds):
-        for k, step in steps.items():
-            t0 = time.process_time()
-            for _ in range(block):
-                loss = step(x, y)
-            loss.numpy()
-            times[k].append((time.process_time() - t0) / block)
+    times = speed.interleaved_times(steps, x, y, rounds, block)
     out = {k: float(np.median(t)) for k, t in times.items()}
     ratios = np.asarray(times["int8 activations"]) / np.asarray(times["weights only"])
     out["ratio"] = float(np.median(ratios))

@@ -79,6 +79,20 @@ def _arch(kind: str, width: int):
 COMPILES = {"default": False, "jit": True}
 
 
+def interleaved_times(steps: dict, x, y, rounds: int, block: int) -> dict:
+    """`{key: [CPU seconds per step, one per round]}` of `steps` (train-step
+    functions of `x, y`), run in turn `block` steps each for `rounds` rounds."""
+    times = {key: [] for key in steps}
+    for _ in range(rounds):
+        for key, step in steps.items():
+            t0 = time.process_time()
+            for _ in range(block):
+                loss = step(x, y)
+            loss.numpy()
+            times[key].append((time.process_time() - t0) / block)
+    return times
+
+
 def train_step(model, jit_compile=False):
     """A compiled Adam train step (`tf.function`, with XLA if `jit_compile`) on fixed inputs."""
     opt = keras.optimizers.Adam(1e-3)
@@ -126,14 +140,7 @@ def time_steps(kind: str, width: int, variants, rounds: int, block: int, log=pri
                 log(f"  {kind} {width} {v.name}: XLA does not compile it: {failed[(mode, v.name)]}")
                 continue
             steps[(mode, v.name)] = step
-    times = {key: [] for key in steps}
-    for _ in range(rounds):
-        for key, step in steps.items():
-            t0 = time.process_time()
-            for _ in range(block):
-                loss = step(x, y)
-            loss.numpy()
-            times[key].append((time.process_time() - t0) / block)
+    times = interleaved_times(steps, x, y, rounds, block)
     out = {mode: {} for mode in COMPILES}
     out["ratio"] = {mode: {} for mode in COMPILES}
     for mode in COMPILES:
