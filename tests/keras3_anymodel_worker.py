@@ -10,7 +10,8 @@ classifier built from a tiny config (with `--hub-all` also a
 a `GPT2Backbone`): each quantized
 with no supported-kind layer left float anywhere in its tree, trained a step
 (codes change, every latent weight moves), stripped (same outputs), saved to
-`.keras` and reloaded (same outputs). Also the seed's vector in a subclassed
+`.keras` and reloaded with `keras.saving.load_model` and
+`td.keras3.load_model` (same outputs). Also the seed's vector in a subclassed
 Keras 3 model. Writes `checks.json` (the backend and the checks that passed).
 """
 
@@ -132,7 +133,8 @@ def end_to_end(name, model, x, y, loss, expect_wrappers, epochs=1):
     with warnings.catch_warnings():
         warnings.simplefilter("error", QuantizationWarning)  # nothing left float
         qat = td.quantize_model(model, td.ternary())
-    assert type(qat) is type(model), (type(qat), type(model))
+    # (Wrappers below its config give it `QuantizedModel` + its class, same name.)
+    assert isinstance(qat, type(model)) and type(qat).__name__ == type(model).__name__
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     np.testing.assert_array_equal(npy(model(x)), out_float)
     assert float_left(qat) == [], float_left(qat)
@@ -158,9 +160,10 @@ def end_to_end(name, model, x, y, loss, expect_wrappers, epochs=1):
     np.testing.assert_allclose(npy(plain(x)), out_qat, rtol=1e-5, atol=1e-5)
     path = OUT / f"{name}.keras"
     qat.save(path)
-    loaded = tdk.load_model(path)
-    assert type(loaded) is type(model)
-    np.testing.assert_allclose(npy(loaded(x)), out_qat, rtol=1e-6, atol=1e-6)
+    np.save(OUT / f"{name}_out.npy", out_qat)
+    for loaded in (keras.saving.load_model(path), tdk.load_model(path)):
+        assert type(loaded) is type(qat) and float_left(loaded) == []
+        np.testing.assert_allclose(npy(loaded(x)), out_qat, rtol=1e-6, atol=1e-6)
     plain.save(OUT / f"{name}_plain.keras")
     again = keras.saving.load_model(OUT / f"{name}_plain.keras")
     np.testing.assert_allclose(npy(again(x)), out_qat, rtol=1e-5, atol=1e-5)
@@ -195,6 +198,28 @@ def _():
     twin = td.quantize_model(fresh, td.ternary())
     twin.load_weights(OUT / "net.weights.h5")
     np.testing.assert_array_equal(npy(twin(X)), npy(qat(X)))
+
+
+@keras.saving.register_keras_serializable("anymodel_test")
+class AutoNet(keras.Model):
+    """No `get_config`: Keras makes its config from the `__init__` arguments."""
+
+    def __init__(self, units=8, **kwargs):
+        super().__init__(**kwargs)
+        self.block = Block(units)
+        self.head = L.Dense(3)
+
+    def call(self, x):
+        return self.head(self.block(x))
+
+
+@check("subclassed_model_without_get_config")
+def _():
+    # units=4, not the default: a reloaded AutoNet(8) could not take the weights.
+    net = AutoNet(units=4)
+    net(X[:2])
+    qat = end_to_end("auto", net, X, Y, CE, expect_wrappers=5)
+    assert qat.get_config()["units"] == 4, qat.get_config()
 
 
 @check("mapping_keys_match_tree_and_weight_paths")
@@ -353,6 +378,7 @@ if "--hub" in sys.argv or "--hub-all" in sys.argv:
     @check("keras_hub_transformer_encoder")
     def _():
         model = _sequence_classifier(keras_hub.layers.TransformerEncoder(32, 2, name="encoder"))
+        np.save(OUT / "encoder_x.npy", TOKENS)
         # 2 embeddings, 4 attention projections (one wrapper), 2 feed-forward, head
         end_to_end("encoder", model, TOKENS, Y2, CE, expect_wrappers=5)
 

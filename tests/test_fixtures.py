@@ -79,3 +79,43 @@ def test_keras3_fixture_loads_after_import_tfmot_discrete_and_predicts_the_same(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "predicts the same" in result.stdout
+
+
+KERAS3_BLOCK = """
+import sys
+import numpy as np
+import keras
+import tfmot_discrete as td
+sys.path.insert(0, {fixtures!r})
+from make_fixtures import fixed_input, keras3_block_classes
+_, Net = keras3_block_classes()
+expected = np.load({npy!r})
+{body}
+assert isinstance(loaded, Net) and type(loaded).__name__ == "Net", type(loaded).__mro__
+np.testing.assert_array_equal(np.asarray(loaded.predict(fixed_input(), verbose=0)), expected)
+assert td.keras3.is_quantized(loaded.block)
+print("predicts the same")
+"""
+
+
+def _run_keras3(code):
+    env = {**__import__("os").environ, "KERAS_BACKEND": "tensorflow"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "predicts the same" in result.stdout, result.stdout
+
+
+def test_keras3_file_with_wrappers_below_its_config_keeps_loading(tmp_path):
+    """The 0.1.0 file of a subclassed model whose wrappers sit inside its own
+    layer (listed in its build config) loads with `td.keras3.load_model`;
+    saved again, it is a `tfmot_discrete>QuantizedModel` that a fresh
+    process reads with `keras.saving.load_model` after `import tfmot_discrete`."""
+    old, resaved = FIXTURES / "keras3_block_qat.keras", tmp_path / "resaved.keras"
+    npy = str(FIXTURES / "keras3_block_qat.npy")
+    body = f"loaded = td.keras3.load_model({str(old)!r})\nloaded.save({str(resaved)!r})"
+    _run_keras3(KERAS3_BLOCK.format(fixtures=str(FIXTURES), npy=npy, body=body))
+    assert _names(resaved) == {"tfmot_discrete>QuantizedModel"}
+    body = f"loaded = keras.saving.load_model({str(resaved)!r})"
+    _run_keras3(KERAS3_BLOCK.format(fixtures=str(FIXTURES), npy=npy, body=body))

@@ -21,6 +21,7 @@ BACKENDS = {"tensorflow": ["--hub-all"], "jax": ["--hub"], "torch": []}
 CHECKS = {
     "custom_block_in_functional",
     "subclassed_model",
+    "subclassed_model_without_get_config",
     "mapping_keys_match_tree_and_weight_paths",
     "in_place_and_copy_refusal",
     "registered_custom_kernel",
@@ -46,6 +47,42 @@ def test_any_model_class_quantizes_trains_strips_and_reloads(workers, backend):
     flags = BACKENDS[backend]
     want = CHECKS | (HUB_ALL if "--hub-all" in flags else HUB if "--hub" in flags else set())
     assert passed_checks(workers, backend) == want
+
+
+FRESH_LOAD = """
+import sys
+import numpy as np
+import keras
+import keras_hub
+import tfmot_discrete
+model = keras.saving.load_model(sys.argv[1])
+assert type(model).__name__ == "Functional" and "QuantizedModel" in str(type(model).__mro__)
+got = keras.ops.convert_to_numpy(model(np.load(sys.argv[2])))
+np.testing.assert_allclose(got, np.load(sys.argv[3]), rtol=1e-5, atol=1e-5)
+print("predicts the same")
+"""
+
+
+@pytest.mark.parametrize("saved_on", ["tensorflow", "jax"])
+def test_keras_hub_file_loads_in_a_fresh_process_after_import_tfmot_discrete(workers, saved_on):
+    """The KerasHub `TransformerEncoder` classifier's QAT file (its wrappers
+    inside the encoder, below the model's config), saved on TensorFlow and on
+    JAX, loads with `keras.saving.load_model` in a new TensorFlow process that
+    imported only Keras, KerasHub and `tfmot_discrete`, and predicts the same."""
+    assert "keras_hub_transformer_encoder" in passed_checks(workers, saved_on)
+    out = workers[saved_on][2]
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = os.pathsep.join([str(WORKER.parent.parent), env.get("PYTHONPATH", "")])
+    files = [out / "encoder.keras", out / "encoder_x.npy", out / "encoder_out.npy"]
+    proc = subprocess.run(
+        [sys.executable, "-c", FRESH_LOAD, *map(str, files)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "predicts the same" in proc.stdout
 
 
 def test_data_parallel_on_two_jax_devices_trains_a_quantized_model(tmp_path):

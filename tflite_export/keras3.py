@@ -90,9 +90,10 @@ def saved_with_keras3(path) -> bool:
 
 def load(path, safe_mode: bool = True):
     """Loads a Keras 3 `.keras` file as a Keras 3 model, its `QuantizeWrapper`s
-    put back wherever they sit (`td.keras3.load_model`: inside a user's or a
-    KerasHub layer too, where no config Keras saves holds them); `route` then
-    says how it is exported."""
+    put back wherever they sit (`td.keras3.load_model`, which also reads the
+    files of tfmot_discrete 0.1.0 that listed wrappers inside a user's or a
+    KerasHub layer in their build config); `route` then says how it is
+    exported."""
     from tfmot_discrete import keras3  # noqa: PLC0415  (Keras 3, only for Keras 3 files)
 
     return keras3.load_model(str(path), compile=False, safe_mode=safe_mode)

@@ -96,7 +96,7 @@ def write_lattices(fb, matches, allow_inexact, notes) -> None:
         # A weight trained at 8 bits (or learned values without an int4
         # lattice) stays int8 in an int4 file (write_exact).
         qmax = QMAX[TensorType.INT8] if exact.stays_int8(m.cw) else QMAX[tensor.type]
-        if m.cw.learned and not m.cw.trained_int8 and qmax != QMAX[tensor.type]:
+        if m.cw.learned and qmax != QMAX[tensor.type]:
             notes.append(f"{m.cw.label}: learned values have no exact int4 lattice; stored int8")
         g = exact.lattice_step(m.cw, qmax)
         if g is not None:

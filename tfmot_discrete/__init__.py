@@ -55,7 +55,12 @@ def _load_tf_behaviour():
 
 
 #: The Keras 3 path's serializable layers.
-_KERAS3_SERIALIZABLES = ("QuantizeWrapper", "DiscreteMultiplier")
+_KERAS3_SERIALIZABLES = (
+    "QuantizeWrapper",
+    "DiscreteMultiplier",
+    "ActivationQuantizer",
+    "QuantizedModel",
+)
 
 
 def _deferred_keras3_class(name):

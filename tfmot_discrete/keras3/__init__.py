@@ -5,9 +5,10 @@
 one in tf_keras (for TF-MOT and the TFLite export). Nothing here imports
 TensorFlow, tf_keras or TF-MOT. The layers are Keras 3 serializables
 (`tfmot_discrete>QuantizeWrapper`, `tfmot_discrete>DiscreteMultiplier`): a
-saved model loads with `keras.saving.load_model` after `import tfmot_discrete`;
-a QAT model with wrappers below its own layers (a user's layer, a subclassed
-or KerasHub model) with `td.keras3.load_model`.
+saved model loads with `keras.saving.load_model` after `import tfmot_discrete`,
+also a QAT model with wrappers below its own layers (a user's layer, a
+subclassed or KerasHub model), whose class is `QuantizedModel` in front of
+its float class (`keras3.saving`).
 """
 
 from tfmot_discrete.keras3._k3 import backend, keras
@@ -15,7 +16,7 @@ from tfmot_discrete.keras3.activations import ActivationQuantizer
 from tfmot_discrete.keras3.batchnorm import recalibrate_batchnorm
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.quantize import is_quantized, quantize_model, strip_quantization
-from tfmot_discrete.keras3.saving import load_model
+from tfmot_discrete.keras3.saving import QuantizedModel, load_model
 from tfmot_discrete.keras3.wrapper import LAYER_WEIGHTS, QuantizeWrapper, register_weights
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "LAYER_WEIGHTS",
     "DiscreteMultiplier",
     "QuantizeWrapper",
+    "QuantizedModel",
     "backend",
     "is_quantized",
     "keras",

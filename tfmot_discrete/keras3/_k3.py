@@ -96,22 +96,6 @@ def flatten_layers(layer) -> list:
     return layer._flatten_layers(include_self=False)  # noqa: SLF001  (see the docstring)
 
 
-def add_to_build_config(layer, key, value) -> None:
-    """Makes `layer.get_build_config()` return `value` under `key` too (this
-    object only). What a saved model's `build_config` holds reaches the
-    loader before any weight is read, which no other part of a `.keras` file
-    does for a class the user wrote; Keras's own `build_from_config` ignores
-    keys it does not know."""
-    base = type(layer).get_build_config
-
-    def get_build_config():
-        config = dict(base(layer) or {})
-        config[key] = value
-        return config
-
-    object.__setattr__(layer, "get_build_config", get_build_config)
-
-
 def torch_modules(layer) -> dict:
     """On PyTorch, the sub-modules `torch.nn.Module` keeps by attribute name
     (its `_modules` dict: a layer held in an attribute is there, not in the

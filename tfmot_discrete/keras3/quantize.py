@@ -8,17 +8,19 @@ import numpy as np
 
 from tfmot_discrete.core import checks, rules, specs
 from tfmot_discrete.core.quantizers import CodebookQuantizer, indices_of
-from tfmot_discrete.keras3 import _k3, nested, reach, tree
+from tfmot_discrete.keras3 import _k3, nested, reach, saving, tree
 from tfmot_discrete.keras3 import activations as k3_activations
 from tfmot_discrete.keras3 import quantizers as k3q
 from tfmot_discrete.keras3._k3 import is_graph_model, keras, ops
 from tfmot_discrete.keras3.activations import ActivationQuantizer
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
-from tfmot_discrete.keras3.wrapper import QuantizeWrapper, quantizer_config, weight_specs
+from tfmot_discrete.keras3.wrapper import (
+    QuantizeWrapper,
+    quantizer_config,
+    weight_specs,
+    wrap_place,
+)
 
-#: The key of a QAT model's build config listing its wrappers below its
-#: config (`keras3.saving`).
-RECORD_KEY = "tfmot_discrete_wrappers"
 #: The values of `quantize_model`'s `activations`.
 ACTIVATIONS = (None, "int8")
 
@@ -90,7 +92,14 @@ WITHOUT_ACTIVATIONS = Edit(skip=lambda layer: isinstance(layer, ActivationQuanti
 def clone(model, clone_function, edit=None):
     """`keras.models.clone_model(model, clone_function=...)`, keeping the names
     of a Functional model's inputs (a plain clone renames them), with the
-    changes of `edit` (an `Edit`) made along."""
+    changes of `edit` (an `Edit`) made along. The clone is of `model`'s float
+    class: the wrappers below a QAT model's config are not cloned with it."""
+    out = _clone(model, clone_function, edit)
+    out.__class__ = saving.float_class(out)  # (Keras clones with the model's class)
+    return out
+
+
+def _clone(model, clone_function, edit):
     if isinstance(model, keras.Sequential):
         if edit is None:
             return keras.models.clone_model(model, clone_function=clone_function)
@@ -265,22 +274,9 @@ def _wrap_places(found, targets, skip_top):
         wrap_place(place, value, initialize=True)
 
 
-def wrap_place(place, value, initialize):
-    """Puts a `QuantizeWrapper` of `value` in place of `place.layer` (built now,
-    so that no variable is made inside a traced step); with `initialize`, its
-    learned scales and 8-bit ranges are set from the weights."""
-    wrapper = QuantizeWrapper(place.layer, value)
-    wrapper.build(None)
-    if initialize:
-        for var, state in wrapper.states:
-            k3q.initialize(state, var.value)
-    tree.replace(place.parent, place.layer, wrapper)
-    return wrapper
-
-
 def _record_wrappers(qat, graph):
-    """Writes into `qat`'s build config where its tree holds wrappers that its
-    config does not (`keras3.saving.load_model` puts them back)."""
+    """Lists the wrappers `qat`'s tree holds below its config, and gives
+    `qat` the class that saves them (`keras3.saving.keep_wrappers`)."""
     own = {id(layer) for layer in qat.layers} if graph else set()
     record = [
         {"place": i, "quantizer": quantizer_config(p.layer.quantizer)}
@@ -288,7 +284,7 @@ def _record_wrappers(qat, graph):
         if isinstance(p.layer, QuantizeWrapper) and id(p.layer) not in own
     ]
     if record:
-        _k3.add_to_build_config(qat, RECORD_KEY, record)
+        saving.keep_wrappers(qat, record)
 
 
 def _quantize_graph(model, found, activations):
@@ -508,11 +504,8 @@ def _from_config(model):
         ValueError: Naming `in_place=True`, when the class cannot do it.
     """
     try:
-        new = type(model).from_config(model.get_config())
-        build_config = dict(model.get_build_config() or {})
-        # (Keras keeps a model's build config whole: our record would end up
-        # among its input shapes.)
-        build_config.pop(RECORD_KEY, None)
+        new = saving.float_class(model).from_config(saving.float_config(model))
+        build_config = model.get_build_config()
         if build_config:
             new.build_from_config(build_config)
             # A subclassed model is built by a symbolic run, which makes its

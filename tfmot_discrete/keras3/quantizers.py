@@ -146,7 +146,14 @@ def quantize(state: WeightState, w, training, seed=None):
             * sigma
         )
     out = qops.project_straight_through(w, values, lo, hi, q.gradient, scale=sigma)
-    if q.scale == "mean_abs":
+    return _scaled(state, out, w, sigma)
+
+
+def _scaled(state: WeightState, out, w, sigma):
+    """A projection `out` made at the `mean_abs` scale `sigma`, at the
+    quantizer's scale: itself for `"mean_abs"`, else rescaled to the learned
+    scale."""
+    if state.quantizer.scale == "mean_abs":
         return out
     s = ops.exp(ops.cast(state.variables["log_scale"], w.dtype) * LOG_SCALE_STEP)
     return out * (s / sigma)
@@ -163,10 +170,7 @@ def _learned_values(state: WeightState, w):
         return qops.project_learned(w, on_grid, lo, hi, q.gradient)
     sigma = qops.mean_abs_scale(w, channel_axes(q, len(w.shape)))
     out = qops.project_learned(w, on_grid, lo, hi, q.gradient, scale=sigma)
-    if q.scale == "mean_abs":
-        return out
-    s = ops.exp(ops.cast(state.variables["log_scale"], w.dtype) * LOG_SCALE_STEP)
-    return out * (s / sigma)
+    return _scaled(state, out, w, sigma)
 
 
 def _int8(state, w, training):

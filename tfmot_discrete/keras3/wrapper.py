@@ -15,6 +15,7 @@ import inspect
 from tfmot_discrete.core import specs
 from tfmot_discrete.core.quantizers import CodebookQuantizer, int8_quantizer_for, is_int8
 from tfmot_discrete.keras3 import quantizers as k3q
+from tfmot_discrete.keras3 import tree
 from tfmot_discrete.keras3._k3 import keras, register
 
 _L = keras.layers
@@ -335,3 +336,16 @@ class QuantizeWrapper(keras.layers.Layer):
             }
         )
         return config
+
+
+def wrap_place(place, value, initialize):
+    """Puts a `QuantizeWrapper` of `value` in place of `place.layer` (built now,
+    so that no variable is made inside a traced step); with `initialize`, its
+    learned scales and 8-bit ranges are set from the weights."""
+    wrapper = QuantizeWrapper(place.layer, value)
+    wrapper.build(None)
+    if initialize:
+        for var, state in wrapper.states:
+            k3q.initialize(state, var.value)
+    tree.replace(place.parent, place.layer, wrapper)
+    return wrapper
