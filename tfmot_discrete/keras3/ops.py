@@ -310,8 +310,27 @@ def torch_fake_quant(x, zero_point, scale, nudged_min, nudged_max):
     `torch.autograd.Function` whose forward runs the same float32 operations
     in place on one buffer (the same values bit for bit) and whose backward
     passes the gradient inside the range, ends included. Eager PyTorch runs
-    each `keras.ops` call as its own kernel with its own output tensor."""
-    return _TorchFakeQuant.apply(x, zero_point, scale, nudged_min, nudged_max)
+    each `keras.ops` call as its own kernel with its own output tensor.
+
+    On the CPU, clamping to Python numbers is about 8x faster than to 0-d
+    tensors, and `hardtanh_backward` (the gradient inside an open interval)
+    about 15x faster than comparisons making a bool mask: the ends are given
+    to it one float step outside the range, which keeps them inside. (A NaN
+    input takes the gradient where TensorFlow gives it none; its output, and
+    so the loss, is NaN either way.)"""
+    if x.device.type == "cpu":
+        lo, hi = float(nudged_min), float(nudged_max)
+        return _TorchFakeQuant.apply(x, zero_point, scale, lo, hi, _float_steps_out(x, lo, hi))
+    return _TorchFakeQuant.apply(x, zero_point, scale, nudged_min, nudged_max, None)
+
+
+def _float_steps_out(x, lo, hi):
+    """`(lo, hi)` each moved one step of `x`'s float type away from the other."""
+    dtype = np.float32 if x.dtype == _TORCH.float32 else np.float64
+    return (
+        float(np.nextafter(dtype(lo), dtype(-np.inf))),
+        float(np.nextafter(dtype(hi), dtype(np.inf))),
+    )
 
 
 def _make_torch_fake_quant(torch):
@@ -319,15 +338,21 @@ def _make_torch_fake_quant(torch):
         """See `torch_fake_quant`."""
 
         @staticmethod
-        def forward(ctx, x, zero_point, scale, lo, hi):
-            ctx.save_for_backward(x, lo, hi)
+        def forward(ctx, x, zero_point, scale, lo, hi, open_window):
+            ctx.open_window = open_window
+            ctx.save_for_backward(x, *(() if open_window else (lo, hi)))
             out = torch.clamp(x, lo, hi)
             return out.sub_(lo).div_(scale).add_(0.5).floor_().sub_(zero_point).mul_(scale)
 
         @staticmethod
         def backward(ctx, dy):
-            x, lo, hi = ctx.saved_tensors
-            return dy * ((x >= lo) & (x <= hi)), None, None, None, None
+            if ctx.open_window:
+                (x,) = ctx.saved_tensors
+                grad = torch.ops.aten.hardtanh_backward(dy, x, *ctx.open_window)
+            else:
+                x, lo, hi = ctx.saved_tensors
+                grad = dy * ((x >= lo) & (x <= hi))
+            return grad, None, None, None, None, None
 
     return TorchFakeQuant
 
