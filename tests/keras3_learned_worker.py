@@ -7,7 +7,8 @@ values moved and stayed sorted, distinct and on their grid (bit for bit the
 values NumPy computes from the trained vector), that each value's gradient is
 the sum of the upstream gradient over the entries assigned to it, that the
 stripped weights are exactly the learned values times the channel scale, that
-a `.keras` file reloads them, and that an int8 file stores them exactly.
+a `.keras` file reloads them, and that an int8 file stores them exactly;
+the same for a `DiscreteMultiplier` with learned values.
 Writes `OUT_DIR/ok` (the backend's name) when every check passed.
 """
 
@@ -115,7 +116,37 @@ def main(out_dir: pathlib.Path) -> None:
         layer = check["name"].split("/")[0]
         assert check["codebook"] == learned_values[layer].tolist(), (check, learned_values)
         assert check["max_error"] == 0.0, check
+    multiplier(out_dir)
     (out_dir / "ok").write_text(BACKEND)
+
+
+def multiplier(out_dir: pathlib.Path) -> None:
+    """A `td.keras3.DiscreteMultiplier` with learned values: they train, the
+    stripped vector and an int8 file hold exactly them."""
+    import tflite_export  # noqa: PLC0415
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(256, 16)).astype("float32")
+    gain = rng.choice([1.0, -1.0, 0.3, -0.3], size=16).astype("float32")
+    y = (x * gain) @ rng.normal(size=(16, 4)).astype("float32")
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((16,))
+    q = td.CodebookQuantizer([1, -1, 0.5, -0.5], learn_values=True)
+    out = keras.layers.Dense(4, name="d")(td.keras3.DiscreteMultiplier(q, name="mult")(inp))
+    qat = td.quantize_model(keras.Model(inp, out), {"d": td.ternary()})
+    qat.compile(keras.optimizers.Adam(0.02), "mse")
+    qat.fit(x, y, epochs=10, batch_size=64, verbose=0)
+    mult = qat.get_layer("mult")
+    values = mult.quantizer.codebook_of(mult.state.variables).values
+    assert not np.array_equal(values, q.values) and np.all(np.diff(values) > 0), values
+    vector = npy(mult.quantized_kernel())
+    assert set(vector.tolist()) <= set(values.astype("float32").tolist()), (vector, values)
+    plain = td.strip_quantization(qat)
+    np.testing.assert_array_equal(npy(plain.get_layer("mult").quantized_kernel()), vector)
+    report = tflite_export.export(qat, out_dir / "mult.tflite", format="int8")
+    assert report.ok and report.exact, report
+    check = {w["name"]: w for w in report.to_dict()["weights"]}["mult/kernel"]
+    assert check["codebook"] == values.tolist() and check["max_error"] == 0.0, check
 
 
 if __name__ == "__main__":

@@ -171,6 +171,39 @@ def test_save_load_round_trip_keeps_the_learned_values_and_training_resumes(trai
         assert np.all(np.diff(v) > 0) and _on_grid(v)
 
 
+def _multiplier_task():
+    """A `DiscreteMultiplier` with learned values in front of a ternary Dense."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(256, 16)).astype(np.float32)
+    gain = rng.choice([1.0, -1.0, 0.3, -0.3], size=16).astype(np.float32)
+    y = (x * gain) @ rng.normal(size=(16, 4)).astype(np.float32)
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((16,))
+    q = td.CodebookQuantizer([1, -1, 0.5, -0.5], learn_values=True)
+    out = L.Dense(4, name="d")(td.DiscreteMultiplier(q, name="mult")(inp))
+    qat = td.quantize_model(keras.Model(inp, out), {"d": td.ternary()})
+    qat.compile(keras.optimizers.Adam(0.02), "mse")
+    qat.fit(x, y, epochs=10, batch_size=64, verbose=0)
+    return qat, x
+
+
+def test_a_discrete_multiplier_learns_its_values_strips_and_exports_them(tmp_path):
+    qat, x = _multiplier_task()
+    mult = qat.get_layer("mult")
+    values = mult.quantizer.codebook_of(mult.quantizer_vars).values
+    assert not np.array_equal(values, mult.quantizer.values), values
+    assert np.all(np.diff(values) > 0) and _on_grid(values), values
+    vector = mult.quantized_kernel().numpy()
+    assert set(vector.tolist()) <= set(values.astype(np.float32).tolist()), (vector, values)
+    plain = td.strip_quantization(qat)
+    np.testing.assert_array_equal(plain.get_layer("mult").quantized_kernel().numpy(), vector)
+    np.testing.assert_allclose(plain.predict(x, verbose=0), qat.predict(x, verbose=0), atol=1e-5)
+    report = tflite_export.export(qat, str(tmp_path / "m.tflite"), format="int8")
+    assert report.ok and report.exact, report
+    check = {w["name"]: w for w in report.to_dict()["weights"]}["mult/kernel"]
+    assert check["codebook"] == values.tolist() and check["max_error"] == 0.0, check
+
+
 def test_presets_take_learn_values_and_the_config_round_trips():
     for q in (
         td.ternary(learn_values=True),

@@ -62,13 +62,16 @@ class DiscreteMultiplier(keras.layers.Layer):
         return k3q.quantize(self.state, self.kernel.value, training, self.seed_generator)
 
     def folded_quantizer(self) -> quantizers_mod.CodebookQuantizer:
-        """A scale-free `CodebookQuantizer` of the codebook times the current scale."""
+        """A scale-free `CodebookQuantizer` of the codebook (the learned values,
+        with `learn_values=True`) times the current scale: what the projected
+        vector holds, as a fixed codebook."""
         q = self.quantizer
-        if q.scale is None:
+        if q.scale is None and not q.learn_values:
             return q
         scale = float(np.asarray(k3q.scale_of(self.state, self.kernel.value)).reshape(-1)[0])
+        values = q.codebook_of(self.state.variables).values
         return quantizers_mod.CodebookQuantizer(
-            np.asarray(q.values) * scale, gradient=q.gradient, per_channel_axis=[]
+            np.asarray(values) * scale, gradient=q.gradient, per_channel_axis=[]
         )
 
     def call(self, inputs, training=None):

@@ -94,14 +94,18 @@ class DiscreteMultiplier(keras.layers.Layer):
         return self._quantizer_vars
 
     def folded_quantizer(self):
-        """A scale-free `CodebookQuantizer` whose values are the codebook times the
-        vector's current scale: what the projected vector holds, as a codebook."""
+        """A scale-free `CodebookQuantizer` whose values are the codebook (the
+        learned values, with `learn_values=True`) times the vector's current
+        scale: what the projected vector holds, as a fixed codebook."""
         q = self.quantizer
-        if q.scale is None:
+        if q.scale is None and not q.learn_values:
             return q
-        scale = np.asarray(q.quantized_scale(self.kernel, self._quantizer_vars)).reshape(-1)[0]
+        scale = 1.0
+        if q.scale is not None:
+            scale = np.asarray(q.quantized_scale(self.kernel, self._quantizer_vars)).reshape(-1)[0]
+        values = q.codebook_of(self._quantizer_vars).values
         return quantizers_mod.CodebookQuantizer(
-            np.asarray(q.values) * float(scale), gradient=q.gradient, per_channel_axis=[]
+            np.asarray(values) * float(scale), gradient=q.gradient, per_channel_axis=[]
         )
 
     def quantized_kernel(self, training=False):
