@@ -276,8 +276,14 @@ def _parity():
             np.testing.assert_array_equal(mine[name], want, err_msg=name)
         else:
             # A channel's mean|w| (summed in another order) and a learned
-            # scale (XLA's or PyTorch's exp) may each be one ulp off TensorFlow's.
-            np.testing.assert_array_max_ulp(mine[name], want, maxulp=2)
+            # scale (XLA's or PyTorch's exp) may each be one ulp off
+            # TensorFlow's; the projection then multiplies the value by the
+            # scale over mean|w| (two more roundings, on inputs already off),
+            # which a CI run measured at 3 ulp on PyTorch once in several.
+            try:
+                np.testing.assert_array_max_ulp(mine[name], want, maxulp=3)
+            except AssertionError as e:
+                raise AssertionError(f"{name}: {e}") from None
     x, _ = data()
     np.testing.assert_allclose(twin(x).numpy(), DATA["out"], atol=1e-5)
     DATA["twin"] = twin
