@@ -4,7 +4,10 @@ put where the tf_keras path puts them, and the ranges a model trained (on
 TensorFlow or JAX) are the scales of its full-integer file."""
 
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import keras as keras3
 import numpy as np
@@ -230,6 +233,28 @@ def test_strip_save_and_load(trained_here, tmp_path):
     qat.save(tmp_path / "qat.keras")
     again = keras3.saving.load_model(tmp_path / "qat.keras")
     np.testing.assert_array_equal(again.predict(x, verbose=0), qat.predict(x, verbose=0))
+    # A new process that imported only the package (its Keras 3 path loads on demand).
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "out.npy", qat.predict(x, verbose=0))
+    code = (
+        "import sys, numpy as np\nimport tfmot_discrete\nimport keras\n"
+        "m = keras.saving.load_model(sys.argv[1] + '/qat.keras')\n"
+        "got = m.predict(np.load(sys.argv[1] + '/x.npy'), verbose=0)\n"
+        "np.testing.assert_array_equal(got, np.load(sys.argv[1] + '/out.npy'))\n"
+        "print('predicts the same')\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "predicts the same" in proc.stdout
 
 
 def test_sequential_models_keep_their_class():
