@@ -41,6 +41,29 @@ def parity_cases():
     return out
 
 
+def backend_env(backend: str) -> dict:
+    """This process's environment for a child on Keras 3 `backend` that
+    imports the repository's packages."""
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+    root = str(pathlib.Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    return env
+
+
+def run_fresh(code: str, *args: str, backend: str = "tensorflow") -> str:
+    """Runs `code` (with `args` in `sys.argv[1:]`) in a new Python process on
+    Keras 3 `backend`; asserts it ended well and returns its stdout."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=backend_env(backend),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
 def run_workers(worker, backends, tmp_path_factory) -> dict:
     """Runs the script `worker` once per backend of `{backend: flags}`, side
     by side, each with its own output folder: `{backend: (return code,
@@ -48,9 +71,7 @@ def run_workers(worker, backends, tmp_path_factory) -> dict:
     runs = {}
     for backend, flags in backends.items():
         out = tmp_path_factory.mktemp(backend)
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-        root = str(pathlib.Path(worker).parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+        env = backend_env(backend)
         err = open(out / "stderr.txt", "w")
         proc = subprocess.Popen(
             [sys.executable, str(worker), str(out), *flags],

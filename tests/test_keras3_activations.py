@@ -4,17 +4,20 @@ put where the tf_keras path puts them, and the ranges a model trained (on
 TensorFlow or JAX) are the scales of its full-integer file."""
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import keras as keras3
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
-from keras3_cases import activation_cases, activation_model, passed_checks, run_workers
+from keras3_cases import (
+    activation_cases,
+    activation_model,
+    passed_checks,
+    run_fresh,
+    run_workers,
+)
 
 import tflite_export
 import tfmot_discrete as td
@@ -243,18 +246,7 @@ def test_strip_save_and_load(trained_here, tmp_path):
         "np.testing.assert_array_equal(got, np.load(sys.argv[1] + '/out.npy'))\n"
         "print('predicts the same')\n"
     )
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    root = str(pathlib.Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "predicts the same" in proc.stdout
+    assert "predicts the same" in run_fresh(code, str(tmp_path))
 
 
 def test_sequential_models_keep_their_class():

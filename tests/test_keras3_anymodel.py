@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from keras3_cases import passed_checks, run_workers
+from keras3_cases import passed_checks, run_fresh, run_workers
 
 WORKER = pathlib.Path(__file__).with_name("keras3_anymodel_worker.py")
 BACKENDS = {"tensorflow": ["--hub-all"], "jax": ["--hub"], "torch": []}
@@ -71,18 +71,8 @@ def test_keras_hub_file_loads_in_a_fresh_process_after_import_tfmot_discrete(wor
     imported only Keras, KerasHub and `tfmot_discrete`, and predicts the same."""
     assert "keras_hub_transformer_encoder" in passed_checks(workers, saved_on)
     out = workers[saved_on][2]
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = os.pathsep.join([str(WORKER.parent.parent), env.get("PYTHONPATH", "")])
     files = [out / "encoder.keras", out / "encoder_x.npy", out / "encoder_out.npy"]
-    proc = subprocess.run(
-        [sys.executable, "-c", FRESH_LOAD, *map(str, files)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "predicts the same" in proc.stdout
+    assert "predicts the same" in run_fresh(FRESH_LOAD, *map(str, files))
 
 
 def test_data_parallel_on_two_jax_devices_trains_a_quantized_model(tmp_path):

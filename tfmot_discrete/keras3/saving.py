@@ -42,7 +42,7 @@ class QuantizedModel:
 
     def get_config(self):
         base = float_class(self)
-        config = base.get_config(self)
+        config = float_config(self)
         module = base.__module__
         config[KEY] = {
             "class": {
