@@ -111,3 +111,37 @@ def test_full_int8_file_keeps_the_trained_activation_ranges(tmp_path):
     packed = tflite_export.export(qat, tmp_path / "p.tflite", format="tflm_packed")
     assert packed.ok and packed.exact and packed.tflm.identical
     assert any("learned in training" in n for n in packed.notes)
+
+
+def _pooled_cnn():
+    inp = keras.Input((8, 8, 1))
+    x = L.Conv2D(6, 3, activation="relu", name="conv")(inp)
+    x = L.MaxPooling2D(name="pool")(x)
+    x = L.Dropout(0.1, name="drop")(L.Flatten(name="flat")(x))
+    return keras.Model(inp, L.Dense(4, name="logits")(x))
+
+
+def test_layers_that_keep_their_input_scale_get_no_range_of_their_own(tmp_path):
+    # In the file MaxPool, Reshape (Flatten) and Dropout keep the scale of the
+    # ReLU before them; a range of their own made training round twice there.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 4, size=256)
+    keras.utils.set_random_seed(0)
+    qat = td.quantize_model(_pooled_cnn(), td.ternary(), activations="int8")
+    by_name = {getattr(layer, "layer", layer).name: layer for layer in qat.layers}
+    assert _output_quantized(by_name["conv"]) and _output_quantized(by_name["logits"])
+    for name in ("pool", "flat", "drop"):
+        layer = by_name[name]
+        assert not (
+            isinstance(layer, tfmot.quantization.keras.QuantizeWrapper) and _output_quantized(layer)
+        ), name
+    _train(qat, x, y, epochs=2)
+    tflite_export.export(qat, tmp_path / "q.tflite", format="full_int8")
+    data = (tmp_path / "q.tflite").read_bytes()
+    step = runners.interpreter(data).get_output_details()[0]["quantization"][0]
+    got = runners.run_litert(data, [x])[0]
+    # What was trained is what the file computes: every output on the same
+    # 8-bit level but for the rare one at a rounding boundary.
+    same = np.abs(got - qat.predict(x, verbose=0)) < step / 2
+    assert same.mean() >= 0.99, same.mean()

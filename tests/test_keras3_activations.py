@@ -121,13 +121,15 @@ def test_inference_keeps_the_range():
 def _placement_model():
     """Every case of the placement rule: a Conv fused into BatchNorm and that
     into ReLU, a Dense with its own activation, a Dense fused into an
-    `Activation("relu")`, a layer with two consumers, Add, Flatten, and
-    attention (its output stays float)."""
+    `Activation("relu")`, a layer with two consumers, Add, attention (its
+    output stays float), and layers that keep their input's scale: after an
+    8-bit output (Flatten: no range of its own) and after attention's float
+    output (Dropout: quantized)."""
     inp = keras3.Input((6, 4), name="x")
     c = L.Conv1D(4, 3, padding="same", name="conv")(inp)
     r = L.ReLU(name="relu")(L.BatchNormalization(name="bn")(c))
     d = L.Activation("relu", name="act")(L.Dense(4, name="dense")(r))
-    a = L.MultiHeadAttention(2, 2, name="mha")(d, d)
+    a = L.Dropout(0.1, name="drop")(L.MultiHeadAttention(2, 2, name="mha")(d, d))
     s = L.Add(name="add")([a, d])
     h = L.Dense(5, activation="tanh", name="tanh")(L.Flatten(name="flat")(s))
     return keras3.Model(inp, L.Dense(3, name="logits")(h), name="placement")
@@ -142,8 +144,8 @@ def test_placed_where_the_tf_keras_path_places_them():
         "act_x",
         "act_relu",
         "act_act",
+        "act_drop",
         "act_add",
-        "act_flat",
         "act_tanh",
         "act_logits",
     ]

@@ -213,6 +213,31 @@ _FUSABLE = (
 #: is quantized), and `MultiHeadAttention` (TF-MOT builds an output quantizer
 #: from one input shape, which attention's query and value do not give).
 _OUTPUT_STAYS_FLOAT = ("InputLayer", "DiscreteMultiplier", "MultiHeadAttention")
+#: Layers whose file operation keeps its input's 8-bit scale and zero point
+#: (the ones TF-MOT's default 8-bit registry gives no output quantizer, and max
+#: pooling in every rank).
+_KEEPS_INPUT_SCALE = (
+    "Flatten",
+    "Reshape",
+    "Permute",
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "ActivityRegularization",
+    "MaxPooling1D",
+    "MaxPooling2D",
+    "MaxPooling3D",
+    "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D",
+    "GlobalMaxPooling3D",
+    "Cropping1D",
+    "Cropping2D",
+    "Cropping3D",
+    "ZeroPadding1D",
+    "ZeroPadding2D",
+    "ZeroPadding3D",
+)
 
 
 def _is(layer, names) -> bool:
@@ -239,5 +264,40 @@ def fused_into_next(layer, consumers) -> bool:
 
 def output_quantized(layer, consumers) -> bool:
     """True where `activations="int8"` fake-quantizes `layer`'s output: where
-    the full-integer file quantizes it, and training can."""
+    the full-integer file quantizes it, and training can (a layer that keeps
+    its input's scale aside: see `outputs_to_quantize`)."""
     return not _is(layer, _OUTPUT_STAYS_FLOAT) and not fused_into_next(layer, consumers)
+
+
+def outputs_to_quantize(layers, producers, consumers) -> set[int]:
+    """The ids of `layers` (a model's, in graph order) whose output
+    `activations="int8"` fake-quantizes.
+
+    `output_quantized` decides, except for a layer that moves or drops
+    values without computing new ones (`Flatten`, `Reshape`, `Dropout`, max
+    pooling, ...) whose inputs are all 8-bit already: its operation in the
+    file keeps its input's scale, so a range of its own would make training
+    round twice where the file rounds once (TF-MOT's default 8-bit scheme
+    leaves these outputs alone too).
+
+    Args:
+        layers: The model's layers, each after the layers it takes.
+        producers: `{id(layer): the layers whose outputs it takes}`; a layer
+            without an entry takes a model input (8-bit: its own quantizer).
+        consumers: `{id(layer): the layers taking its output}`.
+    """
+    eight_bit = set()
+
+    def is_eight_bit(layer):
+        return _is(layer, ("InputLayer",)) or id(layer) in eight_bit
+
+    out = set()
+    for layer in layers:
+        if _is(layer, _KEEPS_INPUT_SCALE) and all(
+            is_eight_bit(p) for p in producers.get(id(layer), [])
+        ):
+            eight_bit.add(id(layer))
+        elif output_quantized(layer, consumers.get(id(layer), [])):
+            out.add(id(layer))
+            eight_bit.add(id(layer))
+    return out

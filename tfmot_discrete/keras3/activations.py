@@ -6,7 +6,7 @@ the file then computes what the model never saw; trained with them
 fake-quantized, at the ranges the file will use, it computes what was
 trained. `quantize_model(..., activations="int8")` puts an
 `ActivationQuantizer` layer after each float input and after each layer
-whose output the file quantizes (`core.rules.output_quantized`, the rule the
+whose output the file quantizes (`core.rules.outputs_to_quantize`, the rule the
 tf_keras path follows too). The ranges are tracked in training as TF-MOT's
 default 8-bit scheme tracks them, so that a model's tf_keras twin
 (`td.to_tf_keras`, which the export converts) computes what the Keras 3
@@ -136,11 +136,11 @@ def outputs_to_quantize(model) -> set[int]:
     """The ids of `model`'s layers whose output `activations="int8"`
     fake-quantizes (a Sequential or Functional model, before wrapping)."""
     consumers = _k3.consumers(model)
-    return {
-        id(layer)
-        for layer in model.layers
-        if rules.output_quantized(layer, consumers.get(id(layer), []))
-    }
+    producers = {}
+    for layer in model.layers:
+        for taker in consumers.get(id(layer), []):
+            producers.setdefault(id(taker), []).append(layer)
+    return rules.outputs_to_quantize(model.layers, producers, consumers)
 
 
 def is_float_input(tensor) -> bool:

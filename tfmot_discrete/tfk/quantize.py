@@ -142,12 +142,25 @@ def _activation_quantizer():
     )
 
 
+def _inbound_layers(layer) -> list:
+    """The layers whose outputs `layer` takes in its model's graph."""
+    out = []
+    for node in layer.inbound_nodes:
+        inbound = node.inbound_layers
+        out.extend(inbound if isinstance(inbound, list | tuple) else [inbound])
+    return out
+
+
 def _add_activation_quantizers(model, plan):
     """8-bit output fake-quant where the int8 TFLite model quantizes
-    (`core.rules.output_quantized`, the rule of both paths)."""
+    (`core.rules.outputs_to_quantize`, the rule of both paths)."""
+    producers = {id(layer): _inbound_layers(layer) for layer in model.layers}
+    consumers = {
+        id(layer): [node.outbound_layer for node in layer.outbound_nodes] for layer in model.layers
+    }
+    quantized = core_rules.outputs_to_quantize(model.layers, producers, consumers)
     for layer in model.layers:
-        consumers = [node.outbound_layer for node in layer.outbound_nodes]
-        if not core_rules.output_quantized(layer, consumers):
+        if id(layer) not in quantized:
             continue
         cfg = plan.get(layer.name)
         if cfg is None:

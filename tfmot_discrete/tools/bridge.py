@@ -135,7 +135,7 @@ def _twin_ranges(qat) -> dict:
 
 def _copy_ranges(model3, ranges, qat) -> None:
     """The Keras 3 model's trained activation ranges into its twin's TF-MOT
-    quantizers, which the same rule (`core.rules.output_quantized`) put at
+    quantizers, which the same rule (`core.rules.outputs_to_quantize`) put at
     the same places.
 
     Raises:
