@@ -1,6 +1,8 @@
 """`quantize_model(..., activations="int8")`: simulated 8-bit activations, and a
 full-int8 file that keeps the ranges learned in training."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow_model_optimization as tfmot
@@ -54,6 +56,19 @@ def test_int8_activations_follow_tflite_fusion():
     assert _output_quantized(by_name["quant_logits"])
     plain = td.strip_quantization(_train(qat, *_data(64), epochs=1))
     assert [type(layer) for layer in plain.layers] == [type(layer) for layer in _model().layers]
+
+
+def test_a_second_quantize_model_of_one_float_model_places_them_alike():
+    # The first call's graph shares the float model's unwrapped layers (its
+    # BatchNorm gets a second consumer); only the model's own graph counts.
+    model = _bn_cnn()
+    spec = {"conv|logits": "int8", ".*": td.ternary()}
+    td.quantize_model(model, spec)
+    qat = td.quantize_model(model, spec, activations="int8")
+    by_name = {layer.name: layer for layer in qat.layers}
+    assert "bn" in by_name and "quant_bn" not in by_name
+    assert not _output_quantized(by_name["quant_conv"])
+    assert _output_quantized(by_name["quant_relu"])
 
 
 def test_default_inserts_no_activation_quantizers():
@@ -145,3 +160,73 @@ def test_layers_that_keep_their_input_scale_get_no_range_of_their_own(tmp_path):
     # 8-bit level but for the rare one at a rounding boundary.
     same = np.abs(got - qat.predict(x, verbose=0)) < step / 2
     assert same.mean() >= 0.99, same.mean()
+
+
+def _bn_cnn():
+    inp = keras.Input((8, 8, 1))
+    x = L.Conv2D(6, 3, name="conv")(inp)
+    x = L.ReLU(name="relu")(L.BatchNormalization(name="bn")(x))
+    x = L.Flatten(name="flat")(L.MaxPooling2D(name="pool")(x))
+    x = L.Dense(8, activation="relu", name="hidden")(x)
+    return keras.Model(inp, L.Dense(4, name="logits")(x))
+
+
+def _trained_bn_cnn():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(256, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 4, size=256)
+    keras.utils.set_random_seed(1)
+    qat = td.quantize_model(
+        _bn_cnn(), {"conv|logits": "int8", ".*": td.ternary()}, activations="int8"
+    )
+    return _train(qat, x, y, epochs=2), x
+
+
+def test_align_biases_makes_the_model_compute_the_files_integers(tmp_path):
+    qat, x = _trained_bn_cnn()
+    before = {w.name: w.numpy() for w in qat.weights}
+    assert len(before) == len(qat.weights)
+    report = tflite_export.export(
+        qat, tmp_path / "q.tflite", format="full_int8", representative_data=x, align_biases=True
+    )
+    assert report.ok and report.agreement.biases_aligned
+    assert any(n.startswith("biases: 3 moved") for n in report.notes), report.notes
+    # Only the BatchNorm's beta and the two Dense biases moved, and only a little.
+    moved = {w.name for w in qat.weights if not np.array_equal(w.numpy(), before[w.name])}
+    assert moved == {"bn/beta:0", "hidden/bias:0", "logits/bias:0"}, moved
+    data = (tmp_path / "q.tflite").read_bytes()
+    step = runners.interpreter(data).get_output_details()[0]["quantization"][0]
+    got = runners.run_litert(data, [x])[0]
+    keras_out = qat.predict(x, verbose=0)
+    # Every output on the file's 8-bit level: the same integers.
+    assert np.abs(got - keras_out).max() < step / 2
+    assert report.top1_agreement == 1.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"format": "int8"}, "format='full_int8' or 'tflm_packed'. Received: format='int8'"),
+        ({"format": "full_int8", "align_biases": "yes"}, "Received: align_biases='yes'"),
+    ],
+)
+def test_align_biases_arguments_are_checked(kwargs, words, tmp_path):
+    qat, _ = _trained_bn_cnn()
+    kwargs = {"align_biases": True, **kwargs}
+    with pytest.raises(tflite_export.ExportError, match=re.escape(words)):
+        tflite_export.export(qat, tmp_path / "q.tflite", **kwargs)
+    assert not (tmp_path / "q.tflite").exists()
+
+
+def test_align_biases_needs_trained_activation_ranges(tmp_path):
+    x, y = _data(64)
+    qat = _train(td.quantize_model(_model(), td.ternary()), x, y, epochs=1)
+    with pytest.raises(tflite_export.ExportError, match="activations='int8'"):
+        tflite_export.export(
+            qat, tmp_path / "q.tflite", format="full_int8", representative_data=x, align_biases=True
+        )
+    with pytest.raises(tflite_export.ExportError, match="not the path of a saved one"):
+        tflite_export.export(
+            tmp_path / "m.keras", tmp_path / "q.tflite", format="full_int8", align_biases=True
+        )
+    assert not (tmp_path / "q.tflite").exists()

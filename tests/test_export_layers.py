@@ -12,7 +12,7 @@ LAYERS = [
     {"errors", "formats", "logs", "progress", "agreement"},
     {"files", "compat", "schema", "reading", "sequence"},
     {"micro", "exact", "isolation", "resolver"},
-    {"runners", "packed", "keras3", "project_files"},
+    {"runners", "packed", "keras3", "project_files", "biases"},
     {"inputs", "convert", "budget", "project"},
     {"verify", "native", "tfbackend"},
     {"report"},

@@ -329,3 +329,25 @@ def test_a_recurrent_model_trains_them_and_its_file_says_what_it_calibrated(tmp_
     )
     assert report.exact and not report.agreement.trained_activations
     assert any("unrolled copy" in note for note in report.notes)
+
+
+def test_align_biases_moves_the_keras3_models_own_biases(tmp_path):
+    keras3.utils.set_random_seed(1)
+    model, x, y = activation_model(keras3)
+    qat = td.quantize_model(model, {"conv|logits": "int8", ".*": td.ternary()}, activations="int8")
+    qat.compile(keras3.optimizers.Adam(1e-2), "mse", jit_compile=True)
+    qat.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    beta = qat.get_layer("bn").beta.numpy().copy()
+    # Enough inputs that some output lies within a bias rounding of a level
+    # boundary (without the move, one is a step apart from the file's).
+    x = np.random.default_rng(5).normal(scale=4.0, size=(1024, 16, 2)).astype("float32")
+    report = tflite_export.export(
+        qat, tmp_path / "q.tflite", format="full_int8", representative_data=x, align_biases=True
+    )
+    assert report.ok and report.agreement.biases_aligned
+    assert not np.array_equal(qat.get_layer("bn").beta.numpy(), beta)
+    data = (tmp_path / "q.tflite").read_bytes()
+    step = runners.interpreter(data).get_output_details()[0]["quantization"][0]
+    # The Keras 3 model itself (not only the tf_keras twin the file is
+    # checked against) now computes the file's integers.
+    assert np.abs(runners.run_litert(data, [x])[0] - qat.predict(x, verbose=0)).max() < step / 2

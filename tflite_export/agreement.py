@@ -43,6 +43,8 @@ class Agreement:
         trained_activations: Activation ranges learned in training.
         real_data: The check inputs are the user's representative data (not
             random inputs, on which agreement says little).
+        biases_aligned: The model's biases were moved onto the file's int32
+            grid before the comparison (`export(..., align_biases=True)`).
     """
 
     samples: int
@@ -51,6 +53,7 @@ class Agreement:
     limit: float
     trained_activations: bool
     real_data: bool
+    biases_aligned: bool = False
 
     @property
     def within(self) -> bool:
@@ -80,14 +83,23 @@ class Agreement:
                 "(`td.quantize_model(..., activations='int8')`) so the file runs "
                 "what was trained"
             )
+        elif not self.biases_aligned:
+            steps.append(
+                "move the model's biases onto the file's int32 grid "
+                "(`tflite_export.export(..., align_biases=True)`), so that both compute "
+                "the same integers"
+            )
         if not self.real_data:
             steps.append("pass `representative_data` (a few hundred training inputs)")
-        else:
+        elif not self.trained_activations:
             steps.append(
                 "calibrate on more, or more typical, representative data (a few hundred "
                 "training inputs covering every class)"
             )
-        steps.append("or, where the target runs float activations, export `format='int8'`")
+        steps.append(
+            ("or, " if steps else "") + "where the target runs float activations, export "
+            "`format='int8'`"
+        )
         return (
             f"WARNING: the file picks another class than Keras on "
             f"{100 * (1 - (self.top1 or 0)):.2f} % of the inputs "
@@ -103,6 +115,7 @@ class Agreement:
             "within_limit": self.within,
             "trained_activations": self.trained_activations,
             "representative_inputs": self.real_data,
+            "biases_aligned": self.biases_aligned,
         }
 
 
@@ -124,6 +137,7 @@ def measure(
     scale: float | None,
     trained_activations: bool,
     real_data: bool,
+    biases_aligned: bool = False,
 ) -> Agreement:
     """The `Agreement` of a full-integer file's outputs `got` with the Keras
     model's `reference` (both float, one row per check input).
@@ -135,6 +149,7 @@ def measure(
         scale: The value of one output int8 step, or `None` (float output).
         trained_activations: Activation ranges were learned in training.
         real_data: The check inputs are the user's representative data.
+        biases_aligned: The model's biases were moved onto the file's grid.
     """
     return Agreement(
         samples=int(len(reference)),
@@ -143,4 +158,5 @@ def measure(
         limit=TOP1_LIMIT_TRAINED if trained_activations else TOP1_LIMIT_CALIBRATED,
         trained_activations=trained_activations,
         real_data=real_data,
+        biases_aligned=biases_aligned,
     )

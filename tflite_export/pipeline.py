@@ -16,6 +16,7 @@ import numpy as np
 import tfmot_discrete as td
 from tflite_export import (
     agreement,
+    biases,
     budget,
     convert,
     exact,
@@ -79,6 +80,8 @@ class Conversion:
     trained_activations: bool = False
     #: `inputs` are the user's representative data (not random inputs).
     representative: bool = False
+    #: The model's biases were moved onto the file's int32 grid (`align_biases`).
+    biases_aligned: bool = False
 
 
 def _one_line(error: BaseException) -> str:
@@ -327,6 +330,7 @@ def _check_outputs(conv: Conversion, fmt, weights, allow_inexact) -> _OutputChec
             runners.output_scales(conv.data)[0],
             trained_activations=conv.trained_activations,
             real_data=conv.representative,
+            biases_aligned=conv.biases_aligned,
         )
     return _OutputCheck(float(diff.max()), float(diff.mean()), out_range, tolerance, agrees)
 
@@ -409,6 +413,7 @@ def export(
     ram=None,
     pack=None,
     tflm_project=None,
+    align_biases=False,
 ) -> Report:
     """Writes a verified `.tflite` file whose codebook weights are exact.
 
@@ -459,6 +464,15 @@ def export(
             resolver of exactly the file's operators, the arena and tensor
             settings, and a `main.cc` checking one sample against TFLM's
             Python interpreter (`tflite_export.project`). Defaults to `None`.
+        align_biases: For a model trained with `activations="int8"`
+            (`full_int8`, `tflm_packed`): move each bias of `model` onto the
+            int32 grid the file stores it on (input step x weight step; a
+            BatchNormalization's `beta` where one is folded into the layer),
+            changing it by at most one step of that grid (a few thousandths of
+            an output step), so that `model` computes the file's integers; the report's agreement is measured
+            after the move, and a note says how many biases moved. `model`
+            changes in place: save it after the export to keep the two
+            together. Defaults to `False`.
 
     Returns:
         A `Report`.
@@ -480,6 +494,7 @@ def export(
             "Use format='full_int8' with target='litert'. Received: format='tflm_packed', "
             "target='litert'"
         )
+    _check_align_biases(align_biases, model, format)
     budgets = budget.Budgets.of(format, flash, ram, pack)
     out = files.check_output_path(path, "path")
     if tflm_project is not None:
@@ -504,6 +519,60 @@ def export(
     return _warn_if_apart(report)
 
 
+def _check_align_biases(align_biases, model, fmt) -> None:
+    """`align_biases=True` needs a full-integer format and the model object
+    itself, in this process (it changes the model's biases)."""
+    if not isinstance(align_biases, bool):
+        raise ExportError(f"`align_biases` must be a bool. Received: align_biases={align_biases!r}")
+    if not align_biases:
+        return
+    if fmt not in ("full_int8", "tflm_packed"):
+        raise ExportError(
+            "align_biases=True moves biases onto a full-integer file's int32 grid: use "
+            f"format='full_int8' or 'tflm_packed'. Received: format={fmt!r}"
+        )
+    if isinstance(model, (str, os.PathLike)):
+        raise ExportError(
+            "align_biases=True changes the model's biases: pass the model itself, not "
+            f"the path of a saved one. Received: model={os.fspath(model)!r}"
+        )
+    if tfbackend.needs_child(model):
+        raise ExportError(
+            "align_biases=True changes the model's biases in this process, but a JAX or "
+            "PyTorch model is exported in a TensorFlow process. Load the saved model with "
+            "KERAS_BACKEND=tensorflow and export that one with align_biases=True."
+        )
+
+
+def _align_biases(model, conv: Conversion) -> None:
+    """Moves the biases of the model (and of its tf_keras twin, which the file
+    is checked against) onto the file's int32 grid; notes what moved."""
+    if not conv.trained_activations:
+        raise ExportError(
+            "align_biases=True needs the file to keep activation ranges trained with "
+            "the weights: quantize with `td.quantize_model(..., activations='int8')` (a "
+            "model with recurrent or attention layers converts with calibrated ranges, "
+            "which the model does not compute with)."
+        )
+    planned = biases.plan(conv.reference, conv.data, conv.matches)
+    moves = [mv for mv in planned if mv.largest_move_in_steps <= biases.MAX_MOVE_STEPS]
+    biases.apply(moves, *{id(m): m for m in (conv.reference, model)}.values())
+    conv.biases_aligned = True
+    largest = max((mv.largest_move_in_steps for mv in moves), default=0.0)
+    note = (
+        f"biases: {len(moves)} moved onto the file's int32 grid (align_biases=True; "
+        f"largest move {largest:.2f} of a grid step)"
+    )
+    far = [
+        f"{mv.layer}/{mv.weight} ({mv.largest_move_in_steps:.3g} steps away)"
+        for mv in planned
+        if mv not in moves
+    ]
+    if far:
+        note += "; left as they were, too far from the file's to be its rounding: " + ", ".join(far)
+    conv.notes.append(note)
+
+
 def _warn_if_apart(report: Report) -> Report:
     """Warns (outside the libraries' captured output) when a full-integer
     file picks another class than Keras more often than its limit allows."""
@@ -523,6 +592,9 @@ def _export(model, out, arguments: dict, steps, budgets) -> Report:
     c_array, safe_mode = arguments["c_array"], arguments["safe_mode"]
     tflm_project = arguments["tflm_project"]
     conv = convert_bytes(model, fmt, representative_data, allow_inexact, safe_mode, steps)
+    if arguments["align_biases"]:
+        steps.stage("moving the biases onto the file's grid")
+        _align_biases(model, conv)
     pack = fmt == "tflm_packed"
     checked_as = "full_int8" if pack else fmt  # a packed file is checked as full_int8 first
     steps.stage("checking weights (LiteRT)")

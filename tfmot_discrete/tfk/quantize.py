@@ -142,22 +142,27 @@ def _activation_quantizer():
     )
 
 
-def _inbound_layers(layer) -> list:
-    """The layers whose outputs `layer` takes in its model's graph."""
-    out = []
-    for node in layer.inbound_nodes:
-        inbound = node.inbound_layers
-        out.extend(inbound if isinstance(inbound, list | tuple) else [inbound])
-    return out
+def _own_graph(model) -> tuple[dict, dict]:
+    """`(producers, consumers)`: `{id(layer): layers}` of `model`'s own graph
+    (a layer's nodes also hold those of every other model built on it, such
+    as an earlier `quantize_model` of the same float model)."""
+    own = compat.model_nodes(model)
+    producers, consumers = {}, {}
+    for layer in model.layers:
+        for node in layer.inbound_nodes:
+            if id(node) in own:
+                inbound = node.inbound_layers
+                producers.setdefault(id(layer), []).extend(
+                    inbound if isinstance(inbound, list | tuple) else [inbound]
+                )
+        consumers[id(layer)] = [n.outbound_layer for n in layer.outbound_nodes if id(n) in own]
+    return producers, consumers
 
 
 def _add_activation_quantizers(model, plan):
     """8-bit output fake-quant where the int8 TFLite model quantizes
     (`core.rules.outputs_to_quantize`, the rule of both paths)."""
-    producers = {id(layer): _inbound_layers(layer) for layer in model.layers}
-    consumers = {
-        id(layer): [node.outbound_layer for node in layer.outbound_nodes] for layer in model.layers
-    }
+    producers, consumers = _own_graph(model)
     quantized = core_rules.outputs_to_quantize(model.layers, producers, consumers)
     for layer in model.layers:
         if id(layer) not in quantized:

@@ -1,0 +1,156 @@
+"""Moving a model's biases onto the int32 grid its full-integer file stores them on.
+
+A full-integer file adds each Dense or convolution bias (with a BatchNormalization
+after the layer folded in) as an int32 in steps of input step x weight step, so
+it computes with the bias rounded to that grid: up to half a step, a few
+thousandths of an output step, from the float bias Keras adds (up to a step
+where the export moved a weight's step and rounded the bias once more). Where a value
+lies that close to a rounding boundary, the file's 8-bit code is one off, and
+a layer or two later a top-1 class can differ. A model trained with
+`activations="int8"` has the file's scales already; moving its biases onto the
+file's grid (`align`) makes the two compute the same integers, up to float
+rounding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from tflite_export import exact
+from tflite_export.schema import BIAS_INPUT, TensorType
+from tfmot_discrete.core import rules
+from tfmot_discrete.tfk import compat
+
+#: The largest move `export(..., align_biases=True)` makes, in grid steps: half
+#: a step of the converter's rounding, half a step more where the export moved
+#: a weight's step and rounded the stored bias again (`exact._requantize_bias`),
+#: and float rounding. A larger distance means the file computes something else
+#: there: that bias is left alone, and the report's note names it.
+MAX_MOVE_STEPS = 1.01
+
+#: Layer classes whose file operator adds the bias after the matrix product.
+_ALIGNED_CLASSES = frozenset(
+    {"Dense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D"}
+)
+
+
+@dataclasses.dataclass
+class Move:
+    """One bias moved onto the file's grid: the layer and weight changed
+    (a BatchNormalization's `beta` when one follows the layer), and the
+    largest move in steps of the grid."""
+
+    layer: str
+    weight: str
+    largest_move_in_steps: float
+    values: np.ndarray  # the new values, float32
+
+
+def file_biases(data: bytes, matches) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`{layer name: (bias, grid step)}` per output channel as the file stores
+    them (float64), for each Dense or convolution the file's codebook weights
+    were matched to."""
+    fb = exact.read(data)
+    sg = fb.subgraphs[0]
+    out = {}
+    for m in matches:
+        if m.folded_into is not None or m.cw.layer_class not in _ALIGNED_CLASSES:
+            continue
+        op = sg.operators[m.op_index]
+        k = BIAS_INPUT.get(fb.operatorCodes[op.opcodeIndex].builtinCode)
+        if k is None or k >= len(op.inputs) or int(op.inputs[k]) < 0:
+            continue
+        t = sg.tensors[int(op.inputs[k])]
+        if t.type != TensorType.INT32 or t.quantization is None or t.quantization.scale is None:
+            continue
+        raw = exact.stored_values(fb, t)
+        if raw is None:
+            continue
+        raw = raw.astype(np.float64).reshape(-1)
+        step = np.broadcast_to(np.asarray(t.quantization.scale, np.float64).reshape(-1), raw.shape)
+        out[m.cw.layer] = (raw * step, step)
+    return out
+
+
+def _inner_layers(model) -> dict:
+    """`{name: layer}` of `model`'s layers, a wrapper's inner layer under its own name."""
+    found = {}
+    for layer in model.layers:
+        inner = getattr(layer, "layer", None)
+        found[layer.name] = layer
+        if inner is not None and hasattr(inner, "name"):
+            found[inner.name] = inner
+    return found
+
+
+def batchnorm_after(model) -> dict:
+    """`{layer name: the BatchNormalization the converter folds into it}` of a
+    tf_keras model (a wrapper's inner layer named), in the model's own graph."""
+    own = compat.model_nodes(model)
+    out = {}
+    for layer in model.layers:
+        consumers = [n.outbound_layer for n in layer.outbound_nodes if id(n) in own]
+        inner = getattr(layer, "layer", layer)
+        bn = getattr(consumers[0], "layer", consumers[0]) if len(consumers) == 1 else None
+        if type(bn).__name__ == "BatchNormalization" and rules.fused_into_next(inner, [bn]):
+            out[inner.name] = bn
+    return out
+
+
+def _numpy(v) -> np.ndarray:
+    return np.asarray(v.numpy() if hasattr(v, "numpy") else v, np.float64)
+
+
+def plan(model, data: bytes, matches) -> list[Move]:
+    """The moves that put `model`'s biases on the file's grid (nothing changed yet).
+
+    Args:
+        model: The Keras model the file was converted from (its tf_keras QAT
+            graph).
+        data: The full-integer file.
+        matches: Where its codebook weights are (`Conversion.matches`).
+    """
+    layers = _inner_layers(model)
+    folded = batchnorm_after(model)
+    moves = []
+    for name, (stored, step) in file_biases(data, matches).items():
+        layer = layers.get(name)
+        if layer is None:
+            continue
+        bias = getattr(layer, "bias", None) if getattr(layer, "use_bias", False) else None
+        b = _numpy(bias).reshape(-1) if bias is not None else np.zeros_like(stored)
+        bn = folded.get(name)
+        if bn is None:
+            if bias is None:
+                continue  # no bias to move: the file stores zeros
+            moves.append(_move(name, "bias", b, stored - b, step))
+            continue
+        if not getattr(bn, "center", True):
+            continue  # no beta to carry the move
+        gamma = _numpy(bn.gamma).reshape(-1) if bn.scale else np.ones_like(stored)
+        inv = gamma / np.sqrt(_numpy(bn.moving_variance).reshape(-1) + bn.epsilon)
+        beta = _numpy(bn.beta).reshape(-1)
+        now = beta + (b - _numpy(bn.moving_mean).reshape(-1)) * inv
+        moves.append(_move(bn.name, "beta", beta, stored - now, step))
+    return moves
+
+
+def _move(layer, weight, current, delta, step) -> Move:
+    return Move(
+        layer=layer,
+        weight=weight,
+        largest_move_in_steps=float(np.max(np.abs(delta) / step, initial=0.0)),
+        values=(current + delta).astype(np.float32),
+    )
+
+
+def apply(moves: list[Move], *models) -> None:
+    """Assigns each move to the layer of that name in every model given (a
+    Keras 3 model and its tf_keras twin share their layers' names)."""
+    for model in models:
+        layers = _inner_layers(model)
+        for mv in moves:
+            var = getattr(layers[mv.layer], mv.weight)
+            var.assign(mv.values.reshape(tuple(var.shape)))
