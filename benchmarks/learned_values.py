@@ -2,13 +2,19 @@
 the codebook, from the trained float model.
 
     python -m benchmarks.learned_values [--tasks mnist1d digits] [--seeds 0 1 2]
-        [--epochs N] [--speed-only | --no-speed]
+        [--epochs N] [--speed-only | --no-speed] [--codebooks ternary binary ...]
+        [--values fixed learned] [--scale mean_abs | learned] [--finetune-epochs N]
+        [--lr-factor F] [--distill [T ALPHA]]
 
 Accuracy: for each dataset and seed, the float model of `benchmarks.accuracy`
 is trained, then each codebook (ternary, binary and `[1, -1, 0.5, -0.5]`, each
 times a `mean_abs` scale) is fine-tuned from it with the benchmark's recipe
 (`finetune.DEFAULT`, BatchNorm re-estimated), with fixed and with learned
 values; each model is exported to an `int8` file and scored with LiteRT.
+The recipe options change the fine-tuning only: `--finetune-epochs` (default
+`--epochs`), `--lr-factor` (peak learning rate relative to the float model's),
+`--distill` (a `td.Distiller` with the float model as teacher, temperature and
+alpha `finetune.DISTILL` unless given) and `--scale` (of every codebook).
 Speed: the train step of the 64-1024-1024-10 MLP (batch 256, one TensorFlow
 thread, rounds interleaved), learned values against the same codebook fixed.
 """
@@ -16,6 +22,7 @@ thread, rounds interleaved), learned values against the same codebook fixed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import tempfile
 import time
@@ -30,12 +37,12 @@ from tfmot_discrete import keras
 FOUR = [1, -1, 0.5, -0.5]
 
 
-def codebooks(learn: bool) -> dict:
+def codebooks(learn: bool, scale: str = "mean_abs") -> dict:
     """The codebooks of the comparison, with fixed or learned values."""
     return {
-        "ternary": td.ternary(learn_values=learn),
-        "binary": td.binary(scale="mean_abs", learn_values=learn),
-        "[1, -1, 0.5, -0.5]": td.CodebookQuantizer(FOUR, scale="mean_abs", learn_values=learn),
+        "ternary": td.ternary(scale=scale, learn_values=learn),
+        "binary": td.binary(scale=scale, learn_values=learn),
+        "[1, -1, 0.5, -0.5]": td.CodebookQuantizer(FOUR, scale=scale, learn_values=learn),
     }
 
 
@@ -44,12 +51,12 @@ def _float_model(task, data, epochs, seed):
     return accuracy.train(model, data, epochs, task, seed, finetune.FLOAT)
 
 
-def _fine_tune(float_model, q, task, data, epochs, seed):
+def _fine_tune(float_model, q, task, data, epochs, seed, recipe):
     start = keras.models.clone_model(float_model)
     start.set_weights(float_model.get_weights())
     keras.utils.set_random_seed(seed)
     qat = td.quantize_model(start, q)
-    qat = accuracy.train(qat, data, epochs, task, seed, finetune.DEFAULT)
+    qat = accuracy.train(qat, data, epochs, task, seed, recipe, teacher=float_model)
     finetune.recalibrate(qat, data[0], task.batch)
     return qat
 
@@ -62,8 +69,19 @@ def _file_accuracy(qat, data) -> float:
         return accuracy.tflite_accuracy(path.read_bytes(), data)
 
 
-def run_accuracy(tasks, seeds, epochs, log=print) -> dict:
-    """`{(task, codebook, "fixed" | "learned" | "float"): [(keras, file) accuracy per seed]}`."""
+def run_accuracy(
+    tasks,
+    seeds,
+    epochs,
+    log=print,
+    names=None,
+    values=("fixed", "learned"),
+    scale="mean_abs",
+    finetune_epochs=0,
+    recipe=finetune.DEFAULT,
+) -> dict:
+    """`{(task, codebook, "fixed" | "learned" | "float"): [(keras, file) accuracy per seed]}`
+    for the codebooks in `names` (None: all), fine-tuned with `recipe`."""
     out: dict = {}
     for name in tasks:
         task = accuracy.TASKS[name]
@@ -73,14 +91,21 @@ def run_accuracy(tasks, seeds, epochs, log=print) -> dict:
             start = time.perf_counter()
             fm = _float_model(task, data, n, seed)
             out.setdefault((name, "float", "float"), []).append((accuracy.evaluate(fm, data), None))
-            for learn in (False, True):
-                for cb, q in codebooks(learn).items():
-                    qat = _fine_tune(fm, q, task, data, n, seed)
+            for kind in values:
+                for cb, q in codebooks(kind == "learned", scale).items():
+                    if names and cb not in names:
+                        continue
+                    t0 = time.perf_counter()
+                    qat = _fine_tune(fm, q, task, data, finetune_epochs or n, seed, recipe)
                     acc = accuracy.evaluate(qat, data)
                     file_acc = _file_accuracy(qat, data)
-                    key = (name, cb, "learned" if learn else "fixed")
+                    key = (name, cb, kind)
                     out.setdefault(key, []).append((acc, file_acc))
-                    log(f"{name} seed {seed} {cb} {key[2]}: {acc:.4f} (file {file_acc:.4f})")
+                    log(
+                        f"{name} seed {seed} {cb} {kind}: {acc:.4f} (file {file_acc:.4f}), "
+                        f"float {out[(name, 'float', 'float')][-1][0]:.4f}, "
+                        f"{time.perf_counter() - t0:.0f} s"
+                    )
             log(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s")
     return out
 
@@ -165,12 +190,35 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=0, help="0: the benchmark's (30)")
     parser.add_argument("--speed-only", action="store_true")
     parser.add_argument("--no-speed", action="store_true")
+    parser.add_argument("--codebooks", nargs="+", choices=list(codebooks(False)))
+    parser.add_argument(
+        "--values", nargs="+", choices=["fixed", "learned"], default=["fixed", "learned"]
+    )
+    parser.add_argument("--scale", choices=["mean_abs", "learned"], default="mean_abs")
+    parser.add_argument("--finetune-epochs", type=int, default=0, help="0: --epochs")
+    parser.add_argument("--lr-factor", type=float, default=finetune.DEFAULT.lr_factor)
+    parser.add_argument("--distill", nargs="*", type=float, metavar="T ALPHA")
     args = parser.parse_args(argv)
     if not args.no_speed:
         print(speed_table(run_speed()), flush=True)
     if args.speed_only:
         return 0
-    result = run_accuracy(args.tasks, args.seeds, args.epochs, log=lambda m: print(m, flush=True))
+    distill = None if args.distill is None else tuple(args.distill or finetune.DISTILL)
+    if distill is not None and len(distill) != 2:
+        parser.error("--distill takes no value or two: T ALPHA")
+    recipe = dataclasses.replace(finetune.DEFAULT, lr_factor=args.lr_factor, distill=distill)
+    print(f"fine-tuning: {recipe.describe()}", flush=True)
+    result = run_accuracy(
+        args.tasks,
+        args.seeds,
+        args.epochs,
+        log=lambda m: print(m, flush=True),
+        names=args.codebooks,
+        values=args.values,
+        scale=args.scale,
+        finetune_epochs=args.finetune_epochs,
+        recipe=recipe,
+    )
     print(accuracy_table(result))
     return 0
 
