@@ -230,3 +230,21 @@ def test_align_biases_needs_trained_activation_ranges(tmp_path):
             tmp_path / "m.keras", tmp_path / "q.tflite", format="full_int8", align_biases=True
         )
     assert not (tmp_path / "q.tflite").exists()
+
+
+def test_a_failed_export_puts_the_moved_biases_back(tmp_path):
+    qat, x = _trained_bn_cnn()
+    before = [w.numpy() for w in qat.weights]
+    # The flash budget is checked after the move: the export fails there.
+    with pytest.raises(tflite_export.ExportError, match="flash"):
+        tflite_export.export(
+            qat,
+            tmp_path / "q.tflite",
+            format="full_int8",
+            representative_data=x,
+            align_biases=True,
+            flash=100,
+        )
+    for weight, value in zip(qat.weights, before, strict=True):
+        np.testing.assert_array_equal(weight.numpy(), value, err_msg=weight.name)
+    assert not (tmp_path / "q.tflite").exists()

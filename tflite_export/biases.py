@@ -146,11 +146,29 @@ def _move(layer, weight, current, delta, step) -> Move:
     )
 
 
-def apply(moves: list[Move], *models) -> None:
+def apply(moves: list[Move], *models):
     """Assigns each move to the layer of that name in every model given (a
-    Keras 3 model and its tf_keras twin share their layers' names)."""
+    Keras 3 model and its tf_keras twin share their layers' names).
+
+    Returns:
+        A function that puts every moved value back.
+
+    Raises:
+        KeyError: A model has no layer of a move's name (nothing is changed).
+    """
+    targets = []
     for model in models:
         layers = _inner_layers(model)
-        for mv in moves:
-            var = getattr(layers[mv.layer], mv.weight)
-            var.assign(mv.values.reshape(tuple(var.shape)))
+        missing = sorted({mv.layer for mv in moves} - set(layers))
+        if missing:
+            raise KeyError(f"{model.name!r} has no layer named {missing}")
+        targets += [(getattr(layers[mv.layer], mv.weight), mv.values) for mv in moves]
+    before = [(var, var.numpy()) for var, _ in targets]
+    for var, values in targets:
+        var.assign(values.reshape(tuple(var.shape)))
+
+    def restore():
+        for var, values in before:
+            var.assign(values)
+
+    return restore

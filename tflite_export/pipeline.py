@@ -544,9 +544,13 @@ def _check_align_biases(align_biases, model, fmt) -> None:
         )
 
 
-def _align_biases(model, conv: Conversion) -> None:
+def _align_biases(model, conv: Conversion):
     """Moves the biases of the model (and of its tf_keras twin, which the file
-    is checked against) onto the file's int32 grid; notes what moved."""
+    is checked against) onto the file's int32 grid; notes what moved.
+
+    Returns:
+        A function that puts the biases back (when the export fails after).
+    """
     if not conv.trained_activations:
         raise ExportError(
             "align_biases=True needs the file to keep activation ranges trained with "
@@ -556,7 +560,13 @@ def _align_biases(model, conv: Conversion) -> None:
         )
     planned = biases.plan(conv.reference, conv.data, conv.matches)
     moves = [mv for mv in planned if mv.largest_move_in_steps <= biases.MAX_MOVE_STEPS]
-    biases.apply(moves, *{id(m): m for m in (conv.reference, model)}.values())
+    try:
+        restore = biases.apply(moves, *{id(m): m for m in (conv.reference, model)}.values())
+    except KeyError as e:
+        raise ExportError(
+            f"align_biases=True could not find a layer of the file's biases in the model "
+            f"({e.args[0]}); export without align_biases."
+        ) from None
     conv.biases_aligned = True
     largest = max((mv.largest_move_in_steps for mv in moves), default=0.0)
     note = (
@@ -571,6 +581,7 @@ def _align_biases(model, conv: Conversion) -> None:
     if far:
         note += "; left as they were, too far from the file's to be its rounding: " + ", ".join(far)
     conv.notes.append(note)
+    return restore
 
 
 def _warn_if_apart(report: Report) -> Report:
@@ -584,17 +595,33 @@ def _warn_if_apart(report: Report) -> Report:
 def _export(model, out, arguments: dict, steps, budgets) -> Report:
     """The export of `model` to `out` in this process; `arguments` are
     `export`'s (the budgets already read into `budgets`)."""
+    conv = convert_bytes(
+        model,
+        arguments["format"],
+        arguments["representative_data"],
+        arguments["allow_inexact"],
+        arguments["safe_mode"],
+        steps,
+    )
+    if not arguments["align_biases"]:
+        return _check_and_write(conv, out, arguments, steps, budgets)
+    steps.stage("moving the biases onto the file's grid")
+    restore = _align_biases(model, conv)
+    try:
+        return _check_and_write(conv, out, arguments, steps, budgets)
+    except BaseException:
+        restore()  # nothing written: the model stays as it came
+        raise
+
+
+def _check_and_write(conv: Conversion, out, arguments: dict, steps, budgets) -> Report:
+    """Verifies `conv`, then writes its file (and what `arguments` ask for) to `out`."""
     fmt, target = arguments["format"], arguments["target"]
     representative_data, allow_inexact = (
         arguments["representative_data"],
         arguments["allow_inexact"],
     )
-    c_array, safe_mode = arguments["c_array"], arguments["safe_mode"]
-    tflm_project = arguments["tflm_project"]
-    conv = convert_bytes(model, fmt, representative_data, allow_inexact, safe_mode, steps)
-    if arguments["align_biases"]:
-        steps.stage("moving the biases onto the file's grid")
-        _align_biases(model, conv)
+    c_array, tflm_project = arguments["c_array"], arguments["tflm_project"]
     pack = fmt == "tflm_packed"
     checked_as = "full_int8" if pack else fmt  # a packed file is checked as full_int8 first
     steps.stage("checking weights (LiteRT)")
