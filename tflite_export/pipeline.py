@@ -471,8 +471,8 @@ def export(
             changing it by at most one step of that grid (a few thousandths of
             an output step), so that `model` computes the file's integers; the report's agreement is measured
             after the move, and a note says how many biases moved. `model`
-            changes in place: save it after the export to keep the two
-            together. Defaults to `False`.
+            changes in place (back as it was if the export fails): save it
+            after the export to keep the two together. Defaults to `False`.
 
     Returns:
         A `Report`.
