@@ -1,15 +1,16 @@
 """Moving a model's biases onto the int32 grid its full-integer file stores them on.
 
-A full-integer file adds each Dense or convolution bias (with a BatchNormalization
-after the layer folded in) as an int32 in steps of input step x weight step, so
-it computes with the bias rounded to that grid: up to half a step, a few
-thousandths of an output step, from the float bias Keras adds (up to a step
-where the export moved a weight's step and rounded the bias once more). Where a value
-lies that close to a rounding boundary, the file's 8-bit code is one off, and
-a layer or two later a top-1 class can differ. A model trained with
-`activations="int8"` has the file's scales already; moving its biases onto the
-file's grid (`align`) makes the two compute the same integers, up to float
-rounding.
+A full-integer file adds each Dense or convolution bias (with a
+BatchNormalization after the layer folded in) as an int32 in steps of input
+step x weight step, so it computes with the bias rounded to that grid: up to
+half a step, a few thousandths of an output step, from the float bias Keras
+adds (up to a step where the export moved a weight's step and rounded the
+bias once more). Where a value lies that close to a rounding boundary, the
+file's 8-bit code is one off, and a layer or two later a top-1 class can
+differ. A model trained with `activations="int8"` has the file's scales
+already; moving its biases onto the file's grid (`plan`, then `apply`: what
+`export(..., align_biases=True)` does) makes the two compute the same
+integers, up to float rounding.
 """
 
 from __future__ import annotations
