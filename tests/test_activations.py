@@ -248,3 +248,20 @@ def test_a_failed_export_puts_the_moved_biases_back(tmp_path):
     for weight, value in zip(qat.weights, before, strict=True):
         np.testing.assert_array_equal(weight.numpy(), value, err_msg=weight.name)
     assert not (tmp_path / "q.tflite").exists()
+
+
+def test_align_biases_leaves_a_bias_farther_than_its_rounding_and_says_so(tmp_path, monkeypatch):
+    from tflite_export import biases  # noqa: PLC0415
+
+    qat, x = _trained_bn_cnn()
+    before = [w.numpy() for w in qat.weights]
+    # With no move allowed, every bias counts as too far from the file's.
+    monkeypatch.setattr(biases, "MAX_MOVE_STEPS", 0.0)
+    report = tflite_export.export(
+        qat, tmp_path / "q.tflite", format="full_int8", representative_data=x, align_biases=True
+    )
+    (note,) = [n for n in report.notes if n.startswith("biases:")]
+    assert note.startswith("biases: 0 moved"), note
+    assert "left as they were" in note and "bn/beta" in note and "logits/bias" in note, note
+    for weight, value in zip(qat.weights, before, strict=True):
+        np.testing.assert_array_equal(weight.numpy(), value, err_msg=weight.name)

@@ -469,8 +469,9 @@ def export(
             int32 grid the file stores it on (input step x weight step; a
             BatchNormalization's `beta` where one is folded into the layer),
             changing it by at most one step of that grid (a few thousandths of
-            an output step), so that `model` computes the file's integers; the report's agreement is measured
-            after the move, and a note says how many biases moved. `model`
+            an output step), so that `model` computes the file's integers;
+            the report's agreement is measured after the move, and a note
+            says how many biases moved. `model`
             changes in place (back as it was if the export fails): save it
             after the export to keep the two together. Defaults to `False`.
 
@@ -576,7 +577,7 @@ def _align_biases(model, conv: Conversion):
     far = [
         f"{mv.layer}/{mv.weight} ({mv.largest_move_in_steps:.3g} steps away)"
         for mv in planned
-        if mv not in moves
+        if mv.largest_move_in_steps > biases.MAX_MOVE_STEPS
     ]
     if far:
         note += "; left as they were, too far from the file's to be its rounding: " + ", ".join(far)
