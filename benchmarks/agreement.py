@@ -15,8 +15,8 @@ fine-tuning (`td.recalibrate_batchnorm`), not after the int8-activation one,
 whose learned ranges were trained with the statistics it has.
 
 Each is exported as `full_int8` and `tflm_packed` with 256 training signals
-as `representative_data`; the report's `top1_agreement` is on those. The
-CNN's int8-activation model, whose file keeps its trained ranges, is then
+as `representative_data`; the report's `top1_agreement` is on those. An
+int8-activation model whose file keeps its trained ranges (the CNN) is then
 exported once more with `align_biases=True` (its biases moved onto the file's
 int32 grid: "trained, biases aligned"). On the
 1,000 test signals this benchmark also runs the files itself (`full_int8` on
@@ -64,10 +64,9 @@ MODELS = {
 }
 #: How the activation ranges are found: calibrated at export, or learned in training.
 ACTIVATIONS = {"calibrated": None, "trained": "int8"}
-#: The models whose full-integer file keeps the trained ranges (the others convert
-#: from an unrolled copy, calibrated): their trained model is exported once more
-#: with `align_biases=True` ("trained, biases aligned").
-KEEP_TRAINED_RANGES = ("cnn",)
+#: A trained model whose file keeps its trained ranges (the recurrent and attention
+#: models convert from an unrolled copy, calibrated) is exported once more with
+#: `align_biases=True`.
 ALIGNED = "trained, biases aligned"
 FORMATS = ("full_int8", "tflm_packed")
 CALIBRATION = 256
@@ -123,7 +122,22 @@ def against_keras(model, fmt: str, rep, x, y, tmp, align_biases=False) -> dict:
         "report_agree": report.top1_agreement,
         "report_samples": report.agreement.samples,
         "within": report.agrees,
+        "trained_ranges": report.agreement.trained_activations,
     }
+
+
+def both_formats(qat, key, rep, x, y, tmp, out, log, align_biases=False) -> dict:
+    """`against_keras` for each of `FORMATS`, recorded in `out["files"]` under
+    `(model, label, format)` (`key`: model, label, seed); the last record."""
+    name, label, seed = key
+    for fmt in FORMATS:
+        rec = against_keras(qat, fmt, rep, x, y, tmp, align_biases)
+        out["files"].setdefault((name, label, fmt), []).append(rec)
+        log(
+            f"{name} seed {seed} {label} {fmt}: Keras {rec['keras']:.4f} file "
+            f"{rec['file']:.4f} agree {rec['agree']:.4f} (report {rec['report_agree']:.4f})"
+        )
+    return rec
 
 
 def run(epochs, seeds, models, log=print) -> dict:
@@ -131,6 +145,10 @@ def run(epochs, seeds, models, log=print) -> dict:
     xtr, ytr, xte, yte = data()
     clock = common.Clock()
     out = {"float": {}, "files": {}}
+
+    def stamped(message):
+        log(f"[{clock}] {message}")
+
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
             xtr_, xte_ = shaped(name, xtr), shaped(name, xte)
@@ -141,24 +159,16 @@ def run(epochs, seeds, models, log=print) -> dict:
                 model = MODELS[name]()
                 sequence.fit(model, xtr_, ytr, epochs, 0.0, seed)
                 out["float"].setdefault(name, []).append(sequence.accuracy(model, xte_, yte))
-                log(f"[{clock}] {name} seed {seed} float: {out['float'][name][-1]:.4f}")
+                stamped(f"{name} seed {seed} float: {out['float'][name][-1]:.4f}")
                 for how, act in ACTIVATIONS.items():
                     qat = quantized(model, act)
                     sequence.fit(qat, xtr_, ytr, epochs, 0.1, seed)
                     if name == "cnn" and act is None:
                         td.recalibrate_batchnorm(qat, xtr_, batch_size=sequence.BATCH)
-                    variants = [(how, False)]
-                    if act is not None and name in KEEP_TRAINED_RANGES:
-                        variants.append((ALIGNED, True))  # last: it moves the biases
-                    for label, align in variants:
-                        for fmt in FORMATS:
-                            rec = against_keras(qat, fmt, rep, xte_, yte, tmp, align)
-                            out["files"].setdefault((name, label, fmt), []).append(rec)
-                            log(
-                                f"[{clock}] {name} seed {seed} {label} {fmt}: Keras "
-                                f"{rec['keras']:.4f} file {rec['file']:.4f} agree "
-                                f"{rec['agree']:.4f} (report {rec['report_agree']:.4f})"
-                            )
+                    checks = (rep, xte_, yte, tmp, out, stamped)
+                    if both_formats(qat, (name, how, seed), *checks)["trained_ranges"]:
+                        # Once more with the biases moved (last: it changes the model).
+                        both_formats(qat, (name, ALIGNED, seed), *checks, align_biases=True)
     return out
 
 

@@ -7,14 +7,13 @@ alone.
 """
 
 import pathlib
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+from keras3_cases import run_fresh
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
-ROOT = FIXTURES.parents[1]
 sys.path.insert(0, str(FIXTURES))
 from make_fixtures import fixed_input  # noqa: E402
 
@@ -85,12 +84,7 @@ def test_keras3_fixture_loads_after_import_tfmot_discrete_and_predicts_the_same(
         rtol=RTOL,
         atol=ATOL,
     )
-    env = {**__import__("os").environ, "KERAS_BACKEND": "tensorflow"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "predicts the same" in result.stdout
+    assert "predicts the same" in run_fresh(code)
 
 
 KERAS3_BLOCK = """
@@ -111,15 +105,6 @@ print("predicts the same")
 """
 
 
-def _run_keras3(code):
-    env = {**__import__("os").environ, "KERAS_BACKEND": "tensorflow"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "predicts the same" in result.stdout, result.stdout
-
-
 def test_keras3_file_with_wrappers_below_its_config_keeps_loading(tmp_path):
     """The 0.1.0 file of a subclassed model whose wrappers sit inside its own
     layer (listed in its build config) loads with `td.keras3.load_model`;
@@ -128,11 +113,11 @@ def test_keras3_file_with_wrappers_below_its_config_keeps_loading(tmp_path):
     old, resaved = FIXTURES / "keras3_block_qat.keras", tmp_path / "resaved.keras"
     npy = str(FIXTURES / "keras3_block_qat.npy")
     body = f"loaded = td.keras3.load_model({str(old)!r})\nloaded.save({str(resaved)!r})"
-    _run_keras3(
+    assert "predicts the same" in run_fresh(
         KERAS3_BLOCK.format(fixtures=str(FIXTURES), npy=npy, body=body, rtol=RTOL, atol=ATOL)
     )
     assert _names(resaved) == {"tfmot_discrete>QuantizedModel"}
     body = f"loaded = keras.saving.load_model({str(resaved)!r})"
-    _run_keras3(
+    assert "predicts the same" in run_fresh(
         KERAS3_BLOCK.format(fixtures=str(FIXTURES), npy=npy, body=body, rtol=RTOL, atol=ATOL)
     )

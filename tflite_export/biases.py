@@ -22,7 +22,7 @@ import numpy as np
 from tflite_export import exact
 from tflite_export.schema import BIAS_INPUT, TensorType
 from tfmot_discrete.core import rules
-from tfmot_discrete.tfk import compat
+from tfmot_discrete.tfk import compat, rescale
 
 #: The largest move `export(..., align_biases=True)` makes, in grid steps: half
 #: a step of the converter's rounding, half a step more where the export moved
@@ -92,10 +92,9 @@ def batchnorm_after(model) -> dict:
     own = compat.model_nodes(model)
     out = {}
     for layer in model.layers:
-        consumers = [n.outbound_layer for n in layer.outbound_nodes if id(n) in own]
         inner = getattr(layer, "layer", layer)
-        bn = getattr(consumers[0], "layer", consumers[0]) if len(consumers) == 1 else None
-        if type(bn).__name__ == "BatchNormalization" and rules.fused_into_next(inner, [bn]):
+        bn = rescale.normalization_after(layer, own)
+        if bn is not None and rules.fused_into_next(inner, [bn]):
             out[inner.name] = bn
     return out
 

@@ -57,7 +57,7 @@ def channel_factors(kernel: np.ndarray, codebook_values, per_channel_shape) -> n
     return factors.reshape(per_channel_shape) if n else factors
 
 
-def _normalization_after(layer, own_nodes):
+def normalization_after(layer, own_nodes):
     """The BatchNormalization that is `layer`'s only consumer in the model whose
     nodes are `own_nodes`, normalizing its output channels, or None."""
     inbound = [n for n in layer.inbound_nodes if id(n) in own_nodes]
@@ -82,7 +82,7 @@ def normalized_layers(model) -> set[str]:
     of their output channels (the layers `plan` may rescale)."""
     own_nodes = compat.model_nodes(model)
     return {
-        layer.name for layer in model.layers if _normalization_after(layer, own_nodes) is not None
+        layer.name for layer in model.layers if normalization_after(layer, own_nodes) is not None
     }
 
 
@@ -113,7 +113,7 @@ def plan(model, spec) -> list[tuple[object, object, CodebookQuantizer]]:
         attr = _kernel_attr(layer)
         if attr is None:
             continue
-        bn = _normalization_after(layer, own_nodes)
+        bn = normalization_after(layer, own_nodes)
         if bn is None:
             continue
         kernel = getattr(layer, attr).numpy()
