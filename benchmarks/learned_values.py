@@ -4,7 +4,7 @@ the codebook, from the trained float model.
     python -m benchmarks.learned_values [--tasks mnist1d digits] [--seeds 0 1 2]
         [--epochs N] [--speed-only | --no-speed] [--codebooks ternary binary ...]
         [--values fixed learned] [--scale mean_abs | learned] [--finetune-epochs N]
-        [--lr-factor F] [--distill [T ALPHA]]
+        [--lr-factor F] [--distill [T ALPHA]] [--layer NAME=SPEC ...]
 
 Accuracy: for each dataset and seed, the float model of `benchmarks.accuracy`
 is trained, then each codebook (ternary, binary and `[1, -1, 0.5, -0.5]`, each
@@ -15,6 +15,9 @@ The recipe options change the fine-tuning only: `--finetune-epochs` (default
 `--epochs`), `--lr-factor` (peak learning rate relative to the float model's),
 `--distill` (a `td.Distiller` with the float model as teacher, temperature and
 alpha `finetune.DISTILL` unless given) and `--scale` (of every codebook).
+`--layer NAME=SPEC` puts one layer on something else than the codebook of the
+row: `float`, `int8`, or values separated by commas (times the row's scale),
+to find which layer the loss comes from (the rows keep their names).
 Speed: the train step of the 64-1024-1024-10 MLP (batch 256, one TensorFlow
 thread, rounds interleaved), learned values against the same codebook fixed.
 """
@@ -44,6 +47,48 @@ def codebooks(learn: bool, scale: str = "mean_abs") -> dict:
         "binary": td.binary(scale=scale, learn_values=learn),
         "[1, -1, 0.5, -0.5]": td.CodebookQuantizer(FOUR, scale=scale, learn_values=learn),
     }
+
+
+def layer_spec(text: str) -> tuple[str, object]:
+    """`NAME=SPEC` of `--layer`: `(name, None | "int8" | list of values)`."""
+    name, sep, spec = text.partition("=")
+    if not sep or not name or not spec:
+        raise argparse.ArgumentTypeError(
+            f"--layer takes NAME=SPEC (SPEC: float, int8 or values separated by commas). "
+            f"Received: {text!r}"
+        )
+    if spec in ("float", "int8"):
+        return name, None if spec == "float" else "int8"
+    try:
+        values = [float(v) for v in spec.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--layer {name}=: SPEC must be float, int8 or numbers separated by commas. "
+            f"Received: {spec!r}"
+        ) from None
+    return name, values
+
+
+def with_layers(q, model, layers: dict, scale: str = "mean_abs"):
+    """`q` for every layer of `model` but those of `layers` (`layer_spec`'s
+    values by name): the mapping `td.quantize_model` takes, or `q` itself."""
+    if not layers:
+        return q
+    unknown = sorted(set(layers) - {layer.name for layer in model.layers})
+    if unknown:
+        raise ValueError(
+            f"--layer names layers the model does not have: {unknown}. "
+            f"Its layers: {[layer.name for layer in model.layers]}"
+        )
+    mapping = {}
+    for layer in model.layers:
+        if not layer.weights or isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        spec = layers.get(layer.name, q)
+        if isinstance(spec, list):
+            spec = td.CodebookQuantizer(spec, scale=scale)
+        mapping[layer.name] = spec
+    return mapping
 
 
 def _float_model(task, data, epochs, seed):
@@ -79,9 +124,11 @@ def run_accuracy(
     scale="mean_abs",
     finetune_epochs=0,
     recipe=finetune.DEFAULT,
+    layers=None,
 ) -> dict:
     """`{(task, codebook, "fixed" | "learned" | "float"): [(keras, file) accuracy per seed]}`
-    for the codebooks in `names` (None: all), fine-tuned with `recipe`."""
+    for the codebooks in `names` (None: all), fine-tuned with `recipe`; the
+    layers of `layers` (`{name: layer_spec value}`) on what it says instead."""
     out: dict = {}
     for name in tasks:
         task = accuracy.TASKS[name]
@@ -96,6 +143,7 @@ def run_accuracy(
                     if names and cb not in names:
                         continue
                     t0 = time.perf_counter()
+                    q = with_layers(q, fm, layers or {}, scale)
                     qat = _fine_tune(fm, q, task, data, finetune_epochs or n, seed, recipe)
                     acc = accuracy.evaluate(qat, data)
                     file_acc = _file_accuracy(qat, data)
@@ -198,6 +246,14 @@ def main(argv=None) -> int:
     parser.add_argument("--finetune-epochs", type=int, default=0, help="0: --epochs")
     parser.add_argument("--lr-factor", type=float, default=finetune.DEFAULT.lr_factor)
     parser.add_argument("--distill", nargs="*", type=float, metavar="T ALPHA")
+    parser.add_argument(
+        "--layer",
+        action="append",
+        type=layer_spec,
+        default=[],
+        metavar="NAME=SPEC",
+        help="one layer on float, int8 or values separated by commas (times --scale)",
+    )
     args = parser.parse_args(argv)
     if not args.no_speed:
         print(speed_table(run_speed()), flush=True)
@@ -207,7 +263,9 @@ def main(argv=None) -> int:
     if distill is not None and len(distill) != 2:
         parser.error("--distill takes no value or two: T ALPHA")
     recipe = dataclasses.replace(finetune.DEFAULT, lr_factor=args.lr_factor, distill=distill)
-    print(f"fine-tuning: {recipe.describe()}", flush=True)
+    layers = dict(args.layer)
+    shown = ", ".join(f"{k}: {'float' if v is None else v}" for k, v in layers.items())
+    print(f"fine-tuning: {recipe.describe()}" + (f"; layers {shown}" if layers else ""), flush=True)
     result = run_accuracy(
         args.tasks,
         args.seeds,
@@ -218,6 +276,7 @@ def main(argv=None) -> int:
         scale=args.scale,
         finetune_epochs=args.finetune_epochs,
         recipe=recipe,
+        layers=layers,
     )
     print(accuracy_table(result))
     return 0

@@ -265,3 +265,25 @@ def test_align_biases_leaves_a_bias_farther_than_its_rounding_and_says_so(tmp_pa
     assert "left as they were" in note and "bn/beta" in note and "logits/bias" in note, note
     for weight, value in zip(qat.weights, before, strict=True):
         np.testing.assert_array_equal(weight.numpy(), value, err_msg=weight.name)
+
+
+@pytest.mark.parametrize("activations", [None, "int8"])
+def test_full_int8_biases_are_one_rounding_from_the_float_biases(activations):
+    # The export moves each codebook weight's step, and with it the step of the
+    # int32 bias: that bias is rounded from the float one (BatchNorm folded in),
+    # not from the converter's integers, which would round it twice.
+    from tflite_export import biases, pipeline  # noqa: PLC0415
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(256, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 4, size=256)
+    keras.utils.set_random_seed(1)
+    qat = td.quantize_model(_bn_cnn(), td.CodebookQuantizer([-3, -1, 1, 3]), activations)
+    qat = _train(qat, x, y, epochs=2)
+    conv = pipeline.convert_bytes(qat, "full_int8", representative_data=x)
+    stored = biases.file_biases(conv.data, conv.matches)
+    expected = biases.float_biases(qat)
+    assert set(stored) == {"conv", "hidden", "logits"}
+    for name, (bias, step) in stored.items():
+        off = np.abs(bias - expected[name]) / step
+        assert off.max() <= 0.5 * (1 + 1e-3), (name, off.max())

@@ -4,8 +4,7 @@ A full-integer file adds each Dense or convolution bias (with a
 BatchNormalization after the layer folded in) as an int32 in steps of input
 step x weight step, so it computes with the bias rounded to that grid: up to
 half a step, a few thousandths of an output step, from the float bias Keras
-adds (up to a step where the export moved a weight's step and rounded the
-bias once more). Where a value lies that close to a rounding boundary, the
+adds. Where a value lies that close to a rounding boundary, the
 file's 8-bit code is one off, and a layer or two later a top-1 class can
 differ. A model trained with `activations="int8"` has the file's scales
 already; moving its biases onto the file's grid (`plan`, then `apply`: what
@@ -25,11 +24,11 @@ from tfmot_discrete.core import rules
 from tfmot_discrete.tfk import compat, rescale
 
 #: The largest move `export(..., align_biases=True)` makes, in grid steps: half
-#: a step of the converter's rounding, half a step more where the export moved
-#: a weight's step and rounded the stored bias again (`exact._requantize_bias`),
-#: and float rounding. A larger distance means the file computes something else
+#: a step of the converter's rounding (the export re-rounds a bias from the
+#: float one where it moves a weight's step, `exact._requantize_bias`), and
+#: float rounding. A larger distance means the file computes something else
 #: there: that bias is left alone, and the report's note names it.
-MAX_MOVE_STEPS = 1.01
+MAX_MOVE_STEPS = 0.51
 
 #: Layer classes whose file operator adds the bias after the matrix product.
 _ALIGNED_CLASSES = frozenset(
@@ -103,6 +102,36 @@ def _numpy(v) -> np.ndarray:
     return np.asarray(v.numpy() if hasattr(v, "numpy") else v, np.float64)
 
 
+def _folded_bias(layer, bn) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """`(bias, float bias the file adds)` of `layer` with the BatchNormalization
+    `bn` (or None) folded in; `(None, None)` without a bias to add."""
+    bias = getattr(layer, "bias", None) if getattr(layer, "use_bias", False) else None
+    b = _numpy(bias).reshape(-1) if bias is not None else None
+    if bn is None:
+        return b, b
+    units = int(np.prod(bn.moving_mean.shape))
+    b = b if b is not None else np.zeros(units)
+    inv = _numpy(bn.gamma).reshape(-1) if bn.scale else np.ones(units)
+    inv = inv / np.sqrt(_numpy(bn.moving_variance).reshape(-1) + bn.epsilon)
+    beta = _numpy(bn.beta).reshape(-1) if bn.center else np.zeros(units)
+    return b, beta + (b - _numpy(bn.moving_mean).reshape(-1)) * inv
+
+
+def float_biases(model) -> dict[str, np.ndarray]:
+    """`{layer name: the float bias its file operator adds}` (float64, a
+    BatchNormalization after the layer folded in) for each Dense or
+    convolution of a tf_keras model (a wrapper's inner layer named)."""
+    folded = batchnorm_after(model)
+    out = {}
+    for name, layer in _inner_layers(model).items():
+        if type(layer).__name__ not in _ALIGNED_CLASSES:
+            continue
+        _, now = _folded_bias(layer, folded.get(name))
+        if now is not None:
+            out[name] = now
+    return out
+
+
 def plan(model, data: bytes, matches) -> list[Move]:
     """The moves that put `model`'s biases on the file's grid (nothing changed yet).
 
@@ -119,21 +148,15 @@ def plan(model, data: bytes, matches) -> list[Move]:
         layer = layers.get(name)
         if layer is None:
             continue
-        bias = getattr(layer, "bias", None) if getattr(layer, "use_bias", False) else None
-        b = _numpy(bias).reshape(-1) if bias is not None else np.zeros_like(stored)
         bn = folded.get(name)
+        b, now = _folded_bias(layer, bn)
         if bn is None:
-            if bias is None:
+            if b is None:
                 continue  # no bias to move: the file stores zeros
             moves.append(_move(name, "bias", b, stored - b, step))
-            continue
-        if not getattr(bn, "center", True):
-            continue  # no beta to carry the move
-        gamma = _numpy(bn.gamma).reshape(-1) if bn.scale else np.ones_like(stored)
-        inv = gamma / np.sqrt(_numpy(bn.moving_variance).reshape(-1) + bn.epsilon)
-        beta = _numpy(bn.beta).reshape(-1)
-        now = beta + (b - _numpy(bn.moving_mean).reshape(-1)) * inv
-        moves.append(_move(bn.name, "beta", beta, stored - now, step))
+        elif getattr(bn, "center", True):  # else no beta to carry the move
+            beta = _numpy(bn.beta).reshape(-1)
+            moves.append(_move(bn.name, "beta", beta, stored - now, step))
     return moves
 
 

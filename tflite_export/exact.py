@@ -503,8 +503,10 @@ def _own_buffer(model, tensor_index):
     return model.buffers[t.buffer]
 
 
-def write_exact(model, m: TensorMatch, g: float) -> None:
-    """Rewrites an integer tensor with codes on the lattice `g` (in place)."""
+def write_exact(model, m: TensorMatch, g: float, float_bias=None) -> None:
+    """Rewrites an integer tensor with codes on the lattice `g` (in place);
+    the int32 biases of its operators follow the new step, rounded from
+    `float_bias` (the float bias the converter quantized) when given."""
     sg = model.subgraphs[0]
     t = sg.tensors[m.tensor]
     units = np.asarray(m.units, np.float64).reshape(-1)
@@ -538,7 +540,10 @@ def write_exact(model, m: TensorMatch, g: float) -> None:
     # Every operator reading the tensor (one per step of an unrolled layer).
     for op_i in _readers(model, m.tensor) or [m.op_index]:
         _requantize_bias(
-            model, dataclasses.replace(m, op_index=op_i), np.asarray(q.scale, np.float64)
+            model,
+            dataclasses.replace(m, op_index=op_i),
+            np.asarray(q.scale, np.float64),
+            float_bias,
         )
 
 
@@ -547,8 +552,13 @@ def _readers(model, tensor_index: int) -> list[int]:
     return [op_i for op_i, t in weight_tensors(model) if t == tensor_index]
 
 
-def _requantize_bias(model, m: TensorMatch, new_w_scales):
-    """int32 bias step = input step x weight step: follow the new weight step."""
+def _requantize_bias(model, m: TensorMatch, new_w_scales, float_bias=None):
+    """int32 bias step = input step x weight step: follow the new weight step.
+
+    The new integers are rounded from `float_bias` where it is the bias the
+    converter rounded (within half of its step of the stored one), so the
+    file's bias is one rounding from the float one; else from the stored
+    integers, which rounds twice (up to half an old step more)."""
     sg = model.subgraphs[0]
     op = sg.operators[m.op_index]
     code = model.operatorCodes[op.opcodeIndex].builtinCode
@@ -566,7 +576,13 @@ def _requantize_bias(model, m: TensorMatch, new_w_scales):
     in_scale = float(np.asarray(in_t.quantization.scale).reshape(-1)[0])
     raw = _buffer_array(model, bias_t).astype(np.float64)
     old = np.asarray(bias_t.quantization.scale, np.float64).reshape(-1)
-    value = raw * (old if old.size == raw.size else old[0])
+    old = old if old.size == raw.size else np.full(raw.shape, old[0])
+    value = raw * old
+    if float_bias is not None and np.size(float_bias) == raw.size:
+        exact_bias = np.asarray(float_bias, np.float64).reshape(raw.shape)
+        # float32 rounding of the converter's own division: a relative 1e-3 of a step.
+        if np.all(np.abs(exact_bias - value) <= 0.5 * old * (1 + 1e-3)):
+            value = exact_bias
     new_scale = in_scale * np.broadcast_to(new_w_scales, raw.shape)
     new = np.round(value / new_scale).astype(np.int64)
     new = np.clip(new, -(2**31) + 1, 2**31 - 1).astype(np.int32)

@@ -81,7 +81,7 @@ def find_codebook_weights(fb, out, float_bytes, cws) -> list[exact.TensorMatch]:
     return matches
 
 
-def write_lattices(fb, matches, allow_inexact, notes) -> None:
+def write_lattices(fb, matches, allow_inexact, notes, float_biases=None) -> None:
     """Rewrites each integer codebook tensor of `fb` on its exact lattice (in place)."""
     for m in matches:
         if m.folded_into is not None:
@@ -100,7 +100,7 @@ def write_lattices(fb, matches, allow_inexact, notes) -> None:
             notes.append(f"{m.cw.label}: learned values have no exact int4 lattice; stored int8")
         g = exact.lattice_step(m.cw, qmax)
         if g is not None:
-            exact.write_exact(fb, m, g)
+            exact.write_exact(fb, m, g, (float_biases or {}).get(m.cw.layer))
             continue
         storage = storage_name(tensor)
         if not allow_inexact:

@@ -207,7 +207,8 @@ def convert_bytes(
         fb = exact.read(out)
         matches = lattice.find_codebook_weights(fb, out, float_bytes, cws)
         del cws  # not held through patching and verifying
-        lattice.write_lattices(fb, matches, allow_inexact, notes)
+        # int32 biases re-rounded from the float ones where a weight's step moves.
+        lattice.write_lattices(fb, matches, allow_inexact, notes, biases.float_biases(qat))
         out = exact.write(fb)
         del fb
     rounded = [] if fmt == "float" else lattice.rounded_weights(out, float_bytes, matches)
