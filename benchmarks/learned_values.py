@@ -158,7 +158,8 @@ def run_accuracy(
     return out
 
 
-def accuracy_table(result: dict) -> str:
+def accuracy_table(result: dict, layers=None) -> str:
+    """The accuracy rows; `layers`: the `--layer` names, left off the codebook."""
     rows = []
     for (task, cb, kind), runs in result.items():
         if kind == "float":
@@ -180,7 +181,14 @@ def accuracy_table(result: dict) -> str:
     floats = {t: [a for a, _ in r] for (t, _, k), r in result.items() if k == "float"}
     head = "; ".join(f"float {t}: {common.fmt_pct(v)}" for t, v in floats.items())
     table = common.md_table(
-        ["dataset", "codebook (every layer)", "values", "test accuracy %", "vs float", "int8 file"],
+        [
+            "dataset",
+            f"codebook (every layer{_but(layers)})",
+            "values",
+            "test accuracy %",
+            "vs float",
+            "int8 file",
+        ],
         rows,
     )
     return f"{head}\n\n{table}"
@@ -231,6 +239,10 @@ def speed_table(ratios: dict) -> str:
     return common.md_table(["codebook", "learned / fixed step (median)", "range", "rounds"], rows)
 
 
+def _but(layers) -> str:
+    return f" but {', '.join(layers)}" if layers else ""
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["mnist1d", "digits"])
@@ -278,7 +290,7 @@ def main(argv=None) -> int:
         recipe=recipe,
         layers=layers,
     )
-    print(accuracy_table(result))
+    print(accuracy_table(result, layers))
     return 0
 
 

@@ -211,7 +211,8 @@ def test_align_biases_makes_the_model_compute_the_files_integers(tmp_path):
     ],
 )
 def test_align_biases_arguments_are_checked(kwargs, words, tmp_path):
-    qat, _ = _trained_bn_cnn()
+    # Checked before anything converts: an untrained QAT model is enough.
+    qat = td.quantize_model(_bn_cnn(), td.ternary(), activations="int8")
     kwargs = {"align_biases": True, **kwargs}
     with pytest.raises(tflite_export.ExportError, match=re.escape(words)):
         tflite_export.export(qat, tmp_path / "q.tflite", **kwargs)
@@ -287,3 +288,38 @@ def test_full_int8_biases_are_one_rounding_from_the_float_biases(activations):
     for name, (bias, step) in stored.items():
         off = np.abs(bias - expected[name]) / step
         assert off.max() <= 0.5 * (1 + 1e-3), (name, off.max())
+
+
+def test_cli_align_biases_saves_the_moved_model_that_computes_the_files_integers(tmp_path):
+    from conftest import run_cli  # noqa: PLC0415
+
+    qat, x = _trained_bn_cnn()
+    qat.save(tmp_path / "qat.keras")
+    np.save(tmp_path / "x.npy", x)
+    out, moved = tmp_path / "q.tflite", tmp_path / "aligned.keras"
+    args = [str(tmp_path / "qat.keras"), "-o", str(out), "--format", "full_int8"]
+    args += ["--representative-data", str(tmp_path / "x.npy")]
+    res = run_cli(*args, "--align-biases", str(moved))
+    assert res.returncode == 0, res.stderr
+    assert "biases: " in res.stdout
+    with td.quantize_scope():
+        aligned = keras.models.load_model(moved)
+    # Only the moved weights changed: the BatchNorm's beta and the Dense biases.
+    changed = {
+        a.name
+        for a, b in zip(aligned.weights, qat.weights, strict=True)
+        if not np.array_equal(a.numpy(), b.numpy())
+    }
+    assert changed and all(n.split("/")[-1].startswith(("beta", "bias")) for n in changed), changed
+    data = out.read_bytes()
+    step = runners.interpreter(data).get_output_details()[0]["quantization"][0]
+    got = runners.run_litert(data, [x])[0]
+    assert np.abs(got - aligned.predict(x, verbose=0)).max() < step / 2
+    # Refused before anything is written: the model's own path, a path without a model suffix.
+    for bad, words in [
+        (tmp_path / "qat.keras", "overwrite"),
+        (tmp_path / "m.txt", ".keras or .h5"),
+    ]:
+        res = run_cli(args[0], "-o", str(tmp_path / "n.tflite"), "--align-biases", str(bad))
+        assert res.returncode == 2 and words in res.stderr, res.stderr
+        assert not (tmp_path / "n.tflite").exists()

@@ -250,3 +250,28 @@ def test_agreement_targets_hold_each_way_of_finding_ranges_to_its_limit():
         ["gru", "trained", "full_int8"],
     ]
     assert all(_numeric(c) for r in rows for c in r[3:-1]) and rows[0][-1] == "2/2"
+
+
+def test_learned_values_layer_option_puts_one_layer_on_something_else():
+    import argparse  # noqa: PLC0415
+
+    import tfmot_discrete as td  # noqa: PLC0415
+    from benchmarks import learned_values  # noqa: PLC0415
+
+    assert learned_values.layer_spec("conv_0=float") == ("conv_0", None)
+    assert learned_values.layer_spec("conv_0=int8") == ("conv_0", "int8")
+    assert learned_values.layer_spec("conv_0=-1,0,1") == ("conv_0", [-1.0, 0.0, 1.0])
+    for bad in ["conv_0", "=int8", "conv_0=", "conv_0=a,b"]:
+        with pytest.raises(argparse.ArgumentTypeError, match="Received"):
+            learned_values.layer_spec(bad)
+    model = common.mnist1d_cnn(channels=4)
+    q = td.ternary(scale="mean_abs")
+    assert learned_values.with_layers(q, model, {}) is q
+    mapping = learned_values.with_layers(q, model, {"conv_0": None, "logits": [-2.0, 2.0]})
+    assert set(mapping) == {"conv_0", "conv_1", "conv_2", "logits"}
+    assert mapping["conv_0"] is None and mapping["conv_1"] is q and mapping["conv_2"] is q
+    assert (
+        mapping["logits"].values.tolist() == [-2.0, 2.0] and mapping["logits"].scale == "mean_abs"
+    )
+    with pytest.raises(ValueError, match="conv_9"):
+        learned_values.with_layers(q, model, {"conv_9": None})

@@ -104,6 +104,13 @@ def _export_parser():
         "packs only the weights whose decoded size fits",
     )
     p.add_argument(
+        "--align-biases",
+        metavar="MODEL.keras",
+        help="full_int8, tflm_packed, a model trained with activations='int8': move its "
+        "biases onto the file's int32 grid and save the moved model there (.keras or .h5; "
+        "the model that computes the file's integers)",
+    )
+    p.add_argument(
         "--unsafe",
         action="store_true",
         help="turn Keras safe mode off (trust code, e.g. Lambda layers, in the file)",
@@ -162,12 +169,19 @@ def _main_export(argv, verbose: bool) -> int:
         if args.tflm_project:
             project.check_request(args.format, args.target, args.tflm_project, cli=True)
         _check_npy(args.representative_data)
+        aligned = _check_aligned_path(args.align_biases, args.model)
         budget.Budgets.of(args.format, args.flash, args.ram, None)
         require_extras()
-        from tflite_export import pipeline  # noqa: PLC0415 - TensorFlow loads after the checks
+        from tflite_export import convert, pipeline  # noqa: PLC0415 - TensorFlow loads after the checks
 
+        model = args.model
+        if aligned is not None:
+            # The biases move in the loaded model, which is then saved: its saving is
+            # tried first, so that a model that cannot be saved writes no file at all.
+            model = convert.load_model(args.model, safe_mode=not args.unsafe)
+            _save_model(model, aligned, "--align-biases", keep=False)
         report = pipeline.export(
-            args.model,
+            model,
             args.output,
             format=args.format,
             representative_data=_load_npy(args.representative_data),
@@ -180,7 +194,10 @@ def _main_export(argv, verbose: bool) -> int:
             flash=args.flash,
             ram=args.ram,
             tflm_project=args.tflm_project,
+            align_biases=aligned is not None,
         )
+        if aligned is not None:
+            _save_model(model, aligned, "--align-biases", keep=True)
         if args.json:
             report.to_json(args.json)
     except VerificationError as e:
@@ -198,6 +215,40 @@ def _main_export(argv, verbose: bool) -> int:
         return _fail(e.message)
     print(report)
     return 0
+
+
+def _check_aligned_path(path, model_path):
+    """The path `--align-biases` saves the moved model to (None without it)."""
+    if path is None:
+        return None
+    p = files.check_output_path(path, "--align-biases")
+    if p.suffix not in (".keras", ".h5"):
+        raise ExportError(
+            f"--align-biases saves the moved model: give a .keras or .h5 path. "
+            f"Received: --align-biases {path!r}"
+        )
+    if p.exists() and os.path.samefile(p, model_path):
+        raise ExportError(
+            f"--align-biases would overwrite the model the file is exported from; give "
+            f"another path. Received: --align-biases {path!r}"
+        )
+    return p
+
+
+def _save_model(model, path, what: str, keep: bool) -> None:
+    """Saves `model` to `path` through a temporary file beside it (replaced in
+    one step, or removed when `keep` is False: a trial save)."""
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        model.save(str(tmp))
+        if keep:
+            os.replace(tmp, path)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ExportError(f"Cannot save the model to {what} {str(path)!r}: {msg}") from e
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _codebook_values(text: str) -> list[float]:
