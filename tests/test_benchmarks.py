@@ -275,3 +275,29 @@ def test_learned_values_layer_option_puts_one_layer_on_something_else():
     )
     with pytest.raises(ValueError, match="conv_9"):
         learned_values.with_layers(q, model, {"conv_9": None})
+
+
+def test_recurrent_int8_twin_holds_the_float_lstm_and_its_kernels_on_the_int8_grid():
+    from benchmarks import recurrent_int8, sequence  # noqa: PLC0415
+
+    keras = recurrent_int8.keras
+    keras.utils.set_random_seed(0)
+    model = sequence.lstm()
+    recurrent_int8.on_int8_grid(model)
+    for w in model.weights:
+        if "kernel" in w.name:
+            a = w.numpy().reshape(-1, w.shape[-1])
+            codes = a / (np.abs(a).max(0) / 127)
+            np.testing.assert_allclose(codes, np.round(codes), atol=1e-3, err_msg=w.name)
+    x = np.random.default_rng(0).normal(size=(64, 40, 1)).astype("float32")
+    twin = recurrent_int8.fake_quantized(model, x)
+    # The twin holds the float model's weights, and its ranges were recorded.
+    twin_weights = [w.numpy() for w in twin.weights if w.trainable]
+    for a, b in zip(twin_weights, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    lo, hi = (float(v.numpy()) for v in twin.get_layer("lstm_fq").ranges["z"])
+    assert lo < 0 < hi
+    # It computes the float model's function up to its 8-bit tensors.
+    step = recurrent_int8.range_step(twin.get_layer("logits_fq").rng)
+    diff = np.abs(twin(x).numpy() - model(x).numpy()).max()
+    assert 0 < diff < 16 * step, (diff, step)

@@ -1,0 +1,292 @@
+"""An LSTM fake-quantized at every tensor its full-integer file quantizes, against that file.
+
+    python -m benchmarks.recurrent_int8 [--epochs 12] [--seeds 0 1 2]
+
+What the library does not do yet, measured: a full-integer file of a
+recurrent layer converts from an unrolled copy whose gates, cell state and
+hidden state get calibrated 8-bit ranges, which the Keras model never
+computed with. This benchmark builds, outside the library, the Keras model
+that does compute with them, and checks that its file runs the same integers:
+
+- the float model is the sequence benchmark's LSTM (`sequence.lstm`:
+  Conv1D -> LSTM(64) -> Dense(10)), trained `--epochs` passes; every kernel
+  is put on its per-channel int8 grid (`max|w| / 127`), so that Keras and
+  the converter hold the same weights;
+- `calibrated`: that model exported by `tflite_export.export(...,
+  format="full_int8")` with 256 training signals, as a user's LSTM is today;
+- `fake-quantized`: the same weights in a Keras model that unrolls the LSTM
+  step by step and fake-quantizes (`tf.quantization.fake_quant_with_min_max_*`)
+  every tensor the file quantizes: the input and recurrent products, their
+  sum, the gates (sigmoid outputs on `[0, 255/256]`, tanh outputs on
+  `[-1, 127/128]`: the fixed scales of int8 LOGISTIC and TANH), `f * c`,
+  `i * g`, the cell state, `tanh(c)` and the hidden state, one range per
+  tensor shared by every step (min and max over the 4,000 training signals
+  in float), and the convolution's and the logits' outputs. Converted with
+  TFLite's converter from those ranges (no calibration, batch of one).
+
+Each file is run by LiteRT on the 1,000 test signals and compared with its
+own Keras model: top-1 agreement, the share of outputs more than half an
+output step apart and the largest difference in output steps. Prints a
+Markdown section for benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import tensorflow as tf
+
+import tflite_export
+import tfmot_discrete as td
+from benchmarks import agreement, common, sequence
+from tflite_export import runners
+from tflite_export.logs import library_logs
+
+keras = td.keras
+L = keras.layers
+
+#: The fixed output ranges of int8 LOGISTIC (scale 1/256, zero point -128) and TANH (1/128, 0).
+SIGMOID_RANGE, TANH_RANGE = (0.0, 255 / 256), (-1.0, 127 / 128)
+#: The tensors of one LSTM step with a range of their own (shared by every step).
+POINTS = ("xw", "hu", "z", "fc", "ig", "c", "h")
+
+
+class Ranged(L.Layer):
+    """Holds min/max variables; `calibrating`: records them, else fake-quantizes."""
+
+    calibrating = True
+
+    def _range(self, name):
+        lo = self.add_weight(name=f"{name}_min", shape=(), initializer="zeros", trainable=False)
+        hi = self.add_weight(name=f"{name}_max", shape=(), initializer="zeros", trainable=False)
+        return lo, hi
+
+    def quantize(self, x, rng):
+        lo, hi = rng
+        if self.calibrating:
+            lo.assign(tf.minimum(lo, tf.reduce_min(x)))
+            hi.assign(tf.maximum(hi, tf.reduce_max(x)))
+            return x
+        return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=8)
+
+
+class RangeFakeQuant(Ranged):
+    """One tensor fake-quantized on its recorded range."""
+
+    def build(self, input_shape):
+        self.rng = self._range("output")
+
+    def call(self, x):
+        return self.quantize(x, self.rng)
+
+
+class FakeQuantLSTM(Ranged):
+    """An LSTM (Keras's gate order i, f, c, o; sigmoid and tanh) unrolled step
+    by step, every tensor the full-integer file quantizes fake-quantized."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        f, u = input_shape[-1], self.units
+        self.kernel = self.add_weight(name="kernel", shape=(f, 4 * u))
+        self.recurrent_kernel = self.add_weight(name="recurrent_kernel", shape=(u, 4 * u))
+        self.bias = self.add_weight(name="bias", shape=(4 * u,))
+        self.ranges = {p: self._range(p) for p in POINTS}
+
+    def _fixed(self, x, rng):
+        return tf.quantization.fake_quant_with_min_max_args(x, *rng, num_bits=8)
+
+    def call(self, x):
+        q, r = self.quantize, self.ranges
+        h = tf.zeros((tf.shape(x)[0], self.units))
+        c = tf.zeros_like(h)
+        for t in range(x.shape[1]):
+            xw = q(tf.matmul(x[:, t], self.kernel) + self.bias, r["xw"])
+            hu = q(tf.matmul(h, self.recurrent_kernel), r["hu"])
+            z = tf.split(q(xw + hu, r["z"]), 4, axis=1)
+            i, f, o = (self._fixed(tf.sigmoid(z[k]), SIGMOID_RANGE) for k in (0, 1, 3))
+            g = self._fixed(tf.tanh(z[2]), TANH_RANGE)
+            c = q(q(f * c, r["fc"]) + q(i * g, r["ig"]), r["c"])
+            h = q(o * self._fixed(tf.tanh(c), TANH_RANGE), r["h"])
+        return h
+
+
+def on_int8_grid(model) -> None:
+    """Every kernel of `model` on its per-output-channel int8 grid (in place)."""
+    for w in model.weights:
+        if "kernel" in w.name:
+            a = w.numpy()
+            s = np.abs(a).reshape(-1, a.shape[-1]).max(0) / 127
+            s = np.where(s == 0, 1, s)
+            w.assign((np.round(a / s) * s).astype(np.float32))
+
+
+def fake_quantized(float_model, x_calibration):
+    """The fake-quantized twin of `sequence.lstm()`'s trained model, ranges recorded."""
+    conv, lstm, dense = (
+        next(layer for layer in float_model.layers if isinstance(layer, cls))
+        for cls in (L.Conv1D, L.LSTM, L.Dense)
+    )
+    inp = keras.Input(float_model.input_shape[1:])
+    x = RangeFakeQuant(name="input_fq")(inp)
+    x = RangeFakeQuant(name="conv_fq")(L.Conv1D.from_config(conv.get_config())(x))
+    cell = FakeQuantLSTM(lstm.units, name="lstm_fq")
+    x = cell(x)
+    out = RangeFakeQuant(name="logits_fq")(L.Dense.from_config(dense.get_config())(x))
+    model = keras.Model(inp, out)
+    model.layers[2].set_weights(conv.get_weights())
+    model.layers[-2].set_weights(dense.get_weights())
+    cell.set_weights(lstm.get_weights() + [w.numpy() for w in cell.weights[3:]])
+    for start in range(0, len(x_calibration), 500):
+        model(x_calibration[start : start + 500], training=False)
+    for layer in model.layers:
+        if isinstance(layer, Ranged):
+            layer.calibrating = False
+    return model
+
+
+def range_step(rng) -> float:
+    """The 8-bit step of a fake-quantized range (TensorFlow's nudging keeps it)."""
+    lo, hi = (float(v.numpy()) for v in rng)
+    return (hi - lo) / 255
+
+
+def biases_on_grid(model) -> None:
+    """Each bias of the fake-quantized model on the int32 grid its file adds it
+    on (input step x the kernel's per-channel step), in place."""
+    inputs = {"conv_fq": "input_fq", "lstm_fq": "conv_fq", "logits_fq": "lstm_fq"}
+    by_name = {layer.name: layer for layer in model.layers}
+    for layer in model.layers:
+        bias = getattr(layer, "bias", None)
+        if bias is None:
+            continue
+        source = by_name[inputs[_next_ranged(model, layer).name]]
+        step_in = range_step(source.ranges["h"] if isinstance(source, FakeQuantLSTM) else source.rng)
+        k = layer.kernel.numpy()
+        grid = step_in * np.abs(k).reshape(-1, k.shape[-1]).max(0) / 127
+        grid = np.where(grid == 0, 1, grid)
+        bias.assign((np.round(bias.numpy() / grid) * grid).astype(np.float32))
+
+
+def _next_ranged(model, layer):
+    """The first `Ranged` layer at or after `layer` in `model.layers`."""
+    layers = model.layers
+    return next(x for x in layers[layers.index(layer) :] if isinstance(x, Ranged))
+
+
+def converted(model) -> bytes:
+    """The fake-quantized model as a full-integer file (its own ranges, batch of one)."""
+    inp = keras.Input(model.input_shape[1:], batch_size=1)
+    conv = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inp, model(inp)))
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    return bytes(conv.convert())
+
+
+def compare(data: bytes, keras_out, x) -> dict:
+    got = runners.run_litert(data, [x])[0]
+    step = runners.interpreter(data).get_output_details()[0]["quantization"][0]
+    off = np.abs(got - keras_out) / step
+    floats = sum(t["dtype"] == np.float32 for t in runners.interpreter(data).get_tensor_details())
+    return {
+        "agree": float(np.mean(np.argmax(got, -1) == np.argmax(keras_out, -1))),
+        "off": float(np.mean(off > 0.5)),
+        "largest": float(off.max()),
+        "float_tensors": int(floats),
+    }
+
+
+def run(epochs, seeds, log=print) -> list:
+    xtr, ytr, xte, yte = agreement.data()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            keras.backend.clear_session()
+            keras.utils.set_random_seed(seed)
+            fm = sequence.lstm()
+            sequence.fit(fm, xtr, ytr, epochs, 0.0, seed)
+            on_int8_grid(fm)
+            path = pathlib.Path(tmp) / "calibrated.tflite"
+            tflite_export.export(fm, path, format="full_int8", representative_data=xtr[:256])
+            keras_out = fm.predict(xte, batch_size=256, verbose=0)
+            calibrated = compare(path.read_bytes(), keras_out, xte)
+            fq = fake_quantized(fm, xtr)
+            fq_out = np.concatenate([fq(xte[i : i + 250]).numpy() for i in range(0, len(xte), 250)])
+            trained = compare(converted(fq), fq_out, xte)
+            biases_on_grid(fq)
+            fq_out = np.concatenate([fq(xte[i : i + 250]).numpy() for i in range(0, len(xte), 250)])
+            aligned = compare(converted(fq), fq_out, xte)
+            acc = float(np.mean(np.argmax(keras_out, -1) == yte))
+            fq_acc = float(np.mean(np.argmax(fq_out, -1) == yte))
+            rows.append((seed, acc, fq_acc, calibrated, trained, aligned))
+            log(
+                f"seed {seed}: calibrated {calibrated}, fake-quantized {trained}, aligned {aligned}"
+            )
+    return rows
+
+
+VARIANTS = ("calibrated", "fake-quantized", "fake-quantized, biases on the int32 grid")
+
+
+def section(rows, epochs, seeds) -> str:
+    def pct(v):
+        return f"{100 * v:.1f}"
+
+    table = []
+    for seed, acc, fq_acc, *files in rows:
+        for name, rec in zip(VARIANTS, files, strict=True):
+            table.append(
+                [
+                    str(seed),
+                    name,
+                    pct(acc if name == "calibrated" else fq_acc),
+                    pct(rec["agree"]),
+                    pct(rec["off"]),
+                    f"{rec['largest']:.0f}",
+                    str(rec["float_tensors"]),
+                ]
+            )
+    head = [
+        "seed",
+        "Keras model and its file",
+        "Keras model %",
+        "top-1 agreement %",
+        "outputs > 1/2 step off %",
+        "largest difference (steps)",
+        "float32 tensors in the file",
+    ]
+    summary = "; ".join(
+        f"{name} {common.fmt_pct([r[3 + k]['agree'] for r in rows])} %"
+        for k, name in enumerate(VARIANTS)
+    )
+    return (
+        "## An LSTM fake-quantized where its file quantizes\n\n"
+        f"`python -m benchmarks.recurrent_int8 --epochs {epochs} --seeds "
+        f"{' '.join(map(str, seeds))}`. {common.environment_line()}\n\n"
+        + common.md_table(head, table)
+        + f"\n\nTop-1 agreement with its own Keras model, mean ± std: {summary}.\n"
+    )
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = p.parse_args(argv)
+    with library_logs(verbose=False):
+        rows = run(args.epochs, args.seeds, log=lambda m: print(m, flush=True))
+    print(section(rows, args.epochs, args.seeds))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
