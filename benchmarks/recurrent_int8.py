@@ -1,6 +1,6 @@
-"""An LSTM fake-quantized at every tensor its full-integer file quantizes, against that file.
+"""An LSTM or GRU fake-quantized at every tensor its full-integer file quantizes, against that file.
 
-    python -m benchmarks.recurrent_int8 [--epochs 12] [--seeds 0 1 2]
+    python -m benchmarks.recurrent_int8 [--epochs 12] [--seeds 0 1 2] [--models lstm gru]
 
 What the library does not do yet, measured: a full-integer file of a
 recurrent layer converts from an unrolled copy whose gates, cell state and
@@ -8,8 +8,9 @@ hidden state get calibrated 8-bit ranges, which the Keras model never
 computed with. This benchmark builds, outside the library, the Keras model
 that does compute with them, and checks that its file runs the same integers:
 
-- the float model is the sequence benchmark's LSTM (`sequence.lstm`:
-  Conv1D -> LSTM(64) -> Dense(10)), trained `--epochs` passes; every kernel
+- the float model is the sequence benchmark's LSTM or GRU (`sequence.lstm`,
+  `sequence.gru`: Conv1D -> LSTM(64) or GRU(64) -> Dense(10)), trained
+  `--epochs` passes; every kernel
   is put on its per-channel int8 grid (`max|w| / 127`), so that Keras and
   the converter hold the same weights;
 - `calibrated`: that model exported by `tflite_export.export(...,
@@ -19,7 +20,9 @@ that does compute with them, and checks that its file runs the same integers:
   every tensor the file quantizes: the input and recurrent products, their
   sum, the gates (sigmoid outputs on `[0, 255/256]`, tanh outputs on
   `[-1, 127/128]`: the fixed scales of int8 LOGISTIC and TANH), `f * c`,
-  `i * g`, the cell state, `tanh(c)` and the hidden state, one range per
+  `i * g`, the cell state, `tanh(c)` and the hidden state (a GRU's: the
+  gate sums, `r * (h @ U_h + b)`, `z * h`, `1 - z`, `(1 - z) * h~` and the
+  hidden state; Keras's `reset_after=True`), one range per
   tensor shared by every step (min and max over the 4,000 training signals
   in float), and the convolution's and the logits' outputs. Converted with
   TFLite's converter from those ranges (no calibration, batch of one).
@@ -55,6 +58,8 @@ L = keras.layers
 SIGMOID_RANGE, TANH_RANGE = (0.0, 255 / 256), (-1.0, 127 / 128)
 #: The tensors of one LSTM step with a range of their own (shared by every step).
 POINTS = ("xw", "hu", "z", "fc", "ig", "c", "h")
+#: The same for a GRU step (Keras's gate order z, r, h; `reset_after=True`).
+GRU_POINTS = ("xw", "hu", "sz", "sr", "rh", "sh", "zh", "omz", "omzh", "h")
 
 
 class Ranged(L.Layer):
@@ -119,6 +124,33 @@ class FakeQuantLSTM(Ranged):
         return h
 
 
+class FakeQuantGRU(FakeQuantLSTM):
+    """A GRU (`reset_after=True`, Keras's gate order z, r, h) unrolled step by
+    step, every tensor the full-integer file quantizes fake-quantized."""
+
+    def build(self, input_shape):
+        f, u = input_shape[-1], self.units
+        self.kernel = self.add_weight(name="kernel", shape=(f, 3 * u))
+        self.recurrent_kernel = self.add_weight(name="recurrent_kernel", shape=(u, 3 * u))
+        self.bias = self.add_weight(name="bias", shape=(2, 3 * u))
+        self.ranges = {p: self._range(p) for p in GRU_POINTS}
+
+    def call(self, x):
+        q, r = self.quantize, self.ranges
+        h = tf.zeros((tf.shape(x)[0], self.units))
+        for t in range(x.shape[1]):
+            xz, xr, xh = tf.split(q(tf.matmul(x[:, t], self.kernel) + self.bias[0], r["xw"]), 3, 1)
+            hz, hr, hh = tf.split(
+                q(tf.matmul(h, self.recurrent_kernel) + self.bias[1], r["hu"]), 3, axis=1
+            )
+            z = self._fixed(tf.sigmoid(q(xz + hz, r["sz"])), SIGMOID_RANGE)
+            reset = self._fixed(tf.sigmoid(q(xr + hr, r["sr"])), SIGMOID_RANGE)
+            cand = self._fixed(tf.tanh(q(xh + q(reset * hh, r["rh"]), r["sh"])), TANH_RANGE)
+            keep = q(z * h, r["zh"])
+            h = q(keep + q(q(1.0 - z, r["omz"]) * cand, r["omzh"]), r["h"])
+        return h
+
+
 def on_int8_grid(model) -> None:
     """Every kernel of `model` on its per-output-channel int8 grid (in place)."""
     for w in model.weights:
@@ -130,15 +162,16 @@ def on_int8_grid(model) -> None:
 
 
 def fake_quantized(float_model, x_calibration):
-    """The fake-quantized twin of `sequence.lstm()`'s trained model, ranges recorded."""
+    """The fake-quantized twin of `sequence.lstm()`'s or `sequence.gru()`'s
+    trained model, ranges recorded."""
     conv, lstm, dense = (
         next(layer for layer in float_model.layers if isinstance(layer, cls))
-        for cls in (L.Conv1D, L.LSTM, L.Dense)
+        for cls in (L.Conv1D, (L.LSTM, L.GRU), L.Dense)
     )
     inp = keras.Input(float_model.input_shape[1:])
     x = RangeFakeQuant(name="input_fq")(inp)
     x = RangeFakeQuant(name="conv_fq")(L.Conv1D.from_config(conv.get_config())(x))
-    cell = FakeQuantLSTM(lstm.units, name="lstm_fq")
+    cell = (FakeQuantGRU if isinstance(lstm, L.GRU) else FakeQuantLSTM)(lstm.units, name="lstm_fq")
     x = cell(x)
     out = RangeFakeQuant(name="logits_fq")(L.Dense.from_config(dense.get_config())(x))
     model = keras.Model(inp, out)
@@ -159,9 +192,18 @@ def range_step(rng) -> float:
     return (hi - lo) / 255
 
 
+def _on_grid(bias, kernel, step_in):
+    """`bias` on the int32 grid of `step_in` x `kernel`'s per-column int8 step."""
+    k = kernel.numpy()
+    grid = step_in * np.abs(k).reshape(-1, k.shape[-1]).max(0) / 127
+    grid = np.where(grid == 0, 1, grid)
+    return (np.round(bias / grid) * grid).astype(np.float32)
+
+
 def biases_on_grid(model) -> None:
     """Each bias of the fake-quantized model on the int32 grid its file adds it
-    on (input step x the kernel's per-channel step), in place."""
+    on (input step x the kernel's per-channel step), in place; a GRU's
+    recurrent bias on the hidden state's step x the recurrent kernel's."""
     inputs = {"conv_fq": "input_fq", "lstm_fq": "conv_fq", "logits_fq": "lstm_fq"}
     by_name = {layer.name: layer for layer in model.layers}
     for layer in model.layers:
@@ -169,11 +211,22 @@ def biases_on_grid(model) -> None:
         if bias is None:
             continue
         source = by_name[inputs[_next_ranged(model, layer).name]]
-        step_in = range_step(source.ranges["h"] if isinstance(source, FakeQuantLSTM) else source.rng)
-        k = layer.kernel.numpy()
-        grid = step_in * np.abs(k).reshape(-1, k.shape[-1]).max(0) / 127
-        grid = np.where(grid == 0, 1, grid)
-        bias.assign((np.round(bias.numpy() / grid) * grid).astype(np.float32))
+        step_in = range_step(
+            source.ranges["h"] if isinstance(source, FakeQuantLSTM) else source.rng
+        )
+        if isinstance(layer, FakeQuantGRU):
+            step_h = range_step(layer.ranges["h"])
+            b = bias.numpy()
+            bias.assign(
+                np.stack(
+                    [
+                        _on_grid(b[0], layer.kernel, step_in),
+                        _on_grid(b[1], layer.recurrent_kernel, step_h),
+                    ]
+                )
+            )
+        else:
+            bias.assign(_on_grid(bias.numpy(), layer.kernel, step_in))
 
 
 def _next_ranged(model, layer):
@@ -205,14 +258,17 @@ def compare(data: bytes, keras_out, x) -> dict:
     }
 
 
-def run(epochs, seeds, log=print) -> list:
+MODELS = {"lstm": sequence.lstm, "gru": sequence.gru}
+
+
+def run(epochs, seeds, models=("lstm",), log=print) -> list:
     xtr, ytr, xte, yte = agreement.data()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in seeds:
+        for name, seed in ((m, s) for m in models for s in seeds):
             keras.backend.clear_session()
             keras.utils.set_random_seed(seed)
-            fm = sequence.lstm()
+            fm = MODELS[name]()
             sequence.fit(fm, xtr, ytr, epochs, 0.0, seed)
             on_int8_grid(fm)
             path = pathlib.Path(tmp) / "calibrated.tflite"
@@ -227,9 +283,9 @@ def run(epochs, seeds, log=print) -> list:
             aligned = compare(converted(fq), fq_out, xte)
             acc = float(np.mean(np.argmax(keras_out, -1) == yte))
             fq_acc = float(np.mean(np.argmax(fq_out, -1) == yte))
-            rows.append((seed, acc, fq_acc, calibrated, trained, aligned))
+            rows.append((name, seed, acc, fq_acc, calibrated, trained, aligned))
             log(
-                f"seed {seed}: calibrated {calibrated}, fake-quantized {trained}, aligned {aligned}"
+                f"{name} seed {seed}: calibrated {calibrated}, fake-quantized {trained}, aligned {aligned}"
             )
     return rows
 
@@ -242,10 +298,11 @@ def section(rows, epochs, seeds) -> str:
         return f"{100 * v:.1f}"
 
     table = []
-    for seed, acc, fq_acc, *files in rows:
+    for model, seed, acc, fq_acc, *files in rows:
         for name, rec in zip(VARIANTS, files, strict=True):
             table.append(
                 [
+                    model,
                     str(seed),
                     name,
                     pct(acc if name == "calibrated" else fq_acc),
@@ -256,6 +313,7 @@ def section(rows, epochs, seeds) -> str:
                 ]
             )
     head = [
+        "model",
         "seed",
         "Keras model and its file",
         "Keras model %",
@@ -265,13 +323,15 @@ def section(rows, epochs, seeds) -> str:
         "float32 tensors in the file",
     ]
     summary = "; ".join(
-        f"{name} {common.fmt_pct([r[3 + k]['agree'] for r in rows])} %"
+        f"{model} {name} {common.fmt_pct([r[4 + k]['agree'] for r in rows if r[0] == model])} %"
+        for model in dict.fromkeys(r[0] for r in rows)
         for k, name in enumerate(VARIANTS)
     )
     return (
-        "## An LSTM fake-quantized where its file quantizes\n\n"
+        "## Recurrent layers fake-quantized where their file quantizes\n\n"
         f"`python -m benchmarks.recurrent_int8 --epochs {epochs} --seeds "
-        f"{' '.join(map(str, seeds))}`. {common.environment_line()}\n\n"
+        f"{' '.join(map(str, seeds))} --models {' '.join(dict.fromkeys(r[0] for r in rows))}`. "
+        f"{common.environment_line()}\n\n"
         + common.md_table(head, table)
         + f"\n\nTop-1 agreement with its own Keras model, mean ± std: {summary}.\n"
     )
@@ -281,9 +341,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS))
     args = p.parse_args(argv)
     with library_logs(verbose=False):
-        rows = run(args.epochs, args.seeds, log=lambda m: print(m, flush=True))
+        rows = run(args.epochs, args.seeds, args.models, log=lambda m: print(m, flush=True))
     print(section(rows, args.epochs, args.seeds))
     return 0
 

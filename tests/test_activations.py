@@ -290,8 +290,8 @@ def test_full_int8_biases_are_one_rounding_from_the_float_biases(activations):
         assert off.max() <= 0.5 * (1 + 1e-3), (name, off.max())
 
 
-def test_cli_align_biases_saves_the_moved_model_that_computes_the_files_integers(tmp_path):
-    from conftest import run_cli  # noqa: PLC0415
+def test_cli_align_biases_saves_the_moved_model_that_computes_the_files_integers(tmp_path, capsys):
+    from tflite_export import __main__ as cli  # noqa: PLC0415
 
     qat, x = _trained_bn_cnn()
     qat.save(tmp_path / "qat.keras")
@@ -299,9 +299,8 @@ def test_cli_align_biases_saves_the_moved_model_that_computes_the_files_integers
     out, moved = tmp_path / "q.tflite", tmp_path / "aligned.keras"
     args = [str(tmp_path / "qat.keras"), "-o", str(out), "--format", "full_int8"]
     args += ["--representative-data", str(tmp_path / "x.npy")]
-    res = run_cli(*args, "--align-biases", str(moved))
-    assert res.returncode == 0, res.stderr
-    assert "biases: " in res.stdout
+    assert cli.main([*args, "--align-biases", str(moved)]) == 0
+    assert "biases: " in capsys.readouterr().out
     with td.quantize_scope():
         aligned = keras.models.load_model(moved)
     # Only the moved weights changed: the BatchNorm's beta and the Dense biases.
@@ -320,6 +319,7 @@ def test_cli_align_biases_saves_the_moved_model_that_computes_the_files_integers
         (tmp_path / "qat.keras", "overwrite"),
         (tmp_path / "m.txt", ".keras or .h5"),
     ]:
-        res = run_cli(args[0], "-o", str(tmp_path / "n.tflite"), "--align-biases", str(bad))
-        assert res.returncode == 2 and words in res.stderr, res.stderr
+        argv = [args[0], "-o", str(tmp_path / "n.tflite"), "--align-biases", str(bad)]
+        assert cli.main(argv) == 2
+        assert words in capsys.readouterr().err
         assert not (tmp_path / "n.tflite").exists()

@@ -89,15 +89,16 @@ def test_report_gives_the_top1_agreement_litert_shows(tmp_path):
     assert int8.agreement is None and int8.top1_agreement is None and int8.agrees
 
 
-def test_a_file_below_the_limit_is_written_with_a_warning_saying_what_to_do(tmp_path):
+def _one_large_unit(sequence: bool = False):
     """One hidden unit 1000x larger than the others sets the int8 step of the
     hidden activations: the small units, which carry the class, round to 0
-    in the file, so it no longer picks Keras's class."""
+    in the file, so it no longer picks Keras's class. `sequence`: the hidden
+    layer inside a `TimeDistributed` over one step (converted unrolled)."""
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
-    inp = keras.Input((8,))
+    inp = keras.Input((1, 8) if sequence else (8,))
     hidden = L.Dense(8, activation="relu", name="hidden")
-    h = hidden(inp)
+    h = L.Flatten()(L.TimeDistributed(hidden, name="steps")(inp)) if sequence else hidden(inp)
     head = L.Dense(4, name="logits")
     model = keras.Model(inp, head(h))
     k = rng.normal(size=(8, 8)).astype("float32") * 0.01
@@ -108,6 +109,11 @@ def test_a_file_below_the_limit_is_written_with_a_warning_saying_what_to_do(tmp_
     w[0] = 0.0  # the large unit does not reach the logits
     head.set_weights([w, np.zeros(4, "float32")])
     x = np.abs(rng.normal(size=(64, 8))).astype("float32")
+    return model, x[:, None] if sequence else x
+
+
+def test_a_file_below_the_limit_is_written_with_a_warning_saying_what_to_do(tmp_path):
+    model, x = _one_large_unit()
     qat = td.quantize_model(model, "int8")
     path = tmp_path / "bad.tflite"
     with pytest.warns(AgreementWarning, match=r"picks another class than Keras"):
@@ -116,4 +122,22 @@ def test_a_file_below_the_limit_is_written_with_a_warning_saying_what_to_do(tmp_
     assert report.top1_agreement < 0.98 and not report.agrees
     last = str(report).splitlines()[-1]
     assert last.startswith("WARNING:") and "activations='int8'" in last
+    assert "unrolled copy" not in last
     assert report.to_dict()["outputs"]["agreement"]["within_limit"] is False
+    assert report.to_dict()["outputs"]["agreement"]["unrolled_copy"] is False
+
+
+def test_the_warning_of_an_unrolled_file_does_not_offer_trained_ranges(tmp_path):
+    # Its file converts from an unrolled copy with calibrated ranges, trained or not.
+    model, x = _one_large_unit(sequence=True)
+    qat = td.quantize_model(model, "int8", activations="int8")
+    with pytest.warns(AgreementWarning, match=r"picks another class than Keras"):
+        report = tflite_export.export(
+            qat, tmp_path / "bad.tflite", format="full_int8", representative_data=x
+        )
+    assert report.agreement.unrolled and not report.agreement.trained_activations
+    last = str(report).splitlines()[-1]
+    assert "unrolled copy whose activation ranges are calibrated at export" in last
+    assert "so the file runs what was trained" not in last
+    assert "calibrate on more, or more typical, representative data" in last
+    assert report.to_dict()["outputs"]["agreement"]["unrolled_copy"] is True

@@ -277,12 +277,13 @@ def test_learned_values_layer_option_puts_one_layer_on_something_else():
         learned_values.with_layers(q, model, {"conv_9": None})
 
 
-def test_recurrent_int8_twin_holds_the_float_lstm_and_its_kernels_on_the_int8_grid():
-    from benchmarks import recurrent_int8, sequence  # noqa: PLC0415
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_recurrent_int8_twin_holds_the_float_model_and_its_kernels_on_the_int8_grid(name):
+    from benchmarks import recurrent_int8  # noqa: PLC0415
 
     keras = recurrent_int8.keras
     keras.utils.set_random_seed(0)
-    model = sequence.lstm()
+    model = recurrent_int8.MODELS[name]()
     recurrent_int8.on_int8_grid(model)
     for w in model.weights:
         if "kernel" in w.name:
@@ -295,7 +296,7 @@ def test_recurrent_int8_twin_holds_the_float_lstm_and_its_kernels_on_the_int8_gr
     twin_weights = [w.numpy() for w in twin.weights if w.trainable]
     for a, b in zip(twin_weights, model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    lo, hi = (float(v.numpy()) for v in twin.get_layer("lstm_fq").ranges["z"])
+    lo, hi = (float(v.numpy()) for v in twin.get_layer("lstm_fq").ranges["xw"])
     assert lo < 0 < hi
     # It computes the float model's function up to its 8-bit tensors.
     step = recurrent_int8.range_step(twin.get_layer("logits_fq").rng)

@@ -45,6 +45,9 @@ class Agreement:
             random inputs, on which agreement says little).
         biases_aligned: The model's biases were moved onto the file's int32
             grid before the comparison (`export(..., align_biases=True)`).
+        unrolled: The file was converted from an unrolled copy of the model
+            (recurrent, attention or `TimeDistributed` layers) whose ranges
+            are calibrated at export, trained ranges or not.
     """
 
     samples: int
@@ -54,6 +57,7 @@ class Agreement:
     trained_activations: bool
     real_data: bool
     biases_aligned: bool = False
+    unrolled: bool = False
 
     @property
     def within(self) -> bool:
@@ -77,7 +81,13 @@ class Agreement:
     def advice(self) -> str:
         """What to do when the file disagrees with Keras more than `limit` allows."""
         steps = []
-        if not self.trained_activations:
+        if self.unrolled:
+            steps.append(
+                "its recurrent, attention or TimeDistributed layers convert from an "
+                "unrolled copy whose activation ranges are calibrated at export "
+                "(`activations='int8'` does not reach them yet)"
+            )
+        elif not self.trained_activations:
             steps.append(
                 "train the activation ranges with the weights "
                 "(`td.quantize_model(..., activations='int8')`) so the file runs "
@@ -116,6 +126,7 @@ class Agreement:
             "trained_activations": self.trained_activations,
             "representative_inputs": self.real_data,
             "biases_aligned": self.biases_aligned,
+            "unrolled_copy": self.unrolled,
         }
 
 
@@ -138,6 +149,7 @@ def measure(
     trained_activations: bool,
     real_data: bool,
     biases_aligned: bool = False,
+    unrolled: bool = False,
 ) -> Agreement:
     """The `Agreement` of a full-integer file's outputs `got` with the Keras
     model's `reference` (both float, one row per check input).
@@ -150,6 +162,7 @@ def measure(
         trained_activations: Activation ranges were learned in training.
         real_data: The check inputs are the user's representative data.
         biases_aligned: The model's biases were moved onto the file's grid.
+        unrolled: The file was converted from a calibrated unrolled copy.
     """
     return Agreement(
         samples=int(len(reference)),
@@ -159,4 +172,5 @@ def measure(
         trained_activations=trained_activations,
         real_data=real_data,
         biases_aligned=biases_aligned,
+        unrolled=unrolled,
     )

@@ -82,6 +82,8 @@ class Conversion:
     representative: bool = False
     #: The model's biases were moved onto the file's int32 grid (`align_biases`).
     biases_aligned: bool = False
+    #: full_int8: converted from an unrolled copy, its ranges calibrated (`sequence`).
+    unrolled: bool = False
 
 
 def _one_line(error: BaseException) -> str:
@@ -231,6 +233,7 @@ def convert_bytes(
         notes=notes,
         rounded=rounded,
         trained_activations=from_qat,
+        unrolled=fmt == "full_int8" and sequence.needs_preparation(plain),
         representative=rep is not None,
     )
 
@@ -332,6 +335,7 @@ def _check_outputs(conv: Conversion, fmt, weights, allow_inexact) -> _OutputChec
             trained_activations=conv.trained_activations,
             real_data=conv.representative,
             biases_aligned=conv.biases_aligned,
+            unrolled=conv.unrolled,
         )
     return _OutputCheck(float(diff.max()), float(diff.mean()), out_range, tolerance, agrees)
 
