@@ -27,9 +27,10 @@ that does compute with them, and checks that its file runs the same integers:
   in float), and the convolution's and the logits' outputs. Converted with
   TFLite's converter from those ranges (no calibration, batch of one).
 
-Each file is run by LiteRT on the 1,000 test signals and compared with its
-own Keras model: top-1 agreement, the share of outputs more than half an
-output step apart and the largest difference in output steps. Prints a
+Each file is run by LiteRT (and TFLM's Python interpreter, for the top-1
+agreement) on the 1,000 test signals and compared with its own Keras model:
+top-1 agreement, the share of outputs more than half an output step apart
+and the largest difference in output steps. Prints a
 Markdown section for benchmarks/RESULTS.md.
 """
 
@@ -250,8 +251,10 @@ def compare(data: bytes, keras_out, x) -> dict:
     step = runners.interpreter(data).get_output_details()[0]["quantization"][0]
     off = np.abs(got - keras_out) / step
     floats = sum(t["dtype"] == np.float32 for t in runners.interpreter(data).get_tensor_details())
+    tflm = runners.run_tflm(data, [x], dequantize=True)[0].reshape(keras_out.shape)
     return {
         "agree": float(np.mean(np.argmax(got, -1) == np.argmax(keras_out, -1))),
+        "tflm_agree": float(np.mean(np.argmax(tflm, -1) == np.argmax(keras_out, -1))),
         "off": float(np.mean(off > 0.5)),
         "largest": float(off.max()),
         "float_tensors": int(floats),
@@ -307,6 +310,7 @@ def section(rows, epochs, seeds) -> str:
                     name,
                     pct(acc if name == "calibrated" else fq_acc),
                     pct(rec["agree"]),
+                    pct(rec["tflm_agree"]),
                     pct(rec["off"]),
                     f"{rec['largest']:.0f}",
                     str(rec["float_tensors"]),
@@ -317,8 +321,9 @@ def section(rows, epochs, seeds) -> str:
         "seed",
         "Keras model and its file",
         "Keras model %",
-        "top-1 agreement %",
-        "outputs > 1/2 step off %",
+        "top-1 agreement % (LiteRT)",
+        "top-1 agreement % (TFLM)",
+        "outputs > 1/2 step off % (LiteRT)",
         "largest difference (steps)",
         "float32 tensors in the file",
     ]
