@@ -32,6 +32,9 @@ agreement) on the 1,000 test signals and compared with its own Keras model:
 top-1 agreement, the share of outputs more than half an output step apart
 and the largest difference in output steps. Prints a
 Markdown section for benchmarks/RESULTS.md.
+
+`--ops`: one-operator files (LOGISTIC, TANH, MUL, ADD with the ranges such
+cells have) run by LiteRT and TFLM against fake quantization, code by code.
 """
 
 from __future__ import annotations
@@ -263,6 +266,84 @@ def compare(data: bytes, keras_out, x) -> dict:
 
 MODELS = {"lstm": sequence.lstm, "gru": sequence.gru}
 
+#: One-operator files: (operator, range of each input, output range).
+OPS = (
+    ("LOGISTIC", [(-8.0, 8.0)], SIGMOID_RANGE),
+    ("LOGISTIC", [(-5.6, 8.2)], SIGMOID_RANGE),
+    ("TANH", [(-8.0, 8.0)], TANH_RANGE),
+    ("TANH", [(-3.0, 2.0)], TANH_RANGE),
+    ("MUL", [SIGMOID_RANGE, TANH_RANGE], (-0.97, 0.99)),
+    ("MUL", [SIGMOID_RANGE, (-7.9, 8.7)], (-7.4, 8.0)),
+    ("ADD", [(-7.4, 8.0), (-0.97, 0.99)], (-7.9, 8.7)),
+    ("ADD", [(-3.96, 7.28), (-5.5, 6.6)], (-5.6, 8.2)),
+)
+#: Pairs of input codes per two-input operator (TFLM's test arena holds 2,048).
+OP_SAMPLES = 2048
+
+
+def _one_op(op, ranges, out_range):
+    """A Keras model of one fake-quantized operator, and its full-integer file."""
+    fq = tf.quantization.fake_quant_with_min_max_args
+    fns = {"LOGISTIC": tf.sigmoid, "TANH": tf.tanh, "MUL": tf.multiply, "ADD": tf.add}
+    n = 256 if len(ranges) == 1 else OP_SAMPLES
+    inputs = [keras.Input((n,), batch_size=1, name=f"in{k}") for k in range(len(ranges))]
+    xs = [L.Lambda(lambda t, r=r: fq(t, *r))(i) for i, r in zip(inputs, ranges, strict=True)]
+    out = L.Lambda(lambda ts: fq(fns[op](*ts), *out_range))(xs)
+    model = keras.Model(inputs, out)
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    return model, bytes(conv.convert())
+
+
+def op_rounding(seed=0) -> list:
+    """Per one-operator file: codes of LiteRT and TFLM that differ from the
+    Keras model's fake quantization, over every input code (one input) or
+    `OP_SAMPLES` random pairs of codes (two)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for op, ranges, out_range in OPS:
+        model, data = _one_op(op, ranges, out_range)
+        it = runners.interpreter(data)
+        details = it.get_input_details()
+        n = 256 if len(ranges) == 1 else OP_SAMPLES
+        codes = [np.arange(-128, 128)] if n == 256 else [rng.integers(-128, 128, n) for _ in ranges]
+        # The file's inputs by the Keras input names ("in0", "in1"), whatever their order.
+        index = it._get_full_signature_list()["serving_default"]["inputs"]  # noqa: SLF001
+        position = {index[f"in{k}"]: k for k in range(len(codes))}
+        xs = []
+        for k, c in enumerate(codes):
+            d = next(d for d in details if d["index"] == index[f"in{k}"])
+            s_, z_ = d["quantization"]
+            xs.append(((c - z_) * s_).astype(np.float32)[None])
+        file_xs = [xs[position[d["index"]]] for d in details]
+        want = model(xs).numpy()
+        step = runners.interpreter(data).get_output_details()[0]["quantization"][0]
+        lite = runners.run_litert(data, file_xs)[0]
+        tflm = runners.run_tflm(data, file_xs, dequantize=True)[0]
+        rows.append(
+            (
+                op,
+                ranges,
+                n,
+                int(np.sum(np.abs(lite - want) > step / 2)),
+                int(np.sum(np.abs(tflm - want) > step / 2)),
+            )
+        )
+    return rows
+
+
+def ops_table(rows) -> str:
+    def rng(r):
+        return f"[{r[0]:g}, {r[1]:.4g}]"
+
+    table = [
+        [op, ", ".join(map(rng, ranges)), str(n), str(a), str(b)] for op, ranges, n, a, b in rows
+    ]
+    head = ["operator", "input ranges", "inputs", "LiteRT codes off", "TFLM codes off"]
+    return common.md_table(head, table)
+
 
 def run(epochs, seeds, models=("lstm",), log=print) -> list:
     xtr, ytr, xte, yte = agreement.data()
@@ -347,7 +428,15 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS))
+    p.add_argument(
+        "--ops", action="store_true", help="only the one-operator files against fake quantization"
+    )
     args = p.parse_args(argv)
+    if args.ops:
+        with library_logs(verbose=False):
+            rows = op_rounding()
+        print(ops_table(rows))
+        return 0
     with library_logs(verbose=False):
         rows = run(args.epochs, args.seeds, args.models, log=lambda m: print(m, flush=True))
     print(section(rows, args.epochs, args.seeds))
