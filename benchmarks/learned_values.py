@@ -134,6 +134,8 @@ def run_accuracy(
         task = accuracy.TASKS[name]
         data = task.load()
         n = epochs or {"digits": 30, "mnist1d": 30}[name]
+        if layers:  # names checked before anything trains
+            with_layers(None, common.build(task.arch, common.Variant("float", "float"), 0), layers)
         for seed in seeds:
             start = time.perf_counter()
             fm = _float_model(task, data, n, seed)
