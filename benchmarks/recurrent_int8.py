@@ -23,8 +23,9 @@ that does compute with them, and checks that its file runs the same integers:
   `i * g`, the cell state, `tanh(c)` and the hidden state (a GRU's: the
   gate sums, `r * (h @ U_h + b)`, `z * h`, `1 - z`, `(1 - z) * h~` and the
   hidden state; Keras's `reset_after=True`), one range per
-  tensor shared by every step (min and max over the 4,000 training signals
-  in float), and the convolution's and the logits' outputs. Converted with
+  tensor shared by every step (min and max over the 4,000 training signals,
+  recorded with only the fixed sigmoid and tanh ranges applied), and the
+  convolution's and the logits' outputs. Converted with
   TFLite's converter from those ranges (no calibration, batch of one).
 
 Each file is run by LiteRT (and TFLM's Python interpreter, for the top-1
