@@ -161,9 +161,14 @@ def on_int8_grid(model) -> None:
     for w in model.weights:
         if "kernel" in w.name:
             a = w.numpy()
-            s = np.abs(a).reshape(-1, a.shape[-1]).max(0) / 127
-            s = np.where(s == 0, 1, s)
+            s = channel_step(a)
             w.assign((np.round(a / s) * s).astype(np.float32))
+
+
+def channel_step(kernel: np.ndarray) -> np.ndarray:
+    """The per-output-channel int8 step of a kernel (`max|w| / 127`; 1 for zeros)."""
+    s = np.abs(kernel).reshape(-1, kernel.shape[-1]).max(0) / 127
+    return np.where(s == 0, 1, s)
 
 
 def fake_quantized(float_model, x_calibration):
@@ -175,13 +180,15 @@ def fake_quantized(float_model, x_calibration):
     )
     inp = keras.Input(float_model.input_shape[1:])
     x = RangeFakeQuant(name="input_fq")(inp)
-    x = RangeFakeQuant(name="conv_fq")(L.Conv1D.from_config(conv.get_config())(x))
+    x = RangeFakeQuant(name="conv_fq")(
+        L.Conv1D.from_config({**conv.get_config(), "name": "conv"})(x)
+    )
     cell = (FakeQuantGRU if isinstance(lstm, L.GRU) else FakeQuantLSTM)(lstm.units, name="lstm_fq")
     x = cell(x)
-    out = RangeFakeQuant(name="logits_fq")(L.Dense.from_config(dense.get_config())(x))
-    model = keras.Model(inp, out)
-    model.layers[2].set_weights(conv.get_weights())
-    model.layers[-2].set_weights(dense.get_weights())
+    dense_fq = L.Dense.from_config({**dense.get_config(), "name": "logits"})
+    model = keras.Model(inp, RangeFakeQuant(name="logits_fq")(dense_fq(x)))
+    model.get_layer("conv").set_weights(conv.get_weights())
+    dense_fq.set_weights(dense.get_weights())
     cell.set_weights(lstm.get_weights() + [w.numpy() for w in cell.weights[3:]])
     for start in range(0, len(x_calibration), 500):
         model(x_calibration[start : start + 500], training=False)
@@ -198,63 +205,52 @@ def range_step(rng) -> float:
 
 
 def _on_grid(bias, kernel, step_in):
-    """`bias` on the int32 grid of `step_in` x `kernel`'s per-column int8 step."""
-    k = kernel.numpy()
-    grid = step_in * np.abs(k).reshape(-1, k.shape[-1]).max(0) / 127
-    grid = np.where(grid == 0, 1, grid)
+    """`bias` on the int32 grid of `step_in` x `kernel`'s per-channel int8 step."""
+    grid = step_in * channel_step(kernel.numpy())
     return (np.round(bias / grid) * grid).astype(np.float32)
 
 
 def biases_on_grid(model) -> None:
-    """Each bias of the fake-quantized model on the int32 grid its file adds it
+    """Each bias of `fake_quantized`'s model on the int32 grid its file adds it
     on (input step x the kernel's per-channel step), in place; a GRU's
     recurrent bias on the hidden state's step x the recurrent kernel's."""
-    inputs = {"conv_fq": "input_fq", "lstm_fq": "conv_fq", "logits_fq": "lstm_fq"}
-    by_name = {layer.name: layer for layer in model.layers}
-    for layer in model.layers:
-        bias = getattr(layer, "bias", None)
-        if bias is None:
-            continue
-        source = by_name[inputs[_next_ranged(model, layer).name]]
-        step_in = range_step(
-            source.ranges["h"] if isinstance(source, FakeQuantLSTM) else source.rng
+    conv, cell, dense = (model.get_layer(n) for n in ("conv", "lstm_fq", "logits"))
+    step_h = range_step(cell.ranges["h"])
+    conv.bias.assign(
+        _on_grid(conv.bias.numpy(), conv.kernel, range_step(model.get_layer("input_fq").rng))
+    )
+    step_x = range_step(model.get_layer("conv_fq").rng)
+    b = cell.bias.numpy()
+    if isinstance(cell, FakeQuantGRU):
+        b = np.stack(
+            [_on_grid(b[0], cell.kernel, step_x), _on_grid(b[1], cell.recurrent_kernel, step_h)]
         )
-        if isinstance(layer, FakeQuantGRU):
-            step_h = range_step(layer.ranges["h"])
-            b = bias.numpy()
-            bias.assign(
-                np.stack(
-                    [
-                        _on_grid(b[0], layer.kernel, step_in),
-                        _on_grid(b[1], layer.recurrent_kernel, step_h),
-                    ]
-                )
-            )
-        else:
-            bias.assign(_on_grid(bias.numpy(), layer.kernel, step_in))
+    else:
+        b = _on_grid(b, cell.kernel, step_x)
+    cell.bias.assign(b)
+    dense.bias.assign(_on_grid(dense.bias.numpy(), dense.kernel, step_h))
 
 
-def _next_ranged(model, layer):
-    """The first `Ranged` layer at or after `layer` in `model.layers`."""
-    layers = model.layers
-    return next(x for x in layers[layers.index(layer) :] if isinstance(x, Ranged))
-
-
-def converted(model) -> bytes:
-    """The fake-quantized model as a full-integer file (its own ranges, batch of one)."""
-    inp = keras.Input(model.input_shape[1:], batch_size=1)
-    conv = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inp, model(inp)))
+def int8_file(model) -> bytes:
+    """A Keras model with fake-quant ops as a full-integer file, from their ranges."""
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
     return bytes(conv.convert())
 
 
+def converted(model) -> bytes:
+    """The fake-quantized model as a full-integer file (its own ranges, batch of one)."""
+    inp = keras.Input(model.input_shape[1:], batch_size=1)
+    return int8_file(keras.Model(inp, model(inp)))
+
+
 def compare(data: bytes, keras_out, x) -> dict:
     got = runners.run_litert(data, [x])[0]
-    step = runners.interpreter(data).get_output_details()[0]["quantization"][0]
-    off = np.abs(got - keras_out) / step
-    floats = sum(t["dtype"] == np.float32 for t in runners.interpreter(data).get_tensor_details())
+    it = runners.interpreter(data)
+    off = np.abs(got - keras_out) / it.get_output_details()[0]["quantization"][0]
+    floats = sum(t["dtype"] == np.float32 for t in it.get_tensor_details())
     tflm = runners.run_tflm(data, [x], dequantize=True)[0].reshape(keras_out.shape)
     return {
         "agree": float(np.mean(np.argmax(got, -1) == np.argmax(keras_out, -1))),
@@ -291,11 +287,7 @@ def _one_op(op, ranges, out_range):
     xs = [L.Lambda(lambda t, r=r: fq(t, *r))(i) for i, r in zip(inputs, ranges, strict=True)]
     out = L.Lambda(lambda ts: fq(fns[op](*ts), *out_range))(xs)
     model = keras.Model(inputs, out)
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    return model, bytes(conv.convert())
+    return model, int8_file(model)
 
 
 def op_rounding(seed=0) -> list:
@@ -320,7 +312,7 @@ def op_rounding(seed=0) -> list:
             xs.append(((c - z_) * s_).astype(np.float32)[None])
         file_xs = [xs[position[d["index"]]] for d in details]
         want = model(xs).numpy()
-        step = runners.interpreter(data).get_output_details()[0]["quantization"][0]
+        step = it.get_output_details()[0]["quantization"][0]
         lite = runners.run_litert(data, file_xs)[0]
         tflm = runners.run_tflm(data, file_xs, dequantize=True)[0]
         rows.append(
@@ -361,10 +353,10 @@ def run(epochs, seeds, models=("lstm",), log=print) -> list:
             keras_out = fm.predict(xte, batch_size=256, verbose=0)
             calibrated = compare(path.read_bytes(), keras_out, xte)
             fq = fake_quantized(fm, xtr)
-            fq_out = np.concatenate([fq(xte[i : i + 250]).numpy() for i in range(0, len(xte), 250)])
+            fq_out = fq.predict(xte, batch_size=250, verbose=0)
             trained = compare(converted(fq), fq_out, xte)
             biases_on_grid(fq)
-            fq_out = np.concatenate([fq(xte[i : i + 250]).numpy() for i in range(0, len(xte), 250)])
+            fq_out = fq.predict(xte, batch_size=250, verbose=0)
             aligned = compare(converted(fq), fq_out, xte)
             acc = float(np.mean(np.argmax(keras_out, -1) == yte))
             fq_acc = float(np.mean(np.argmax(fq_out, -1) == yte))

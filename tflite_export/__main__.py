@@ -179,7 +179,7 @@ def _main_export(argv, verbose: bool) -> int:
             # The biases move in the loaded model, which is then saved: its saving is
             # tried first, so that a model that cannot be saved writes no file at all.
             model = convert.load_model(args.model, safe_mode=not args.unsafe)
-            _save_model(model, aligned, "--align-biases", keep=False)
+            _save_model(model, aligned, keep=False)
         report = pipeline.export(
             model,
             args.output,
@@ -197,7 +197,7 @@ def _main_export(argv, verbose: bool) -> int:
             align_biases=aligned is not None,
         )
         if aligned is not None:
-            _save_model(model, aligned, "--align-biases", keep=True)
+            _save_model(model, aligned, keep=True)
         if args.json:
             report.to_json(args.json)
     except VerificationError as e:
@@ -235,9 +235,9 @@ def _check_aligned_path(path, model_path):
     return p
 
 
-def _save_model(model, path, what: str, keep: bool) -> None:
-    """Saves `model` to `path` through a temporary file beside it (replaced in
-    one step, or removed when `keep` is False: a trial save)."""
+def _save_model(model, path, keep: bool) -> None:
+    """Saves `model` to `--align-biases`' `path` through a temporary file beside
+    it (replaced in one step, or removed when `keep` is False: a trial save)."""
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
         model.save(str(tmp))
@@ -245,7 +245,7 @@ def _save_model(model, path, what: str, keep: bool) -> None:
             os.replace(tmp, path)
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ExportError(f"Cannot save the model to {what} {str(path)!r}: {msg}") from e
+        raise ExportError(f"Cannot save the model to --align-biases {str(path)!r}: {msg}") from e
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -182,7 +182,8 @@ def convert_bytes(
     from_qat = fmt == "full_int8" and qat is not None and convert.has_activation_quantizers(qat)
     # Recurrent layers are unrolled from the stripped model: its activation
     # ranges are calibrated, the QAT graph's learned ones cannot follow.
-    calibrated_instead = from_qat and sequence.needs_preparation(plain)
+    unrolled = fmt == "full_int8" and sequence.needs_preparation(plain)
+    calibrated_instead = from_qat and unrolled
     from_qat = from_qat and not calibrated_instead
     if fmt == "full_int8" and rep is None and not from_qat:
         reason = (
@@ -209,8 +210,9 @@ def convert_bytes(
         fb = exact.read(out)
         matches = lattice.find_codebook_weights(fb, out, float_bytes, cws)
         del cws  # not held through patching and verifying
-        # int32 biases re-rounded from the float ones where a weight's step moves.
-        lattice.write_lattices(fb, matches, allow_inexact, notes, biases.float_biases(qat))
+        # full_int8: int32 biases re-rounded from the float ones where a weight's step moves.
+        floats = biases.float_biases(qat) if fmt == "full_int8" else None
+        lattice.write_lattices(fb, matches, allow_inexact, notes, floats)
         out = exact.write(fb)
         del fb
     rounded = [] if fmt == "float" else lattice.rounded_weights(out, float_bytes, matches)
@@ -233,7 +235,7 @@ def convert_bytes(
         notes=notes,
         rounded=rounded,
         trained_activations=from_qat,
-        unrolled=fmt == "full_int8" and sequence.needs_preparation(plain),
+        unrolled=unrolled,
         representative=rep is not None,
     )
 
