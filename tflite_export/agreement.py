@@ -47,7 +47,9 @@ class Agreement:
             grid before the comparison (`export(..., align_biases=True)`).
         unrolled: The file was converted from an unrolled copy of the model
             (recurrent, attention or `TimeDistributed` layers) whose ranges
-            are calibrated at export, trained ranges or not.
+            are calibrated at export, trained ranges or not: a model with
+            layers `activations="int8"` does not reach (an LSTM or GRU it
+            makes 8-bit, `tfk.recurrent`, is not one).
     """
 
     samples: int
@@ -83,9 +85,10 @@ class Agreement:
         steps = []
         if self.unrolled:
             steps.append(
-                "its recurrent, attention or TimeDistributed layers convert from an "
+                "its attention, TimeDistributed or recurrent layers convert from an "
                 "unrolled copy whose activation ranges are calibrated at export "
-                "(`activations='int8'` does not reach them yet)"
+                "(`activations='int8'` reaches only LSTM and GRU layers of the forms "
+                "`tfmot_discrete.tfk.recurrent.why_float_state` accepts)"
             )
         elif not self.trained_activations:
             steps.append(

@@ -1,8 +1,9 @@
 """Moving a model's biases onto the int32 grid its full-integer file stores them on.
 
 A full-integer file adds each Dense or convolution bias (with a
-BatchNormalization after the layer folded in) as an int32 in steps of input
-step x weight step, so it computes with the bias rounded to that grid: up to
+BatchNormalization after the layer folded in), and the biases of an
+unrolled LSTM's or GRU's input (and a GRU's recurrent) products, as an
+int32 in steps of input step x weight step, so it computes with the bias rounded to that grid: up to
 half a step, a few thousandths of an output step, from the float bias Keras
 adds. Where a value lies that close to a rounding boundary, the
 file's 8-bit code is one off, and a layer or two later a top-1 class can
@@ -35,12 +36,20 @@ _ALIGNED_CLASSES = frozenset(
     {"Dense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D"}
 )
 
+#: `(layer class, weight)` of the recurrent kernels whose file operator adds a
+#: bias -> the row of the layer's bias it adds (None: the whole bias).
+_RECURRENT_BIAS_ROW = {
+    ("LSTM", "kernel"): None,
+    ("GRU", "kernel"): 0,
+    ("GRU", "recurrent_kernel"): 1,
+}
+
 
 @dataclasses.dataclass
 class Move:
     """One bias moved onto the file's grid: the layer and weight changed
-    (a BatchNormalization's `beta` when one follows the layer), and the
-    largest move in steps of the grid."""
+    (a BatchNormalization's `beta` when one follows the layer; `cell.bias`
+    for a recurrent layer), and the largest move in steps of the grid."""
 
     layer: str
     weight: str
@@ -48,29 +57,54 @@ class Move:
     values: np.ndarray  # the new values, float32
 
 
+def _stored_bias(fb, m) -> tuple[np.ndarray, np.ndarray] | None:
+    """`(bias, grid step)` per output channel (float64) of the int32 bias of
+    the operator match `m` was found at, or None where it adds none."""
+    sg = fb.subgraphs[0]
+    op = sg.operators[m.op_index]
+    k = BIAS_INPUT.get(fb.operatorCodes[op.opcodeIndex].builtinCode)
+    if k is None or k >= len(op.inputs) or int(op.inputs[k]) < 0:
+        return None
+    t = sg.tensors[int(op.inputs[k])]
+    if t.type != TensorType.INT32 or t.quantization is None or t.quantization.scale is None:
+        return None
+    raw = exact.stored_values(fb, t)
+    if raw is None:
+        return None
+    raw = raw.astype(np.float64).reshape(-1)
+    step = np.broadcast_to(np.asarray(t.quantization.scale, np.float64).reshape(-1), raw.shape)
+    return raw * step, step
+
+
 def file_biases(data: bytes, matches) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """`{layer name: (bias, grid step)}` per output channel as the file stores
     them (float64), for each Dense or convolution the file's codebook weights
     were matched to."""
     fb = exact.read(data)
-    sg = fb.subgraphs[0]
     out = {}
     for m in matches:
-        if m.folded_into is not None or m.cw.layer_class not in _ALIGNED_CLASSES:
-            continue
-        op = sg.operators[m.op_index]
-        k = BIAS_INPUT.get(fb.operatorCodes[op.opcodeIndex].builtinCode)
-        if k is None or k >= len(op.inputs) or int(op.inputs[k]) < 0:
-            continue
-        t = sg.tensors[int(op.inputs[k])]
-        if t.type != TensorType.INT32 or t.quantization is None or t.quantization.scale is None:
-            continue
-        raw = exact.stored_values(fb, t)
-        if raw is None:
-            continue
-        raw = raw.astype(np.float64).reshape(-1)
-        step = np.broadcast_to(np.asarray(t.quantization.scale, np.float64).reshape(-1), raw.shape)
-        out[m.cw.layer] = (raw * step, step)
+        if m.folded_into is None and m.cw.layer_class in _ALIGNED_CLASSES:
+            found = _stored_bias(fb, m)
+            if found is not None:
+                out[m.cw.layer] = found
+    return out
+
+
+def recurrent_file_biases(data: bytes, matches) -> dict[str, dict]:
+    """`{layer name: {bias row: (bias, grid step)}}` as the file stores them,
+    for each LSTM or GRU whose kernels the file's codebook weights were
+    matched to (row `None`: the whole bias, as an LSTM's; `0` and `1`: a
+    GRU's input and recurrent bias rows). Unrolled, every step has an
+    operator of its own with the same weight and bias: the matched one is
+    read."""
+    fb = exact.read(data)
+    out = {}
+    for m in matches:
+        row = _RECURRENT_BIAS_ROW.get((m.cw.layer_class, m.cw.weight), False)
+        if row is not False:
+            found = _stored_bias(fb, m)
+            if found is not None:
+                out.setdefault(m.cw.layer, {})[row] = found
     return out
 
 
@@ -157,7 +191,22 @@ def plan(model, data: bytes, matches) -> list[Move]:
         elif getattr(bn, "center", True):  # else no beta to carry the move
             beta = _numpy(bn.beta).reshape(-1)
             moves.append(_move(bn.name, "beta", beta, stored - now, step))
+    for name, rows in recurrent_file_biases(data, matches).items():
+        layer = layers.get(name)
+        if layer is not None and getattr(layer, "use_bias", False):
+            moves.append(_recurrent_move(name, _numpy(layer.cell.bias), rows))
     return moves
+
+
+def _recurrent_move(name, bias, rows) -> Move:
+    """One move of a recurrent layer's whole bias: each row the file adds
+    (`recurrent_file_biases`) onto its grid, the others as they are."""
+    delta, step = np.zeros_like(bias), np.ones_like(bias)
+    for row, (stored, row_step) in rows.items():
+        at = slice(None) if row is None else row
+        delta[at] = stored.reshape(bias[at].shape) - bias[at]
+        step[at] = row_step.reshape(bias[at].shape)
+    return _move(name, "cell.bias", bias, delta, step)
 
 
 def _move(layer, weight, current, delta, step) -> Move:
@@ -167,6 +216,13 @@ def _move(layer, weight, current, delta, step) -> Move:
         largest_move_in_steps=float(np.max(np.abs(delta) / step, initial=0.0)),
         values=(current + delta).astype(np.float32),
     )
+
+
+def _attribute(layer, path: str):
+    """The variable at `path` of `layer` (`"bias"`, `"cell.bias"`)."""
+    for part in path.split("."):
+        layer = getattr(layer, part)
+    return layer
 
 
 def apply(moves: list[Move], *models):
@@ -185,7 +241,7 @@ def apply(moves: list[Move], *models):
         missing = sorted({mv.layer for mv in moves} - set(layers))
         if missing:
             raise KeyError(f"{model.name!r} has no layer named {missing}")
-        targets += [(getattr(layers[mv.layer], mv.weight), mv.values) for mv in moves]
+        targets += [(_attribute(layers[mv.layer], mv.weight), mv.values) for mv in moves]
     before = [(var, var.numpy()) for var, _ in targets]
     for var, values in targets:
         var.assign(values.reshape(tuple(var.shape)))

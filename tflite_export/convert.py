@@ -14,12 +14,13 @@ import tensorflow_model_optimization as tfmot
 from ai_edge_quantizer import qtyping, quantizer, recipe_manager
 
 import tfmot_discrete as td
-from tflite_export import compat, exact, files, keras3
+from tflite_export import compat, exact, files, keras3, sequence
 from tflite_export.compat import QuantizeLayer
 from tflite_export.errors import ExportError
 from tflite_export.formats import FORMATS
 from tflite_export.schema import TensorMapT
 from tfmot_discrete import keras
+from tfmot_discrete.tfk import recurrent
 from tfmot_discrete.tfk.int8 import Int8WeightQuantizer
 from tfmot_discrete.tfk.layers import DiscreteMultiplier
 from tfmot_discrete.tfk.quantizers import CodebookQuantizer
@@ -280,12 +281,13 @@ def has_activation_quantizers(model) -> bool:
     return any(isinstance(layer, QuantizeLayer) for layer in model.layers)
 
 
-def baked_qat_copy(qat):
+def baked_qat_copy(qat, batch_of_one=False):
     """A copy of a QAT model whose weights hold their projected (or 8-bit
     fake-quantized) values and whose activation fake-quant (with the ranges
-    learned in training) is kept."""
+    learned in training) is kept; `batch_of_one`: with a batch of one."""
     with td.quantize_scope():
-        copy = keras.models.clone_model(qat)
+        inputs = sequence.batch_of_one(qat) if batch_of_one else None
+        copy = keras.models.clone_model(qat, input_tensors=inputs)
     copy.set_weights(qat.get_weights())
     for layer in copy.layers:
         if isinstance(layer, tfmot.quantization.keras.QuantizeWrapper):
@@ -308,8 +310,10 @@ def baked_qat_copy(qat):
 
 @returns_freed_memory
 def full_int8_from_qat(qat) -> bytes:
-    """full_int8 with the activation ranges the QAT model learned (no calibration)."""
-    baked = baked_qat_copy(qat)
+    """full_int8 with the activation ranges the QAT model learned (no calibration);
+    a model with 8-bit recurrent states (`Int8LSTM`, unrolled in its `call`)
+    with a batch of one, as the interpreters run it."""
+    baked = baked_qat_copy(qat, batch_of_one=bool(recurrent.eight_bit_state(qat)))
     conv = tf.lite.TFLiteConverter.from_keras_model(baked)
     compat.keep_input_multiplications(conv)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -38,6 +38,7 @@ from tflite_export.formats import TARGETS
 from tflite_export.logs import library_logs, without_startup_lines
 from tflite_export.progress import Progress
 from tflite_export.report import TFLM_LSB, Report, RoundedWeight
+from tfmot_discrete.tfk import recurrent
 from tfmot_discrete.tfk.weights import check_finite, codebook_items, int8_items, is_quantized
 
 #: Weight-only files must agree with the Keras model within this share of the
@@ -180,11 +181,17 @@ def convert_bytes(
         sequence.check_gather_tables(plain, trained)
     rep = inputs.representative(plain, representative_data)
     from_qat = fmt == "full_int8" and qat is not None and convert.has_activation_quantizers(qat)
-    # Recurrent layers are unrolled from the stripped model: its activation
-    # ranges are calibrated, the QAT graph's learned ones cannot follow.
-    unrolled = fmt == "full_int8" and sequence.needs_preparation(plain)
-    calibrated_instead = from_qat and unrolled
+    # Recurrent and attention layers are unrolled from the stripped model: its
+    # activation ranges are calibrated, the QAT graph's learned ones cannot
+    # follow. Not so for 8-bit recurrent states (`Int8LSTM`), which unroll
+    # themselves, nor, for `unrolled` (the report's advice), for the LSTM and
+    # GRU that `activations="int8"` would make so.
+    trained_state = recurrent.eight_bit_state(qat) if from_qat else set()
+    calibrated_instead = from_qat and sequence.needs_preparation(plain, trained_state)
     from_qat = from_qat and not calibrated_instead
+    unrolled = fmt == "full_int8" and sequence.needs_preparation(
+        plain, trained_state if from_qat else recurrent.eight_bit_state(plain)
+    )
     if fmt == "full_int8" and rep is None and not from_qat:
         reason = (
             " (a model with recurrent, attention or TimeDistributed layers is converted "

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from tflite_export.errors import ExportError
+from tfmot_discrete.core.specs import weights_class
 from tfmot_discrete.tfk import keras
 
 _L = keras.layers
@@ -69,9 +70,12 @@ def _all_layers(model):
             yield from (x for x in _inner(layer) if x is not layer)
 
 
-def needs_preparation(model) -> bool:
-    """True for a model with a recurrent, attention or `TimeDistributed` layer."""
-    return any(isinstance(layer, _STATIC) for layer in _all_layers(model))
+def needs_preparation(model, computed=frozenset()) -> bool:
+    """True for a model with a recurrent, attention or `TimeDistributed` layer
+    (other than those named in `computed`)."""
+    return any(
+        isinstance(layer, _STATIC) and layer.name not in computed for layer in _all_layers(model)
+    )
 
 
 def _refuse(layer, what: str, todo: str):
@@ -213,6 +217,18 @@ def _unrolled(layer):
     return type(layer).from_config(config)
 
 
+def batch_of_one(model):
+    """`clone_model`'s `input_tensors` for a copy of `model` with a batch of one."""
+    # The inputs keep the model's names: a fresh `keras.Input` would be named
+    # `input_<n>` with a process-wide counter, and the file's bytes would
+    # depend on how many models were exported before it.
+    inputs = [
+        keras.Input(batch_size=1, shape=t.shape[1:], dtype=t.dtype, name=name)
+        for t, name in zip(model.inputs, model.input_names)
+    ]
+    return inputs if len(inputs) > 1 else inputs[0]
+
+
 def conversion_model(model):
     """The model the converters get: for a model with recurrent or attention
     layers, a copy with one sample per batch and every recurrent layer
@@ -225,15 +241,8 @@ def conversion_model(model):
     """
     if not needs_preparation(model):
         return model
-    # The inputs keep the model's names: a fresh `keras.Input` would be named
-    # `input_<n>` with a process-wide counter, and the file's bytes would
-    # depend on how many models were exported before it.
-    inputs = [
-        keras.Input(batch_size=1, shape=t.shape[1:], dtype=t.dtype, name=name)
-        for t, name in zip(model.inputs, model.input_names)
-    ]
     copy = keras.models.clone_model(
-        model, input_tensors=inputs if len(inputs) > 1 else inputs[0], clone_function=_unrolled
+        model, input_tensors=batch_of_one(model), clone_function=_unrolled
     )
     weights = model.get_weights()
     if [w.shape for w in weights] != [tuple(w.shape) for w in copy.weights]:
@@ -276,7 +285,7 @@ def layout_class(layer) -> str:
         return layout_class(layer.layer)
     if isinstance(layer, _L.EinsumDense):
         return f"EinsumDense:{contracted_axes(layer.equation)}"
-    return type(layer).__name__
+    return weights_class(layer).__name__
 
 
 #: Classes whose kernels are matrices read by `FULLY_CONNECTED` once unrolled.

@@ -213,6 +213,8 @@ _FUSABLE = (
 #: is quantized), and `MultiHeadAttention` (TF-MOT builds an output quantizer
 #: from one input shape, which attention's query and value do not give).
 _OUTPUT_STAYS_FLOAT = ("InputLayer", "DiscreteMultiplier", "MultiHeadAttention")
+#: Layers that fake-quantize their own output (and the tensors inside them).
+_QUANTIZES_ITSELF = ("Int8LSTM", "Int8GRU")
 #: Layers whose file operation keeps its input's 8-bit scale and zero point
 #: (the ones TF-MOT's default 8-bit registry gives no output quantizer, and max
 #: pooling in every rank).
@@ -266,7 +268,9 @@ def output_quantized(layer, consumers) -> bool:
     """True where `activations="int8"` fake-quantizes `layer`'s output: where
     the full-integer file quantizes it, and training can (a layer that keeps
     its input's scale aside: see `outputs_to_quantize`)."""
-    return not _is(layer, _OUTPUT_STAYS_FLOAT) and not fused_into_next(layer, consumers)
+    return not _is(layer, _OUTPUT_STAYS_FLOAT + _QUANTIZES_ITSELF) and not fused_into_next(
+        layer, consumers
+    )
 
 
 def outputs_to_quantize(layers, producers, consumers) -> set[int]:
@@ -293,7 +297,9 @@ def outputs_to_quantize(layers, producers, consumers) -> set[int]:
 
     out = set()
     for layer in layers:
-        if _is(layer, _KEEPS_INPUT_SCALE) and all(
+        if _is(layer, _QUANTIZES_ITSELF):
+            eight_bit.add(id(layer))
+        elif _is(layer, _KEEPS_INPUT_SCALE) and all(
             is_eight_bit(p) for p in producers.get(id(layer), [])
         ):
             eight_bit.add(id(layer))

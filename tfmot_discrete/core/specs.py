@@ -121,6 +121,13 @@ def _einsum_axes(equation: str) -> tuple[int, ...]:
     return tuple(i - rank for i, c in enumerate(kernel) if c in output)
 
 
+def weights_class(layer) -> type:
+    """The class whose weights `layer` reads: its own, or for this package's
+    subclasses that read them as their base class does (`reads_weights_as`,
+    e.g. `tfk.recurrent.Int8LSTM`), that class."""
+    return getattr(type(layer), "reads_weights_as", type(layer))
+
+
 def weight_specs(layer, layers, plain=None) -> list[WeightSpec] | None:
     """The weights of `layer` that go on a codebook, or None for a layer we
     do not know.
@@ -137,7 +144,7 @@ def weight_specs(layer, layers, plain=None) -> list[WeightSpec] | None:
             weights. Defaults to `LAYER_WEIGHTS`.
     """
     plain = LAYER_WEIGHTS if plain is None else plain
-    cls = type(layer)
+    cls = weights_class(layer)
     name = cls.__name__
     if cls is not getattr(layers, name, None):
         return None  # not a class of this namespace (a subclass, a custom layer)

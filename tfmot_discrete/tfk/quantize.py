@@ -10,6 +10,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from tfmot_discrete.core import rules as core_rules
+from tfmot_discrete.core.specs import weights_class
 from tfmot_discrete.tfk import (
     _keras,
     annotate,
@@ -17,6 +18,7 @@ from tfmot_discrete.tfk import (
     configs,
     int8,
     nested,
+    recurrent,
     rescale,
     scheme,
     wrapper,
@@ -65,6 +67,8 @@ SERIALIZABLE = (
     configs.DiscreteQuantizeConfig,
     DiscreteMultiplier,
     int8.Int8WeightQuantizer,
+    recurrent.Int8LSTM,
+    recurrent.Int8GRU,
 )
 
 
@@ -260,6 +264,9 @@ def quantize_model(model, quantizer, activations=None, strict=False):
     model = check_model(model)
     spec = scheme.resolve_quantizer_spec(quantizer)
     model = nested.flatten(model, scope=quantize_scope)
+    if activations == "int8":
+        with quantize_scope():
+            model = recurrent.with_int8_state(model)
     if rescale.plan(model, spec):
         model = _copy(model)
         rescale.rescale_for_codebook(model, spec)
@@ -290,7 +297,7 @@ def quantize_model(model, quantizer, activations=None, strict=False):
     wrapper.adopt(qat)
     for layer in qat.layers:
         if isinstance(layer, _qk.QuantizeWrapper):
-            _fix_weight_order(layer)
+            wrapper.fix_weight_order(layer)
     initialize_learned_scales(qat)
     initialize_int8_ranges(qat)
     warn_frozen_layers(model, qat)
@@ -326,24 +333,6 @@ def initialize_int8_ranges(model) -> None:
     """
     for item in int8_items(model):
         item.quantizer(tf.convert_to_tensor(item.latent), True, weights=item.qvars)
-
-
-def _fix_weight_order(wrapper):
-    """Puts a `QuantizeWrapperV2`'s weights in the order a fresh build gives.
-
-    After `quantize_apply`, the wrapper lists the inner layer's weights once
-    more, first; a wrapper rebuilt from its config (as `load_model` does) does
-    not, so saved weights would load into the wrong variables.
-    """
-    fresh = []
-    for weight, _, qvars in wrapper_weights(wrapper):
-        fresh.extend(v for v in (qvars or {}).values() if v.trainable)
-        fresh.append(weight)
-    tw = compat.trainable_weights_list(wrapper)
-    if len(tw) > len(fresh) and [id(v) for v in tw[len(tw) - len(fresh) :]] == [
-        id(v) for v in fresh
-    ]:
-        del tw[: len(tw) - len(fresh)]
 
 
 def _wrapper_values(wrapper, plain) -> list[np.ndarray]:
@@ -410,13 +399,17 @@ def strip_quantization(model):
         if isinstance(layer, _qk.QuantizeWrapper):
             inner = layer.layer
             new_weights[inner.name] = lambda plain: _wrapper_values(layer, plain)
-            return inner.__class__.from_config(inner.get_config())
+            # An `Int8LSTM` comes back an `LSTM`: its ranges are the QAT model's.
+            return weights_class(inner).from_config(inner.get_config())
         if isinstance(layer, DiscreteMultiplier):
             new_layer, vals = _baked_multiplier(layer)
             new_weights[layer.name] = lambda plain: [vals[0]]
             return new_layer
         if isinstance(layer, QuantizeLayer):
             dropped.append(layer.name)
+        if weights_class(layer) is not type(layer):  # an unwrapped `Int8LSTM`
+            new_weights[layer.name] = lambda plain, layer=layer: layer.cell.get_weights()
+            return weights_class(layer).from_config(layer.get_config())
         new_weights[layer.name] = lambda plain, layer=layer: layer.get_weights()
         return layer.__class__.from_config(layer.get_config())
 

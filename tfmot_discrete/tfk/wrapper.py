@@ -20,7 +20,16 @@ _qk = tfmot.quantization.keras
 
 
 class QuantizeWrapper(_qk.QuantizeWrapperV2):
-    """`QuantizeWrapperV2` that leaves the inner layer's latent weights in place after `call`."""
+    """`QuantizeWrapperV2` that leaves the inner layer's latent weights in
+    place after `call`, and lists its weights in one order however it is
+    built (`fix_weight_order`)."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        # An inner layer built before the wrapper (one of this package's
+        # classes, which Keras builds when it deserializes them) has its
+        # weights listed once more, first.
+        fix_weight_order(self)
 
     def call(self, inputs, training=None, **kwargs):
         try:
@@ -46,3 +55,23 @@ def adopt(model) -> None:
             if isinstance(layer.quantize_config, configs.DiscreteQuantizeConfig):
                 latent = [w for w, _, _ in compat.weight_vars(layer)]
                 layer.quantize_config.restore_weights(layer.layer, latent)
+
+
+def fix_weight_order(wrapper) -> None:
+    """Puts a `QuantizeWrapperV2`'s weights in the order a fresh build gives.
+
+    After `quantize_apply` (or the build of a wrapper whose inner layer was
+    built before it), the wrapper lists the inner layer's weights once more,
+    first; a wrapper rebuilt from its config (as `load_model` does) around an
+    unbuilt layer does not, so saved weights would load into the wrong
+    variables.
+    """
+    fresh = []
+    for weight, _, qvars in compat.weight_vars(wrapper):
+        fresh.extend(v for v in (qvars or {}).values() if v.trainable)
+        fresh.append(weight)
+    tw = compat.trainable_weights_list(wrapper)
+    if len(tw) > len(fresh) and [id(v) for v in tw[len(tw) - len(fresh) :]] == [
+        id(v) for v in fresh
+    ]:
+        del tw[: len(tw) - len(fresh)]

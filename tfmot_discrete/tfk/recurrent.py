@@ -1,0 +1,249 @@
+"""8-bit recurrent state: an `LSTM` and a `GRU` that compute with the
+integers of their full-integer file (`quantize_model(..., activations="int8")`).
+
+A `full_int8` file runs a recurrent layer unrolled: per time step, a
+FULLY_CONNECTED for the input and one for the state, then ADD, MUL,
+LOGISTIC and TANH for the gates, each output an 8-bit tensor. A Keras LSTM
+computes all of that in float, and an 8-bit cell state is where its file
+loses most (`benchmarks/recurrent_int8.py`: calibrated ranges agree with
+Keras on 93.7 % of the test signals, these fake-quantized ones on 99.2 %).
+
+`Int8LSTM` and `Int8GRU` are `LSTM` and `GRU` with the same config and
+weights whose `call` unrolls the steps and fake-quantizes each of those
+tensors: one range per tensor, shared by every step, set from the first
+training batch and then tracked by a moving average of each batch's
+extremes; sigmoid and tanh outputs on the fixed ranges of int8 LOGISTIC
+(`[0, 255/256]`) and TANH (`[-1, 127/128]`). The layer's output is the
+8-bit hidden state, so no other range follows it. The export converts them
+from these ranges (`tflite_export`), and `strip_quantization` gives back a
+plain `LSTM` or `GRU`.
+
+`with_int8_state(model)` swaps in these layers where the form allows it
+(`why_float_state` says why not otherwise: such a layer keeps a float state
+in training and its file's ranges are calibrated at export).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfmot_discrete.tfk._keras import keras, register
+
+_L = keras.layers
+
+#: The fixed output ranges of int8 LOGISTIC (scale 1/256, zero point -128) and TANH (1/128, 0).
+SIGMOID_RANGE = (0.0, 255 / 256)
+TANH_RANGE = (-1.0, 127 / 128)
+#: How much of a range one training batch moves (after the first, which sets it).
+RANGE_MOMENTUM = 0.99
+#: A range before any training batch (TF-MOT's initial activation range).
+INITIAL_RANGE = (-6.0, 6.0)
+
+
+def _fixed(x, rng):
+    return tf.quantization.fake_quant_with_min_max_args(x, *rng, num_bits=8)
+
+
+class _Ranges:
+    """The fake quantization of one call: every point's range, read from the
+    layer's variables, and in training moved by this batch's extremes (the
+    extremes of the steps so far quantize the current step)."""
+
+    def __init__(self, layer, training: bool):
+        self.layer = layer
+        self.training = training
+        self.extremes = {}
+        self.first = tf.equal(layer.range_batches, 0)
+
+    def _moved(self, stored, seen):
+        return tf.where(self.first, seen, RANGE_MOMENTUM * stored + (1 - RANGE_MOMENTUM) * seen)
+
+    def __call__(self, x, point: str):
+        stored = tf.stop_gradient(self.layer.activation_ranges[self.layer.POINTS.index(point)])
+        if self.training:
+            lo = tf.minimum(tf.reduce_min(x), 0.0)
+            hi = tf.maximum(tf.reduce_max(x), 0.0)
+            if point in self.extremes:
+                lo = tf.minimum(lo, self.extremes[point][0])
+                hi = tf.maximum(hi, self.extremes[point][1])
+            self.extremes[point] = (lo, hi)
+            stored = self._moved(stored, tf.stop_gradient(tf.stack([lo, hi])))
+        return tf.quantization.fake_quant_with_min_max_vars(x, stored[0], stored[1], num_bits=8)
+
+    def update(self) -> None:
+        """Stores the ranges this training batch moved to."""
+        seen = tf.stack([tf.stack(self.extremes[p]) for p in self.layer.POINTS])
+        self.layer.activation_ranges.assign(
+            self._moved(self.layer.activation_ranges, tf.stop_gradient(seen))
+        )
+        self.layer.range_batches.assign_add(1)
+
+
+class _Int8State:
+    """What `Int8LSTM` and `Int8GRU` share: the range variables and the loop."""
+
+    #: The tensors of one step with a range of their own.
+    POINTS: tuple[str, ...] = ()
+
+    def _build_ranges(self):
+        initial = [list(INITIAL_RANGE)] * len(self.POINTS)
+        self.activation_ranges = self.add_weight(
+            name="activation_ranges",
+            shape=(len(self.POINTS), 2),
+            initializer=keras.initializers.Constant(initial),
+            trainable=False,
+            aggregation=tf.VariableAggregation.MEAN,
+        )
+        self.range_batches = self.add_weight(
+            name="range_batches",
+            shape=(),
+            dtype=tf.int64,
+            initializer="zeros",
+            trainable=False,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+
+    def call(self, inputs, mask=None, training=None, initial_state=None):
+        if mask is not None or initial_state is not None:
+            what = "a mask" if mask is not None else "an initial_state"
+            raise ValueError(
+                f"Layer {self.name!r} ({type(self).__name__}) computes its steps with 8-bit "
+                f"states from zero and was called with {what}, which it does not take. Quantize "
+                "the model with activations=None for this layer's form."
+            )
+        if isinstance(training, bool) or training is None:
+            return self._unrolled(inputs, bool(training))
+        return tf.__internal__.smart_cond.smart_cond(
+            training, lambda: self._unrolled(inputs, True), lambda: self._unrolled(inputs, False)
+        )
+
+    def _unrolled(self, inputs, training: bool):
+        q = _Ranges(self, training)
+        steps = tf.unstack(inputs, axis=1)  # UNPACK: TFLM slices at most 4-D tensors
+        h = tf.zeros((tf.shape(inputs)[0], self.units), inputs.dtype)
+        state = self._initial(h)
+        outputs = []
+        for x in reversed(steps) if self.go_backwards else steps:
+            h, state = self._step(x, h, state, q)
+            outputs.append(h)
+        if training:
+            q.update()
+        return tf.stack(outputs, axis=1) if self.return_sequences else h
+
+
+def why_float_state(layer) -> str | None:
+    """Why `layer` (an `LSTM` or `GRU`) cannot compute with 8-bit states, or None."""
+    checks = (
+        (layer.activation.__name__ == "tanh", "activation is not tanh"),
+        (layer.recurrent_activation.__name__ == "sigmoid", "recurrent_activation is not sigmoid"),
+        (layer.use_bias, "use_bias=False"),
+        (not layer.stateful, "stateful=True"),
+        (not layer.return_state, "return_state=True"),
+        (not layer.time_major, "time_major=True"),
+        (layer.dropout == 0 and layer.recurrent_dropout == 0, "dropout in the cell"),
+        (not isinstance(layer, _L.GRU) or layer.reset_after, "reset_after=False"),
+        (layer.input_shape[1] is not None, "no fixed number of time steps"),
+    )
+    return next((why for ok, why in checks if not ok), None)
+
+
+@register(package="tfmot_discrete")
+class Int8LSTM(_Int8State, _L.LSTM):
+    """An `LSTM` computing with the 8-bit tensors of its full-integer file
+    (module docstring): `i, f, o = sigmoid`, `g = tanh` of the split sum
+    `x W + b + h U`, `c = f c + i g`, `h = o tanh(c)`; every product, sum and
+    state fake-quantized."""
+
+    POINTS = ("xw", "hu", "z", "fc", "ig", "c", "h")
+    #: `core.specs` reads its weights as an LSTM's.
+    reads_weights_as = _L.LSTM
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_ranges()
+
+    def _initial(self, h):
+        return h  # the cell state
+
+    def _step(self, x, h, c, q):
+        cell = self.cell
+        xw = q(tf.matmul(x, cell.kernel) + cell.bias, "xw")
+        hu = q(tf.matmul(h, cell.recurrent_kernel), "hu")
+        z = tf.split(q(xw + hu, "z"), 4, axis=1)
+        i, f, o = (_fixed(tf.sigmoid(z[k]), SIGMOID_RANGE) for k in (0, 1, 3))
+        g = _fixed(tf.tanh(z[2]), TANH_RANGE)
+        c = q(q(f * c, "fc") + q(i * g, "ig"), "c")
+        return q(o * _fixed(tf.tanh(c), TANH_RANGE), "h"), c
+
+
+@register(package="tfmot_discrete")
+class Int8GRU(_Int8State, _L.GRU):
+    """A `GRU` (`reset_after=True`) computing with the 8-bit tensors of its
+    full-integer file (module docstring): `z, r = sigmoid` and
+    `h~ = tanh(x W_h + b_h + r (h U_h + b'_h))`, `h = z h + (1 - z) h~`."""
+
+    POINTS = ("xw", "hu", "sz", "sr", "rh", "sh", "zh", "omz", "omzh", "h")
+    reads_weights_as = _L.GRU
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_ranges()
+
+    def _initial(self, h):
+        return None
+
+    def _step(self, x, h, _, q):
+        cell = self.cell
+        xz, xr, xh = tf.split(q(tf.matmul(x, cell.kernel) + cell.bias[0], "xw"), 3, axis=1)
+        hz, hr, hh = tf.split(
+            q(tf.matmul(h, cell.recurrent_kernel) + cell.bias[1], "hu"), 3, axis=1
+        )
+        z = _fixed(tf.sigmoid(q(xz + hz, "sz")), SIGMOID_RANGE)
+        r = _fixed(tf.sigmoid(q(xr + hr, "sr")), SIGMOID_RANGE)
+        cand = _fixed(tf.tanh(q(xh + q(r * hh, "rh"), "sh")), TANH_RANGE)
+        keep = q(z * h, "zh")
+        return q(keep + q(q(1.0 - z, "omz") * cand, "omzh"), "h"), None
+
+
+#: The 8-bit-state class of each plain class.
+INT8_STATE = {_L.LSTM: Int8LSTM, _L.GRU: Int8GRU}
+
+
+def with_int8_state(model):
+    """`model` with each `LSTM` and `GRU` that can (`why_float_state`) an
+    `Int8LSTM` / `Int8GRU`: a copy holding the same weights, or `model`
+    itself when no layer changes."""
+    swap = {
+        layer.name
+        for layer in model.layers
+        if type(layer) in INT8_STATE and why_float_state(layer) is None
+    }
+    if not swap:
+        return model
+
+    def _clone(layer):
+        cls = INT8_STATE[type(layer)] if layer.name in swap else type(layer)
+        return cls.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=_clone)
+    for new in copy.layers:
+        old = model.get_layer(new.name)
+        if new.name in swap:
+            new.cell.set_weights(old.cell.get_weights())
+        elif old.weights:
+            new.set_weights(old.get_weights())
+    return copy
+
+
+def eight_bit_state(model) -> set[str]:
+    """The names of `model`'s layers that compute with 8-bit states: its
+    `Int8LSTM` and `Int8GRU` (wrapped or not), and the `LSTM` and `GRU` that
+    `with_int8_state` would make so."""
+    names = set()
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)
+        if isinstance(inner, _Int8State) or (
+            type(inner) in INT8_STATE and why_float_state(inner) is None
+        ):
+            names.add(inner.name)
+    return names
