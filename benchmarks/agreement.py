@@ -16,7 +16,8 @@ whose learned ranges were trained with the statistics it has.
 
 Each is exported as `full_int8` and `tflm_packed` with 256 training signals
 as `representative_data`; the report's `top1_agreement` is on those. An
-int8-activation model whose file keeps its trained ranges (the CNN) is then
+int8-activation model whose file keeps its trained ranges (the CNN, and the
+LSTM and GRU, which train with 8-bit states: `tfk.recurrent`) is then
 exported once more with `align_biases=True` (its biases moved onto the file's
 int32 grid: "trained, biases aligned"). On the
 1,000 test signals this benchmark also runs the files itself (`full_int8` on
@@ -64,8 +65,8 @@ MODELS = {
 }
 #: How the activation ranges are found: calibrated at export, or learned in training.
 ACTIVATIONS = {"calibrated": None, "trained": "int8"}
-#: A trained model whose file keeps its trained ranges (the recurrent and attention
-#: models convert from an unrolled copy, calibrated) is exported once more with
+#: A trained model whose file keeps its trained ranges (not the attention model,
+#: which converts from an unrolled copy, calibrated) is exported once more with
 #: `align_biases=True`.
 ALIGNED = "trained, biases aligned"
 FORMATS = ("full_int8", "tflm_packed")
@@ -345,9 +346,10 @@ def section(result, steps, epochs, seeds, wall: float) -> str:
         f'logits at `"int8"`, {epochs} fine-tuning epochs from the float model '
         f"(`td.finetune_schedule({sequence.PEAK_LR:g}, steps, warmup=0.1)`), once with "
         "`activations=None` (`calibrated`: the file's activation ranges calibrated at "
-        'export) and once with `activations="int8"` (`trained`; for the CNN, whose file '
-        "keeps the trained ranges, also exported with `align_biases=True`: `trained, biases "
-        "aligned`); the CNN's BatchNorm "
+        'export) and once with `activations="int8"` (`trained`: the CNN\'s outputs and the '
+        "LSTM's and GRU's every gate, state and product fake-quantized on ranges tracked in "
+        "training; for the models whose file keeps the trained ranges, all but attention, "
+        "also exported with `align_biases=True`: `trained, biases aligned`); the CNN's BatchNorm "
         "statistics re-estimated after the weight-only fine-tuning. Each exported with "
         f"`tflite_export.export(..., representative_data=<{CALIBRATION} training signals>)` "
         "and every weight reported exact. File accuracy and top-1 agreement with Keras on "
