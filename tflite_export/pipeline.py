@@ -48,14 +48,16 @@ __all__ = ["Conversion", "Report", "TFLM_LSB", "WEIGHT_ONLY_RTOL", "convert_byte
 
 
 def _prepare(model, safe_mode):
+    """`(plain model, QAT model or None, the model is a Keras 3 one)`."""
     if isinstance(model, (str, os.PathLike)):
         model = convert.load_model(model, safe_mode=safe_mode)
     if isinstance(model, bytes):
         raise ExportError("`model` must be a Keras model or a path; received bytes.")
-    if keras3.is_keras3_model(model):
+    from_keras3 = keras3.is_keras3_model(model)
+    if from_keras3:
         r = keras3.route(model)
         if r.native:  # tf_keras cannot rebuild it: converted as it is
-            return native.prepare(r), None
+            return native.prepare(r), None, True
         model = r.twin
     qat = model if is_quantized(model) else None
     try:
@@ -63,7 +65,7 @@ def _prepare(model, safe_mode):
     except ValueError as e:
         raise ExportError(f"The model cannot be exported: {e}") from None
     plain = td.strip_quantization(model) if qat is not None else model
-    return plain, qat
+    return plain, qat, from_keras3
 
 
 @dataclasses.dataclass
@@ -168,7 +170,7 @@ def convert_bytes(
     steps = progress or Progress(False)
     fmt = convert.check_format(format)
     steps.stage("loading the model")
-    plain, qat = _prepare(model, safe_mode)
+    plain, qat, from_keras3 = _prepare(model, safe_mode)
     if isinstance(plain, native.NativeModel):
         return _convert_native(plain, fmt, representative_data, allow_inexact, steps)
     requested = fmt
@@ -184,13 +186,14 @@ def convert_bytes(
     # Recurrent and attention layers are unrolled from the stripped model: its
     # activation ranges are calibrated, the QAT graph's learned ones cannot
     # follow. Not so for 8-bit recurrent states (`Int8LSTM`), which unroll
-    # themselves, nor, for `unrolled` (the report's advice), for the LSTM and
-    # GRU that `activations="int8"` would make so.
+    # themselves, nor, for `unrolled` (the report's advice), for the tf_keras
+    # LSTM and GRU that `activations="int8"` would make so.
     trained_state = recurrent.eight_bit_state(qat) if from_qat else set()
     calibrated_instead = from_qat and sequence.needs_preparation(plain, trained_state)
     from_qat = from_qat and not calibrated_instead
+    would = not from_qat and not from_keras3
     unrolled = fmt == "full_int8" and sequence.needs_preparation(
-        plain, trained_state if from_qat else recurrent.eight_bit_state(plain)
+        plain, recurrent.eight_bit_state(plain, would=True) if would else trained_state
     )
     if fmt == "full_int8" and rep is None and not from_qat:
         reason = (

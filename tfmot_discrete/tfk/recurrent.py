@@ -25,6 +25,9 @@ in training and its file's ranges are calibrated at export).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import tensorflow as tf
 
 from tfmot_discrete.tfk._keras import keras, register
@@ -209,10 +212,28 @@ class Int8GRU(_Int8State, _L.GRU):
 INT8_STATE = {_L.LSTM: Int8LSTM, _L.GRU: Int8GRU}
 
 
+#: Set by `float_states`: `with_int8_state` changes nothing.
+_KEEP_FLOAT = contextvars.ContextVar("keep_float_states", default=False)
+
+
+@contextlib.contextmanager
+def float_states():
+    """Within it, `quantize_model(..., activations="int8")` keeps LSTM and GRU
+    layers plain (a Keras 3 model's tf_keras twin, which must compute what
+    the Keras 3 model computes: `tools.bridge`)."""
+    token = _KEEP_FLOAT.set(True)
+    try:
+        yield
+    finally:
+        _KEEP_FLOAT.reset(token)
+
+
 def with_int8_state(model):
     """`model` with each `LSTM` and `GRU` that can (`why_float_state`) an
     `Int8LSTM` / `Int8GRU`: a copy holding the same weights, or `model`
-    itself when no layer changes."""
+    itself when no layer changes (or within `float_states`)."""
+    if _KEEP_FLOAT.get():
+        return model
     swap = {
         layer.name
         for layer in model.layers
@@ -235,15 +256,15 @@ def with_int8_state(model):
     return copy
 
 
-def eight_bit_state(model) -> set[str]:
-    """The names of `model`'s layers that compute with 8-bit states: its
-    `Int8LSTM` and `Int8GRU` (wrapped or not), and the `LSTM` and `GRU` that
-    `with_int8_state` would make so."""
+def eight_bit_state(model, would=False) -> set[str]:
+    """The names of `model`'s `Int8LSTM` and `Int8GRU` layers (wrapped or
+    not); `would`: also of the `LSTM` and `GRU` layers that `with_int8_state`
+    would make so."""
     names = set()
     for layer in model.layers:
         inner = getattr(layer, "layer", layer)
         if isinstance(inner, _Int8State) or (
-            type(inner) in INT8_STATE and why_float_state(inner) is None
+            would and type(inner) in INT8_STATE and why_float_state(inner) is None
         ):
             names.add(inner.name)
     return names

@@ -20,7 +20,7 @@ from tfmot_discrete.keras3 import quantize as k3_quantize
 from tfmot_discrete.keras3.activations import PREFIX, ActivationQuantizer
 from tfmot_discrete.keras3.layers import DiscreteMultiplier
 from tfmot_discrete.keras3.wrapper import QuantizeWrapper
-from tfmot_discrete.tfk import configs, weights
+from tfmot_discrete.tfk import configs, recurrent, weights
 from tfmot_discrete.tfk import quantize as tfk_quantize
 from tfmot_discrete.tfk.compat import QuantizeLayer
 from tfmot_discrete.tfk.layers import DiscreteMultiplier as TfKerasMultiplier
@@ -87,9 +87,11 @@ def to_tf_keras(model):
     with warnings.catch_warnings():
         # The Keras 3 model's `quantize_model` told of its float weights already.
         warnings.simplefilter("ignore", QuantizationWarning)
-        qat = tfk_quantize.quantize_model(
-            plain, mapping or None, activations="int8" if ranges else None
-        )
+        # Its LSTM and GRU stay plain: the Keras 3 model's compute with float states.
+        with recurrent.float_states():
+            qat = tfk_quantize.quantize_model(
+                plain, mapping or None, activations="int8" if ranges else None
+            )
     _copy_state(model, qat)
     if ranges:
         _copy_ranges(model, ranges, qat)
