@@ -106,6 +106,9 @@ class _Int8State:
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
 
+    # Python loops over the steps and Python branches on Python values only:
+    # nothing for AutoGraph to convert (it cannot convert `super()` calls).
+    @tf.autograph.experimental.do_not_convert
     def call(self, inputs, mask=None, training=None, initial_state=None):
         if mask is not None or initial_state is not None:
             what = "a mask" if mask is not None else "an initial_state"
