@@ -106,9 +106,6 @@ class _Int8State:
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
 
-    # Python loops over the steps and Python branches on Python values only:
-    # nothing for AutoGraph to convert (it cannot convert `super()` calls).
-    @tf.autograph.experimental.do_not_convert
     def call(self, inputs, mask=None, training=None, initial_state=None):
         if mask is not None or initial_state is not None:
             what = "a mask" if mask is not None else "an initial_state"
@@ -123,6 +120,10 @@ class _Int8State:
             training, lambda: self._unrolled(inputs, True), lambda: self._unrolled(inputs, False)
         )
 
+    # A Python loop over the steps and Python branches on Python values only:
+    # nothing for AutoGraph to convert (it fails on `super()` in what this
+    # calls). Not on `call`: the wrapper reads `call`'s arguments (`training`).
+    @tf.autograph.experimental.do_not_convert
     def _unrolled(self, inputs, training: bool):
         q = _Ranges(self, training)
         steps = tf.unstack(inputs, axis=1)  # UNPACK: TFLM slices at most 4-D tensors
