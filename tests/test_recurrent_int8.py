@@ -99,6 +99,17 @@ def test_forms_the_8_bit_state_does_not_take_stay_plain(options, why):
     assert type(_inner(qat)) is getattr(L, kind)
 
 
+def test_a_free_length_or_a_layer_never_called_keeps_a_float_state():
+    inp = keras.Input((None, FEATURES))
+    lstm = L.LSTM(UNITS, name="rnn")
+    keras.Model(inp, lstm(inp))
+    assert recurrent.why_float_state(lstm) == "no fixed number of time steps"
+    # A Bidirectional's template layer is never called itself.
+    bi = L.Bidirectional(L.LSTM(UNITS))
+    bi(keras.Input((STEPS, FEATURES)))
+    assert recurrent.why_float_state(bi.layer) == "no fixed number of time steps"
+
+
 def test_training_tracks_one_range_per_tensor(trained):
     kind, qat = trained
     inner = _inner(qat)

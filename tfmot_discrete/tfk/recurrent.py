@@ -29,8 +29,11 @@ import contextlib
 import contextvars
 
 import tensorflow as tf
+import tensorflow_model_optimization as tfmot
 
 from tfmot_discrete.tfk._keras import keras, register
+
+_qk = tfmot.quantization.keras
 
 _L = keras.layers
 
@@ -138,6 +141,14 @@ class _Int8State:
         return tf.stack(outputs, axis=1) if self.return_sequences else h
 
 
+def _steps(layer):
+    """The number of time steps of `layer`'s input, or None (free, or never called)."""
+    try:
+        return layer.input_shape[1]
+    except AttributeError:
+        return None
+
+
 def why_float_state(layer) -> str | None:
     """Why `layer` (an `LSTM` or `GRU`) cannot compute with 8-bit states, or None."""
     checks = (
@@ -149,7 +160,7 @@ def why_float_state(layer) -> str | None:
         (not layer.time_major, "time_major=True"),
         (layer.dropout == 0 and layer.recurrent_dropout == 0, "dropout in the cell"),
         (not isinstance(layer, _L.GRU) or layer.reset_after, "reset_after=False"),
-        (layer.input_shape[1] is not None, "no fixed number of time steps"),
+        (_steps(layer) is not None, "no fixed number of time steps"),
     )
     return next((why for ok, why in checks if not ok), None)
 
@@ -266,7 +277,8 @@ def eight_bit_state(model, would=False) -> set[str]:
     would make so."""
     names = set()
     for layer in model.layers:
-        inner = getattr(layer, "layer", layer)
+        # A wrapper's inner layer (not a Bidirectional's or TimeDistributed's).
+        inner = layer.layer if isinstance(layer, _qk.QuantizeWrapper) else layer
         if isinstance(inner, _Int8State) or (
             would and type(inner) in INT8_STATE and why_float_state(inner) is None
         ):
