@@ -11,9 +11,10 @@ Keras on 93.7 % of the test signals, these fake-quantized ones on 99.2 %).
 `Int8LSTM` and `Int8GRU` are `LSTM` and `GRU` with the same config and
 weights whose `call` unrolls the steps and fake-quantizes each of those
 tensors: one range per tensor, shared by every step, set from the first
-training batch and then tracked by a moving average of each batch's
-extremes; sigmoid and tanh outputs on the fixed ranges of int8 LOGISTIC
-(`[0, 255/256]`) and TANH (`[-1, 127/128]`). The layer's output is the
+training batch's extremes and then moved by each batch's (a moving average;
+a batch computes with the ranges of the batches before it); sigmoid and
+tanh outputs on the fixed ranges of int8 LOGISTIC (`[0, 255/256]`) and TANH
+(`[-1, 127/128]`). The layer's output is the
 8-bit hidden state, so no other range follows it. The export converts them
 from these ranges (`tflite_export`), and `strip_quantization` gives back a
 plain `LSTM` or `GRU`.
@@ -51,37 +52,38 @@ def _fixed(x, rng):
 
 
 class _Ranges:
-    """The fake quantization of one call: every point's range, read from the
-    layer's variables, and in training moved by this batch's extremes (the
-    extremes of the steps so far quantize the current step)."""
+    """The fake quantization of one call: every point's range as the layer's
+    variables hold it (the ranges of the batches before this one); in
+    training, each point's tensors of every step are kept for `update`."""
 
     def __init__(self, layer, training: bool):
         self.layer = layer
         self.training = training
-        self.extremes = {}
-        self.first = tf.equal(layer.range_batches, 0)
-
-    def _moved(self, stored, seen):
-        return tf.where(self.first, seen, RANGE_MOMENTUM * stored + (1 - RANGE_MOMENTUM) * seen)
+        stored = tf.stop_gradient(tf.convert_to_tensor(layer.activation_ranges))
+        self.ranges = dict(zip(layer.POINTS, tf.unstack(stored), strict=True))
+        self.seen = {point: [] for point in layer.POINTS}
 
     def __call__(self, x, point: str):
-        stored = tf.stop_gradient(self.layer.activation_ranges[self.layer.POINTS.index(point)])
         if self.training:
-            lo = tf.minimum(tf.reduce_min(x), 0.0)
-            hi = tf.maximum(tf.reduce_max(x), 0.0)
-            if point in self.extremes:
-                lo = tf.minimum(lo, self.extremes[point][0])
-                hi = tf.maximum(hi, self.extremes[point][1])
-            self.extremes[point] = (lo, hi)
-            stored = self._moved(stored, tf.stop_gradient(tf.stack([lo, hi])))
-        return tf.quantization.fake_quant_with_min_max_vars(x, stored[0], stored[1], num_bits=8)
+            self.seen[point].append(x)
+        lo, hi = tf.unstack(self.ranges[point])
+        return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=8)
 
     def update(self) -> None:
-        """Stores the ranges this training batch moved to."""
-        seen = tf.stack([tf.stack(self.extremes[p]) for p in self.layer.POINTS])
-        self.layer.activation_ranges.assign(
-            self._moved(self.layer.activation_ranges, tf.stop_gradient(seen))
-        )
+        """Moves the ranges by this batch's extremes (0 always inside): the
+        first batch sets them, the others move them by `1 - RANGE_MOMENTUM`."""
+        seen = []
+        for point in self.layer.POINTS:
+            values = tf.stop_gradient(tf.stack(self.seen[point]))
+            seen.append(
+                tf.stack(
+                    [tf.minimum(tf.reduce_min(values), 0.0), tf.maximum(tf.reduce_max(values), 0.0)]
+                )
+            )
+        seen = tf.stack(seen)
+        stored = self.layer.activation_ranges
+        moved = RANGE_MOMENTUM * stored + (1 - RANGE_MOMENTUM) * seen
+        stored.assign(tf.where(tf.equal(self.layer.range_batches, 0), seen, moved))
         self.layer.range_batches.assign_add(1)
 
 
