@@ -2,11 +2,13 @@
 
     python -m benchmarks.recurrent_int8 [--epochs 12] [--seeds 0 1 2] [--models lstm gru]
 
-What the library does not do yet, measured: a full-integer file of a
-recurrent layer converts from an unrolled copy whose gates, cell state and
-hidden state get calibrated 8-bit ranges, which the Keras model never
-computed with. This benchmark builds, outside the library, the Keras model
-that does compute with them, and checks that its file runs the same integers:
+The measurement behind `tfmot_discrete.tfk.recurrent` (which trains such
+layers with `activations="int8"`; `benchmarks.agreement` measures it): a
+full-integer file of a plain recurrent layer converts from an unrolled copy
+whose gates, cell state and hidden state get calibrated 8-bit ranges, which
+the Keras model never computed with. This benchmark builds, on its own, the
+Keras model that does compute with them (ranges recorded once on the
+training data, not trained), and checks that its file runs the same integers:
 
 - the float model is the sequence benchmark's LSTM or GRU (`sequence.lstm`,
   `sequence.gru`: Conv1D -> LSTM(64) or GRU(64) -> Dense(10)), trained
