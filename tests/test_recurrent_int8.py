@@ -99,6 +99,15 @@ def test_forms_the_8_bit_state_does_not_take_stay_plain(options, why):
     assert type(_inner(qat)) is getattr(L, kind)
 
 
+def test_a_masked_input_keeps_a_float_state():
+    inp = keras.Input((STEPS, FEATURES))
+    x = L.Masking(0.0, name="masking")(inp)
+    model = keras.Model(inp, L.Dense(CLASSES, name="logits")(L.LSTM(UNITS, name="rnn")(x)))
+    assert recurrent.why_float_state(model.get_layer("rnn")) == "its input carries a mask"
+    qat = td.quantize_model(model, td.ternary(), activations="int8")
+    assert type(_inner(qat)) is L.LSTM
+
+
 def test_a_free_length_or_a_layer_never_called_keeps_a_float_state():
     inp = keras.Input((None, FEATURES))
     lstm = L.LSTM(UNITS, name="rnn")

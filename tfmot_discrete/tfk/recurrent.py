@@ -14,10 +14,10 @@ tensors: one range per tensor, shared by every step, set from the first
 training batch's extremes and then moved by each batch's (a moving average;
 a batch computes with the ranges of the batches before it); sigmoid and
 tanh outputs on the fixed ranges of int8 LOGISTIC (`[0, 255/256]`) and TANH
-(`[-1, 127/128]`). The layer's output is the
-8-bit hidden state, so no other range follows it. The export converts them
-from these ranges (`tflite_export`), and `strip_quantization` gives back a
-plain `LSTM` or `GRU`.
+(`[-1, 127/128]`). The layer's output is the 8-bit hidden state, so no
+other range follows it. The export converts them from these ranges
+(`tflite_export`), and `strip_quantization` gives back a plain `LSTM` or
+`GRU`.
 
 `with_int8_state(model)` swaps in these layers where the form allows it
 (`why_float_state` says why not otherwise: such a layer keeps a float state
@@ -151,6 +151,16 @@ def _steps(layer):
         return None
 
 
+def _masked(layer) -> bool:
+    """True when `layer`'s input carries a Keras mask (after `Embedding(mask_zero=True)`,
+    `Masking`): the layer is then called with it."""
+    try:
+        inputs = tf.nest.flatten(layer.input)
+    except AttributeError:
+        return False
+    return any(getattr(t, "_keras_mask", None) is not None for t in inputs)
+
+
 def why_float_state(layer) -> str | None:
     """Why `layer` (an `LSTM` or `GRU`) cannot compute with 8-bit states, or None."""
     checks = (
@@ -162,6 +172,7 @@ def why_float_state(layer) -> str | None:
         (not layer.time_major, "time_major=True"),
         (layer.dropout == 0 and layer.recurrent_dropout == 0, "dropout in the cell"),
         (not isinstance(layer, _L.GRU) or layer.reset_after, "reset_after=False"),
+        (not _masked(layer), "its input carries a mask"),
         (_steps(layer) is not None, "no fixed number of time steps"),
     )
     return next((why for ok, why in checks if not ok), None)
