@@ -85,7 +85,8 @@ class Conversion:
     representative: bool = False
     #: The model's biases were moved onto the file's int32 grid (`align_biases`).
     biases_aligned: bool = False
-    #: full_int8: converted from an unrolled copy, its ranges calibrated (`sequence`).
+    #: full_int8: converted from an unrolled copy (`sequence`) whose ranges are
+    #: calibrated however the model trained (`agreement.Agreement.unrolled`).
     unrolled: bool = False
 
 
