@@ -80,7 +80,10 @@ def file_biases(data: bytes, matches) -> dict[str, tuple[np.ndarray, np.ndarray]
     """`{layer name: (bias, grid step)}` per output channel as the file stores
     them (float64), for each Dense or convolution the file's codebook weights
     were matched to."""
-    fb = exact.read(data)
+    return _file_biases(exact.read(data), matches)
+
+
+def _file_biases(fb, matches) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
     for m in matches:
         if m.folded_into is None and m.cw.layer_class in _ALIGNED_CLASSES:
@@ -97,7 +100,10 @@ def recurrent_file_biases(data: bytes, matches) -> dict[str, dict]:
     GRU's input and recurrent bias rows). Unrolled, every step has an
     operator of its own with the same weight and bias: the matched one is
     read."""
-    fb = exact.read(data)
+    return _recurrent_file_biases(exact.read(data), matches)
+
+
+def _recurrent_file_biases(fb, matches) -> dict[str, dict]:
     out = {}
     for m in matches:
         row = _RECURRENT_BIAS_ROW.get((m.cw.layer_class, m.cw.weight), False)
@@ -177,8 +183,9 @@ def plan(model, data: bytes, matches) -> list[Move]:
     """
     layers = _inner_layers(model)
     folded = batchnorm_after(model)
+    fb = exact.read(data)
     moves = []
-    for name, (stored, step) in file_biases(data, matches).items():
+    for name, (stored, step) in _file_biases(fb, matches).items():
         layer = layers.get(name)
         if layer is None:
             continue
@@ -191,7 +198,7 @@ def plan(model, data: bytes, matches) -> list[Move]:
         elif getattr(bn, "center", True):  # else no beta to carry the move
             beta = _numpy(bn.beta).reshape(-1)
             moves.append(_move(bn.name, "beta", beta, stored - now, step))
-    for name, rows in recurrent_file_biases(data, matches).items():
+    for name, rows in _recurrent_file_biases(fb, matches).items():
         layer = layers.get(name)
         if layer is not None and getattr(layer, "use_bias", False):
             moves.append(_recurrent_move(name, _numpy(layer.cell.bias), rows))

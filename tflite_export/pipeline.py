@@ -189,13 +189,12 @@ def convert_bytes(
     # follow. Not so for 8-bit recurrent states (`Int8LSTM`), which unroll
     # themselves, nor, for `unrolled` (the report's advice), for the tf_keras
     # LSTM and GRU that `activations="int8"` would make so.
-    trained_state = recurrent.eight_bit_state(qat) if from_qat else set()
-    calibrated_instead = from_qat and sequence.needs_preparation(plain, trained_state)
+    computed = recurrent.eight_bit_state(qat) if from_qat else set()
+    calibrated_instead = from_qat and sequence.needs_preparation(plain, computed)
     from_qat = from_qat and not calibrated_instead
-    would = not from_qat and not from_keras3
-    unrolled = fmt == "full_int8" and sequence.needs_preparation(
-        plain, recurrent.eight_bit_state(plain, would=True) if would else trained_state
-    )
+    if not from_qat and not from_keras3:
+        computed = recurrent.eight_bit_state(plain, would=True)
+    unrolled = fmt == "full_int8" and sequence.needs_preparation(plain, computed)
     if fmt == "full_int8" and rep is None and not from_qat:
         reason = (
             " (a model with recurrent, attention or TimeDistributed layers is converted "

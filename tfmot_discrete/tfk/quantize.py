@@ -295,9 +295,6 @@ def quantize_model(model, quantizer, activations=None, strict=False):
         plan_scheme.get_quantize_registry().config_for_unlisted = False
         qat = _qk.quantize_apply(annotated, scheme=plan_scheme)
     wrapper.adopt(qat)
-    for layer in qat.layers:
-        if isinstance(layer, _qk.QuantizeWrapper):
-            wrapper.fix_weight_order(layer)
     initialize_learned_scales(qat)
     initialize_int8_ranges(qat)
     warn_frozen_layers(model, qat)

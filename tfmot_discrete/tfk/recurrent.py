@@ -93,7 +93,8 @@ class _Int8State:
     #: The tensors of one step with a range of their own.
     POINTS: tuple[str, ...] = ()
 
-    def _build_ranges(self):
+    def build(self, input_shape):
+        super().build(input_shape)  # the plain layer's cell and weights
         initial = [list(INITIAL_RANGE)] * len(self.POINTS)
         self.activation_ranges = self.add_weight(
             name="activation_ranges",
@@ -178,6 +179,11 @@ def why_float_state(layer) -> str | None:
     return next((why for ok, why in checks if not ok), None)
 
 
+def _takes_int8_state(layer) -> bool:
+    """True for a plain `LSTM` or `GRU` that `with_int8_state` swaps."""
+    return type(layer) in INT8_STATE and why_float_state(layer) is None
+
+
 @register(package="tfmot_discrete")
 class Int8LSTM(_Int8State, _L.LSTM):
     """An `LSTM` computing with the 8-bit tensors of its full-integer file
@@ -188,10 +194,6 @@ class Int8LSTM(_Int8State, _L.LSTM):
     POINTS = ("xw", "hu", "z", "fc", "ig", "c", "h")
     #: `core.specs` reads its weights as an LSTM's.
     reads_weights_as = _L.LSTM
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_ranges()
 
     def _initial(self, h):
         return h  # the cell state
@@ -215,10 +217,6 @@ class Int8GRU(_Int8State, _L.GRU):
 
     POINTS = ("xw", "hu", "sz", "sr", "rh", "sh", "zh", "omz", "omzh", "h")
     reads_weights_as = _L.GRU
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_ranges()
 
     def _initial(self, h):
         return None
@@ -262,11 +260,7 @@ def with_int8_state(model):
     itself when no layer changes (or within `float_states`)."""
     if _KEEP_FLOAT.get():
         return model
-    swap = {
-        layer.name
-        for layer in model.layers
-        if type(layer) in INT8_STATE and why_float_state(layer) is None
-    }
+    swap = {layer.name for layer in model.layers if _takes_int8_state(layer)}
     if not swap:
         return model
 
@@ -292,8 +286,6 @@ def eight_bit_state(model, would=False) -> set[str]:
     for layer in model.layers:
         # A wrapper's inner layer (not a Bidirectional's or TimeDistributed's).
         inner = layer.layer if isinstance(layer, _qk.QuantizeWrapper) else layer
-        if isinstance(inner, _Int8State) or (
-            would and type(inner) in INT8_STATE and why_float_state(inner) is None
-        ):
+        if isinstance(inner, _Int8State) or (would and _takes_int8_state(inner)):
             names.add(inner.name)
     return names

@@ -48,10 +48,13 @@ QuantizeWrapper.__name__ = QuantizeWrapper.__qualname__ = "QuantizeWrapperV2"
 
 def adopt(model) -> None:
     """Makes every TF-MOT `QuantizeWrapperV2` of `model` this class, in place,
-    and puts the latent weights back that building the model replaced."""
+    puts the latent weights back that building the model replaced, and puts
+    the weights in the order a fresh build gives (`fix_weight_order`: TF-MOT's
+    `quantize_apply` builds each wrapper around a built layer)."""
     for layer in model.layers:
         if type(layer) is _qk.QuantizeWrapperV2:
             layer.__class__ = QuantizeWrapper
+            fix_weight_order(layer)
             if isinstance(layer.quantize_config, configs.DiscreteQuantizeConfig):
                 latent = [w for w, _, _ in compat.weight_vars(layer)]
                 layer.quantize_config.restore_weights(layer.layer, latent)
